@@ -1,0 +1,3 @@
+from imgrag.cli import main
+
+main()

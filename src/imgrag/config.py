@@ -1,0 +1,115 @@
+"""Settings from flags > environment > `.env` > defaults.
+
+`.env` is read from the current directory (or its parents) with python-dotenv and never
+overrides a variable already in the environment; flags are applied on top by the CLI.
+Every setting is listed in `.env.example`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from .errors import UsageError
+
+DEFAULT_GROQ_MODEL = "meta-llama/llama-4-scout-17b-16e-instruct"
+DEFAULT_EMBED_MODEL = "all-MiniLM-L6-v2"
+PROVIDERS = ("groq", "openai")
+
+_env_loaded = False
+
+
+def load_dotenv_once() -> None:
+    """Read `.env` into os.environ (without overriding); junk lines are skipped, not fatal."""
+    global _env_loaded
+    if _env_loaded:
+        return
+    _env_loaded = True
+    from dotenv import find_dotenv, load_dotenv
+
+    path = find_dotenv(usecwd=True)
+    if path:
+        load_dotenv(path, override=False)
+
+
+@dataclass(frozen=True)
+class Settings:
+    provider: str = "groq"
+    model: str | None = None  # vision model; default depends on the provider
+    base_url: str | None = None
+    api_key: str | None = None
+    embed_model: str = DEFAULT_EMBED_MODEL
+    jobs: int = 4
+    timeout: float = 60.0
+    max_side: int = 1536
+    price_input: float = 0.11  # USD per million input tokens (Llama 4 Scout on Groq)
+    price_output: float = 0.34  # USD per million output tokens
+
+    @property
+    def vision_model(self) -> str:
+        if self.model:
+            return self.model
+        if self.provider == "groq":
+            return DEFAULT_GROQ_MODEL
+        raise UsageError("no vision model set: pass --model or set IMGRAG_MODEL (e.g. llama3.2-vision for Ollama)")
+
+    def with_flags(self, **flags: Any) -> Settings:
+        """Flags given on the command line (not None) win over everything else."""
+        known = {f.name for f in fields(self)}
+        changes = {k: v for k, v in flags.items() if v is not None and k in known}
+        return replace(self, **changes)
+
+    def require_api_key(self) -> str:
+        if self.api_key:
+            return self.api_key
+        if self.provider == "openai":
+            return "unused"  # local OpenAI-compatible servers (Ollama, llama.cpp) take any key
+        raise UsageError("no API key: set GROQ_API_KEY in the environment or in .env (see .env.example)")
+
+
+def _number(name: str, kind: type, default: Any) -> Any:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise UsageError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+    if value <= 0:
+        raise UsageError(f"{name} must be greater than 0")
+    return value
+
+
+def load_settings() -> Settings:
+    """Settings from the environment and `.env`; the CLI applies flags with `with_flags`."""
+    load_dotenv_once()
+    env = os.environ.get
+    provider = (env("IMGRAG_PROVIDER") or "groq").strip().lower()
+    if provider not in PROVIDERS:
+        raise UsageError(f"IMGRAG_PROVIDER={provider!r}: choose one of {', '.join(PROVIDERS)}")
+    default = Settings()
+    return Settings(
+        provider=provider,
+        model=env("IMGRAG_MODEL") or None,
+        base_url=env("IMGRAG_BASE_URL") or None,
+        api_key=(env("GROQ_API_KEY") if provider == "groq" else env("OPENAI_API_KEY")) or None,
+        embed_model=env("IMGRAG_EMBED_MODEL") or DEFAULT_EMBED_MODEL,
+        jobs=_number("IMGRAG_JOBS", int, default.jobs),
+        timeout=_number("IMGRAG_TIMEOUT", float, default.timeout),
+        max_side=_number("IMGRAG_MAX_SIDE", int, default.max_side),
+        price_input=_number("IMGRAG_PRICE_INPUT", float, default.price_input),
+        price_output=_number("IMGRAG_PRICE_OUTPUT", float, default.price_output),
+    )
+
+
+def api_key_for(provider: str) -> str | None:
+    """The key for a provider chosen by flag after the environment was read."""
+    load_dotenv_once()
+    return os.environ.get("GROQ_API_KEY" if provider == "groq" else "OPENAI_API_KEY") or None
+
+
+def explicit_embed_model() -> str | None:
+    """IMGRAG_EMBED_MODEL if the user set it: a search checks it against the index's model."""
+    load_dotenv_once()
+    return os.environ.get("IMGRAG_EMBED_MODEL") or None

@@ -1,0 +1,20 @@
+"""Errors that end a command with one clear line on stderr and a known exit code."""
+
+from __future__ import annotations
+
+# Exit codes, shared by every command (see README "Exit codes").
+EXIT_OK = 0
+EXIT_SOME = 1  # search: nothing found; describe: some photos failed
+EXIT_USAGE = 2  # usage, configuration or fatal provider error
+EXIT_TEMPFAIL = 75  # daily quota spent: try again later (EX_TEMPFAIL)
+EXIT_INTERRUPTED = 130
+
+
+class ImgragError(Exception):
+    """An error a user can act on; `str()` is the one line we print."""
+
+    exit_code = EXIT_USAGE
+
+
+class UsageError(ImgragError):
+    """Bad flag, missing key, no index, unknown model: exit 2."""
