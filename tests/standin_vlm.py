@@ -377,8 +377,13 @@ def apply_content_fault(kind: str | None, description: dict, spec: dict) -> str:
 class StandinVLM:
     """The stand-in server. Thread-safe; every public method may be called while it runs."""
 
-    def __init__(self, catalog=None, latency=0.0, rpm=None, tpm=None, rpd=None, api_key=None, image_tokens=1800):
+    def __init__(self, catalog=None, latency=0.0, rpm=None, tpm=None, rpd=None, api_key=None, image_tokens=1800,
+                 time_scale=1.0):
         self.catalog = Catalog.load(catalog)
+        # Rate-limit windows last MINUTE * time_scale and DAY * time_scale seconds, and the
+        # reset headers and retry-after follow: a benchmark at free-tier limits runs 1/scale
+        # times faster. Latency stays as given (real seconds).
+        self.time_scale = time_scale
         self.latency, self.rpm, self.tpm, self.rpd = latency, rpm, tpm, rpd
         self.api_key, self.image_tokens = api_key, image_tokens
         self.default_fault: dict | None = None
@@ -458,7 +463,8 @@ class StandinVLM:
         with self._lock:
             self._faults: deque[dict] = deque()
             self._records: list[dict] = []
-            self._windows = {"rpm": Window(MINUTE), "tpm": Window(MINUTE), "rpd": Window(DAY)}
+            minute, day = MINUTE * self.time_scale, DAY * self.time_scale
+            self._windows = {"rpm": Window(minute), "tpm": Window(minute), "rpd": Window(day)}
             self._models = [DEFAULT_MODEL]
             self._in_flight = self._max_in_flight = 0
             self._images: Counter = Counter()
@@ -797,7 +803,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _fault_rate_limited(self, model: str, kind: str, spec: dict) -> int:
         if kind == "daily":
             limit = self.sv.rpd or DEFAULT_REQUEST_LIMIT
-            wait = spec.get("retry_after", 3 * 3600)
+            wait = spec.get("retry_after", 3 * 3600 * self.sv.time_scale)
             refusal = Refusal(429, "requests", "requests per day (RPD)", limit, limit, 1, wait)
         else:
             limit = self.sv.rpm or 30
@@ -846,6 +852,7 @@ def main(argv=None) -> None:
     parser.add_argument("--rpd", type=int)
     parser.add_argument("--api-key")
     parser.add_argument("--image-tokens", type=int, default=1800)
+    parser.add_argument("--time-scale", type=float, default=1.0, help="rate-limit windows last 60*s and 86400*s seconds")
     args = parser.parse_args(argv)
     server = StandinVLM(
         catalog=args.catalog,
@@ -855,6 +862,7 @@ def main(argv=None) -> None:
         rpd=args.rpd,
         api_key=args.api_key,
         image_tokens=args.image_tokens,
+        time_scale=args.time_scale,
     )
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())

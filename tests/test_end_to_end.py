@@ -33,7 +33,7 @@ def test_describe_embed_search(home, standin):
     assert "indexed 4 of 4" in r.stderr
 
     # search from inside the photo folder: .imgrag/ is found in a parent
-    r = run_imgrag("search", "dog on the beach", "--json", "--limit", "2", cwd=photos, env=env)
+    r = run_imgrag("search", "dog on the beach", "--json", "--limit", "2", "--min-score", "0", cwd=photos, env=env)
     assert r.code == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["results"][0]["path"].endswith("beach_dog.jpg")

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME, ImgragError
+from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME, EXIT_TEMPFAIL, ImgragError
 
 app = typer.Typer(
     name="imgrag",
@@ -70,14 +70,14 @@ def _settings(**flags):
 
 def _describe(photos: Path, index: Optional[Path], **kwargs) -> int:
     from . import render
-    from .describe import EST_TOKENS_PER_PHOTO, DescribeOptions, run_describe
+    from .describe import DescribeOptions, run_describe
 
     options = DescribeOptions(**{k: kwargs.pop(k) for k in ("jobs", "limit", "force", "refresh", "dry_run", "wait")})
     settings = _settings(**kwargs)
     if options.jobs is None:
         options.jobs = settings.jobs
     summary = run_describe(photos, settings, options, render.DescribeProgress(), index=index)
-    render.describe_summary(summary, options.dry_run, EST_TOKENS_PER_PHOTO, settings.price_input, settings.price_output)
+    render.describe_summary(summary)
     return summary.exit_code
 
 
@@ -99,7 +99,7 @@ JobsOpt = Annotated[Optional[int], typer.Option("--jobs", "-j", min=1, max=64, h
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", min=0, help="Describe at most N photos this run.", show_default=False)]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Describe again even photos already described.")]
 RefreshOpt = Annotated[bool, typer.Option("--refresh", help="Re-describe photos described by another model or prompt version.")]
-DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Say what would be sent (count, tokens, cost); send nothing.")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Say what would be sent (count, tokens, time at the known limits, cost); send nothing.")]
 
 
 @app.command(epilog="Example: imgrag describe ~/Pictures/2024 --jobs 4")
@@ -155,35 +155,129 @@ def index_cmd(
     """Describe new photos, then embed: the one command for cron."""
     code = _describe(photos, index, provider=provider, model=model, base_url=base_url, jobs=jobs, limit=limit,
                      force=False, refresh=False, dry_run=False, wait=wait)
-    if code in (EXIT_OK, EXIT_SOME) or code == 75:
+    if code in (EXIT_OK, EXIT_SOME, EXIT_TEMPFAIL):
         # Embed what was described, even when some photos failed or the quota ran out.
         _embed(photos, index, embed_model, False, wait)
     return code
 
 
-@app.command(epilog='Examples:\n\n  imgrag search "dog on the beach"\n\n  imgrag search "receipt" --json --limit 3')
+@app.command(epilog="Example: imgrag status ~/Pictures/2024 --json")
 @_exits
-def search(
-    query: Annotated[str, typer.Argument(help="What to look for, in plain words.", show_default=False)],
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many results.")] = 10,
+def status(
+    photos: Annotated[Optional[Path], typer.Argument(help="Photo folder (default: the index found from here).", show_default=False)] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document (for scripts).")] = False,
-    min_score: Annotated[Optional[float], typer.Option("--min-score", help="Hide results scoring below this.", show_default=False)] = None,
     index: IndexOpt = None,
 ) -> int:
-    """Search the index for photos matching QUERY; best first."""
+    """Show photos found, described, failed, embedded, the index, and what a run would do next."""
+    from . import render
+    from .status import collect_status, next_step, workspace_for
+
+    state = collect_status(workspace_for(photos, index), photos)
+    if json_out:
+        import json
+
+        print(json.dumps({**state.as_dict(), "next": next_step(state)}, ensure_ascii=False))
+    else:
+        print(render.status_text(state))
+    return EXIT_OK
+
+
+@app.command(epilog=(
+    'Examples:\n\n'
+    '  imgrag search "dog on the beach"\n\n'
+    '  imgrag search "receipt" --json --limit 3\n\n'
+    '  imgrag search "birthday cake" --in photos/2024 --after 2024-06-01 --paths\n\n'
+    '  imgrag search --like photos/beach.jpg -0 | xargs -0 ls -l\n\n'
+    '  imgrag search --queries-from queries.txt > results.jsonl\n\n'
+    'Exit status: 0 found, 1 nothing scored above the cut-off, 2 error.'
+))
+@_exits
+def search(
+    query: Annotated[Optional[str], typer.Argument(help="What to look for, in plain words.", show_default=False, metavar="QUERY")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many results (per query).")] = 10,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document (for scripts).")] = False,
+    paths_out: Annotated[bool, typer.Option("--paths", help="Print one absolute path per line.")] = False,
+    null: Annotated[bool, typer.Option("-0", "--null", help="Print paths ended by NUL, for xargs -0.")] = False,
+    min_score: Annotated[Optional[float], typer.Option(
+        "--min-score", help="Hide results scoring below this (default: a cut-off under which unrelated photos fall; 0 shows the nearest anyway).",
+        show_default=False)] = None,
+    in_folder: Annotated[Optional[Path], typer.Option("--in", help="Only photos inside this folder.", show_default=False, metavar="FOLDER")] = None,
+    after: Annotated[Optional[str], typer.Option("--after", help="Only photos taken on or after DATE (YYYY-MM-DD; EXIF date, else file time).", show_default=False, metavar="DATE")] = None,
+    before: Annotated[Optional[str], typer.Option("--before", help="Only photos taken before DATE (YYYY-MM-DD).", show_default=False, metavar="DATE")] = None,
+    like: Annotated[Optional[Path], typer.Option("--like", help="Find photos similar to this one (it must be indexed) instead of QUERY.", show_default=False, metavar="PHOTO")] = None,
+    queries_from: Annotated[Optional[str], typer.Option("--queries-from", help="Run one query per line of FILE (- for stdin); print one JSON line per query.", show_default=False, metavar="FILE|-")] = None,
+    thumbnails: Annotated[Optional[bool], typer.Option("--thumbnails/--no-thumbnails", help="Show a thumbnail per result (default: in a terminal, unless NO_COLOR is set). Env: IMGRAG_THUMBNAILS (auto, kitty, sixel, halfblock or off).", show_default=False)] = None,
+    index: IndexOpt = None,
+) -> int:
+    """Search the index for photos matching QUERY (or like PHOTO); best first."""
+    import os
+
     from . import render
     from .config import explicit_embed_model
-    from .search import SearchOptions, run_search
+    from .search import DEFAULT_MIN_SCORE, Filters, SearchOptions, Searcher, clean_query, parse_date
 
-    options = SearchOptions(limit=limit, min_score=min_score)
-    hits = run_search(query, index=index, embed_model=explicit_embed_model(), options=options)
+    _check_search_flags(query, like, queries_from, json_out, paths_out, null)
+    shown_query = clean_query(query) if query is not None else None
+    filters = Filters(
+        under=in_folder,
+        after=parse_date(after, "--after") if after is not None else None,
+        before=parse_date(before, "--before") if before is not None else None,
+    )
+    options = SearchOptions(limit=limit, min_score=DEFAULT_MIN_SCORE if min_score is None else min_score)
+    table = not (json_out or paths_out or null or queries_from is not None)
+    kind = render.thumbnail_kind(thumbnails) if table else None
+    searcher = Searcher(index=index, embed_model=explicit_embed_model(), filters=filters)
+    if queries_from is not None:
+        return _search_many(searcher, queries_from, options)
+    like_path = os.path.abspath(like.expanduser()) if like is not None else None
+    hits = searcher.like(like, options) if like is not None else searcher.search(shown_query or "", options)
     if json_out:
-        print(render.hits_json(query, hits))
+        print(render.hits_json(shown_query, hits, like=like_path))
+    elif paths_out or null:
+        render.hits_paths(hits, nul=null)
     elif hits:
-        render.hits_table(hits)
-    else:
-        render.info("imgrag: no matching photos")
+        render.hits_table(hits, kind)
+    if not hits:
+        render.info(f"imgrag: no matching photos{_why_nothing(searcher, options.min_score)}")
     return EXIT_OK if hits else EXIT_SOME
+
+
+def _check_search_flags(query: Optional[str], like: Optional[Path], queries_from: Optional[str],
+                        json_out: bool, paths_out: bool, null: bool) -> None:
+    from .errors import UsageError
+
+    given = [name for name, value in (("QUERY", query), ("--like", like), ("--queries-from", queries_from)) if value is not None]
+    if not given:
+        raise UsageError('say what to look for: imgrag search "dog on beach" (or --like PHOTO, or --queries-from FILE)')
+    if len(given) > 1:
+        raise UsageError(f"{' and '.join(given)} cannot be combined: give one of QUERY, --like PHOTO, --queries-from FILE")
+    if json_out and (paths_out or null):
+        raise UsageError("--json and --paths/-0 cannot be combined: choose one output")
+    if queries_from is not None and (paths_out or null):
+        raise UsageError("--queries-from prints one JSON line per query; it cannot be combined with --paths or -0")
+
+
+def _search_many(searcher, source: str, options) -> int:
+    """--queries-from: one JSON line per query, flushed at once; found is any query finding anything."""
+    from . import render
+    from .search import queries_from
+
+    found = False
+    for query in queries_from(source):
+        hits = searcher.search(query, options)
+        found = found or bool(hits)
+        print(render.hits_json(query, hits), flush=True)
+    if not found:
+        render.info("imgrag: no query found a matching photo")
+    return EXIT_OK if found else EXIT_SOME
+
+
+def _why_nothing(searcher, min_score: float) -> str:
+    if searcher.bundle.size == 0:
+        return " (the index is empty)"
+    if searcher.allowed is not None and not searcher.allowed:
+        return " (no indexed photo passes --in/--after/--before)"
+    return f" (none scored {min_score:g} or more; --min-score 0 shows the nearest anyway)"
 
 
 def main() -> None:

@@ -7,8 +7,11 @@ Every setting is listed in `.env.example`.
 
 from __future__ import annotations
 
+import io
 import os
+import sys
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
@@ -29,8 +32,15 @@ def load_dotenv_once() -> None:
     from dotenv import find_dotenv, load_dotenv
 
     path = find_dotenv(usecwd=True)
-    if path:
-        load_dotenv(path, override=False)
+    if not path:
+        return
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:  # a .env we cannot read is not worth failing a cron job over
+        print(f"imgrag: warning: cannot read {path}: {e.strerror}", file=sys.stderr)
+        return
+    # Bytes that are not UTF-8 spoil only their own line, not the whole file.
+    load_dotenv(stream=io.StringIO(raw.decode("utf-8", "replace")), override=False)
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,7 @@ class Settings:
     embed_model: str = DEFAULT_EMBED_MODEL
     jobs: int = 4
     timeout: float = 60.0
+    max_retries: int = 5  # per photo, for transient faults (429s excepted: they are paced, not counted)
     max_side: int = 1536
     price_input: float = 0.11  # USD per million input tokens (Llama 4 Scout on Groq)
     price_output: float = 0.34  # USD per million output tokens
@@ -97,6 +108,7 @@ def load_settings() -> Settings:
         embed_model=env("IMGRAG_EMBED_MODEL") or DEFAULT_EMBED_MODEL,
         jobs=_number("IMGRAG_JOBS", int, default.jobs),
         timeout=_number("IMGRAG_TIMEOUT", float, default.timeout),
+        max_retries=_number("IMGRAG_MAX_RETRIES", int, default.max_retries),
         max_side=_number("IMGRAG_MAX_SIDE", int, default.max_side),
         price_input=_number("IMGRAG_PRICE_INPUT", float, default.price_input),
         price_output=_number("IMGRAG_PRICE_OUTPUT", float, default.price_output),

@@ -132,9 +132,10 @@ def cache_dir_name(model_name: str, fingerprint: str) -> str:
 class VectorCache:
     """Append-only store of normalised vectors keyed by text hash, for one model."""
 
-    def __init__(self, folder: Path, dim: int) -> None:
+    def __init__(self, folder: Path, dim: int, fingerprint: str = "") -> None:
         self.folder = folder
         self.dim = dim
+        self.fingerprint = fingerprint  # of the model's weights, when the caller knows it
         self._vec_path = folder / "vectors.f32"
         self._key_path = folder / "keys.txt"
         self.keys: dict[str, int] = {}

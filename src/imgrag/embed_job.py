@@ -6,17 +6,19 @@ there are none, the model is never loaded."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+
 import numpy as np
 
 from .embed import LoadedModel, VectorCache, cache_dir_name, load_model, text_key
 from .errors import UsageError
-from .index import Doc, current_generation, read_meta, write_bundle
+from .index import INDEX_FORMAT, Doc, current_generation, previous_rows, read_meta, stable_order, write_bundle
 from .records import load_descriptions
-from .scan import by_content, scan
+from .scan import PhotoFile, by_content, scan
 from .schema import embedding_text, lexical_text
-from .workspace import Workspace
+from .workspace import Workspace, json_bytes, storage_errors
 
 
 @dataclass
@@ -26,6 +28,7 @@ class EmbedSummary:
     encoded: int = 0  # texts embedded this run
     cached: int = 0
     rebuilt_index: bool = False
+    index_type: str = ""  # the dense index kind: flat (exact) or ivf-sq8
     model: str = ""
     workspace: Path | None = None
 
@@ -36,7 +39,11 @@ def collect_docs(ws: Workspace, photos: Path | None) -> tuple[list[Doc], int]:
         ws.add_root(photos)
     # A root that is gone (unplugged drive, deleted folder) contributes no photos.
     groups = by_content(scan(ws, [r for r in ws.roots() if r.is_dir()]))
-    described = load_descriptions(ws)
+    return docs_for(groups, load_descriptions(ws)), len(groups)
+
+
+def docs_for(groups: dict[str, list[PhotoFile]], described: dict[str, dict]) -> list[Doc]:
+    """One row per photo content that has a description, in content-hash order."""
     docs = []
     for sha, files in sorted(groups.items()):
         record = described.get(sha)
@@ -56,7 +63,7 @@ def collect_docs(ws: Workspace, photos: Path | None) -> tuple[list[Doc], int]:
             taken=record.get("taken"),
             mtime=files[0].mtime_ns // 1_000_000_000,
         ))
-    return docs, len(groups)
+    return docs
 
 
 def run_embed(photos: Path | None, model_name: str, *, rebuild: bool = False, wait: bool = False,
@@ -66,7 +73,8 @@ def run_embed(photos: Path | None, model_name: str, *, rebuild: bool = False, wa
     else:
         ws = Workspace.find(Path.cwd(), index)
     summary = EmbedSummary(model=model_name, workspace=ws.root)
-    with ws.writer_lock(wait=wait):
+    # A full or read-only disk: one line, and the previous index stays searchable.
+    with ws.writer_lock(wait=wait), storage_errors(ws.root):
         manifest = ws.read_manifest()
         docs, summary.photos = collect_docs(ws, photos)
         summary.described = len(docs)
@@ -79,56 +87,83 @@ def run_embed(photos: Path | None, model_name: str, *, rebuild: bool = False, wa
                 "run `imgrag embed --rebuild PHOTOS` to re-embed with the new model"
             )
         keys = [text_key(d.text) for d in docs]
-        model: LoadedModel | None = None
-        fingerprint = known.get("fingerprint") if known.get("model") == model_name else None
-        dim = known.get("dim")
-        if fingerprint is None or dim is None:
-            model = load_model(model_name)
-            fingerprint, dim = model.fingerprint, model.dim
-        cache = VectorCache(ws.vectors_dir / cache_dir_name(model_name, fingerprint), dim)
+        cache, model = _cache_for(ws, model_name, known, needed=keys)
         todo = _unique([(k, d.text) for k, d in zip(keys, docs) if k not in cache])
         if todo:
-            if model is None:
-                model = load_model(model_name)
-                if model.fingerprint != fingerprint:  # same name, other weights: start a new cache
-                    fingerprint, dim = model.fingerprint, model.dim
-                    cache = VectorCache(ws.vectors_dir / cache_dir_name(model_name, fingerprint), dim)
-                    todo = _unique([(k, d.text) for k, d in zip(keys, docs) if k not in cache])
+            assert model is not None  # _cache_for loads the model whenever something is missing
             _encode_into(cache, model, todo, show_progress)
         summary.encoded = len(todo)
         summary.cached = len(docs) - summary.encoded
-        embedding = {"model": model_name, "fingerprint": fingerprint, "dim": dim}
+        embedding = {"model": model_name, "fingerprint": cache.fingerprint, "dim": cache.dim}
         if manifest.get("embedding") != embedding:
             ws.update_manifest(embedding=embedding)
-        signature = _signature(docs, keys)
+        signature = index_signature(docs, keys)
         meta = read_meta(ws)
-        if rebuild or meta is None or meta.get("signature") != signature or meta.get("embedding") != embedding:
-            vectors = cache.get(keys) if docs else np.zeros((0, dim), np.float32)
-            write_bundle(ws, docs, vectors, {"embedding": embedding, "signature": signature})
+        if rebuild or meta is None or meta.get("signature") != signature or meta.get("embedding") != embedding \
+                or meta.get("format") != INDEX_FORMAT:
+            previous = None if rebuild else previous_rows(ws, embedding)
+            docs, keys = stable_order(docs, keys, previous)
+            vectors = cache.get(keys) if docs else np.zeros((0, cache.dim), np.float32)
+            write_bundle(ws, docs, vectors, {"embedding": embedding, "signature": signature},
+                         keys=keys, previous=previous)
             summary.rebuilt_index = True
+            meta = read_meta(ws)
+        summary.index_type = (meta or {}).get("dense", {}).get("type", "")
         assert current_generation(ws) is not None
+        if docs:
+            # Export the model for fast searches, once per model: loads it only when this run
+            # did not and no export exists yet. Never fails the embed (falls back to slow search).
+            from .query_encoder import ensure_export
+
+            ensure_export(ws, model_name, cache.fingerprint, model)
     return summary
+
+
+def _cache_for(ws: Workspace, model_name: str, known: dict, needed: list[str]) -> tuple[VectorCache, LoadedModel | None]:
+    """The vector cache of this model, and the model itself only if some needed key is missing.
+
+    The manifest remembers the model's fingerprint and dimension, so a run with nothing new
+    never loads the model. When it must load it and finds other weights under the same name
+    (an updated hub model), their vectors go to a cache of their own."""
+    if known.get("model") == model_name and known.get("fingerprint") and known.get("dim"):
+        cache = VectorCache(ws.vectors_dir / cache_dir_name(model_name, known["fingerprint"]), known["dim"],
+                            known["fingerprint"])
+        if all(k in cache for k in needed):
+            return cache, None
+    model = load_model(model_name)
+    return VectorCache(ws.vectors_dir / cache_dir_name(model_name, model.fingerprint), model.dim,
+                       model.fingerprint), model
 
 
 def _encode_into(cache: VectorCache, model: LoadedModel, todo: list[tuple[str, str]], show_progress: bool) -> None:
     # Encode and append in chunks so an interrupted run keeps what it paid for.
     chunk = 1024
+    bar = _progress(len(todo)) if show_progress and len(todo) > chunk else None
     for start in range(0, len(todo), chunk):
         part = todo[start : start + chunk]
-        vecs = model.encode([t for _, t in part], show_progress=show_progress)
+        vecs = model.encode([t for _, t in part], show_progress=show_progress and bar is None)
         cache.add([k for k, _ in part], vecs)
+        if bar is not None:
+            bar.update(len(part))
+    if bar is not None:
+        bar.close()
+
+
+def _progress(total: int):
+    from tqdm.auto import tqdm  # comes with sentence-transformers
+
+    return tqdm(total=total, desc="imgrag: embedding", unit=" texts", file=sys.stderr, dynamic_ncols=True)
 
 
 def _unique(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return list(dict(pairs).items())
 
 
-def _signature(docs: list[Doc], keys: list[str]) -> str:
+def index_signature(docs: list[Doc], keys: list[str]) -> str:
     """Changes whenever a row, its paths or its text would change."""
     import hashlib
-    import json
 
     h = hashlib.sha256()
     for d, k in zip(docs, keys):
-        h.update(json.dumps([d.sha256, d.paths, k, d.taken, d.mtime, d.lexical], ensure_ascii=False).encode())
+        h.update(json_bytes([d.sha256, d.paths, k, d.taken, d.mtime, d.lexical]))  # paths may hold lone surrogates
     return h.hexdigest()[:32]

@@ -18,3 +18,8 @@ class ImgragError(Exception):
 
 class UsageError(ImgragError):
     """Bad flag, missing key, no index, unknown model: exit 2."""
+
+
+class StorageError(ImgragError):
+    """`.imgrag/` cannot be written (disk full, read-only, no permission): exit 2.
+    Raised before anything already written is touched, so the user frees space and reruns."""

@@ -3,11 +3,21 @@
 Each build is written whole into a new folder `.imgrag/index/<generation>/`; the file
 `.imgrag/index/CURRENT` is then atomically replaced to name it. A search reads CURRENT
 once and opens that generation, so it sees the old index or the new one, never half of
-either. The previous generation is kept for searches that were already reading it."""
+either. The previous generation is kept for searches that were already reading it.
+
+The kind of FAISS index follows the collection's size (see `plan_for`): exact inner
+product (IndexFlatIP) up to FLAT_MAX photos, above that an inverted file over 8-bit
+scalar-quantised vectors (IVF + SQ8), a quarter of the memory, memory-mapped at search
+time and probed in a few lists per query. A build reuses the previous generation where
+it can: rows only added -> the old index plus the new rows; rows removed -> the old
+IVF's trained centroids with every row added again; nothing changed -> a hard link."""
 
 from __future__ import annotations
 
+import functools
 import json
+import math
+import os
 import shutil
 import sqlite3
 import time
@@ -19,9 +29,16 @@ from typing import Any
 import numpy as np
 
 from .errors import UsageError
-from .workspace import Workspace, fsync_dir, write_atomic
+from .workspace import Workspace, fsync_dir, json_bytes, write_atomic
 
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2  # 2: index kind in meta.json, vector key per row in docs.sqlite
+DENSE_FILE = "dense.faiss"
+FLAT_MAX = 50_000  # exact search up to here: a few ms a query and 77 MB at 384 dimensions
+IVF_PROBE_SHARE = 1 / 32  # lists probed per query: recall@10 >= 0.95 on real text (bench/scale.py)
+IVF_MIN_PROBES = 32
+IVF_TRAIN_PER_LIST = 40  # k-means sample: faiss wants >= 39 points per centroid
+IVF_RETRAIN_GROWTH = 4  # rebuild the centroids when the collection grew this much since training
+SQ_RANGE_MARGIN = 0.05  # widen each dimension's trained 8-bit range by this share on both sides
 
 
 @dataclass(frozen=True)
@@ -37,16 +54,177 @@ class Doc:
     mtime: int | None
 
 
+# -- which index for how many vectors ------------------------------------------------------
+
+
+def plan_for(count: int) -> dict[str, Any]:
+    """The index kind and its parameters for a collection of `count` photos."""
+    if count <= FLAT_MAX:
+        return {"type": "flat"}
+    nlist = 1 << round(math.log2(2 * math.sqrt(count)))  # 1M -> 2048 lists of ~500 rows
+    return {"type": "ivf-sq8", "nlist": nlist, "nprobe": max(IVF_MIN_PROBES, round(nlist * IVF_PROBE_SHARE))}
+
+
+def build_faiss(vectors: np.ndarray, plan: dict[str, Any] | None = None) -> Any:
+    """A new index of `vectors` (row i = vector i), of the kind the plan (default: by size) names."""
+    plan = plan or plan_for(len(vectors))
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if plan["type"] == "flat":
+        import faiss
+
+        index = faiss.IndexFlatIP(vectors.shape[1])
+        index.add(vectors)
+        return index
+    index = _empty_ivf(vectors.shape[1], plan)
+    _train_ivf(index, vectors)
+    return _add_rows(index, vectors)
+
+
+def _empty_ivf(dim: int, plan: dict[str, Any]) -> Any:
+    import faiss
+
+    index = faiss.index_factory(dim, f"IVF{plan['nlist']},SQ8", faiss.METRIC_INNER_PRODUCT)
+    index.nprobe = plan["nprobe"]
+    # The 8-bit range per dimension comes from the training sample; widen it a little so
+    # photos added later, a bit outside that range, are not clipped.
+    index.sq.rangestat_arg = SQ_RANGE_MARGIN
+    return index
+
+
+def _train_ivf(index: Any, vectors: np.ndarray) -> None:
+    sample_size = min(len(vectors), IVF_TRAIN_PER_LIST * index.nlist)
+    rng = np.random.default_rng(0)  # the same data trains the same index
+    sample = vectors[np.sort(rng.choice(len(vectors), sample_size, replace=False))]
+    index.train(np.ascontiguousarray(sample))
+
+
+def _add_rows(index: Any, vectors: np.ndarray) -> Any:
+    """Add in slices (bounded temporary memory), then map row -> list for reconstruct()."""
+    for start in range(0, len(vectors), 65536):
+        index.add(np.ascontiguousarray(vectors[start : start + 65536], dtype=np.float32))
+    if hasattr(index, "make_direct_map"):
+        index.make_direct_map()
+    return index
+
+
+def index_kind(index: Any) -> str:
+    import faiss
+
+    return "flat" if isinstance(index, faiss.IndexFlat) else "ivf-sq8"
+
+
+@dataclass(frozen=True)
+class Previous:
+    """The generation a build may start from: its index file and its rows' (sha256, vector key)."""
+
+    dense: Path
+    rows: list[tuple[str, str]]
+    plan: dict[str, Any]
+
+
+def previous_rows(ws: Workspace, embedding: dict[str, Any]) -> Previous | None:
+    """The current generation, if a new build with `embedding` may reuse it."""
+    meta = read_meta(ws)
+    if not meta or meta.get("format") != INDEX_FORMAT or meta.get("embedding") != embedding or "dense" not in meta:
+        return None
+    folder = ws.index_dir / meta["generation"]
+    try:
+        db = sqlite3.connect(f"file:{folder / 'docs.sqlite'}?mode=ro", uri=True)
+        try:
+            rows = [(sha, key) for sha, key in db.execute("SELECT sha256, vkey FROM docs ORDER BY row")]
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return None
+    if len(rows) != meta.get("count") or not (folder / DENSE_FILE).exists():
+        return None
+    return Previous(folder / DENSE_FILE, rows, meta["dense"])
+
+
+def stable_order(docs: list[Doc], keys: list[str], previous: Previous | None) -> tuple[list[Doc], list[str]]:
+    """Rows that were indexed before keep their order and come first; new rows follow (by sha256),
+    so a build that only adds photos can extend the previous index instead of rebuilding it."""
+    position = {row: i for i, row in enumerate(previous.rows)} if previous else {}
+    order = sorted(range(len(docs)), key=lambda i: (position.get((docs[i].sha256, keys[i]), len(position)), docs[i].sha256))
+    return [docs[i] for i in order], [keys[i] for i in order]
+
+
+def write_dense(vectors: np.ndarray, rows: list[tuple[str, str]], previous: Previous | None, out: Path) -> dict[str, Any]:
+    """Write the FAISS index of these rows ((sha256, vector key) each) to `out`, reusing the
+    previous generation's where that gives the same result; returns the plan it follows."""
+    import faiss
+
+    plan = plan_for(len(rows))
+    if previous is not None and previous.plan.get("type") == plan["type"]:
+        old = len(previous.rows)
+        extends = old <= len(rows) and rows[:old] == previous.rows
+        if extends and len(rows) == old:
+            _link_or_copy(previous.dense, out)  # same vectors; only paths or words changed
+            return previous.plan
+        if extends and (plan["type"] == "flat" or len(rows) < IVF_RETRAIN_GROWTH * previous.plan["trained_on"]):
+            index = faiss.read_index(str(previous.dense))
+            _add_rows(index, vectors[old:])
+            faiss.write_index(index, str(out))
+            return previous.plan
+        if plan["type"] != "flat" and previous.plan.get("nlist") == plan["nlist"]:
+            index = faiss.read_index(str(previous.dense))  # keep the trained centroids, add every row again
+            index.reset()
+            _add_rows(index, vectors)
+            faiss.write_index(index, str(out))
+            return previous.plan
+    faiss.write_index(build_faiss(vectors, plan), str(out))
+    return plan if plan["type"] == "flat" else {**plan, "trained_on": len(rows)}
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Generations never change a written file, so two of them may share one."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+# -- one generation on disk ----------------------------------------------------------------
+
+
+class DenseIndex:
+    """The generation's FAISS index, as callers use it (search, reconstruct, ntotal), with
+    filtered searches translated for the IVF kind: faiss wants IVF's own parameter type
+    there, and a filter probes every list, so a narrow filter still finds its rows."""
+
+    def __init__(self, index: Any) -> None:
+        self.faiss = index
+        self.kind = index_kind(index)
+
+    def search(self, queries: np.ndarray, k: int, params: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        if params is not None and self.kind != "flat":
+            import faiss
+
+            ivf = faiss.SearchParametersIVF(sel=params.sel, nprobe=self.faiss.nlist)
+            return self.faiss.search(queries, k, params=ivf)
+        return self.faiss.search(queries, k, params=params)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.faiss, name)
+
+
 @dataclass
 class Bundle:
     folder: Path
     meta: dict[str, Any]
-    index: Any  # faiss.Index
+    index: DenseIndex
     db: sqlite3.Connection
 
     @property
     def size(self) -> int:
         return int(self.index.ntotal)
+
+    @functools.cached_property
+    def lexical(self) -> Any:
+        """The generation's BM25 index (imgrag.lexical.LexicalIndex), loaded on first use; None if it has none."""
+        from .lexical import LEXICAL_DIR, LexicalIndex
+
+        return LexicalIndex.load(self.folder / LEXICAL_DIR)
 
     def docs(self, rows: Sequence[int]) -> dict[int, Doc]:
         if not rows:
@@ -59,60 +237,62 @@ class Bundle:
         return {r[0]: Doc(r[1], json.loads(r[2]), r[3], r[4], r[5], r[6], r[7]) for r in cur}
 
 
-def build_faiss(vectors: np.ndarray) -> Any:
-    import faiss
+def write_bundle(ws: Workspace, docs: list[Doc], vectors: np.ndarray, meta: dict[str, Any], *,
+                 keys: list[str] | None = None, previous: Previous | None = None) -> Path:
+    """Write a new generation (row i = docs[i] = vectors[i]) and make it current.
 
-    index = faiss.IndexFlatIP(vectors.shape[1])
-    if len(vectors):
-        index.add(np.ascontiguousarray(vectors, dtype=np.float32))
-    return index
-
-
-def write_bundle(ws: Workspace, docs: list[Doc], vectors: np.ndarray, meta: dict[str, Any]) -> Path:
-    """Write a new generation and make it current."""
-    import faiss
+    `keys` are the rows' vector-cache keys (default: computed from each doc's text);
+    `previous` is the generation to extend where possible (see `previous_rows`)."""
+    from .embed import text_key
 
     ws.index_dir.mkdir(parents=True, exist_ok=True)
+    keys = keys if keys is not None else [text_key(d.text) for d in docs]
+    rows = [(d.sha256, k) for d, k in zip(docs, keys)]
     gen = f"{time.time_ns():x}"
     tmp = ws.index_dir / f".{gen}.tmp"
     tmp.mkdir()
     try:
-        faiss.write_index(build_faiss(vectors), str(tmp / "dense.faiss"))
-        _write_docs(tmp / "docs.sqlite", docs)
-        meta = {**meta, "format": INDEX_FORMAT, "count": len(docs), "generation": gen}
+        dense = write_dense(vectors, rows, previous, tmp / DENSE_FILE)
+        _write_docs(tmp / "docs.sqlite", docs, keys)
+        if docs:
+            from .lexical import LEXICAL_DIR, LexicalIndex
+
+            LexicalIndex.build([d.lexical for d in docs]).save(tmp / LEXICAL_DIR)
+        meta = {**meta, "format": INDEX_FORMAT, "count": len(docs), "generation": gen, "dense": dense}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        for f in tmp.iterdir():
-            _fsync_file(f)
+        for f in tmp.rglob("*"):  # the lexical index is a folder of files
+            if f.is_file():
+                _fsync_file(f)
+            else:
+                fsync_dir(f)
         final = ws.index_dir / gen
         tmp.rename(final)
         fsync_dir(ws.index_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    previous = current_generation(ws)
+    previous_gen = current_generation(ws)
     write_atomic(ws.index_dir / "CURRENT", gen.encode())
-    _prune(ws, keep={gen, previous})
+    _prune(ws, keep={gen, previous_gen})
     return final
 
 
-def _write_docs(path: Path, docs: list[Doc]) -> None:
+def _write_docs(path: Path, docs: list[Doc], keys: list[str]) -> None:
     db = sqlite3.connect(path)
     with db:
         db.execute(
             "CREATE TABLE docs (row INTEGER PRIMARY KEY, sha256 TEXT, paths TEXT, caption TEXT, "
-            "text TEXT, lexical TEXT, taken TEXT, mtime INTEGER)"
+            "text TEXT, lexical TEXT, taken TEXT, mtime INTEGER, vkey TEXT)"
         )
         db.executemany(
-            "INSERT INTO docs VALUES (?,?,?,?,?,?,?,?)",
-            [(i, d.sha256, json.dumps(d.paths, ensure_ascii=False), d.caption, d.text, d.lexical, d.taken, d.mtime)
-             for i, d in enumerate(docs)],
+            "INSERT INTO docs VALUES (?,?,?,?,?,?,?,?,?)",
+            [(i, d.sha256, json_bytes(d.paths).decode(), d.caption, d.text, d.lexical, d.taken, d.mtime, k)
+             for i, (d, k) in enumerate(zip(docs, keys))],
         )
     db.close()
 
 
 def _fsync_file(path: Path) -> None:
-    import os
-
     with path.open("rb") as f:
         os.fsync(f.fileno())
 
@@ -141,22 +321,42 @@ def read_meta(ws: Workspace) -> dict[str, Any] | None:
         return None
 
 
-def load_bundle(ws: Workspace) -> Bundle:
+def check_format(ws: Workspace, meta: dict[str, Any]) -> None:
+    """An index this imgrag cannot read says which command fixes it."""
+    fmt = meta.get("format")
+    if fmt == INDEX_FORMAT:
+        return
+    if isinstance(fmt, int) and fmt > INDEX_FORMAT:
+        raise UsageError(f"the index in {ws.root} was written by a newer imgrag (index format {fmt}, "
+                         f"this one reads {INDEX_FORMAT}): upgrade imgrag, or run `imgrag embed --rebuild PHOTOS`")
+    raise UsageError(f"the index in {ws.root} has an older format ({fmt}; this imgrag reads {INDEX_FORMAT}): "
+                     "run `imgrag embed --rebuild PHOTOS` (descriptions and cached vectors are kept)")
+
+
+def open_dense(path: Path, plan: dict[str, Any]) -> DenseIndex:
+    """Read a dense index for searching; IVF lists stay on disk, memory-mapped."""
     import faiss
 
+    # A flat index is memory-mapped too where faiss can (IO_FLAG_MMAP_IFC, faiss >= 1.10):
+    # reading 150 MB at 100k photos into a copy costs a search process ~0.1 s for nothing.
+    flags = getattr(faiss, "IO_FLAG_MMAP_IFC", 0) if plan.get("type") == "flat" else faiss.IO_FLAG_MMAP
+    return DenseIndex(faiss.read_index(str(path), flags))
+
+
+def load_bundle(ws: Workspace) -> Bundle:
+    """Open the current generation. An IVF index is memory-mapped: pages are read as queries touch them."""
     gen = current_generation(ws)
     if gen is None:
         raise UsageError(f"{ws.root} has no search index yet: run `imgrag embed {ws.base}/PHOTOS` (or `imgrag index`)")
     folder = ws.index_dir / gen
     try:
         meta = json.loads((folder / "meta.json").read_text())
-        index = faiss.read_index(str(folder / "dense.faiss"))
-        db = sqlite3.connect(f"file:{folder / 'docs.sqlite'}?mode=ro", uri=True, check_same_thread=False)
-    except (OSError, ValueError, RuntimeError, sqlite3.Error) as e:
+    except (OSError, ValueError) as e:
         raise UsageError(f"the index in {folder} is damaged ({e}): run `imgrag embed --rebuild PHOTOS`") from None
-    if meta.get("format") != INDEX_FORMAT:
-        raise UsageError(
-            f"the index in {ws.root} has format {meta.get('format')}, this imgrag reads {INDEX_FORMAT}: "
-            "run `imgrag embed --rebuild PHOTOS`"
-        )
+    check_format(ws, meta)
+    try:
+        index = open_dense(folder / DENSE_FILE, meta.get("dense", {}))
+        db = sqlite3.connect(f"file:{folder / 'docs.sqlite'}?mode=ro", uri=True, check_same_thread=False)
+    except (OSError, RuntimeError, sqlite3.Error) as e:
+        raise UsageError(f"the index in {folder} is damaged ({e}): run `imgrag embed --rebuild PHOTOS`") from None
     return Bundle(folder, meta, index, db)

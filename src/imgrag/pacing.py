@@ -1,19 +1,48 @@
-"""Pacing requests by what the server says: x-ratelimit-* headers and retry-after.
+"""Pacing requests by what the server says: x-ratelimit-* headers, 429 messages, retry-after.
 
-Workers call `acquire()` before each request and `observe()` after it. Request starts
-are spaced so the run stays just under the advertised per-minute limits instead of
-bouncing off 429s; a 429 pauses every worker until its retry-after has passed."""
+Workers call `acquire()` before each request, `release()` after it, and report what came
+back with `observe()` (a response's headers) or `rate_limited()` (a 429). The pacer:
+
+- spaces request starts evenly, so a run stays just under the limits instead of
+  bursting into them and bouncing off 429s;
+- sends one request alone until the first response has said what the limits are;
+- reads Groq's headers the way Groq means them: `x-ratelimit-*-requests` is a per-DAY
+  budget there (its reset runs to minutes or hours) and `*-tokens` is per minute. A
+  request header whose reset ever exceeds the window is taken as daily from then on
+  and never used as a per-minute pace; when its remaining count reaches 0 the quota is
+  spent (`quota_spent`);
+- learns a per-minute limit the headers do not advertise from the 429 that enforces it
+  ("... on requests per minute (RPM): Limit 30 ..."), or, when a 429 says nothing
+  usable, halves the pace and creeps back up as requests succeed;
+- pauses every worker for a 429's retry-after.
+
+Everything is computed from an injectable clock, so it is unit-tested without sleeping.
+"""
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
 
 _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+(?:\.\d+)?)ms)?$")
+# "... on requests per minute (RPM): Limit 30, Used 30, Requested 1 ..." (Groq, and OpenAI alike)
+_LIMIT_MESSAGE = re.compile(r"(requests|tokens) per (minute|day)\b[^:]*:\s*limit\s*(\d+)", re.IGNORECASE)
 
-# Aim a little under the advertised limits: clocks and windows never line up exactly.
-SAFETY = 0.95
+# Requests are counted exactly, but tokens are an estimate until the reply says: aim a
+# little under a token limit.
+TOKEN_SAFETY = 0.97
+# Leave a little room at the window's edge, where a start and the request a window
+# earlier would otherwise both be counted (1% of a window: 0.6 s a minute).
+EDGE_MARGIN = 1.01
+# Without a retry-after, a 429 pauses everyone this long.
+DEFAULT_PAUSE = 2.0
+# Unexplained 429s: slow down by this factor; each success then speeds up a little.
+BACKOFF = 2.0
+RECOVERY = 0.98
 
 
 def parse_duration(value: str | None) -> float | None:
@@ -40,63 +69,182 @@ def _int(headers: dict[str, str], name: str) -> int | None:
 
 
 class Pacer:
-    def __init__(self, est_tokens: int = 2000, clock=time.monotonic, sleep=time.sleep) -> None:
+    def __init__(
+        self,
+        est_tokens: int = 2300,
+        *,
+        window: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._lock = threading.Lock()
         self._clock = clock
-        self._sleep = sleep
+        self.window = window  # seconds in a rate-limit "minute" (shorter against a time-scaled stand-in)
         self.est_tokens = est_tokens
-        self._next_start = 0.0  # earliest time the next request may start
+        self.rpm: int | None = None  # per-minute request limit (advertised or learned from a 429)
+        self.tpm: int | None = None  # per-minute token limit
+        self.rpd: int | None = None  # daily request limit
+        self.rpd_remaining: int | None = None
+        self._requests_daily = False  # the requests headers describe a day (Groq), not a minute
+        self._adaptive = 0.0  # seconds between starts learned from unexplained 429s
+        self._last_start: float | None = None
+        self._starts: deque[float] = deque(maxlen=20)
         self._paused_until = 0.0
-        self._interval = 0.0  # seconds between request starts, from the limits
-        self._blocked_until = 0.0  # a spent window (remaining 0) until its reset
-        self.rate_limits: dict[str, float] = {}
+        self._blocked_until = 0.0
+        self._in_flight = 0
+        self._calibrated = False  # a response has told us the limits (or that there are none)
+        self._tokens_learned = False
+        self.quota_spent = False
 
-    def acquire(self, stop: threading.Event | None = None) -> bool:
-        """Wait for this request's slot; False if `stop` was set meanwhile."""
+    @property
+    def calibrated(self) -> bool:
+        return self._calibrated
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    # -- asking for a slot ----------------------------------------------------------
+
+    def reserve(self) -> float:
+        """0 and the slot is taken, or the seconds to wait before asking again."""
+        with self._lock:
+            now = self._clock()
+            if not self._calibrated and self._in_flight > 0:
+                return 0.05  # one request alone until the first response tells us the limits
+            if self.rpd_remaining is not None and self._in_flight >= self.rpd_remaining:
+                return 0.05  # the last of the day's requests: no more in flight than are left
+            start = max(now, self._paused_until, self._blocked_until)
+            if self._last_start is not None:
+                start = max(start, self._last_start + self.interval())
+            if start > now:
+                return start - now
+            self._last_start = now
+            self._starts.append(now)
+            self._in_flight += 1
+            return 0.0
+
+    def acquire(self, stop: threading.Event) -> bool:
+        """Wait for this request's slot; False if `stop` was set or the day's quota spent meanwhile."""
         while True:
-            with self._lock:
-                now = self._clock()
-                start = max(now, self._next_start, self._paused_until, self._blocked_until)
-                if start <= now:
-                    self._next_start = now + self._interval
-                    return True
-                delay = start - now
-            if stop is not None:
-                if stop.wait(min(delay, 0.5)):
-                    return False
-            else:
-                self._sleep(min(delay, 0.5))
+            if stop.is_set() or self.quota_spent:
+                return False
+            delay = self.reserve()
+            if delay <= 0:
+                return True
+            if stop.wait(min(delay, 0.5)):
+                return False
+
+    def release(self) -> None:
+        """The request is over (answered, failed or abandoned)."""
+        with self._lock:
+            self._in_flight = max(0, self._in_flight - 1)
+
+    def interval(self) -> float:
+        """Seconds between request starts that keep every known limit."""
+        gaps = [self._adaptive]
+        if self.rpm:
+            gaps.append(self._gap(self.rpm))
+        if self.tpm:
+            gaps.append(self._gap(self.tpm * TOKEN_SAFETY / max(1, self.est_tokens)))
+        return max(gaps)
+
+    def _gap(self, per_window: float) -> float:
+        # Whole requests per window: 3.4 photos' worth of tokens a minute is 3 photos, since a
+        # server counting a sliding window refuses the 4th wherever it falls.
+        return self.window / max(1, math.floor(per_window)) * EDGE_MARGIN
+
+    # -- what came back -------------------------------------------------------------
 
     def observe(self, headers: dict[str, str]) -> None:
         """Learn the limits and what is left of them from a response's headers."""
         with self._lock:
-            now = self._clock()
-            limit_req = _int(headers, "x-ratelimit-limit-requests")
-            limit_tok = _int(headers, "x-ratelimit-limit-tokens")
-            reset_req = parse_duration(headers.get("x-ratelimit-reset-requests"))
-            intervals = []
-            # Groq reports requests per day here on some tiers: only a window that refills
-            # within a minute describes a per-minute pace.
-            if limit_req and (reset_req is None or reset_req <= 60):
-                intervals.append(60.0 / (limit_req * SAFETY))
-            if limit_tok:
-                intervals.append(60.0 * self.est_tokens / (limit_tok * SAFETY))
-            if intervals:
-                self._interval = max(intervals)
-                self.rate_limits = {"requests_per_min": limit_req or 0, "tokens_per_min": limit_tok or 0}
-            for remaining, reset in (
-                (_int(headers, "x-ratelimit-remaining-requests"), reset_req),
-                (_int(headers, "x-ratelimit-remaining-tokens"), parse_duration(headers.get("x-ratelimit-reset-tokens"))),
-            ):
-                if remaining is not None and remaining <= 0 and reset:
-                    self._blocked_until = max(self._blocked_until, now + reset)
+            self._adaptive *= RECOVERY
+            self._observe(headers)
+
+    def _observe(self, headers: dict[str, str]) -> None:
+        now = self._clock()
+        self._calibrated = True
+        self._observe_requests(headers, now)
+        self._observe_tokens(headers, now)
+
+    def _observe_requests(self, headers: dict[str, str], now: float) -> None:
+        limit = _int(headers, "x-ratelimit-limit-requests")
+        remaining = _int(headers, "x-ratelimit-remaining-requests")
+        reset = parse_duration(headers.get("x-ratelimit-reset-requests"))
+        if limit is None:
+            return
+        if reset is not None and reset > self.window * 1.05:
+            self._requests_daily = True  # a minute never takes longer than a minute to refill
+        if self._requests_daily:
+            if self.rpm == limit:
+                self.rpm = None  # it was taken for a per-minute limit before its reset gave it away
+            self.rpd, self.rpd_remaining = limit, remaining
+            if remaining is not None and remaining <= 0:
+                self.quota_spent = True
+            return
+        self.rpm = limit
+        if remaining is not None and remaining <= 0 and reset:
+            self._blocked_until = max(self._blocked_until, now + reset)
+
+    def _observe_tokens(self, headers: dict[str, str], now: float) -> None:
+        limit = _int(headers, "x-ratelimit-limit-tokens")
+        if limit is None:
+            return
+        self.tpm = limit
+        remaining = _int(headers, "x-ratelimit-remaining-tokens")
+        reset = parse_duration(headers.get("x-ratelimit-reset-tokens"))
+        if remaining is not None and reset and remaining < self.est_tokens:
+            self._blocked_until = max(self._blocked_until, now + reset)
 
     def learn_tokens(self, tokens: int) -> None:
-        """Use what requests really cost (a running average) to pace by tokens."""
+        """What requests really cost (a running average), to pace by tokens."""
+        if tokens <= 0:
+            return
         with self._lock:
-            self.est_tokens = int(0.8 * self.est_tokens + 0.2 * tokens) if tokens > 0 else self.est_tokens
+            # One absurd figure (a broken server's usage) must not stall the run for hours.
+            tokens = min(tokens, 4 * self.est_tokens)
+            # The first real figure replaces the guess; later ones are averaged in.
+            self.est_tokens = int(0.7 * self.est_tokens + 0.3 * tokens) if self._tokens_learned else tokens
+            self._tokens_learned = True
 
-    def pause(self, seconds: float) -> None:
-        """A 429 (or overload) told us to wait: every worker waits."""
+    def rate_limited(self, message: str, retry_after: float | None, headers: dict[str, str]) -> None:
+        """A 429: pause everyone, and learn the limit that was hit if the message names it."""
         with self._lock:
-            self._paused_until = max(self._paused_until, self._clock() + seconds)
+            now = self._clock()
+            self._calibrated = True
+            self._paused_until = max(self._paused_until, now + (retry_after if retry_after is not None else DEFAULT_PAUSE))
+            learned = False
+            for kind, per, number in _LIMIT_MESSAGE.findall(message or ""):
+                if per.lower() != "minute":
+                    continue
+                if kind.lower() == "requests":
+                    self.rpm = min(self.rpm or int(number), int(number))
+                else:
+                    self.tpm = min(self.tpm or int(number), int(number))
+                learned = True
+            if not learned:
+                # Nothing said which limit: halve the pace we were going at (at least 2/s).
+                floor = self.window / 120
+                self._adaptive = max(self._adaptive, self.interval(), self._recent_gap(), floor) * BACKOFF
+            self._observe(headers)
+
+    def _recent_gap(self) -> float:
+        if len(self._starts) < 2:
+            return 0.0
+        return (self._starts[-1] - self._starts[0]) / (len(self._starts) - 1)
+
+    # -- for the manifest and --dry-run ---------------------------------------------
+
+    def limits(self) -> dict[str, int | float]:
+        """What was learned, per real minute, for the next run's --dry-run estimate."""
+        per_minute = 60.0 / self.window
+        found: dict[str, int | float] = {"tokens_per_photo": self.est_tokens}
+        if self.rpm:
+            found["requests_per_minute"] = round(self.rpm * per_minute)
+        elif self._adaptive:
+            found["requests_per_minute"] = round(self.window / self._adaptive * per_minute)
+        if self.tpm:
+            found["tokens_per_minute"] = round(self.tpm * per_minute)
+        if self.rpd:
+            found["requests_per_day"] = self.rpd
+        return found

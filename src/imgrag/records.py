@@ -33,23 +33,46 @@ def load_failures(ws: Workspace) -> dict[str, dict[str, Any]]:
     return latest
 
 
+def average_usage(records: dict[str, dict[str, Any]], recent: int = 200) -> tuple[int, int] | None:
+    """(prompt, completion) tokens an average photo cost in the newest records, if known."""
+    prompt = completion = count = 0
+    for record in list(records.values())[-recent:]:
+        usage = record.get("usage")
+        if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int) and usage["prompt_tokens"] > 0:
+            prompt += usage["prompt_tokens"]
+            completion += int(usage.get("completion_tokens") or 0)
+            count += 1
+    return (prompt // count, completion // count) if count else None
+
+
 class RecordWriter:
-    """Thread-safe appends to both logs; every record is on disk when `add_*` returns."""
+    """Thread-safe appends to both logs; every record is on disk when `add_*` returns.
+
+    Once closed, late records (from requests abandoned by a second Ctrl-C) are dropped:
+    the writer lock on the folder is released by then and another run may be writing."""
 
     def __init__(self, ws: Workspace) -> None:
         self._lock = threading.Lock()
         self._descriptions = JsonlAppender(ws.descriptions_path)
         self._failures = JsonlAppender(ws.failures_path)
+        self._closed = False
 
-    def add_description(self, record: dict[str, Any]) -> None:
-        with self._lock:
-            self._descriptions.append(record)
+    def add_description(self, record: dict[str, Any]) -> bool:
+        return self._add(self._descriptions, record)
 
-    def add_failure(self, record: dict[str, Any]) -> None:
+    def add_failure(self, record: dict[str, Any]) -> bool:
+        return self._add(self._failures, record)
+
+    def _add(self, log: JsonlAppender, record: dict[str, Any]) -> bool:
         with self._lock:
-            self._failures.append(record)
+            if self._closed:
+                return False
+            log.append(record)
+            return True
 
     def close(self) -> None:
         with self._lock:
-            self._descriptions.close()
-            self._failures.close()
+            if not self._closed:
+                self._closed = True
+                self._descriptions.close()
+                self._failures.close()

@@ -3,16 +3,19 @@ warnings and summaries on stderr. No colour or progress bar off a terminal or wi
 
 from __future__ import annotations
 
-import json
 import os
+import re
 import sys
-from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from .errors import UsageError
 
 if TYPE_CHECKING:
     from .describe import DescribeSummary
     from .embed_job import EmbedSummary
     from .search import Hit
+    from .status import Status
 
 
 def _console(stream):
@@ -40,29 +43,163 @@ def info(message: str) -> None:
 
 # -- search results --------------------------------------------------------------------
 
+# IMGRAG_THUMBNAILS: auto (ask the terminal), a kind to use without asking, or off.
+THUMBNAIL_SETTINGS = ("auto", "kitty", "sixel", "halfblock", "off")
+_THUMB_CELLS = 14  # thumbnail width in terminal cells; the height follows the photo's shape
+_THUMB_PIXELS = 240  # decoded size: enough for kitty and sixel at that width
 
-def hits_json(query: str, hits: list[Hit]) -> str:
-    return json.dumps(
-        {"query": query, "count": len(hits), "results": [asdict(h) for h in hits]}, ensure_ascii=False
-    )
+
+def hit_record(h: Hit) -> dict[str, Any]:
+    """One result in --json: `extra` holds the score's parts (meaning, exact words)."""
+    return {"rank": h.rank, "score": h.score, "path": h.path, "paths": h.paths, "caption": h.caption,
+            "why": h.why, "taken": h.taken, "sha256": h.sha256, "extra": h.extra}
 
 
-def hits_table(hits: list[Hit]) -> None:
-    """A table on a terminal; off one, tab-separated lines that never wrap (for awk and cut)."""
-    if not is_terminal(sys.stdout):
+def hits_json(query: str | None, hits: list[Hit], *, like: str | None = None) -> str:
+    """One JSON document on one line: the whole output of --json, one line of --queries-from.
+    A file name that is not UTF-8 comes out as \\udcXX escapes, which read back to the same name."""
+    from .workspace import json_bytes
+
+    doc: dict[str, Any] = {"query": query}
+    if like is not None:
+        doc["like"] = like
+    doc.update(count=len(hits), results=[hit_record(h) for h in hits])
+    return json_bytes(doc).decode("utf-8")
+
+
+def hits_paths(hits: list[Hit], *, nul: bool = False) -> None:
+    """--paths: one absolute path per line; -0: each ended by NUL instead, for `xargs -0`.
+    The file names' own bytes, whatever their encoding, so the paths open the files."""
+    end = b"\0" if nul else b"\n"
+    sys.stdout.flush()
+    sys.stdout.buffer.write(b"".join(os.fsencode(h.path) + end for h in hits))
+    sys.stdout.buffer.flush()
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def shown_path(path: str) -> str:
+    """A path as a person or a line-based tool sees it: one line, one column, printable
+    (a non-UTF-8 byte becomes \ufffd, a tab or newline \\t or \\n). Exact bytes: --paths, -0."""
+    text = os.fsencode(path).decode("utf-8", "replace")
+    return _CONTROL.sub(lambda m: _ESCAPES.get(m.group(), f"\\x{ord(m.group()):02x}"), text)
+
+
+def thumbnail_kind(flag: bool | None) -> str | None:
+    """'kitty', 'sixel' or 'halfblock': how to draw thumbnails; None: draw none.
+
+    `flag` is --thumbnails (True: even piped or with NO_COLOR, since asking outweighs the
+    environment), --no-thumbnails (False) or neither (None: only on a terminal without
+    NO_COLOR). IMGRAG_THUMBNAILS names the kind, or `auto` to ask the terminal."""
+    setting = os.environ.get("IMGRAG_THUMBNAILS", "").strip().lower() or "auto"
+    if setting not in THUMBNAIL_SETTINGS:
+        raise UsageError(f"IMGRAG_THUMBNAILS={setting!r}: use one of {', '.join(THUMBNAIL_SETTINGS)}")
+    if flag is False or (flag is None and setting == "off"):
+        return None
+    if flag is None and not (is_terminal(sys.stdout) and not os.environ.get("NO_COLOR")):
+        return None
+    if setting not in ("auto", "off"):
+        return setting
+    return _probe_terminal() if is_terminal(sys.stdout) else "halfblock"
+
+
+def _probe_terminal() -> str:
+    """Ask the terminal which graphics it draws (an unanswered question costs 0.1 s)."""
+    if not (sys.stdin and sys.stdin.isatty()):
+        return "halfblock"  # the terminal's answer would arrive on stdin
+    renderable = _textual_image()
+    try:
+        # textual-image's order: Konsole and WezTerm claim kitty graphics but draw sixels
+        # correctly, and kitty itself draws no sixels.
+        if renderable.sixel.query_terminal_support():
+            return "sixel"
+        if renderable.tgp.query_terminal_support():
+            return "kitty"
+    except Exception:  # termios errors and the like: probing is best effort
+        pass
+    return "halfblock"
+
+
+def _textual_image() -> Any:
+    """textual_image.renderable, imported without the terminal probe it runs on import:
+    that probe crashes when stdin is not a terminal, and we probe ourselves, once."""
+    name = "textual_image.renderable"
+    if name not in sys.modules:
+        real_stdout = sys.__stdout__
+        sys.__stdout__ = None  # type: ignore[misc]  # it probes only when sys.__stdout__ is a tty
+        try:
+            import textual_image.renderable  # noqa: F401
+        finally:
+            sys.__stdout__ = real_stdout  # type: ignore[misc]
+    if not (sys.stdin and sys.stdin.isatty()):
+        # Its cell-size lookup would ask the terminal over stdin, too (and crash): settle it
+        # in advance with the size it falls back to (VT340 cells), in its own cache.
+        try:
+            from textual_image import _terminal
+
+            if not hasattr(_terminal.get_cell_size, "_result"):
+                _terminal.get_cell_size._result = _terminal.CellSize(10, 20)  # type: ignore[attr-defined]
+        except (ImportError, AttributeError):  # another version: nothing to settle
+            pass
+    return sys.modules[name]
+
+
+def _thumbnail(path: str, kind: str) -> Any:
+    """A small picture of the photo for a table cell, or a dim note when it cannot be read."""
+    import io
+
+    from PIL import Image
+    from rich.text import Text
+
+    from .photos import PhotoError, prepare_image
+
+    renderable = _textual_image()
+    draw = {"kitty": renderable.TGPImage, "sixel": renderable.SixelImage, "halfblock": renderable.HalfcellImage}[kind]
+    try:
+        small = prepare_image(Path(path), max_side=_THUMB_PIXELS, quality=85)  # oriented, HEIC-aware, fast
+        return draw(Image.open(io.BytesIO(small.jpeg)), width=_THUMB_CELLS, height="auto")
+    except (PhotoError, OSError):
+        return Text("(unreadable)" if Path(path).exists() else "(missing)", style="dim")
+
+
+def hits_table(hits: list[Hit], thumbnails: str | None = None) -> None:
+    """A table on a terminal (with a thumbnail per hit when `thumbnails` names a kind, see
+    thumbnail_kind); off one, tab-separated lines that never wrap (for awk and cut)."""
+    if thumbnails is None and not is_terminal(sys.stdout):
         for h in hits:
-            print(f"{h.rank}\t{h.score:.3f}\t{h.path}\t{' '.join(h.caption.split())}")
+            print(f"{h.rank}\t{h.score:.3f}\t{shown_path(h.path)}\t{' '.join(h.caption.split())}")
         return
+    from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    console = _console(sys.stdout)
-    table = Table(show_header=True, header_style="bold", expand=False)
+    if thumbnails is None:
+        console = _console(sys.stdout)
+    else:  # thumbnails were asked for, or the terminal shows them: colour is part of them
+        console = Console(file=sys.stdout, force_terminal=True, no_color=False, highlight=False, soft_wrap=False)
+    table = Table(show_header=True, header_style="bold", expand=False, show_lines=thumbnails is not None)
     table.add_column("#", justify="right", no_wrap=True)
+    if thumbnails is not None:
+        table.add_column("photo", no_wrap=True, width=_THUMB_CELLS)
     table.add_column("score", justify="right", no_wrap=True)
-    table.add_column("path", overflow="fold")
-    table.add_column("caption", overflow="fold")
+    table.add_column("path, caption, why it matched", overflow="fold")
     for h in hits:
-        table.add_row(str(h.rank), f"{h.score:.3f}", h.path, h.caption)
+        about = Text()
+        about.append(shown_path(h.path), style="bold")
+        if len(h.paths) > 1:  # the same photo (same bytes) in other places too
+            more = len(h.paths) - 1
+            about.append(f"  (+{more} {'copy' if more == 1 else 'copies'})", style="dim")
+        about.append("\n" + " ".join(h.caption.split()))
+        if h.why and h.why != h.caption:
+            about.append("\n" + h.why, style="dim")
+        if h.taken:
+            about.append(f"\ntaken {h.taken.replace('T', ' ')}", style="dim")
+        cells = [str(h.rank), f"{h.score:.3f}", about]
+        if thumbnails is not None:
+            cells.insert(1, _thumbnail(h.path, thumbnails))
+        table.add_row(*cells)
     console.print(table)
 
 
@@ -106,21 +243,21 @@ class DescribeProgress:
             self._bar = None
 
 
-def describe_summary(s: DescribeSummary, dry_run: bool, est_tokens: int, price_in: float, price_out: float) -> None:
-    if dry_run:
-        tokens = s.todo * est_tokens
-        cost = tokens / 1e6 * price_in + s.todo * 300 / 1e6 * price_out
-        info(
-            f"dry run: {s.found} photos, {s.already} already described, would describe {s.todo} "
-            f"(~{tokens:,} input tokens, ~${cost:.2f}); nothing was sent"
-        )
+def describe_summary(s: DescribeSummary) -> None:
+    if s.estimate is not None:
+        info(_dry_run_line(s))
         return
     parts = [f"described {s.described}", f"failed {s.failed}", f"already done {s.already}"]
     if s.remaining:
         parts.append(f"{s.remaining} left")
-    line = "imgrag: " + ", ".join(parts) + f" ({s.requests} requests, {s.prompt_tokens + s.completion_tokens:,} tokens)"
+    tokens = s.prompt_tokens + s.completion_tokens
+    limited = f", {s.rate_limited} rate-limited" if s.rate_limited else ""
+    requests = f"{s.requests} request{'' if s.requests == 1 else 's'}"
+    line = "imgrag: " + ", ".join(parts) + f" ({requests}{limited}, {tokens:,} tokens)"
     if s.stopped_by == "quota":
         line += f"; daily quota spent: run again later for the {s.remaining} left"
+    elif s.stopped_by == "unavailable":
+        line += f"; stopped, {s.stop_reason}: run again later for the {s.remaining} left"
     elif s.stopped_by == "interrupt":
         line += "; interrupted"
     info(line)
@@ -130,9 +267,62 @@ def describe_summary(s: DescribeSummary, dry_run: bool, est_tokens: int, price_i
         info(f"imgrag: ... and {len(s.failures) - 10} more (see .imgrag/failures.jsonl)")
 
 
+def _dry_run_line(s: DescribeSummary) -> str:
+    e = s.estimate
+    line = (
+        f"dry run: {s.found} photos, {s.already} already described, would describe {e.photos}: "
+        f"~{e.prompt_tokens:,} input + ~{e.completion_tokens:,} output tokens, ~${e.cost:.2f}"
+    )
+    if e.minutes is not None and e.photos:
+        limits = ", ".join(f"{v:,} {k.replace('_per_', '/').replace('_', ' ')}" for k, v in e.limits.items()
+                           if k != "tokens_per_photo")
+        line += f", {_duration(e.minutes)} of requests at {limits} ({e.limits_source})"
+        if e.runs > 1:
+            line += f"; the daily limit spreads it over {e.runs} daily runs"
+    elif e.photos:
+        line += f"; time unknown: {e.limits_source}"
+    return line + "; nothing was sent"
+
+
+def _duration(minutes: float) -> str:
+    if minutes < 1:
+        return "under a minute"
+    if minutes < 90:
+        return f"about {round(minutes)} min"
+    if minutes < 48 * 60:
+        return f"about {minutes / 60:.1f} h"
+    return f"about {minutes / 1440:.1f} days"
+
+
 def embed_summary(s: EmbedSummary) -> None:
+    kind = {"flat": "exact", "ivf-sq8": "IVF-SQ8"}.get(s.index_type, s.index_type)
     info(
         f"imgrag: indexed {s.described} of {s.photos} photos ({s.encoded} embedded now, {s.cached} from cache)"
-        + ("" if s.rebuilt_index else "; index unchanged")
+        + (f"; {kind} index written" if s.rebuilt_index else "; index unchanged")
         + (f"; {s.photos - s.described} not described yet" if s.photos > s.described else "")
     )
+
+
+def status_text(s: Status) -> str:
+    """`imgrag status` for a person: one fact per line."""
+    from .status import next_step
+
+    fingerprint = f" (weights {s.embed_fingerprint}, {s.dim} dimensions)" if s.embed_fingerprint else ""
+    vision = ", ".join(f"{m} ({n})" for m, n in sorted(s.vision_models.items(), key=lambda kv: -kv[1])) or "-"
+    index = (f"{s.index_size} photos, {s.index_type}" + ("" if s.index_up_to_date else ", out of date")
+             if s.index_type else "none yet")
+    lines = [
+        f"workspace:    {s.workspace}" + ("" if s.exists else " (not created yet)"),
+        f"folders:      {', '.join(s.roots) or '-'}",
+        f"photos:       {s.photos} found" + (f" ({s.files} files)" if s.files != s.photos else ""),
+        f"described:    {s.described}",
+        f"failed:       {s.failed}",
+        f"embedded:     {s.embedded}",
+        f"index:        {index}",
+        f"model:        {s.embed_model or '-'}{fingerprint}",
+        f"described by: {vision}",
+    ]
+    if s.index_problem:
+        lines.append(f"problem:      {s.index_problem}")
+    lines.append(f"next run would: {next_step(s)}")
+    return "\n".join(lines)

@@ -124,8 +124,23 @@ def embedding_text(desc: PhotoDescription | dict) -> str:
 
 
 def lexical_text(desc: PhotoDescription | dict) -> str:
-    """Every word of a description, for exact-word (BM25) matching."""
+    """Every word of a description for exact-word (BM25) matching, one labelled field a
+    line (`label<TAB>words`): BM25 indexes the words, the labels say where a word matched."""
     d = desc if isinstance(desc, PhotoDescription) else PhotoDescription.model_validate(desc)
-    fields = [d.caption, d.description, d.setting, d.time_of_day]
-    fields += d.objects + d.activities + d.people.activities + d.text + d.colors + d.tags + d.search_phrases
-    return " ".join(f for f in fields if f)
+    fields = (
+        ("caption", [d.caption]),
+        ("description", [d.description]),
+        ("objects", d.objects),
+        ("activities", d.activities + d.people.activities),
+        ("setting", [d.setting]),
+        ("visible text", d.text),
+        ("colors", d.colors),
+        ("tags", d.tags + ([d.time_of_day] if d.time_of_day and d.time_of_day != "unknown" else [])),
+        ("phrases", d.search_phrases),
+    )
+    lines = []
+    for label, items in fields:
+        words = ", ".join(" ".join(item.split()) for item in items if item and item.strip())
+        if words:
+            lines.append(f"{label}\t{words}")
+    return "\n".join(lines)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+import re
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +26,7 @@ class Hit:
     score: float
     sha256: str
     path: str  # absolute path of the first copy
-    paths: list[str]  # every copy, relative to the workspace base
+    paths: list[str]  # every copy: relative to the workspace base from rank(), absolute from Searcher
     caption: str
     taken: str | None
     why: str = ""
@@ -31,7 +36,8 @@ class Hit:
 @dataclass
 class SearchOptions:
     limit: int = DEFAULT_LIMIT
-    min_score: float | None = None
+    min_score: float | None = None  # None: no cut-off (`imgrag search` passes DEFAULT_MIN_SCORE unless told otherwise)
+    allowed_rows: set[int] | None = None  # only these index rows may be returned (filters); None: any
 
 
 class QueryEncoder:
@@ -65,20 +71,111 @@ def open_index(ws: Workspace, embed_model: str | None) -> Bundle:
     return bundle
 
 
-def rank(bundle: Bundle, query_vec: np.ndarray, query: str, options: SearchOptions) -> list[Hit]:
-    """The ranked hits for one query vector."""
-    if bundle.size == 0:
+# -- ranking: dense similarity, plus exact-word (BM25) evidence where it is strong -------
+
+# Results scoring below this are hidden unless --min-score says otherwise (see README:
+# right answers vs unrelated queries on Flickr8k and COCO).
+DEFAULT_MIN_SCORE = 0.25
+DENSE_CANDIDATES = 200  # nearest rows by meaning that fusion may reorder
+LEXICAL_CANDIDATES = 50  # best exact-word rows added even when meaning alone ranks them lower
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """score = dense cosine + lexical_weight * max(0, bm25_share - lexical_floor), where
+    bm25_share (0..1) is roughly the share of the query's idf-weighted words that a
+    description has as rare exact words (see `lexical.LexicalIndex.scores`). Plain rank
+    fusion of BM25 and dense hurts caption retrieval; a small weight on rare-word evidence
+    helps. Weight and floor were tuned on the Flickr8k train split (bench/retrieval.py --tune)."""
+
+    lexical_weight: float = 0.16
+    lexical_floor: float = 0.0
+
+    def combine(self, dense: np.ndarray, lexical: np.ndarray) -> np.ndarray:
+        """Scores from 0 (an opposite meaning shows as 0, so --min-score 0 shows everything)."""
+        boost = self.lexical_weight * np.maximum(0.0, lexical - self.lexical_floor)
+        return np.maximum(0.0, dense + boost).astype(np.float32)
+
+
+DEFAULT_FUSION = Fusion()
+DENSE_ONLY = Fusion(lexical_weight=0.0)
+
+
+@dataclass
+class Candidates:
+    """The rows a query could rank, with both kinds of evidence for each."""
+
+    rows: np.ndarray  # dense order first, then rows only exact words found
+    dense: np.ndarray
+    lexical: np.ndarray  # 0..1 share of the query's words matched (rare words only)
+    terms: list  # the query's content words (lexical.QueryTerm)
+
+
+def candidates(bundle: Bundle, query_vec: np.ndarray, query: str, depth: int = DENSE_CANDIDATES,
+               allowed: np.ndarray | None = None) -> Candidates:
+    """`allowed`: the only rows that may be candidates (filters), so a filter never leaves
+    fewer than `depth` candidates when enough rows pass it."""
+    q = np.ascontiguousarray(query_vec.reshape(1, -1), dtype=np.float32)
+    params = None
+    if allowed is not None:
+        import faiss
+
+        params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
+    scores, found = bundle.index.search(q, min(bundle.size, max(depth, 1)), params=params)
+    keep = found[0] >= 0
+    rows, dense = found[0][keep].astype(np.int64), scores[0][keep].astype(np.float32)
+    lex_index = bundle.lexical
+    if lex_index is None:
+        return Candidates(rows, dense, np.zeros(len(rows), np.float32), [])
+    evidence = lex_index.scores(query)
+    lexical_top = evidence.top(LEXICAL_CANDIDATES if allowed is None else bundle.size)
+    if allowed is not None:
+        lexical_top = lexical_top[np.isin(lexical_top, allowed)][:LEXICAL_CANDIDATES]
+    extra = np.setdiff1d(lexical_top, rows, assume_unique=True)
+    extra_dense = _dense_scores(bundle.index, q[0], extra)
+    if extra_dense is not None and len(extra):
+        rows = np.concatenate([rows, extra])
+        dense = np.concatenate([dense, extra_dense])
+    return Candidates(rows, dense, evidence.normalised(rows), evidence.terms)
+
+
+def _dense_scores(index, query_vec: np.ndarray, rows: np.ndarray) -> np.ndarray | None:
+    """Cosine of the query with given rows, read back from the index (None if it cannot)."""
+    if not len(rows):
+        return np.zeros(0, np.float32)
+    try:
+        vectors = index.reconstruct_batch(rows.astype(np.int64))
+    except RuntimeError:  # an index type without stored vectors: rank by what it returned
+        return None
+    return (vectors @ query_vec).astype(np.float32)
+
+
+def order(found: Candidates, fusion: Fusion) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, scores) best first; ties keep dense order."""
+    fused = fusion.combine(found.dense, found.lexical)
+    best = np.argsort(-fused, kind="stable")
+    return found.rows[best], fused[best]
+
+
+def rank(bundle: Bundle, query_vec: np.ndarray, query: str, options: SearchOptions,
+         fusion: Fusion = DEFAULT_FUSION) -> list[Hit]:
+    """The ranked hits for one query: `imgrag search` and bench/retrieval.py both come here."""
+    allowed = None if options.allowed_rows is None else np.fromiter(options.allowed_rows, np.int64)
+    if bundle.size == 0 or (allowed is not None and not len(allowed)):
         return []
-    k = min(bundle.size, max(options.limit, 1))
-    scores, rows = bundle.index.search(np.ascontiguousarray(query_vec.reshape(1, -1), dtype=np.float32), k)
-    pairs = [(int(r), float(s)) for r, s in zip(rows[0], scores[0]) if r >= 0]
+    found = candidates(bundle, query_vec, query, depth=max(DENSE_CANDIDATES, options.limit), allowed=allowed)
+    rows, scores = order(found, fusion)
     if options.min_score is not None:
-        pairs = [(r, s) for r, s in pairs if s >= options.min_score]
-    docs = bundle.docs([r for r, _ in pairs])
+        keep = scores >= options.min_score
+        rows, scores = rows[keep], scores[keep]
+    rows, scores = rows[: max(options.limit, 1)], scores[: max(options.limit, 1)]
+    evidence = dict(zip(found.rows.tolist(), zip(found.dense.tolist(), found.lexical.tolist())))
+    docs = bundle.docs(rows.tolist())
     ws_base = bundle.folder.parent.parent.parent  # <base>/.imgrag/index/<gen>
     hits = []
-    for i, (row, score) in enumerate(pairs, start=1):
+    for i, (row, score) in enumerate(zip(rows.tolist(), scores.tolist()), start=1):
         d = docs[row]
+        dense, lexical = evidence[row]
         hits.append(Hit(
             rank=i,
             score=round(score, 4),
@@ -87,15 +184,230 @@ def rank(bundle: Bundle, query_vec: np.ndarray, query: str, options: SearchOptio
             paths=d.paths,
             caption=d.caption,
             taken=d.taken,
-            why=d.caption,
+            why=why_matched(found.terms, d.lexical, d.caption),
+            extra={"dense": round(dense, 4), "lexical": round(lexical, 4)},
         ))
     return hits
 
 
-def run_search(query: str, *, index: Path | None, embed_model: str | None, options: SearchOptions) -> list[Hit]:
-    query = clean_query(query)
-    ws = Workspace.find(Path.cwd(), index)
-    bundle = open_index(ws, embed_model)
-    model_name = bundle.meta["embedding"]["model"]
-    encoder = QueryEncoder(model_name)
-    return rank(bundle, encoder.encode([query])[0], query, options)
+_WHY_CHARS = 160
+_SNIPPET_CHARS = 60
+
+
+def why_matched(terms: list, lexical: str, caption: str) -> str:
+    """One short line: the query words found in the description, the fields holding them
+    and a snippet of the best such field (visible text first; the caption is shown anyway),
+    or, with no word in common, that the match is by meaning."""
+    from .lexical import field_lines, stems, words as words_of
+
+    matched: dict[str, list[str]] = {}  # query word -> labels of fields containing it
+    snippets: list[tuple[bool, str]] = []
+    for label, words in field_lines(lexical):
+        field_words = words_of(words)
+        field_stems = stems(field_words)
+        hit_words = [t.word for t in terms if t.stem in set(field_stems)]
+        for word in hit_words:
+            matched.setdefault(word, []).append(label)
+        if hit_words and label != "caption":
+            first = next(w for w, st in zip(field_words, field_stems) if any(t.stem == st for t in terms))
+            snippets.append((label != "visible text", f"{label}: {_snippet(words, first)}"))
+    if not matched:
+        return _clip(f"similar meaning: {caption}")
+    ordered = [t.word for t in terms if t.word in matched]
+    labels = list(dict.fromkeys(label for label, _ in field_lines(lexical) if any(label in matched[w] for w in ordered)))
+    line = "matched " + ", ".join(f'"{w}"' for w in ordered) + " in " + ", ".join(labels)
+    best = [text for _, text in sorted(snippets, key=lambda s: s[0])[:1]]  # stable: field order otherwise
+    return _clip("; ".join([line, *best]))
+
+
+def _snippet(text: str, word: str) -> str:
+    """The field, or for a long one the stretch around its first matched word."""
+    text = " ".join(text.split())
+    if len(text) <= _SNIPPET_CHARS:
+        return text
+    at = max(0, text.lower().find(word))
+    start = max(0, text.rfind(" ", 0, max(0, at - _SNIPPET_CHARS // 3)) + 1)
+    end = text.find(" ", min(len(text), start + _SNIPPET_CHARS))
+    end = len(text) if end == -1 else end
+    return ("…" if start else "") + text[start:end] + ("…" if end < len(text) else "")
+
+
+def _clip(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _WHY_CHARS else text[: _WHY_CHARS - 1].rstrip() + "…"
+
+
+# -- searching: filters, --like, and many queries over one loaded index ------------------
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which photos a search may return. Dates compare local wall-clock times: the EXIF time
+    as the camera recorded it, else the file's modification time in this machine's zone."""
+
+    under: Path | None = None  # a photo matches when any of its copies is inside this folder
+    after: datetime | None = None  # taken at or after
+    before: datetime | None = None  # taken strictly before
+
+    def active(self) -> bool:
+        return self.under is not None or self.after is not None or self.before is not None
+
+
+_PERIOD = re.compile(r"(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
+
+
+def parse_date(text: str, flag: str) -> datetime:
+    """YYYY, YYYY-MM or YYYY-MM-DD (the first moment of that period), or a full ISO 8601 time."""
+    text = text.strip()
+    try:
+        period = _PERIOD.fullmatch(text)
+        if period:
+            year, month, day = (int(p) if p else 1 for p in period.groups())
+            return datetime(year, month, day)
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(
+            f"{flag} {text!r} is not a date: use YYYY-MM-DD (or YYYY, YYYY-MM, or a time such as 2024-06-01T18:30)"
+        ) from None
+    if when.tzinfo is not None:
+        when = when.astimezone().replace(tzinfo=None)  # the same instant on this machine's clock
+    return when
+
+
+# A photo's time as 'YYYY-MM-DDTHH:MM:SS' (sorts as text): the EXIF time without its UTC
+# offset, else the file's mtime in local time. A photo with neither passes no date filter.
+_PHOTO_TIME = "COALESCE(substr(taken, 1, 19), strftime('%Y-%m-%dT%H:%M:%S', mtime, 'unixepoch', 'localtime'))"
+
+
+def allowed_rows(bundle: Bundle, ws: Workspace, filters: Filters) -> set[int] | None:
+    """The index rows that pass the filters (None: no filter, every row)."""
+    if not filters.active():
+        return None
+    clauses: list[str] = []
+    params: list[object] = []
+    if filters.under is not None:
+        folder = _folder_in_workspace(ws, filters.under)
+        if folder != ".":
+            prefix = folder + os.sep
+            clauses.append("EXISTS (SELECT 1 FROM json_each(docs.paths) WHERE value = ? OR substr(value, 1, ?) = ?)")
+            params += [folder, len(prefix), prefix]
+    if filters.after is not None:
+        clauses.append(f"{_PHOTO_TIME} >= ?")
+        params.append(filters.after.isoformat(timespec="seconds"))
+    if filters.before is not None:
+        clauses.append(f"{_PHOTO_TIME} < ?")
+        params.append(filters.before.isoformat(timespec="seconds"))
+    where = " WHERE " + " AND ".join(clauses) if clauses else ""
+    return {row for (row,) in bundle.db.execute(f"SELECT row FROM docs{where}", params)}
+
+
+def _folder_in_workspace(ws: Workspace, under: Path) -> str:
+    """`--in` as stored paths spell it: relative to the workspace base ('.' for the base itself)."""
+    folder = under.expanduser().resolve()
+    if not folder.exists():
+        raise UsageError(f"--in {under}: no such folder")
+    rel = os.path.relpath(folder, ws.base.resolve())
+    if rel == os.pardir or rel.startswith(os.pardir + os.sep) or os.path.isabs(rel):
+        raise UsageError(f"--in {under}: not inside {ws.base}, the folder the index in {ws.root} covers")
+    return rel
+
+
+class Searcher:
+    """An open index for any number of searches; the query encoder is loaded on the first
+    text query and kept (so `--queries-from` pays for the model once, and `--like` never)."""
+
+    def __init__(self, *, index: Path | None, embed_model: str | None, filters: Filters | None = None) -> None:
+        self.ws = Workspace.find(Path.cwd(), index)
+        self.bundle = open_index(self.ws, embed_model)
+        self.allowed = allowed_rows(self.bundle, self.ws, filters or Filters())
+        self._encoder: QueryEncoder | None = None
+
+    def encoder(self) -> QueryEncoder:
+        if self._encoder is None:
+            # The ONNX export made at embed time when valid (no torch import), else this model.
+            from .query_encoder import open_encoder
+
+            embedding = self.bundle.meta["embedding"]
+            self._encoder = open_encoder(self.ws, embedding["model"], embedding.get("fingerprint"))
+        return self._encoder
+
+    def search(self, query: str, options: SearchOptions) -> list[Hit]:
+        query = clean_query(query)
+        if self._nothing_to_find():
+            return []
+        return self._rank(self.encoder().encode([query])[0], query, options)
+
+    def like(self, photo: Path, options: SearchOptions) -> list[Hit]:
+        """Photos whose descriptions are nearest to that of `photo` (an indexed photo), itself left out."""
+        row, sha, caption = self._indexed_row(photo)
+        if self._nothing_to_find():
+            return []
+        # Its caption stands in for query words, so exact-word evidence and "why" work as
+        # for a typed query; one extra hit makes room for the photo itself, left out here.
+        hits = self._rank(self._stored_vector(row), caption, replace(options, limit=options.limit + 1))
+        others = [h for h in hits if h.sha256 != sha][: options.limit]
+        for i, h in enumerate(others, start=1):
+            h.rank = i
+        return others
+
+    def _nothing_to_find(self) -> bool:
+        return self.bundle.size == 0 or (self.allowed is not None and not self.allowed)
+
+    def _rank(self, query_vec: np.ndarray, query: str, options: SearchOptions) -> list[Hit]:
+        hits = rank(self.bundle, query_vec, query, replace(options, allowed_rows=self.allowed))
+        for h in hits:
+            h.paths = [str(self.ws.absolute(p)) for p in h.paths]
+        return hits
+
+    def _indexed_row(self, photo: Path) -> tuple[int, str, str]:
+        """(row, sha256, caption) of a photo in the index, found by its content."""
+        from .photos import PhotoError, file_sha256
+
+        if not photo.expanduser().is_file():
+            raise UsageError(f"--like {photo}: no such photo")
+        try:
+            sha = file_sha256(photo.expanduser())
+        except PhotoError as e:
+            raise UsageError(f"--like {photo}: cannot read it ({e})") from None
+        found = self.bundle.db.execute("SELECT row, caption FROM docs WHERE sha256 = ?", (sha,)).fetchone()
+        if found is None:
+            raise UsageError(
+                f"--like {photo}: this photo is not in the index in {self.ws.root} "
+                "(run `imgrag index` on its folder first)"
+            )
+        return int(found[0]), sha, found[1] or ""
+
+    def _stored_vector(self, row: int) -> np.ndarray:
+        try:
+            return np.asarray(self.bundle.index.reconstruct(row), dtype=np.float32)
+        except RuntimeError:  # an index type that keeps no vectors: embed its text again
+            text = self.bundle.docs([row])[row].text
+            return self.encoder().encode([text])[0]
+
+
+def queries_from(source: str) -> Iterator[str]:
+    """`--queries-from FILE|-`: one query per line, blank lines skipped, each read as it
+    arrives (a script may write a query and read its answer before writing the next)."""
+    if source == "-":
+        yield from _queries(sys.stdin, source)
+        return
+    try:
+        f = open(source, encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"--queries-from {source}: {e.strerror or e}") from None
+    with f:
+        yield from _queries(f, source)
+
+
+def _queries(lines: Iterable[str], source: str) -> Iterator[str]:
+    try:
+        for line in lines:
+            if line.strip():
+                yield clean_query(line)
+    except UnicodeDecodeError:
+        raise UsageError(f"--queries-from {source}: not UTF-8 text") from None
+
+
+def run_search(query: str, *, index: Path | None, embed_model: str | None, options: SearchOptions,
+               filters: Filters | None = None) -> list[Hit]:
+    return Searcher(index=index, embed_model=embed_model, filters=filters).search(query, options)

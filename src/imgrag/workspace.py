@@ -8,6 +8,7 @@ something readable.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
+from .errors import StorageError, UsageError
 
 DIR_NAME = ".imgrag"
 FORMAT_VERSION = 1
@@ -25,19 +26,45 @@ FORMAT_VERSION = 1
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Replace `path` with `data` so that readers see the old or the new file, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; match files made with open()
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with storage_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; match files made with open()
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     fsync_dir(path.parent)
+
+
+_STORAGE_REASONS = {
+    errno.ENOSPC: "no space left on the disk",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EFBIG: "file too large for this file system",
+}
+
+
+@contextmanager
+def storage_errors(path: Path) -> Iterator[None]:
+    """Turn a failed write under `.imgrag/` into one clear line (exit 2) instead of a traceback."""
+    try:
+        yield
+    except OSError as e:
+        reason = _STORAGE_REASONS.get(e.errno or 0)
+        if reason is None:
+            raise
+        raise StorageError(
+            f"cannot write {path}: {reason}; what was already saved is intact, "
+            "run again once the disk is writable"
+        ) from None
 
 
 def _umask() -> int:
@@ -60,6 +87,20 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def json_bytes(value: Any, **dumps: Any) -> bytes:
+    """UTF-8 JSON. A file name that is not valid UTF-8 reaches us as lone surrogates
+    (Python's surrogateescape); those are written as \\udcXX escapes, which read back
+    to the very same name, instead of failing or writing invalid UTF-8."""
+    try:
+        return json.dumps(value, ensure_ascii=False, **dumps).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, ensure_ascii=True, **dumps).encode("ascii")
+
+
+def json_line(record: dict[str, Any]) -> bytes:
+    return json_bytes(record, separators=(",", ":")) + b"\n"
+
+
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
     """Records of a JSONL file; lines that do not parse (a torn last line, junk) are skipped."""
     try:
@@ -79,13 +120,18 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
 
 
 class JsonlAppender:
-    """Appends one record per line, each flushed and fsynced before `append` returns."""
+    """Appends one record per line, each fsynced before `append` returns.
+
+    A write that fails (disk full) is cut back off, so the file never holds half a
+    line followed by more records; the appender then refuses further records."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = path.open("ab")
-        self._repair_torn_tail()
+        self._broken: StorageError | None = None
+        with storage_errors(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = path.open("ab", buffering=0)
+            self._repair_torn_tail()
 
     def _repair_torn_tail(self) -> None:
         # An interrupted append leaves a last line without "\n": cut it off so the next
@@ -93,22 +139,31 @@ class JsonlAppender:
         size = self._file.seek(0, os.SEEK_END)
         if size == 0:
             return
-        with self.path.open("rb") as f:
-            f.seek(max(0, size - 1))
-            if f.read(1) == b"\n":
-                return
-            f.seek(0)
-            data = f.read()
-        cut = data.rfind(b"\n") + 1
+        cut = _after_last_newline(self.path, size)
+        if cut == size:
+            return
         self._file.truncate(cut)
         self._file.seek(cut)
         os.fsync(self._file.fileno())
 
     def append(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
-        self._file.write(line.encode("utf-8"))
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        if self._broken is not None:
+            raise self._broken
+        line = json_line(record)
+        start = self._file.seek(0, os.SEEK_END)
+        try:
+            with storage_errors(self.path):
+                view = memoryview(line)
+                while view:
+                    view = view[self._file.write(view):]
+                os.fsync(self._file.fileno())
+        except StorageError as e:
+            self._broken = e
+            try:
+                self._file.truncate(start)  # truncating frees space, so it works on a full disk
+            except OSError:
+                pass  # the torn tail is cut off when the file is next opened
+            raise
 
     def close(self) -> None:
         self._file.close()
@@ -159,6 +214,10 @@ class Workspace:
     @classmethod
     def for_photos(cls, photos: Path, index: Path | None = None) -> Workspace:
         """The workspace that `describe`/`embed PHOTOS` write: `--index`, else PHOTOS/../.imgrag."""
+        if DIR_NAME in photos.resolve().parts:
+            # Photos kept in our own state folder would index themselves (and nest a new .imgrag/).
+            raise UsageError(f"{photos} is inside an {DIR_NAME}/ folder, which holds imgrag's own files: "
+                             "keep photos outside it")
         if index is not None:
             return cls(_as_workspace_dir(index))
         photos = photos.resolve()
@@ -217,7 +276,7 @@ class Workspace:
         manifest = self.read_manifest()
         manifest.update(changes)
         manifest["format"] = FORMAT_VERSION
-        write_atomic(self.manifest_path, (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode())
+        write_atomic(self.manifest_path, json_bytes(manifest, indent=2) + b"\n")
         return manifest
 
     def add_root(self, photos: Path) -> None:
@@ -236,10 +295,12 @@ class Workspace:
         """Held by describe/embed: a second writer is told the index is busy (or waits)."""
         from filelock import FileLock, Timeout
 
-        self.root.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(self.root / "lock"))
+        lock_path = self.root / "lock"
+        lock = FileLock(str(lock_path))
         try:
-            lock.acquire(timeout=-1 if wait else 0)
+            with storage_errors(lock_path):
+                self.root.mkdir(parents=True, exist_ok=True)
+                lock.acquire(timeout=-1 if wait else 0)
         except Timeout:
             raise UsageError(
                 f"{self.root} is busy: another imgrag describe/embed is writing it "
@@ -249,6 +310,21 @@ class Workspace:
             yield
         finally:
             lock.release()
+
+
+def _after_last_newline(path: Path, size: int, chunk: int = 1 << 16) -> int:
+    """Offset just past the last b"\\n" of the first `size` bytes (0 if there is none)."""
+    with path.open("rb") as f:
+        end = size
+        while end > 0:
+            start = max(0, end - chunk)
+            f.seek(start)
+            block = f.read(end - start)
+            at = block.rfind(b"\n")
+            if at != -1:
+                return start + at + 1
+            end = start
+    return 0
 
 
 def _as_workspace_dir(index: Path) -> Path:

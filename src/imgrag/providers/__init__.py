@@ -7,6 +7,7 @@ from __future__ import annotations
 from ..config import Settings
 from .base import (
     FatalProviderError,
+    InvalidReply,
     PhotoRejected,
     ProviderReply,
     QuotaExhausted,
@@ -17,6 +18,7 @@ from .base import (
 
 __all__ = [
     "FatalProviderError",
+    "InvalidReply",
     "PhotoRejected",
     "ProviderReply",
     "QuotaExhausted",

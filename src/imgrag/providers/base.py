@@ -6,6 +6,7 @@ so one adapter serves both; each provider module only builds its client."""
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Protocol
@@ -44,6 +45,15 @@ class PhotoRejected(ProviderError):
     """The server refused this photo (400/413/422): record a failure, go on with the rest."""
 
 
+class InvalidReply(ProviderError):
+    """The server itself found the model's reply not to be valid JSON (Groq's 400
+    `json_validate_failed` in JSON mode): retried once with the problem, like any bad reply."""
+
+    def __init__(self, message: str, reply: str, headers: dict[str, str] | None = None):
+        super().__init__(message, headers)
+        self.reply = reply
+
+
 class FatalProviderError(ProviderError):
     """Bad key, unknown or retired model: nothing will work until a setting changes."""
 
@@ -55,16 +65,25 @@ class VisionProvider(Protocol):
     def describe(self, data_url: str, retry_feedback: tuple[str, str] | None = None) -> ProviderReply: ...
 
 
+# The longest reply asked for; a description takes ~150-400 tokens.
+MAX_REPLY_TOKENS = 1024
+
 _DAILY_MARKERS = ("per day", "(rpd)", "(tpd)")
+# A 429 asking to wait longer than this ends the run for later (exit 75) instead of sleeping.
+LONG_WAIT = 600.0
 
 
 class ChatCompletionsProvider:
-    def __init__(self, *, name: str, client: Any, sdk: ModuleType, model: str, key_setting: str) -> None:
+    def __init__(self, *, name: str, client: Any, sdk: ModuleType, model: str, key_setting: str,
+                 base_url: str | None = None, timeout: float = 60.0) -> None:
         self.name = name
         self.client = client
         self.sdk = sdk
         self.model = model
         self.key_setting = key_setting
+        self.base_url = base_url
+        self.json_mode = True  # until the server says it has none
+        self.timeout = timeout  # seconds for a whole request, reply included
 
     def describe(self, data_url: str, retry_feedback: tuple[str, str] | None = None) -> ProviderReply:
         """One request. `retry_feedback` = (previous reply, what was wrong with it)."""
@@ -85,24 +104,50 @@ class ChatCompletionsProvider:
                 {"role": "user", "content": f"That reply was not valid: {problem}. Reply again with only the JSON object."}
             )
         try:
-            raw = self.client.chat.completions.with_raw_response.create(
-                model=self.model,
-                messages=messages,
-                response_format={"type": "json_object"},
-                temperature=0.2,
-                max_tokens=1024,
-            )
-            headers = {k.lower(): v for k, v in raw.headers.items()}
-            completion = raw.parse()
+            headers, body = self._create(messages)
         except self.sdk.APIStatusError as e:
             raise self._status_error(e) from None
         except self.sdk.APITimeoutError:
             raise TransientError("the request timed out") from None
         except self.sdk.APIConnectionError as e:
             raise TransientError(f"connection failed ({e.__cause__ or e})") from None
-        except self.sdk.APIError as e:  # a 200 whose body is not a completion (HTML page, junk)
+        except self.sdk.APIError as e:  # a response the SDK cannot read
             raise TransientError(f"unreadable response ({e})") from None
+        try:
+            completion = self.sdk.types.chat.ChatCompletion.model_validate_json(body)
+        except ValueError:  # a 200 whose body is not a completion (an HTML page, junk)
+            raise TransientError(f"unreadable response ({body[:80]!r})", headers) from None
         return self._reply(completion, headers)
+
+    def _create(self, messages: list[dict[str, Any]]) -> tuple[dict[str, str], bytes]:
+        """The chat request, in JSON mode unless the server has refused JSON mode: some
+        OpenAI-compatible servers (LM Studio, older llama.cpp) reject `json_object` with a
+        400; the prompt asks for JSON anyway and replies are validated either way."""
+        params: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": 0.2,
+                                  "max_tokens": MAX_REPLY_TOKENS}
+        if not self.json_mode:
+            return self._send(params)
+        try:
+            return self._send({**params, "response_format": {"type": "json_object"}})
+        except self.sdk.BadRequestError as e:
+            if "response_format" not in _error_code_and_message(e)[1].lower():
+                raise
+            self.json_mode = False
+            return self._send(params)
+
+    def _send(self, params: dict[str, Any]) -> tuple[dict[str, str], bytes]:
+        """(headers, body) of one request, within `timeout` seconds in all. The SDK's
+        timeout is per read, so a server dripping its reply a few bytes at a time would
+        hold a worker for as long as it likes: the body is read here against a deadline."""
+        deadline = time.monotonic() + self.timeout
+        with self.client.chat.completions.with_streaming_response.create(**params) as response:
+            headers = {k.lower(): v for k, v in response.headers.items()}
+            chunks = []
+            for chunk in response.iter_bytes():
+                chunks.append(chunk)
+                if time.monotonic() > deadline:  # leaving the block drops the connection
+                    raise TransientError(f"the reply took longer than {self.timeout:g} s", headers)
+        return headers, b"".join(chunks)
 
     def _reply(self, completion: Any, headers: dict[str, str]) -> ProviderReply:
         try:
@@ -125,7 +170,13 @@ class ChatCompletionsProvider:
         if status == 429:
             if any(m in message.lower() for m in _DAILY_MARKERS):
                 return QuotaExhausted(f"daily quota spent ({message})", headers, retry_after)
+            if code == "insufficient_quota":  # OpenAI: the account's credit is spent
+                return QuotaExhausted(f"quota spent ({message})", headers, retry_after)
+            if retry_after is not None and retry_after > LONG_WAIT:
+                return QuotaExhausted(f"rate limited for {retry_after / 60:.0f} minutes ({message})", headers, retry_after)
             return RateLimited(f"rate limited: {message}", headers, retry_after)
+        if code == "json_validate_failed":
+            return InvalidReply(f"the reply was not valid JSON ({message})", _failed_generation(e), headers)
         if status in (401, 403):
             return FatalProviderError(
                 f"the {self.name} API rejected the key ({status}): check {self.key_setting}", headers
@@ -134,6 +185,12 @@ class ChatCompletionsProvider:
             return FatalProviderError(
                 f"the vision model {self.model!r} has been retired by {self.name}: "
                 "set IMGRAG_MODEL (or --model) to a current vision model",
+                headers,
+            )
+        if status == 404 and code != "model_not_found" and "model" not in message.lower():
+            return FatalProviderError(
+                f"no chat-completions endpoint at {self.base_url or 'the default URL'} (404: {message}): "
+                "check IMGRAG_BASE_URL (or --base-url); OpenAI-compatible servers usually end in /v1",
                 headers,
             )
         if status == 404 or code == "model_not_found":
@@ -159,6 +216,12 @@ def _error_code_and_message(e: Any) -> tuple[str, str]:
         if isinstance(err, dict):
             return str(err.get("code") or ""), str(err.get("message") or "")[:300]
     return "", str(e.message)[:300]
+
+
+def _failed_generation(e: Any) -> str:
+    body = e.body if isinstance(e.body, dict) else {}
+    err = body.get("error", body)
+    return str(err.get("failed_generation") or "") if isinstance(err, dict) else ""
 
 
 def _retry_after(headers: dict[str, str]) -> float | None:

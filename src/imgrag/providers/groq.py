@@ -16,5 +16,6 @@ def make_groq(settings: Settings) -> ChatCompletionsProvider:
         timeout=settings.timeout,
     )
     return ChatCompletionsProvider(
-        name="groq", client=client, sdk=groq, model=settings.vision_model, key_setting="GROQ_API_KEY"
+        name="groq", client=client, sdk=groq, model=settings.vision_model, key_setting="GROQ_API_KEY",
+        base_url=settings.base_url, timeout=settings.timeout,
     )

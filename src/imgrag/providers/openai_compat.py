@@ -17,5 +17,6 @@ def make_openai_compat(settings: Settings) -> ChatCompletionsProvider:
         timeout=settings.timeout,
     )
     return ChatCompletionsProvider(
-        name="openai", client=client, sdk=openai, model=settings.vision_model, key_setting="OPENAI_API_KEY"
+        name="openai", client=client, sdk=openai, model=settings.vision_model, key_setting="OPENAI_API_KEY",
+        base_url=settings.base_url, timeout=settings.timeout,
     )

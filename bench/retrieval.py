@@ -1,0 +1,220 @@
+"""Caption retrieval benchmark through imgrag's own search path.
+
+Each photo's description is turned into index text by `schema.embedding_text` /
+`schema.lexical_text`, written with `index.write_bundle`, read back with `load_bundle`,
+and every query is ranked by `search.candidates` + `search.order` (what `search.rank`,
+and so `imgrag search`, ranks with). Prints one JSON line: the shipped ranking's figures
+as the headline keys, dense-only and fused side by side, and how the default
+--min-score cut-off treats right answers and off-topic queries.
+
+    bench/retrieval.py                                   # Flickr8k dev split
+    bench/retrieval.py --coco                            # the 239 COCO photos
+    bench/retrieval.py --split train --tune              # pick the fusion weights
+
+Formats (auto-detected): caption lines {"id","description","queries":[...],"split"} and
+COCO lines {"file","captions":[5],"objects":[...]} (caption 1 + objects describe the
+photo, captions 2-5 are the queries). Vectors are cached in bench/.cache/."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "src"))
+
+from imgrag.embed import DEFAULT_MODEL, VectorCache, cache_dir_name, load_model, text_key  # noqa: E402
+from imgrag.index import Doc, load_bundle, write_bundle  # noqa: E402
+from imgrag.schema import embedding_text, lexical_text  # noqa: E402
+from imgrag.search import (  # noqa: E402
+    DEFAULT_FUSION, DEFAULT_MIN_SCORE, DENSE_ONLY, Candidates, Fusion, QueryEncoder, candidates, order,
+)
+from imgrag.workspace import Workspace  # noqa: E402
+
+DATA = REPO.parent / "shared" / "data"
+CAPTIONS = DATA / "captions" / "flickr8k_traindev.jsonl"
+COCO = DATA / "photos" / "coco.jsonl"
+CACHE = REPO / "bench" / ".cache"
+
+# Queries no photo in a caption dataset answers: what --min-score should hide.
+OFF_TOPIC = [
+    "quarterly tax spreadsheet", "invoice number 4471", "python stack trace", "screenshot of a login form",
+    "scanned passport page", "wiring diagram of a fuse box", "electron microscope image of a virus",
+    "bar chart of revenue by region", "handwritten grocery list", "pdf of a lease agreement",
+    "x-ray of a broken wrist", "map of the london underground", "sheet music for piano",
+    "periodic table poster", "terminal window with error messages", "blurry photo of a whiteboard equation",
+    "asdf qwerty zxcv", "hexadecimal memory dump", "corporate org chart", "calendar for march 2019",
+]
+
+
+@dataclass
+class Item:
+    id: str
+    description: dict
+    queries: list[str]
+
+
+def load_items(path: Path, split: str | None, coco: bool | None) -> tuple[list[Item], str]:
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if coco is None:
+        coco = bool(lines) and "captions" in lines[0] and "file" in lines[0]
+    if coco:
+        items = [Item(r["file"], {"caption": r["captions"][0], "objects": r.get("objects") or []}, r["captions"][1:])
+                 for r in lines]
+        return items, "coco"
+    items = [Item(r["id"], {"caption": r["description"]}, r["queries"])
+             for r in lines if split is None or r.get("split") == split]
+    return items, str(lines[0].get("dataset", "captions")) if lines else "captions"
+
+
+def cached_vectors(texts: list[str], cache: VectorCache, encode) -> np.ndarray:
+    todo = list(dict.fromkeys(t for t in texts if text_key(t) not in cache))
+    for start in range(0, len(todo), 2048):
+        part = todo[start:start + 2048]
+        print(f"retrieval: embedding {start + len(part)}/{len(todo)} texts", file=sys.stderr)
+        cache.add([text_key(t) for t in part], encode(part))
+    return cache.get([text_key(t) for t in texts])
+
+
+def embed_all(items: list[Item], docs: list[Doc], model_name: str, folder: Path) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Document vectors as `imgrag embed` makes them, query vectors as `imgrag search` does, cached in `folder`."""
+    model = load_model(model_name)
+    encoder = QueryEncoder(model_name)
+    queries = [q for it in items for q in it.queries]
+    name = cache_dir_name(model_name, model.fingerprint)
+    doc_vecs = cached_vectors([d.text for d in docs], VectorCache(folder / "docs" / name, model.dim), model.encode)
+    query_vecs = cached_vectors(queries, VectorCache(folder / "queries" / name, model.dim), encoder.encode)
+    return doc_vecs, queries, query_vecs
+
+
+def metrics(positions: np.ndarray) -> dict[str, float]:
+    """positions: 0-based rank of each query's right answer, -1 when not ranked."""
+    found = positions >= 0
+    rr = np.where(found, 1.0 / np.maximum(positions + 1, 1), 0.0)
+    out = {f"R@{k}": round(float(np.mean(found & (positions < k))), 4) for k in (1, 5, 10)}
+    out["MRR"] = round(float(rr.mean()), 4)
+    return out
+
+
+def position(found: Candidates, fusion: Fusion, target: int) -> tuple[int, float]:
+    rows, scores = order(found, fusion)
+    hit = np.flatnonzero(rows == target)
+    return (int(hit[0]), float(scores[hit[0]])) if len(hit) else (-1, float("nan"))
+
+
+def evaluate(all_found: list[Candidates], targets: list[int], fusion: Fusion) -> tuple[dict, np.ndarray, np.ndarray]:
+    pos_scores = [position(f, fusion, t) for f, t in zip(all_found, targets)]
+    positions = np.array([p for p, _ in pos_scores])
+    return metrics(positions), positions, np.array([s for _, s in pos_scores])
+
+
+def tune(all_found: list[Candidates], targets: list[int]) -> dict:
+    """Grid over weight and floor; the best by MRR that never costs R@10 against dense."""
+    dense, _, _ = evaluate(all_found, targets, DENSE_ONLY)
+    grid = []
+    for weight in (0.02, 0.05, 0.08, 0.1, 0.13, 0.16, 0.2, 0.25, 0.3, 0.4):
+        for floor in (0.0, 0.1, 0.2, 0.3, 0.4, 0.5):
+            fig, _, _ = evaluate(all_found, targets, Fusion(weight, floor))
+            grid.append({"weight": weight, "floor": floor, **fig})
+            print(f"retrieval: tune {grid[-1]}", file=sys.stderr)
+    # Among settings that keep R@10, those within noise (0.0005) of the best MRR are
+    # equals; of those, prefer the highest floor: exact words count only where strong.
+    safe = [g for g in grid if g["R@10"] >= dense["R@10"]] or grid
+    top_mrr = max(g["MRR"] for g in safe)
+    best = max((g for g in safe if g["MRR"] >= top_mrr - 0.0005), key=lambda g: (g["floor"], g["MRR"]))
+    return {"dense": dense, "best": best, "grid": grid}
+
+
+def cutoff_figures(bundle, encoder: QueryEncoder, all_found: list[Candidates], targets: list[int],
+                   right_scores: np.ndarray, positions: np.ndarray) -> dict:
+    """How DEFAULT_MIN_SCORE treats right answers found in the top 10, and off-topic queries."""
+    in_top10 = (positions >= 0) & (positions < 10)
+    kept = float(np.mean(right_scores[in_top10] >= DEFAULT_MIN_SCORE)) if in_top10.any() else float("nan")
+    off_vecs = encoder.encode(OFF_TOPIC)
+    shown, tops, off_scores = [], [], []
+    for query, vec in zip(OFF_TOPIC, off_vecs):
+        _, scores = order(candidates(bundle, vec, query), DEFAULT_FUSION)
+        off_scores.append(scores)
+        tops.append(float(scores[0]))
+        shown.append(int(np.sum(scores[:10] >= DEFAULT_MIN_SCORE)))
+    q = lambda a, p: round(float(np.quantile(a, p)), 3)  # noqa: E731
+    right = right_scores[in_top10]
+    sweep = {}
+    for cut in (0.15, 0.2, 0.25, 0.3, 0.35):
+        sweep[str(cut)] = [round(float(np.mean(right_scores[in_top10] >= cut)), 4),
+                           round(float(np.mean([np.sum(sc[:10] >= cut) for sc in off_scores])), 2)]
+    return {
+        "sweep_kept_offtopic_shown": sweep,
+        "min_score": DEFAULT_MIN_SCORE,
+        "right_in_top10_kept": round(kept, 4),
+        "right_score_p05_p50": [q(right, 0.05), q(right, 0.5)],
+        "offtopic_top1_p50_max": [q(tops, 0.5), round(max(tops), 3)],
+        "offtopic_hits_shown_per_query": round(float(np.mean(shown)), 2),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, help=f"JSONL file (default {CAPTIONS}, or {COCO} with --coco)")
+    ap.add_argument("--split", default="dev", help="split of a caption file: dev, train, or all (default dev)")
+    ap.add_argument("--coco", action="store_true", default=None, help="COCO photo format (auto-detected from --data)")
+    ap.add_argument("--model", default=DEFAULT_MODEL, help="embedding model")
+    ap.add_argument("--tune", action="store_true", help="grid-search the fusion weight and floor on this data")
+    ap.add_argument("--no-cache", action="store_true", help="embed afresh instead of using bench/.cache")
+    args = ap.parse_args()
+    started = time.perf_counter()
+    path = args.data or (COCO if args.coco else CAPTIONS)
+    if not path.is_file():
+        print(f"retrieval: {path} is missing: the benchmark reads ../shared/data (see --data)", file=sys.stderr)
+        return 2
+    items, dataset = load_items(path, None if args.split == "all" else args.split, args.coco)
+    if not items:
+        print(f"retrieval: no items in {path} for split {args.split!r}", file=sys.stderr)
+        return 2
+    docs = [Doc(sha256=it.id, paths=[it.id], caption=it.description["caption"], text=embedding_text(it.description),
+                lexical=lexical_text(it.description), taken=None, mtime=None) for it in items]
+    with tempfile.TemporaryDirectory() as scratch:
+        doc_vecs, queries, query_vecs = embed_all(items, docs, args.model, Path(scratch) if args.no_cache else CACHE)
+    targets = [row for row, it in enumerate(items) for _ in it.queries]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ws = Workspace(Path(tmp) / ".imgrag")
+        t0 = time.perf_counter()
+        write_bundle(ws, docs, doc_vecs, {"embedding": {"model": args.model}})
+        build_s = time.perf_counter() - t0
+        bundle = load_bundle(ws)
+        t0 = time.perf_counter()
+        all_found = [candidates(bundle, v, q) for q, v in zip(queries, query_vecs)]
+        search_ms = (time.perf_counter() - t0) * 1000 / max(len(queries), 1)
+        if args.tune:
+            result = {"data": str(path), "split": args.split, "docs": len(docs), "queries": len(queries),
+                      **tune(all_found, targets)}
+            print(json.dumps(result))
+            return 0
+        dense, _, _ = evaluate(all_found, targets, DENSE_ONLY)
+        fused, positions, right_scores = evaluate(all_found, targets, DEFAULT_FUSION)
+        cutoff = cutoff_figures(bundle, QueryEncoder(args.model), all_found, targets, right_scores, positions)
+        bundle.db.close()
+
+    result = {
+        "dataset": dataset, "split": "all" if dataset == "coco" else args.split, "docs": len(docs),
+        "queries": len(queries), **fused,
+        "dense": dense, "fused": fused,
+        "fusion": {"lexical_weight": DEFAULT_FUSION.lexical_weight, "lexical_floor": DEFAULT_FUSION.lexical_floor},
+        "cutoff": cutoff,
+        "index_build_s": round(build_s, 2), "rank_ms_per_query": round(search_ms, 2),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

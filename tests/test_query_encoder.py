@@ -1,0 +1,224 @@
+"""The fast query encoder: an ONNX export of the index's model, verified against
+sentence-transformers, used by search when valid and skipped (slow path) when not."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import run_imgrag
+from imgrag import query_encoder as qe
+from imgrag.embed import LoadedModel, load_model
+from imgrag.errors import UsageError
+from imgrag.search import QueryEncoder
+from imgrag.workspace import Workspace
+
+MODEL = "all-MiniLM-L6-v2"
+HEAVY = ("torch", "sentence_transformers", "transformers", "onnxruntime", "faiss", "tokenizers")
+
+# Not the texts the export was verified on.
+TEXTS = [
+    "dog on the beach",
+    "Kettle On A Gas Stove",
+    "two kids building a sandcastle at low tide",
+    "scanned receipt from the hardware store, total $42.17",
+    "a",
+    "Sonnenuntergang über dem See",
+    "猫がソファで寝ている",
+    "🎂🎉",
+    "people dancing at a wedding reception under string lights " * 40,  # far past 256 tokens
+]
+
+
+@pytest.fixture(scope="module")
+def loaded() -> LoadedModel:
+    return load_model(MODEL)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, loaded):
+    """A workspace whose MiniLM export was made (once for this module) by ensure_export."""
+    ws = Workspace(tmp_path_factory.mktemp("exported") / ".imgrag")
+    ws.root.mkdir()
+    assert qe.ensure_export(ws, MODEL, loaded.fingerprint, loaded) == "exported"
+    return ws, qe.export_dir(ws, MODEL, loaded.fingerprint)
+
+
+def copy_of(exported, tmp_path: Path) -> tuple[Workspace, Path]:
+    """A workspace of our own holding a copy of the export, free to damage."""
+    ws, folder = exported
+    mine = Workspace(tmp_path / ".imgrag")
+    shutil.copytree(ws.root, mine.root)
+    return mine, mine.root / folder.relative_to(ws.root)
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(axis=1)
+
+
+def test_export_is_complete_and_verified(exported, loaded):
+    ws, folder = exported
+    assert sorted(p.name for p in folder.iterdir()) == ["encoder.json", "model.onnx", "model.onnx.data", "tokenizer.json"]
+    assert [p.name for p in qe.models_dir(ws).iterdir()] == [folder.name], "no temporary folders left behind"
+    record = qe.read_record(folder)
+    assert record["verified"] is True and record["fingerprint"] == loaded.fingerprint
+    assert record["verification"]["texts"] == len(qe.SAMPLE_TEXTS) >= 32
+    assert record["verification"]["min_cosine"] >= qe.MIN_COSINE
+    # read from the model's own configuration, not assumed
+    assert record["pipeline"]["pooling"] == ["mean"] and record["pipeline"]["max_seq_length"] == 256
+    assert record["pipeline"]["dim"] == loaded.dim == 384
+    assert qe.ensure_export(ws, MODEL, loaded.fingerprint) == "ready", "a second embed does not export again"
+
+
+def test_onnx_vectors_match_sentence_transformers(exported, loaded):
+    ws, folder = exported
+    fast = qe.open_encoder(ws, MODEL, loaded.fingerprint)
+    assert isinstance(fast, qe.OnnxQueryEncoder)
+    reference = np.concatenate([loaded.encode([t]) for t in TEXTS])
+    one_by_one = np.concatenate([fast.encode([t]) for t in TEXTS])
+    assert one_by_one.dtype == np.float32 and one_by_one.shape == (len(TEXTS), 384)
+    assert cosines(one_by_one, reference).min() >= 0.9999
+    np.testing.assert_allclose(np.linalg.norm(one_by_one, axis=1), 1.0, atol=1e-5)
+    batch = fast.encode(TEXTS)  # padded to the longest: the attention mask must hold
+    assert cosines(batch, reference).min() >= 0.9999
+    assert fast.encode([]).shape == (0, 384)
+
+
+def test_long_text_is_cut_at_the_window_like_sentence_transformers(exported, loaded):
+    ws, _ = exported
+    fast = qe.open_encoder(ws, MODEL, loaded.fingerprint)
+    head = "a red bicycle leaning on a fence " * 60
+    # past 256 tokens nothing more can change the vector, in either encoder
+    a, b = fast.encode([head, head + " and a giraffe eating ice cream"])
+    assert float(a @ b) > 0.99999
+    assert float(a @ loaded.encode([head])[0]) >= 0.9999
+
+
+@pytest.mark.parametrize("mode", ["mean", "cls", "max", "mean_sqrt_len_tokens", ("cls", "mean")])
+def test_pooling_matches_sentence_transformers_pooling(loaded, mode):
+    import torch
+
+    pooling_type = type(loaded.model[1])
+    st_pooling = pooling_type(embedding_dimension=8, pooling_mode=mode)
+    rng = np.random.default_rng(3)
+    tokens = rng.normal(size=(3, 5, 8)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0]])
+    expected = st_pooling({"token_embeddings": torch.tensor(tokens), "attention_mask": torch.tensor(mask)})
+    modes = [mode] if isinstance(mode, str) else list(mode)
+    np.testing.assert_allclose(qe.pool(tokens, mask, modes), expected["sentence_embedding"].numpy(), rtol=1e-5, atol=1e-6)
+
+
+def unsupported_model(loaded: LoadedModel) -> LoadedModel:
+    """The same transformer with a Dense layer on top: a pipeline the export does not reproduce."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.models import Dense
+
+    model = SentenceTransformer(modules=[loaded.model[0], loaded.model[1], Dense(384, 64)], device="cpu")
+    return LoadedModel(name="minilm-dense", model=model, fingerprint="d" * 16, dim=64, path=None)
+
+
+def test_unsupported_pipeline_is_refused_once_and_search_uses_the_slow_path(tmp_path, loaded, capsys, monkeypatch):
+    custom = unsupported_model(loaded)
+    with pytest.raises(qe.Unsupported, match="Dense"):
+        qe.describe_pipeline(custom.model)
+    ws = Workspace(tmp_path / ".imgrag")
+    status = qe.ensure_export(ws, custom.name, custom.fingerprint, custom)
+    assert status.startswith("refused:") and "Dense" in status
+    assert "warning" in capsys.readouterr().err
+    folder = qe.export_dir(ws, custom.name, custom.fingerprint)
+    assert [p.name for p in folder.iterdir()] == ["encoder.json"]
+    assert not qe.export_needed(ws, custom.name, custom.fingerprint), "the next embed does not load the model to retry"
+    assert qe.ensure_export(ws, custom.name, custom.fingerprint).startswith("refused:")
+    monkeypatch.setenv(qe.ENV_VAR, "onnx")  # auto would load the model by name: it has none on the hub
+    with pytest.raises(UsageError, match="Dense"):
+        qe.open_encoder(ws, custom.name, custom.fingerprint)
+    assert capsys.readouterr().err == "", "a refused export is a normal state, not a warning"
+
+
+def test_missing_export_falls_back_to_sentence_transformers(tmp_path, loaded, monkeypatch):
+    ws = Workspace(tmp_path / ".imgrag")
+    ws.root.mkdir()
+    assert isinstance(qe.open_encoder(ws, MODEL, loaded.fingerprint), QueryEncoder)
+    assert isinstance(qe.open_encoder(ws, MODEL, None), QueryEncoder), "an index without a fingerprint"
+    monkeypatch.setenv(qe.ENV_VAR, "onnx")
+    with pytest.raises(UsageError, match="imgrag embed"):
+        qe.open_encoder(ws, MODEL, loaded.fingerprint)
+    monkeypatch.setenv(qe.ENV_VAR, "fastest")
+    with pytest.raises(UsageError, match="auto, onnx, torch"):
+        qe.open_encoder(ws, MODEL, loaded.fingerprint)
+
+
+def test_forced_slow_path_and_other_fingerprint(exported, loaded, monkeypatch):
+    ws, _ = exported
+    assert isinstance(qe.open_encoder(ws, MODEL, "0" * 16), QueryEncoder), "an export of other weights is not used"
+    monkeypatch.setenv(qe.ENV_VAR, "torch")
+    assert isinstance(qe.open_encoder(ws, MODEL, loaded.fingerprint), QueryEncoder)
+
+
+@pytest.mark.parametrize("damage", ["truncated weights", "garbled graph", "garbled record", "tokenizer gone"])
+def test_damaged_export_falls_back_with_a_warning_and_is_redone(exported, loaded, tmp_path, capsys, damage):
+    ws, folder = copy_of(exported, tmp_path)
+    if damage == "truncated weights":
+        with (folder / "model.onnx.data").open("r+b") as f:
+            f.truncate(1000)
+    elif damage == "garbled graph":  # same size, so only loading it can tell
+        size = (folder / "model.onnx").stat().st_size
+        (folder / "model.onnx").write_bytes(b"\x07not a protobuf" * (size // 14) + b"x" * (size % 14))
+    elif damage == "garbled record":
+        (folder / "encoder.json").write_text('{"format": 1, "verif')
+    else:
+        (folder / "tokenizer.json").unlink()
+    encoder = qe.open_encoder(ws, MODEL, loaded.fingerprint)
+    assert isinstance(encoder, QueryEncoder)
+    assert "warning" in capsys.readouterr().err
+    assert qe.export_needed(ws, MODEL, loaded.fingerprint), "the next embed exports it again"
+
+
+def imported_modules(args: list[str], cwd: Path, env: dict) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """Run imgrag with -X importtime; the top-level packages it imported."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "imgrag", *args],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
+    names = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    return proc, names
+
+
+def test_help_imports_nothing_heavy(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGRAG_")}
+    for args in (["--help"], ["search", "--help"]):
+        proc, names = imported_modules(args, tmp_path, env)
+        assert proc.returncode == 0 and "Usage" in proc.stdout
+        assert "typer" in names, "the importtime listing was read"
+        assert not names & set(HEAVY), f"imgrag {' '.join(args)} imported {sorted(names & set(HEAVY))}"
+
+
+def test_cli_fast_path_ranks_exactly_like_sentence_transformers(home):
+    cwd, photos, env = home
+    assert run_imgrag("describe", photos, cwd=cwd, env=env).code == 0
+    r = run_imgrag("embed", photos, cwd=cwd, env=env)
+    assert r.code == 0, r.stderr
+    manifest = json.loads((cwd / ".imgrag" / "manifest.json").read_text())
+    folder = qe.export_dir(Workspace(cwd / ".imgrag"), MODEL, manifest["embedding"]["fingerprint"])
+    assert qe.read_record(folder)["verified"], "embed exported the query encoder"
+
+    query = ["search", "a dog running by the sea", "--json", "--limit", "4", "--min-score=-1"]
+    fast, names = imported_modules(query, cwd, {**env, qe.ENV_VAR: "onnx"})
+    assert fast.returncode == 0, fast.stderr
+    assert "onnxruntime" in names and not names & {"torch", "sentence_transformers", "transformers"}
+    slow = run_imgrag(*query, cwd=cwd, env={**env, qe.ENV_VAR: "torch"})
+    assert slow.code == 0, slow.stderr
+    fast_hits, slow_hits = json.loads(fast.stdout)["results"], json.loads(slow.stdout)["results"]
+    assert len(fast_hits) == 4 and fast_hits[0]["path"].endswith("beach_dog.jpg")
+    assert [h["sha256"] for h in fast_hits] == [h["sha256"] for h in slow_hits]
+    assert [h["score"] for h in fast_hits] == pytest.approx([h["score"] for h in slow_hits], abs=2e-4)
+
+    # nothing new to embed and the export in place: the model is not even imported
+    again, names = imported_modules(["embed", str(photos)], cwd, env)
+    assert again.returncode == 0, again.stderr
+    assert not names & {"torch", "sentence_transformers"}

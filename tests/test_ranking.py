@@ -1,0 +1,220 @@
+"""Ranking: dense similarity fused with BM25 exact-word evidence, the --min-score cut-off
+and why each hit matched. A small index of descriptions is written with the real
+`write_bundle` and embedded with the packaged MiniLM, in process (one model load)."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from imgrag.embed import DEFAULT_MODEL, load_model
+from imgrag.index import Doc, load_bundle, write_bundle
+from imgrag.lexical import LEXICAL_DIR, LexicalIndex, field_lines, query_terms
+from imgrag.schema import embedding_text, lexical_text
+from imgrag.search import (
+    DEFAULT_FUSION, DEFAULT_MIN_SCORE, DENSE_ONLY, Fusion, SearchOptions, candidates, order, rank,
+)
+from imgrag.workspace import Workspace
+
+PHOTOS = {
+    "stop": {"caption": "A red octagonal road sign at a street corner.", "objects": ["road sign", "pole", "street"],
+             "text": ["STOP"], "setting": "city street"},
+    "cafe": {"caption": "A paper cup on a wooden table next to a laptop and a notebook.",
+             "description": "Morning light falls across a cluttered desk with a laptop, an open notebook, pens and "
+                            "a smartphone. A takeaway cup with a printed logo stands by the keyboard.",
+             "objects": ["paper cup", "laptop", "notebook", "pen", "smartphone", "desk lamp"],
+             "text": ["Kowalczyk"], "setting": "home office", "tags": ["work", "morning"]},
+    "latte": {"caption": "A latte with foam art in a coffee shop.", "objects": ["mug", "saucer"],
+              "setting": "coffee shop"},
+    "espresso": {"caption": "An espresso machine pouring coffee into a small cup.", "objects": ["espresso machine", "cup"],
+                 "setting": "coffee bar"},
+    "beach_dog": {"caption": "A brown dog running on a sandy beach by the sea.", "objects": ["dog", "beach", "sea"],
+                  "activities": ["running"], "setting": "beach"},
+    "kitchen": {"caption": "A kitchen with a red kettle on a gas stove.", "objects": ["kettle", "stove"],
+                "setting": "kitchen"},
+    "birthday": {"caption": "Children blowing out candles on a birthday cake.", "objects": ["cake", "candles"],
+                 "people": {"count": 3, "activities": ["blowing out candles"]}, "setting": "living room"},
+    "traffic": {"caption": "Cars waiting at a red traffic light at a crossing.", "objects": ["car", "traffic light"],
+                "setting": "intersection"},
+    "plate": {"caption": "A blue hatchback parked beside a hedge.", "objects": ["car", "hedge"],
+              "text": ["KXR 4471"], "setting": "suburban driveway"},
+    "car_plate": {"caption": "Close-up of a car number plate on a red car.", "objects": ["car", "number plate"],
+                  "setting": "street"},
+    "bus": {"caption": "A city bus stopped at a bus stop in the rain.", "objects": ["bus", "umbrella"],
+            "setting": "street", "tags": ["rain"]},
+}
+NAMES = list(PHOTOS)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model(DEFAULT_MODEL)
+
+
+@pytest.fixture(scope="module")
+def bundle(model, tmp_path_factory):
+    ws = Workspace(tmp_path_factory.mktemp("ranking") / ".imgrag")
+    docs = [Doc(sha256=name, paths=[f"photos/{name}.jpg"], caption=d["caption"], text=embedding_text(d),
+                lexical=lexical_text(d), taken=None, mtime=None) for name, d in PHOTOS.items()]
+    vectors = model.encode([d.text for d in docs])
+    write_bundle(ws, docs, vectors, {"embedding": {"model": DEFAULT_MODEL}})
+    b = load_bundle(ws)
+    yield b
+    b.db.close()
+
+
+def search(bundle, model, query, fusion=DEFAULT_FUSION, limit=len(PHOTOS), min_score=None):
+    vec = model.encode([query])[0]
+    return rank(bundle, vec, query, SearchOptions(limit=limit, min_score=min_score), fusion)
+
+
+def names(hits):
+    return [h.sha256 for h in hits]
+
+
+def test_visible_text_finds_its_photo_where_meaning_alone_does_not(bundle, model):
+    # A number plate seen only on the photo: by meaning, the close-up of a plate wins;
+    # the exact number, written on the other photo, must bring that one to the top.
+    query = "car 4471"
+    assert names(search(bundle, model, query, DENSE_ONLY))[0] == "car_plate", "else the test proves nothing"
+    hits = search(bundle, model, query)
+    assert hits[0].sha256 == "plate"
+    assert hits[0].why.startswith('matched "car", "4471" in objects, visible text')
+    assert hits[0].extra["lexical"] == 1.0
+
+
+def test_a_name_written_on_the_photo_finds_it(bundle, model):
+    hits = search(bundle, model, "kowalczyk")
+    assert hits[0].sha256 == "cafe" and "visible text: Kowalczyk" in hits[0].why
+
+
+def test_why_quotes_the_stretch_of_a_long_field_that_matched(bundle, model):
+    hit = search(bundle, model, "takeaway cup by a keyboard", limit=1)[0]
+    assert hit.sha256 == "cafe"
+    assert hit.why.startswith('matched "takeaway", "cup", "keyboard" in caption, description, objects; description: …')
+    assert "takeaway cup" in hit.why and len(hit.why) <= 160 and "\n" not in hit.why
+
+
+def test_exact_words_lift_the_photo_that_has_them(bundle, model):
+    hits = search(bundle, model, "STOP sign")
+    assert hits[0].sha256 == "stop"
+    assert '"stop"' in hits[0].why and "visible text" in hits[0].why
+    boost = DEFAULT_FUSION.lexical_weight * (hits[0].extra["lexical"] - DEFAULT_FUSION.lexical_floor)
+    assert hits[0].score == pytest.approx(hits[0].extra["dense"] + boost, abs=1e-3)
+
+
+def test_without_lexical_evidence_fusion_keeps_the_dense_ranking(bundle, model):
+    query = "a puppy playing in the surf"  # no word of it in any description
+    assert not any(bundle.lexical.scores(query).raw > 0)
+    dense, fused = search(bundle, model, query, DENSE_ONLY), search(bundle, model, query)
+    assert names(fused) == names(dense) and names(fused)[0] == "beach_dog"
+    assert [h.score for h in fused] == [h.score for h in dense]
+    assert fused[0].why.startswith("similar meaning: A brown dog")
+
+
+def test_fusion_cannot_push_the_dense_top_hit_down_without_lexical_matches_in_its_rivals(bundle, model):
+    vec = model.encode(["dog on the beach"])[0]
+    found = candidates(bundle, vec, "dog on the beach")
+    rows, _ = order(found, DEFAULT_FUSION)
+    assert bundle.docs([int(rows[0])])[int(rows[0])].sha256 == "beach_dog"
+    # every fused score is the dense score plus non-negative lexical evidence
+    assert np.all(DEFAULT_FUSION.combine(found.dense, found.lexical) >= found.dense - 1e-6)
+
+
+def test_min_score_hides_the_irrelevant_tail(bundle, model):
+    everything = search(bundle, model, "quarterly tax spreadsheet", min_score=0)
+    assert len(everything) == len(PHOTOS), "--min-score 0 shows everything"
+    assert search(bundle, model, "quarterly tax spreadsheet", min_score=DEFAULT_MIN_SCORE) == []
+    relevant = search(bundle, model, "birthday cake with candles", min_score=DEFAULT_MIN_SCORE)
+    assert relevant and relevant[0].sha256 == "birthday"
+    assert len(relevant) < len(PHOTOS)
+    assert all(h.score >= DEFAULT_MIN_SCORE for h in relevant)
+    assert [h.rank for h in relevant] == list(range(1, len(relevant) + 1))
+
+
+def test_scores_are_in_a_stable_range_and_sorted(bundle, model):
+    hits = search(bundle, model, "red kettle on the stove")
+    assert hits[0].sha256 == "kitchen"
+    scores = [h.score for h in hits]
+    assert scores == sorted(scores, reverse=True)
+    assert all(0 <= s <= 1.0 + DEFAULT_FUSION.lexical_weight for s in scores)
+    assert 0.5 < scores[0] <= 1.0 + DEFAULT_FUSION.lexical_weight
+
+
+def test_rows_only_exact_words_find_enter_with_their_true_dense_score(bundle, model):
+    query = "kowalczyk"
+    vec = model.encode([query])[0]
+    shallow = candidates(bundle, vec, query, depth=1)
+    full = candidates(bundle, vec, query, depth=len(PHOTOS))
+    cafe = next(r for r in range(bundle.size) if bundle.docs([r])[r].sha256 == "cafe")
+    assert cafe in shallow.rows.tolist(), "BM25's best rows join the dense candidates"
+    at = lambda found: float(found.dense[found.rows.tolist().index(cafe)])  # noqa: E731
+    assert at(shallow) == pytest.approx(at(full), abs=1e-5)
+
+
+def test_limit_and_dense_only_fusion_weight(bundle, model):
+    assert len(search(bundle, model, "coffee", limit=2)) == 2
+    assert Fusion(lexical_weight=0).combine(np.array([0.3, 0.5]), np.array([1.0, 0.0])).tolist() == pytest.approx([0.3, 0.5])
+    # evidence below the floor adds nothing; a negative cosine shows as 0
+    weak = Fusion(lexical_weight=0.1, lexical_floor=0.2).combine(np.array([0.4, 0.4, -0.1]), np.array([0.2, 0.7, 0.0]))
+    assert weak.tolist() == pytest.approx([0.4, 0.45, 0.0])
+
+
+def test_generation_without_lexical_index_ranks_by_meaning(bundle, model, tmp_path):
+    # An index written by an older imgrag has no BM25 folder: search still works, dense only.
+    assert bundle.lexical is not None
+    old = load_bundle(Workspace(bundle.folder.parent.parent))
+    saved = tmp_path / "lexical"
+    shutil.move(str(bundle.folder / LEXICAL_DIR), saved)
+    try:
+        assert old.lexical is None
+        vec = model.encode(["kowalczyk"])[0]
+        hits = rank(old, vec, "kowalczyk", SearchOptions(limit=3))
+        assert len(hits) == 3 and all(h.extra["lexical"] == 0 for h in hits)
+    finally:
+        shutil.move(str(saved), bundle.folder / LEXICAL_DIR)
+        old.db.close()
+
+
+def test_lexical_index_round_trip_and_normalised_scores(tmp_path):
+    texts = [lexical_text({"caption": "A red STOP sign.", "text": ["STOP"]}),
+             lexical_text({"caption": "A dog on a beach."}),
+             lexical_text({"caption": "Dogs running on beaches at sunset."})]
+    LexicalIndex.build(texts).save(tmp_path / "lex")
+    index = LexicalIndex.load(tmp_path / "lex")
+    assert index.size == 3
+    s = index.scores("dog beach")
+    assert s.raw[0] == 0 and s.raw[1] > 0 and s.raw[2] > 0, "stemming: dogs/beaches match dog/beach"
+    norm = s.normalised(np.arange(3))
+    assert norm[0] == 0 and 0.5 < norm[1] <= 1 and 0.5 < norm[2] <= 1
+    half = index.scores("dog xyzzyq").normalised(np.arange(3))
+    assert 0 < half[1] < norm[1], "a query word no description has counts as unmatched"
+    assert index.scores("stop sign").top(5).tolist() == [0]
+    assert s.top(1).tolist() in ([1], [2]) and sorted(s.top(5).tolist()) == [1, 2]
+    assert not index.scores("the of and").raw.any(), "stopwords only: no evidence"
+    assert LexicalIndex.load(tmp_path / "missing") is None
+    # descriptions without one indexable word: no lexical index, and no error
+    LexicalIndex.build([lexical_text({"caption": "A."})]).save(tmp_path / "empty")
+    assert LexicalIndex.load(tmp_path / "empty") is None
+
+
+def test_lexical_text_is_labelled_fields():
+    text = lexical_text({"caption": "A shop front.", "text": ["OPEN\t24h", "Joe's\nDiner"], "objects": ["door"],
+                         "time_of_day": "unknown", "search_phrases": ["diner at night"]})
+    assert field_lines(text) == [("caption", "A shop front."), ("objects", "door"),
+                                 ("visible text", "OPEN 24h, Joe's Diner"), ("phrases", "diner at night")]
+    assert [t.stem for t in query_terms("Running dogs and the dog")] == ["run", "dog"]
+
+
+def test_only_rare_words_count_as_exact_evidence(tmp_path):
+    # 400 photos of dogs, one of them with a zebra: "dog" is left to meaning, "zebra" is evidence.
+    texts = [lexical_text({"caption": f"A dog in scene {i}."}) for i in range(399)]
+    texts.append(lexical_text({"caption": "A dog chasing a zebra."}))
+    LexicalIndex.build(texts).save(tmp_path / "lex")
+    index = LexicalIndex.load(tmp_path / "lex")
+    assert not index.scores("dog").raw.any()
+    both = index.scores("dog zebra")
+    assert np.flatnonzero(both.raw).tolist() == [399]
+    assert 0.3 < both.normalised(np.array([399]))[0] < 1, "the common word still counts in the share asked for"
