@@ -16,7 +16,7 @@ imports numpy + faiss, as a search does before its query encoder; the ONNX query
 adds ~100 MB and is measured by bench/search_latency.py). Recall@10 is against exact
 inner-product search over the unquantised vectors.
 
-    python bench/scale.py                      # 10k, 100k, 1M (~5 min on 2 cores, ~4 GB while building 1M)
+    python bench/scale.py                      # 10k, 100k, 1M (~3 min on 2 cores, ~4 GB while building 1M)
     python bench/scale.py --sizes 10000,100000
 
 Prints one JSON line per size."""

@@ -208,8 +208,6 @@ def test_file_size_limit_mid_append_needs_no_root(home, standin):
     assert r.code == 0 and len(jsonl_lines(log)[0]) == 4, r.stderr
 
 
-@pytest.mark.xfail(reason="embed.VectorCache.add / index.write_bundle let OSError(ENOSPC) escape as a traceback "
-                          "(see /tmp/readme/bugs.md)", strict=False)
 def test_disk_full_during_embed(home, standin, tmp_path):
     """embed writes vectors and a new index generation: a full disk must leave the old index searchable."""
     from imgrag.config import DEFAULT_EMBED_MODEL

@@ -152,8 +152,6 @@ def test_newline_in_a_file_name_keeps_one_line_per_hit(home, capsys):
     assert len(table.splitlines()) == len(hits)
 
 
-@pytest.mark.xfail(reason="embed_job._signature / index._write_docs encode paths with strict UTF-8: "
-                          "a non-UTF-8 file name crashes embed (see /tmp/readme/bugs.md)", strict=False)
 def test_non_utf8_file_name_through_embed_and_search(home, capsys):
     cwd, photos, env = home
     name = os.fsdecode(b"latin1 caf\xe9.jpg")

@@ -54,6 +54,15 @@ def _exits(fn: Callable) -> Callable:
         except KeyboardInterrupt:
             render.error("interrupted")
             raise typer.Exit(EXIT_INTERRUPTED) from None
+        except OSError as e:
+            # A full or read-only disk anywhere under .imgrag/: one line, not a traceback.
+            from .workspace import as_storage_error
+
+            storage = as_storage_error(e)
+            if storage is None:
+                raise
+            render.error(str(storage))
+            raise typer.Exit(storage.exit_code) from None
         raise typer.Exit(code or EXIT_OK)
 
     return wrapper

@@ -58,13 +58,21 @@ def storage_errors(path: Path) -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        reason = _STORAGE_REASONS.get(e.errno or 0)
-        if reason is None:
+        error = as_storage_error(e, path)
+        if error is None:
             raise
-        raise StorageError(
-            f"cannot write {path}: {reason}; what was already saved is intact, "
-            "run again once the disk is writable"
-        ) from None
+        raise error from None
+
+
+def as_storage_error(e: OSError, path: Path | str | None = None) -> StorageError | None:
+    """The one-line StorageError for a disk-full / read-only / permission failure, else None."""
+    reason = _STORAGE_REASONS.get(e.errno or 0)
+    if reason is None:
+        return None
+    where = path or e.filename or "the index"
+    return StorageError(
+        f"cannot write {where}: {reason}; what was already saved is intact, run again once the disk is writable"
+    )
 
 
 def _umask() -> int:
