@@ -169,6 +169,39 @@ def test_nothing_new_never_loads_the_model(indexed):
     assert load_bundle(Workspace(cwd / ".imgrag")).size == 4
 
 
+def test_a_few_new_texts_are_encoded_with_the_verified_export_not_torch(indexed):
+    """1% new: importing torch would cost more than the encoding, so the ONNX export (verified
+    against sentence-transformers at export time) encodes them; the vectors are the same."""
+    cwd, photos, env = indexed
+    draw_scene(photos / "new" / "stop.jpg", "stop_sign", size=(600, 450), quality=90)
+    Image.new("RGB", (320, 240), (20, 160, 40)).save(photos / "new" / "green.jpg", quality=92)
+    assert run_imgrag("describe", photos, cwd=cwd, env=env).code == 0
+    probe = (
+        "import sys, json; from pathlib import Path; from imgrag.embed_job import run_embed; "
+        f"s = run_embed(Path({str(photos)!r}), 'all-MiniLM-L6-v2'); "
+        "print(json.dumps([s.encoded, 'torch' in sys.modules, 'sentence_transformers' in sys.modules]))"
+    )
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", probe], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.splitlines()[-1]) == [2, False, False]  # two new texts, no torch
+
+    from imgrag.embed import VectorCache, text_key
+    from imgrag.schema import embedding_text
+
+    ws = Workspace(cwd / ".imgrag")
+    manifest = ws.read_manifest()["embedding"]
+    [folder] = (cwd / ".imgrag" / "vectors").iterdir()
+    cache = VectorCache(folder, manifest["dim"], manifest["fingerprint"])
+    records = [json.loads(line) for line in ws.descriptions_path.read_text().splitlines()]
+    green = next(r for r in records if r["paths"] == ["photos/new/green.jpg"])
+    text = embedding_text(green["description"])
+    reference = load_model(DEFAULT_MODEL).encode([text])[0]
+    assert float(cache.get([text_key(text)])[0] @ reference) >= 0.9999
+
+
 def test_model_change_and_index_formats_name_the_fix(indexed):
     cwd, photos, env = indexed
     ws = cwd / ".imgrag"

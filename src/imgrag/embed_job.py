@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -90,8 +91,10 @@ def run_embed(photos: Path | None, model_name: str, *, rebuild: bool = False, wa
         cache, model = _cache_for(ws, model_name, known, needed=keys)
         todo = _unique([(k, d.text) for k, d in zip(keys, docs) if k not in cache])
         if todo:
-            assert model is not None  # _cache_for loads the model whenever something is missing
-            _encode_into(cache, model, todo, show_progress)
+            encoder = model or _small_batch_encoder(ws, model_name, cache.fingerprint, len(todo)) \
+                or load_model(model_name)
+            model = encoder if isinstance(encoder, LoadedModel) else None
+            _encode_into(cache, encoder, todo, show_progress)
         summary.encoded = len(todo)
         summary.cached = len(docs) - summary.encoded
         embedding = {"model": model_name, "fingerprint": cache.fingerprint, "dim": cache.dim}
@@ -128,14 +131,29 @@ def _cache_for(ws: Workspace, model_name: str, known: dict, needed: list[str]) -
     if known.get("model") == model_name and known.get("fingerprint") and known.get("dim"):
         cache = VectorCache(ws.vectors_dir / cache_dir_name(model_name, known["fingerprint"]), known["dim"],
                             known["fingerprint"])
-        if all(k in cache for k in needed):
+        missing = sum(1 for k in set(needed) if k not in cache)
+        if missing == 0 or _small_batch_encoder(ws, model_name, known["fingerprint"], missing, probe=True):
             return cache, None
     model = load_model(model_name)
     return VectorCache(ws.vectors_dir / cache_dir_name(model_name, model.fingerprint), model.dim,
                        model.fingerprint), model
 
 
-def _encode_into(cache: VectorCache, model: LoadedModel, todo: list[tuple[str, str]], show_progress: bool) -> None:
+# Below this many new texts, importing torch and loading the model (~5 s) costs more than
+# encoding them with the ONNX export, which was verified to give the same vectors.
+SMALL_BATCH = 2000
+
+
+def _small_batch_encoder(ws: Workspace, model_name: str, fingerprint: str, count: int, probe: bool = False):
+    """The verified ONNX export as a text encoder for a few new texts, or None (torch then)."""
+    if count > SMALL_BATCH:
+        return None
+    from .query_encoder import open_text_encoder
+
+    return open_text_encoder(ws, model_name, fingerprint, probe=probe)
+
+
+def _encode_into(cache: VectorCache, model: Any, todo: list[tuple[str, str]], show_progress: bool) -> None:
     # Encode and append in chunks so an interrupted run keeps what it paid for.
     chunk = 1024
     bar = _progress(len(todo)) if show_progress and len(todo) > chunk else None

@@ -164,6 +164,37 @@ def open_encoder(ws: Workspace, model_name: str, fingerprint: str | None) -> Enc
     return QueryEncoder(model_name)
 
 
+def open_text_encoder(ws: Workspace, model_name: str, fingerprint: str, probe: bool = False) -> Any:
+    """The verified export as an encoder of description texts (same `encode` signature as
+    the sentence-transformers model), or None when there is none or torch was asked for.
+    With `probe`, only says whether one is there (True) without opening it."""
+    if encoder_mode() == "torch":
+        return None
+    try:
+        folder = export_dir(ws, model_name, fingerprint)
+        record = read_record(folder)
+        if not (record and _is_for(record, model_name, fingerprint) and record.get("verified")):
+            return None
+        if probe:
+            return True
+        # Vectors go into the cache for good: check every byte, not just the sizes.
+        if not _files_intact(folder, record, deep=True):
+            return None
+        return _TextEncoder(_open_export(ws, model_name, fingerprint))
+    except _NoExport:
+        return None
+
+
+class _TextEncoder:
+    def __init__(self, onnx: OnnxQueryEncoder, batch_size: int = 32) -> None:
+        self.onnx = onnx
+        self.batch_size = batch_size
+
+    def encode(self, texts: list[str], show_progress: bool = False) -> np.ndarray:
+        parts = [self.onnx.encode(texts[i : i + self.batch_size]) for i in range(0, len(texts), self.batch_size)]
+        return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, self.onnx.pipeline["dim"]), np.float32)
+
+
 class _NoExport(Exception):
     """Why there is no fast encoder; `damaged` when there should have been one."""
 
