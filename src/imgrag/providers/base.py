@@ -110,7 +110,8 @@ class ChatCompletionsProvider:
         except self.sdk.APITimeoutError:
             raise TransientError("the request timed out") from None
         except self.sdk.APIConnectionError as e:
-            raise TransientError(f"connection failed ({e.__cause__ or e})") from None
+            where = self.base_url or f"the {self.name} API"
+            raise TransientError(f"cannot connect to {where} ({e.__cause__ or e}): check IMGRAG_BASE_URL and the network") from None
         except self.sdk.APIError as e:  # a response the SDK cannot read
             raise TransientError(f"unreadable response ({e})") from None
         try:
