@@ -88,13 +88,11 @@ def run_embed(photos: Path | None, model_name: str, *, rebuild: bool = False, wa
                 "run `imgrag embed --rebuild PHOTOS` to re-embed with the new model"
             )
         keys = [text_key(d.text) for d in docs]
-        cache, model = _cache_for(ws, model_name, known, needed=keys)
+        cache, encoder = _cache_for(ws, model_name, known, needed=keys)
         todo = _unique([(k, d.text) for k, d in zip(keys, docs) if k not in cache])
         if todo:
-            encoder = model or _small_batch_encoder(ws, model_name, cache.fingerprint, len(todo)) \
-                or load_model(model_name)
-            model = encoder if isinstance(encoder, LoadedModel) else None
             _encode_into(cache, encoder, todo, show_progress)
+        model = encoder if isinstance(encoder, LoadedModel) else None
         summary.encoded = len(todo)
         summary.cached = len(docs) - summary.encoded
         embedding = {"model": model_name, "fingerprint": cache.fingerprint, "dim": cache.dim}
@@ -122,8 +120,9 @@ def run_embed(photos: Path | None, model_name: str, *, rebuild: bool = False, wa
     return summary
 
 
-def _cache_for(ws: Workspace, model_name: str, known: dict, needed: list[str]) -> tuple[VectorCache, LoadedModel | None]:
-    """The vector cache of this model, and the model itself only if some needed key is missing.
+def _cache_for(ws: Workspace, model_name: str, known: dict, needed: list[str]) -> tuple[VectorCache, Any]:
+    """The vector cache of this model, and an encoder only if some needed key is missing:
+    the verified ONNX export for a few texts, else the model itself.
 
     The manifest remembers the model's fingerprint and dimension, so a run with nothing new
     never loads the model. When it must load it and finds other weights under the same name
@@ -132,8 +131,11 @@ def _cache_for(ws: Workspace, model_name: str, known: dict, needed: list[str]) -
         cache = VectorCache(ws.vectors_dir / cache_dir_name(model_name, known["fingerprint"]), known["dim"],
                             known["fingerprint"])
         missing = sum(1 for k in set(needed) if k not in cache)
-        if missing == 0 or _small_batch_encoder(ws, model_name, known["fingerprint"], missing, probe=True):
+        if missing == 0:
             return cache, None
+        small = _small_batch_encoder(ws, model_name, known["fingerprint"], missing)
+        if small is not None:
+            return cache, small
     model = load_model(model_name)
     return VectorCache(ws.vectors_dir / cache_dir_name(model_name, model.fingerprint), model.dim,
                        model.fingerprint), model
@@ -144,13 +146,13 @@ def _cache_for(ws: Workspace, model_name: str, known: dict, needed: list[str]) -
 SMALL_BATCH = 2000
 
 
-def _small_batch_encoder(ws: Workspace, model_name: str, fingerprint: str, count: int, probe: bool = False):
+def _small_batch_encoder(ws: Workspace, model_name: str, fingerprint: str, count: int):
     """The verified ONNX export as a text encoder for a few new texts, or None (torch then)."""
     if count > SMALL_BATCH:
         return None
     from .query_encoder import open_text_encoder
 
-    return open_text_encoder(ws, model_name, fingerprint, probe=probe)
+    return open_text_encoder(ws, model_name, fingerprint)
 
 
 def _encode_into(cache: VectorCache, model: Any, todo: list[tuple[str, str]], show_progress: bool) -> None:

@@ -164,10 +164,9 @@ def open_encoder(ws: Workspace, model_name: str, fingerprint: str | None) -> Enc
     return QueryEncoder(model_name)
 
 
-def open_text_encoder(ws: Workspace, model_name: str, fingerprint: str, probe: bool = False) -> Any:
+def open_text_encoder(ws: Workspace, model_name: str, fingerprint: str) -> Any:
     """The verified export as an encoder of description texts (same `encode` signature as
-    the sentence-transformers model), or None when there is none or torch was asked for.
-    With `probe`, only says whether one is there (True) without opening it."""
+    the sentence-transformers model), or None when there is none or torch was asked for."""
     if encoder_mode() == "torch":
         return None
     try:
@@ -175,8 +174,6 @@ def open_text_encoder(ws: Workspace, model_name: str, fingerprint: str, probe: b
         record = read_record(folder)
         if not (record and _is_for(record, model_name, fingerprint) and record.get("verified")):
             return None
-        if probe:
-            return True
         # Vectors go into the cache for good: check every byte, not just the sizes.
         if not _files_intact(folder, record, deep=True):
             return None
