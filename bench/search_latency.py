@@ -194,7 +194,7 @@ def cached_texts(data: Path, count: int) -> list[tuple[dict, str]]:
 def _index_code_hash() -> str:
     src = REPO / "src" / "imgrag"
     h = hashlib.sha256()
-    for name in ("index.py", "lexical.py", "schema.py"):
+    for name in ("index.py", "lexical.py", "crowding.py", "schema.py"):
         if (src / name).exists():
             h.update((src / name).read_bytes())
     return h.hexdigest()[:16]

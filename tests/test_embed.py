@@ -168,6 +168,17 @@ def test_nothing_new_never_loads_the_model(indexed):
     assert summary.rebuilt_index and summary.encoded == 0 and load_model.cache_info() == calls
     assert load_bundle(Workspace(cwd / ".imgrag")).size == 4
 
+    # An index written before generations held crowding and the visible-text index (its
+    # signature was made without GENERATION_CONTENTS) gains them, again without the model.
+    folder = dense_file(cwd / ".imgrag").parent
+    (folder / "crowding.npy").unlink()
+    shutil.rmtree(folder / "visible-text", ignore_errors=True)
+    meta_path = folder / "meta.json"
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "signature": "from an older imgrag"}))
+    summary = run_embed(photos, DEFAULT_MODEL, index=cwd / ".imgrag")
+    assert summary.rebuilt_index and summary.encoded == 0 and load_model.cache_info() == calls
+    assert load_bundle(Workspace(cwd / ".imgrag")).crowding is not None
+
 
 def test_a_few_new_texts_are_encoded_with_the_verified_export_not_torch(indexed):
     """1% new: importing torch would cost more than the encoding, so the ONNX export (verified

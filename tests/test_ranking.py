@@ -1,5 +1,5 @@
-"""Ranking: dense similarity fused with BM25 exact-word evidence, the --min-score cut-off
-and why each hit matched. A small index of descriptions is written with the real
+"""Ranking: dense similarity fused with BM25 exact-word evidence (rare words, words written
+on the photo) and each photo's crowding, the --min-score cut-off and why each hit matched. A small index of descriptions is written with the real
 `write_bundle` and embedded with the packaged MiniLM, in process (one model load)."""
 
 from __future__ import annotations
@@ -11,10 +11,13 @@ import pytest
 
 from imgrag.embed import DEFAULT_MODEL, load_model
 from imgrag.index import Doc, load_bundle, write_bundle
-from imgrag.lexical import LEXICAL_DIR, LexicalIndex, field_lines, query_terms
+from imgrag.crowding import CROWDING_FILE
+from imgrag.lexical import (
+    LEXICAL_DIR, VISIBLE_TEXT_DIR, LexicalIndex, field_lines, indexed_text, query_terms, visible_text,
+)
 from imgrag.schema import embedding_text, lexical_text
 from imgrag.search import (
-    DEFAULT_FUSION, DEFAULT_MIN_SCORE, DENSE_ONLY, Fusion, SearchOptions, candidates, order, rank,
+    DEFAULT_FUSION, DEFAULT_MIN_SCORE, DENSE_ONLY, Candidates, Fusion, SearchOptions, candidates, order, rank,
 )
 from imgrag.workspace import Workspace
 
@@ -101,16 +104,23 @@ def test_exact_words_lift_the_photo_that_has_them(bundle, model):
     hits = search(bundle, model, "STOP sign")
     assert hits[0].sha256 == "stop"
     assert '"stop"' in hits[0].why and "visible text" in hits[0].why
-    boost = DEFAULT_FUSION.lexical_weight * (hits[0].extra["lexical"] - DEFAULT_FUSION.lexical_floor)
-    assert hits[0].score == pytest.approx(hits[0].extra["dense"] + boost, abs=1e-3)
+    parts = hits[0].extra
+    assert parts["visible_text"] > 0.15 and parts["lexical"] > 0.3  # "sign" is not written on it
+    f = DEFAULT_FUSION
+    expected = parts["dense"] + f.rare_words * parts["lexical"] + f.visible_text * parts["visible_text"] \
+        - f.crowding * parts["crowding"]
+    assert hits[0].score == pytest.approx(expected, abs=1e-3)
 
 
-def test_without_lexical_evidence_fusion_keeps_the_dense_ranking(bundle, model):
+def test_without_lexical_evidence_fusion_keeps_the_dense_ranking_but_for_crowding(bundle, model):
     query = "a puppy playing in the surf"  # no word of it in any description
     assert not any(bundle.lexical.scores(query).raw > 0)
     dense, fused = search(bundle, model, query, DENSE_ONLY), search(bundle, model, query)
-    assert names(fused) == names(dense) and names(fused)[0] == "beach_dog"
-    assert [h.score for h in fused] == [h.score for h in dense]
+    no_crowding = search(bundle, model, query, Fusion(crowding=0.0))
+    assert names(no_crowding) == names(dense) and names(fused)[0] == "beach_dog"
+    assert [h.score for h in no_crowding] == [h.score for h in dense]
+    for h in fused:
+        assert h.score == pytest.approx(max(0.0, h.extra["dense"] - DEFAULT_FUSION.crowding * h.extra["crowding"]), abs=1e-3)
     assert fused[0].why.startswith("similar meaning: A brown dog")
 
 
@@ -119,8 +129,31 @@ def test_fusion_cannot_push_the_dense_top_hit_down_without_lexical_matches_in_it
     found = candidates(bundle, vec, "dog on the beach")
     rows, _ = order(found, DEFAULT_FUSION)
     assert bundle.docs([int(rows[0])])[int(rows[0])].sha256 == "beach_dog"
-    # every fused score is the dense score plus non-negative lexical evidence
-    assert np.all(DEFAULT_FUSION.combine(found.dense, found.lexical) >= found.dense - 1e-6)
+    # exact words only add; crowding moves a score by a few hundredths at most
+    without_crowding = Fusion(crowding=0.0).combine(found)
+    assert np.all(without_crowding >= found.dense - 1e-6)
+    assert np.all(np.abs(DEFAULT_FUSION.combine(found) - without_crowding) <= DEFAULT_FUSION.crowding * 0.5)
+
+
+def test_each_row_has_its_crowding_and_an_index_without_it_still_searches(bundle, model, tmp_path):
+    assert bundle.crowding is not None and len(bundle.crowding) == bundle.size
+    assert float(np.median(bundle.crowding)) == pytest.approx(0.0, abs=1e-6), "the median photo is not moved"
+    # The street scenes (cars, plates, traffic lights, signs) crowd each other; the dog on
+    # the beach and the birthday cake have no scene like them.
+    row = {bundle.docs([r])[r].sha256: r for r in range(bundle.size)}
+    loneliest = sorted(row, key=lambda name: bundle.crowding[row[name]])[:2]
+    assert sorted(loneliest) == ["beach_dog", "birthday"]
+    assert min(bundle.crowding[row[n]] for n in ("car_plate", "traffic")) > max(bundle.crowding[row[n]] for n in loneliest)
+    saved = tmp_path / CROWDING_FILE
+    shutil.move(str(bundle.folder / CROWDING_FILE), saved)
+    try:
+        old = load_bundle(Workspace(bundle.folder.parent.parent))
+        assert old.crowding is None
+        hits = rank(old, model.encode(["dog on the beach"])[0], "dog on the beach", SearchOptions(limit=3))
+        assert hits[0].sha256 == "beach_dog" and all(h.extra["crowding"] == 0 for h in hits)
+        old.db.close()
+    finally:
+        shutil.move(str(saved), bundle.folder / CROWDING_FILE)
 
 
 def test_min_score_hides_the_irrelevant_tail(bundle, model):
@@ -139,8 +172,9 @@ def test_scores_are_in_a_stable_range_and_sorted(bundle, model):
     assert hits[0].sha256 == "kitchen"
     scores = [h.score for h in hits]
     assert scores == sorted(scores, reverse=True)
-    assert all(0 <= s <= 1.0 + DEFAULT_FUSION.lexical_weight for s in scores)
-    assert 0.5 < scores[0] <= 1.0 + DEFAULT_FUSION.lexical_weight
+    most = 1.0 + DEFAULT_FUSION.rare_words + DEFAULT_FUSION.visible_text + DEFAULT_FUSION.crowding
+    assert all(0 <= s <= most for s in scores)
+    assert 0.5 < scores[0] <= most
 
 
 def test_rows_only_exact_words_find_enter_with_their_true_dense_score(bundle, model):
@@ -156,10 +190,11 @@ def test_rows_only_exact_words_find_enter_with_their_true_dense_score(bundle, mo
 
 def test_limit_and_dense_only_fusion_weight(bundle, model):
     assert len(search(bundle, model, "coffee", limit=2)) == 2
-    assert Fusion(lexical_weight=0).combine(np.array([0.3, 0.5]), np.array([1.0, 0.0])).tolist() == pytest.approx([0.3, 0.5])
-    # evidence below the floor adds nothing; a negative cosine shows as 0
-    weak = Fusion(lexical_weight=0.1, lexical_floor=0.2).combine(np.array([0.4, 0.4, -0.1]), np.array([0.2, 0.7, 0.0]))
-    assert weak.tolist() == pytest.approx([0.4, 0.45, 0.0])
+    found = Candidates(rows=np.arange(4), dense=np.array([0.4, 0.4, 0.4, -0.1]), lexical=np.array([0.0, 1.0, 0.0, 0.0]),
+                       visible_text=np.array([0.0, 0.0, 0.5, 0.0]), crowding=np.array([0.1, 0.0, -0.1, 0.0]), terms=[])
+    assert DENSE_ONLY.combine(found).tolist() == pytest.approx([0.4, 0.4, 0.4, 0.0]), "a negative cosine shows as 0"
+    fused = Fusion(rare_words=0.1, visible_text=0.2, crowding=0.5).combine(found)
+    assert fused.tolist() == pytest.approx([0.35, 0.5, 0.55, 0.0])
 
 
 def test_generation_without_lexical_index_ranks_by_meaning(bundle, model, tmp_path):
@@ -173,6 +208,7 @@ def test_generation_without_lexical_index_ranks_by_meaning(bundle, model, tmp_pa
         vec = model.encode(["kowalczyk"])[0]
         hits = rank(old, vec, "kowalczyk", SearchOptions(limit=3))
         assert len(hits) == 3 and all(h.extra["lexical"] == 0 for h in hits)
+        assert hits[0].sha256 == "cafe", "the words written on it still find it"
     finally:
         shutil.move(str(saved), bundle.folder / LEXICAL_DIR)
         old.db.close()
@@ -182,7 +218,7 @@ def test_lexical_index_round_trip_and_normalised_scores(tmp_path):
     texts = [lexical_text({"caption": "A red STOP sign.", "text": ["STOP"]}),
              lexical_text({"caption": "A dog on a beach."}),
              lexical_text({"caption": "Dogs running on beaches at sunset."})]
-    LexicalIndex.build(texts).save(tmp_path / "lex")
+    LexicalIndex.build([indexed_text(t) for t in texts]).save(tmp_path / "lex")
     index = LexicalIndex.load(tmp_path / "lex")
     assert index.size == 3
     s = index.scores("dog beach")
@@ -196,7 +232,7 @@ def test_lexical_index_round_trip_and_normalised_scores(tmp_path):
     assert not index.scores("the of and").raw.any(), "stopwords only: no evidence"
     assert LexicalIndex.load(tmp_path / "missing") is None
     # descriptions without one indexable word: no lexical index, and no error
-    LexicalIndex.build([lexical_text({"caption": "A."})]).save(tmp_path / "empty")
+    LexicalIndex.build([indexed_text(lexical_text({"caption": "A."}))]).save(tmp_path / "empty")
     assert LexicalIndex.load(tmp_path / "empty") is None
 
 
@@ -212,9 +248,31 @@ def test_only_rare_words_count_as_exact_evidence(tmp_path):
     # 400 photos of dogs, one of them with a zebra: "dog" is left to meaning, "zebra" is evidence.
     texts = [lexical_text({"caption": f"A dog in scene {i}."}) for i in range(399)]
     texts.append(lexical_text({"caption": "A dog chasing a zebra."}))
-    LexicalIndex.build(texts).save(tmp_path / "lex")
+    LexicalIndex.build([indexed_text(t) for t in texts]).save(tmp_path / "lex")
     index = LexicalIndex.load(tmp_path / "lex")
     assert not index.scores("dog").raw.any()
     both = index.scores("dog zebra")
     assert np.flatnonzero(both.raw).tolist() == [399]
     assert 0.3 < both.normalised(np.array([399]))[0] < 1, "the common word still counts in the share asked for"
+
+
+def test_words_written_on_a_photo_count_even_when_common_weighted_by_how_rare_they_are(tmp_path):
+    # 300 shop fronts, half with a sign saying SHOP; one sign reads "OPEN SHOP". Among whole
+    # descriptions "shop" is too common to be rare-word evidence; written on a photo it still
+    # counts, but "open" (rarer in descriptions) counts for more of a query naming both.
+    texts = [lexical_text({"caption": f"A shop front in street {i}.", "text": ["SHOP"] if i % 2 else []})
+             for i in range(300)]
+    texts.append(lexical_text({"caption": "A shop front with a sign.", "text": ["OPEN SHOP"]}))
+    assert visible_text(texts[-1]) == "OPEN SHOP" and visible_text(texts[0]) == ""
+    LexicalIndex.build([indexed_text(t) for t in texts]).save(tmp_path / LEXICAL_DIR)
+    LexicalIndex.build([visible_text(t) for t in texts]).save(tmp_path / VISIBLE_TEXT_DIR)
+    words, written = LexicalIndex.load(tmp_path / LEXICAL_DIR), LexicalIndex.load(tmp_path / VISIBLE_TEXT_DIR)
+    assert not words.scores("shop").raw.any(), "too common to be rare-word evidence"
+    shop = written.written_share("shop", words)
+    assert np.flatnonzero(shop.raw).tolist() == [i for i in range(301) if i % 2 or i == 300]
+    assert shop.normalised(np.array([1, 300, 0])).tolist() == [1.0, 1.0, 0.0]
+    open_shop = written.written_share("open shop", words)
+    assert open_shop.top(1).tolist() == [300]
+    share = open_shop.normalised(np.array([300, 1]))
+    assert share[0] == pytest.approx(1.0) and 0 < share[1] < 0.5, "'open' is the rarer, weightier word"
+    assert written.written_share("open sign", words).normalised(np.array([300]))[0] < 1, "'sign' is not written"

@@ -117,7 +117,7 @@ def test_json_document(library):
     assert doc["query"] == "dog on the beach" and doc["count"] == len(doc["results"]) >= 1
     top = doc["results"][0]
     assert set(top) == {"rank", "score", "path", "paths", "caption", "why", "taken", "sha256", "extra"}
-    assert set(top["extra"]) == {"dense", "lexical"}  # the score's two parts
+    assert set(top["extra"]) == {"dense", "lexical", "visible_text", "crowding"}  # the score's parts
     assert top["rank"] == 1 and top["path"] == library.path("trips/beach_dog.jpg")
     assert top["paths"] == [top["path"]] and re.fullmatch(r"[0-9a-f]{64}", top["sha256"])
     assert top["caption"].startswith("A brown dog") and top["taken"] == "2023-07-14T10:00:00"

@@ -15,7 +15,9 @@ import numpy as np
 
 from .embed import LoadedModel, VectorCache, cache_dir_name, load_model, text_key
 from .errors import UsageError
-from .index import INDEX_FORMAT, Doc, current_generation, previous_rows, read_meta, stable_order, write_bundle
+from .index import (
+    GENERATION_CONTENTS, INDEX_FORMAT, Doc, current_generation, previous_rows, read_meta, stable_order, write_bundle,
+)
 from .records import load_descriptions
 from .scan import PhotoFile, by_content, scan
 from .schema import embedding_text, lexical_text
@@ -180,10 +182,10 @@ def _unique(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 def index_signature(docs: list[Doc], keys: list[str]) -> str:
-    """Changes whenever a row, its paths or its text would change."""
+    """Changes whenever a row, its paths or its text would change, or a generation would hold more."""
     import hashlib
 
-    h = hashlib.sha256()
+    h = hashlib.sha256(f"contents {GENERATION_CONTENTS}".encode())
     for d, k in zip(docs, keys):
         h.update(json_bytes([d.sha256, d.paths, k, d.taken, d.mtime, d.lexical]))  # paths may hold lone surrogates
     return h.hexdigest()[:32]

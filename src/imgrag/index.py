@@ -32,6 +32,9 @@ from .errors import UsageError
 from .workspace import Workspace, fsync_dir, json_bytes, write_atomic
 
 INDEX_FORMAT = 2  # 2: index kind in meta.json, vector key per row in docs.sqlite
+# What a generation holds beside what the format needs: searches use whatever is there, and
+# `imgrag embed` rebuilds an index written with less (2: crowding.npy and visible-text/).
+GENERATION_CONTENTS = 2
 DENSE_FILE = "dense.faiss"
 FLAT_MAX = 50_000  # exact search up to here: a few ms a query and 77 MB at 384 dimensions
 IVF_PROBE_SHARE = 1 / 32  # lists probed per query: recall@10 >= 0.95 on real text (bench/scale.py)
@@ -226,6 +229,20 @@ class Bundle:
 
         return LexicalIndex.load(self.folder / LEXICAL_DIR)
 
+    @functools.cached_property
+    def visible_text(self) -> Any:
+        """BM25 over only the words seen written in each photo (a LexicalIndex); None if it has none."""
+        from .lexical import VISIBLE_TEXT_DIR, LexicalIndex
+
+        return LexicalIndex.load(self.folder / VISIBLE_TEXT_DIR)
+
+    @functools.cached_property
+    def crowding(self) -> np.ndarray | None:
+        """Each row's crowding (imgrag.crowding), memory-mapped; None for an index built without it."""
+        from .crowding import load
+
+        return load(self.folder)
+
     def docs(self, rows: Sequence[int]) -> dict[int, Doc]:
         if not rows:
             return {}
@@ -253,11 +270,12 @@ def write_bundle(ws: Workspace, docs: list[Doc], vectors: np.ndarray, meta: dict
     tmp.mkdir()
     try:
         dense = write_dense(vectors, rows, previous, tmp / DENSE_FILE)
+        _write_crowding(vectors, rows, previous, tmp)
         _write_docs(tmp / "docs.sqlite", docs, keys)
         if docs:
-            from .lexical import LEXICAL_DIR, LexicalIndex
+            from .lexical import write_lexical
 
-            LexicalIndex.build([d.lexical for d in docs]).save(tmp / LEXICAL_DIR)
+            write_lexical(tmp, [d.lexical for d in docs])
         meta = {**meta, "format": INDEX_FORMAT, "count": len(docs), "generation": gen, "dense": dense}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         for f in tmp.rglob("*"):  # the lexical index is a folder of files
@@ -275,6 +293,17 @@ def write_bundle(ws: Workspace, docs: list[Doc], vectors: np.ndarray, meta: dict
     write_atomic(ws.index_dir / "CURRENT", gen.encode())
     _prune(ws, keep={gen, previous_gen})
     return final
+
+
+def _write_crowding(vectors: np.ndarray, rows: list[tuple[str, str]], previous: Previous | None, folder: Path) -> None:
+    """Each row's crowding (see `crowding`): the previous generation's file when the rows are
+    the same (it depends on nothing else), else computed afresh over every row."""
+    from . import crowding
+
+    if previous is not None and rows == previous.rows and (previous.dense.parent / crowding.CROWDING_FILE).exists():
+        _link_or_copy(previous.dense.parent / crowding.CROWDING_FILE, folder / crowding.CROWDING_FILE)
+        return
+    crowding.save(folder, crowding.crowding(vectors, [sha for sha, _ in rows]))
 
 
 def _write_docs(path: Path, docs: list[Doc], keys: list[str]) -> None:

@@ -1,10 +1,12 @@
-"""Exact-word evidence: a BM25 index (bm25s, English stemming and stopwords) over each
-photo's lexical text, written into the index generation folder beside the FAISS index.
+"""Exact-word evidence: BM25 indexes (bm25s, English stemming and stopwords) written into
+the index generation folder beside the FAISS index: `lexical/` over every word of each
+photo's description, `visible-text/` over only the words seen written in the photo.
 
 A photo's lexical text is a few labelled fields, one per line (`label<TAB>words`, see
-`schema.lexical_text`); the labels are not indexed, they only let a hit say which field
-matched. Loading memory-maps the score arrays and imports neither bm25s nor scipy, so
-opening even a 100k-photo index costs a few tens of milliseconds (mostly its vocabulary)."""
+`schema.lexical_text`); the labels are not indexed, they only pick out the visible text and
+let a hit say which field matched. Loading memory-maps the score arrays and imports neither
+bm25s nor scipy, so opening even a 100k-photo index costs a few tens of milliseconds
+(mostly its vocabulary)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ from typing import Any
 import numpy as np
 
 LEXICAL_DIR = "lexical"
+VISIBLE_TEXT_DIR = "visible-text"
+VISIBLE_TEXT_LABEL = "visible text"
 FORMAT = 1
 _K1, _B = 1.5, 0.75  # the usual BM25 constants; the fusion weight, not these, was tuned
 _TOKEN = re.compile(r"(?u)\b\w\w+\b")  # bm25s' default pattern: words of two or more characters
@@ -107,14 +111,20 @@ def field_lines(lexical: str) -> list[tuple[str, str]]:
     return pairs
 
 
-# Words seen written in the photo (signs, labels, shop names) are the strongest exact
-# evidence there is and drown in a long description: BM25 counts them this many times.
-_FIELD_REPEAT = {"visible text": 3}
-
-
 def indexed_text(lexical: str) -> str:
-    """The words BM25 sees: every field's words (visible text counted thrice), without the labels."""
-    return "\n".join("\n".join([words] * _FIELD_REPEAT.get(label, 1)) for label, words in field_lines(lexical))
+    """The words BM25 sees: every field's words, without the labels."""
+    return "\n".join(words for _, words in field_lines(lexical))
+
+
+def visible_text(lexical: str) -> str:
+    """Only the words seen written in the photo (signs, labels, shop names, numbers)."""
+    return "\n".join(words for label, words in field_lines(lexical) if label == VISIBLE_TEXT_LABEL)
+
+
+def write_lexical(folder: Path, lexical_texts: list[str]) -> None:
+    """Both BM25 indexes of a generation (row i = lexical_texts[i]), each left out when it has no word."""
+    LexicalIndex.build([indexed_text(t) for t in lexical_texts]).save(folder / LEXICAL_DIR)
+    LexicalIndex.build([visible_text(t) for t in lexical_texts]).save(folder / VISIBLE_TEXT_DIR)
 
 
 class LexicalIndex:
@@ -133,8 +143,8 @@ class LexicalIndex:
         self.stopwords = stopwords
 
     @staticmethod
-    def build(lexical_texts: list[str]) -> _Built:
-        tokens = [stems(content_words(indexed_text(t))) for t in lexical_texts]
+    def build(texts: list[str]) -> _Built:
+        tokens = [stems(content_words(t)) for t in texts]
         if not any(tokens):  # not one word to index (bm25s cannot): the generation goes without
             return _Built(None)
         import bm25s
@@ -182,6 +192,24 @@ class LexicalIndex:
         # Words no description has count as unmatched evidence: "red xyzzy" is not fully matched by "red".
         idf_total = sum(self._idf(self.vocab.get(t.stem)) for t in terms)
         return LexicalScores(terms=terms, raw=raw, ideal=idf_total / (1 + _K1))
+
+
+    def written_share(self, query: str, descriptions: LexicalIndex) -> LexicalScores:
+        """For the visible-text index: per row, the share of the query's words written in the
+        photo, each weighted by its idf among whole descriptions (`descriptions`), so that
+        words naming the scene ("car", "sign") weigh little and names and numbers much.
+        Presence, not BM25: a sign says its word once, and most photos have no text at all,
+        which would make BM25's length normalisation punish the ones that do."""
+        terms = query_terms(query, self.stopwords)
+        raw = np.zeros(self.size, dtype=np.float32)
+        total = 0.0
+        for term in terms:
+            weight = descriptions._idf(descriptions.vocab.get(term.stem))
+            total += weight
+            column = self.vocab.get(term.stem)
+            if column is not None:
+                raw[self._indices[int(self._indptr[column]) : int(self._indptr[column + 1])]] += weight
+        return LexicalScores(terms=terms, raw=raw, ideal=total)
 
 
 class _Built:

@@ -71,7 +71,7 @@ def open_index(ws: Workspace, embed_model: str | None) -> Bundle:
     return bundle
 
 
-# -- ranking: dense similarity, plus exact-word (BM25) evidence where it is strong -------
+# -- ranking: dense similarity, exact-word evidence where it is strong, less for hubs ----
 
 # Results scoring below this are hidden unless --min-score says otherwise (see README:
 # right answers vs unrelated queries on Flickr8k and COCO).
@@ -82,32 +82,41 @@ LEXICAL_CANDIDATES = 50  # best exact-word rows added even when meaning alone ra
 
 @dataclass(frozen=True)
 class Fusion:
-    """score = dense cosine + lexical_weight * max(0, bm25_share - lexical_floor), where
-    bm25_share (0..1) is roughly the share of the query's idf-weighted words that a
-    description has as rare exact words (see `lexical.LexicalIndex.scores`). Plain rank
-    fusion of BM25 and dense hurts caption retrieval; a small weight on rare-word evidence
-    helps. Weight and floor were tuned on the Flickr8k train split (bench/retrieval.py --tune)."""
+    """score = dense cosine
+               + rare_words   * (share of the query's idf-weighted words a description has as rare words)
+               + visible_text * (share of the query's idf-weighted words seen written in the photo)
+               - crowding     * (the photo's crowding: see `imgrag.crowding`)
 
-    lexical_weight: float = 0.16
-    lexical_floor: float = 0.0
+    Plain rank fusion of BM25 and dense hurts caption retrieval, and exact words in a
+    paraphrase are weak evidence: `rare_words` and `crowding` were chosen together with
+    bench/retrieval.py (Flickr8k train and COCO, checked on Flickr8k dev), inside the range
+    where every figure beats dense alone on all three. Words written on the photo (a sign,
+    a shop name, a number plate) are the evidence meaning cannot see; no benchmark here has
+    them, so `visible_text` is set by hand, four times the rare-word weight (README)."""
 
-    def combine(self, dense: np.ndarray, lexical: np.ndarray) -> np.ndarray:
+    rare_words: float = 0.05
+    visible_text: float = 0.2
+    crowding: float = 0.06
+
+    def combine(self, found: Candidates) -> np.ndarray:
         """Scores from 0 (an opposite meaning shows as 0, so --min-score 0 shows everything)."""
-        boost = self.lexical_weight * np.maximum(0.0, lexical - self.lexical_floor)
-        return np.maximum(0.0, dense + boost).astype(np.float32)
+        score = found.dense + self.rare_words * found.lexical + self.visible_text * found.visible_text
+        return np.maximum(0.0, score - self.crowding * found.crowding).astype(np.float32)
 
 
 DEFAULT_FUSION = Fusion()
-DENSE_ONLY = Fusion(lexical_weight=0.0)
+DENSE_ONLY = Fusion(rare_words=0.0, visible_text=0.0, crowding=0.0)
 
 
 @dataclass
 class Candidates:
-    """The rows a query could rank, with both kinds of evidence for each."""
+    """The rows a query could rank, with each kind of evidence for each."""
 
     rows: np.ndarray  # dense order first, then rows only exact words found
     dense: np.ndarray
     lexical: np.ndarray  # 0..1 share of the query's words matched (rare words only)
+    visible_text: np.ndarray  # 0..1 share of the query's words seen written in the photo
+    crowding: np.ndarray  # how crowded each row's neighbourhood is (imgrag.crowding)
     terms: list  # the query's content words (lexical.QueryTerm)
 
 
@@ -124,19 +133,31 @@ def candidates(bundle: Bundle, query_vec: np.ndarray, query: str, depth: int = D
     scores, found = bundle.index.search(q, min(bundle.size, max(depth, 1)), params=params)
     keep = found[0] >= 0
     rows, dense = found[0][keep].astype(np.int64), scores[0][keep].astype(np.float32)
-    lex_index = bundle.lexical
-    if lex_index is None:
-        return Candidates(rows, dense, np.zeros(len(rows), np.float32), [])
-    evidence = lex_index.scores(query)
-    lexical_top = evidence.top(LEXICAL_CANDIDATES if allowed is None else bundle.size)
-    if allowed is not None:
-        lexical_top = lexical_top[np.isin(lexical_top, allowed)][:LEXICAL_CANDIDATES]
-    extra = np.setdiff1d(lexical_top, rows, assume_unique=True)
-    extra_dense = _dense_scores(bundle.index, q[0], extra)
-    if extra_dense is not None and len(extra):
-        rows = np.concatenate([rows, extra])
-        dense = np.concatenate([dense, extra_dense])
-    return Candidates(rows, dense, evidence.normalised(rows), evidence.terms)
+    words = bundle.lexical.scores(query) if bundle.lexical is not None else None
+    written = None if words is None or bundle.visible_text is None else bundle.visible_text.written_share(query, bundle.lexical)
+    exact = [_best_exact(e, allowed) for e in (words, written) if e is not None]
+    if exact:
+        extra = np.setdiff1d(np.concatenate(exact), rows)
+        extra_dense = _dense_scores(bundle.index, q[0], extra)
+        if extra_dense is not None and len(extra):
+            rows = np.concatenate([rows, extra])
+            dense = np.concatenate([dense, extra_dense])
+    none = np.zeros(len(rows), np.float32)
+    return Candidates(
+        rows, dense,
+        lexical=words.normalised(rows) if words is not None else none,
+        visible_text=written.normalised(rows) if written is not None else none,
+        crowding=np.asarray(bundle.crowding[rows], np.float32) if bundle.crowding is not None else none,
+        terms=words.terms if words is not None else [],
+    )
+
+
+def _best_exact(evidence, allowed: np.ndarray | None) -> np.ndarray:
+    """The LEXICAL_CANDIDATES rows with the best exact-word evidence (among `allowed`)."""
+    if allowed is None:
+        return evidence.top(LEXICAL_CANDIDATES)
+    ranked = evidence.top(len(evidence.raw))
+    return ranked[np.isin(ranked, allowed)][:LEXICAL_CANDIDATES]
 
 
 def _dense_scores(index, query_vec: np.ndarray, rows: np.ndarray) -> np.ndarray | None:
@@ -152,7 +173,7 @@ def _dense_scores(index, query_vec: np.ndarray, rows: np.ndarray) -> np.ndarray 
 
 def order(found: Candidates, fusion: Fusion) -> tuple[np.ndarray, np.ndarray]:
     """(rows, scores) best first; ties keep dense order."""
-    fused = fusion.combine(found.dense, found.lexical)
+    fused = fusion.combine(found)
     best = np.argsort(-fused, kind="stable")
     return found.rows[best], fused[best]
 
@@ -169,13 +190,13 @@ def rank(bundle: Bundle, query_vec: np.ndarray, query: str, options: SearchOptio
         keep = scores >= options.min_score
         rows, scores = rows[keep], scores[keep]
     rows, scores = rows[: max(options.limit, 1)], scores[: max(options.limit, 1)]
-    evidence = dict(zip(found.rows.tolist(), zip(found.dense.tolist(), found.lexical.tolist())))
+    parts = {"dense": found.dense, "lexical": found.lexical, "visible_text": found.visible_text, "crowding": found.crowding}
+    at = {row: i for i, row in enumerate(found.rows.tolist())}
     docs = bundle.docs(rows.tolist())
     ws_base = bundle.folder.parent.parent.parent  # <base>/.imgrag/index/<gen>
     hits = []
     for i, (row, score) in enumerate(zip(rows.tolist(), scores.tolist()), start=1):
         d = docs[row]
-        dense, lexical = evidence[row]
         hits.append(Hit(
             rank=i,
             score=round(score, 4),
@@ -185,7 +206,7 @@ def rank(bundle: Bundle, query_vec: np.ndarray, query: str, options: SearchOptio
             caption=d.caption,
             taken=d.taken,
             why=why_matched(found.terms, d.lexical, d.caption),
-            extra={"dense": round(dense, 4), "lexical": round(lexical, 4)},
+            extra={name: round(float(values[at[row]]), 4) for name, values in parts.items()},
         ))
     return hits
 
