@@ -133,8 +133,11 @@ def candidates(bundle: Bundle, query_vec: np.ndarray, query: str, depth: int = D
     scores, found = bundle.index.search(q, min(bundle.size, max(depth, 1)), params=params)
     keep = found[0] >= 0
     rows, dense = found[0][keep].astype(np.int64), scores[0][keep].astype(np.float32)
-    words = bundle.lexical.scores(query) if bundle.lexical is not None else None
-    written = None if words is None or bundle.visible_text is None else bundle.visible_text.written_share(query, bundle.lexical)
+    words = written = None
+    if bundle.lexical is not None:
+        words = bundle.lexical.scores(query)
+        if bundle.visible_text is not None:
+            written = bundle.visible_text.written_share(query, bundle.lexical)
     exact = [_best_exact(e, allowed) for e in (words, written) if e is not None]
     if exact:
         extra = np.setdiff1d(np.concatenate(exact), rows)
@@ -190,7 +193,8 @@ def rank(bundle: Bundle, query_vec: np.ndarray, query: str, options: SearchOptio
         keep = scores >= options.min_score
         rows, scores = rows[keep], scores[keep]
     rows, scores = rows[: max(options.limit, 1)], scores[: max(options.limit, 1)]
-    parts = {"dense": found.dense, "lexical": found.lexical, "visible_text": found.visible_text, "crowding": found.crowding}
+    parts = {"dense": found.dense, "lexical": found.lexical, "visible_text": found.visible_text,
+             "crowding": found.crowding}
     at = {row: i for i, row in enumerate(found.rows.tolist())}
     docs = bundle.docs(rows.tolist())
     ws_base = bundle.folder.parent.parent.parent  # <base>/.imgrag/index/<gen>
