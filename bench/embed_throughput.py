@@ -2,7 +2,7 @@
 incremental runs cost.
 
 Descriptions are built from real captions (../shared/data/captions/flickr8k_traindev.jsonl:
-a photo's first caption as `caption`, the others as `description`, as a vision model
+a photo's first caption as `caption`, two others as `description`, as a vision model
 would write them) and stored as records in `.imgrag/descriptions.jsonl` beside a folder
 of small stand-in photo files (the embed job reads only their bytes' hash).
 

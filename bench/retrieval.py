@@ -130,11 +130,11 @@ def tune(all_found: list[Candidates], targets: list[int]) -> dict:
     return {"dense": dense, "best": max(safe, key=lambda g: g["MRR"]), "grid": grid}
 
 
-def cutoff_figures(bundle, encoder: QueryEncoder, all_found: list[Candidates], targets: list[int],
-                   right_scores: np.ndarray, positions: np.ndarray) -> dict:
+def cutoff_figures(bundle, encoder: QueryEncoder, right_scores: np.ndarray, positions: np.ndarray) -> dict:
     """How DEFAULT_MIN_SCORE treats right answers found in the top 10, and off-topic queries."""
     in_top10 = (positions >= 0) & (positions < 10)
-    kept = float(np.mean(right_scores[in_top10] >= DEFAULT_MIN_SCORE)) if in_top10.any() else float("nan")
+    right = right_scores[in_top10]
+    kept = float(np.mean(right >= DEFAULT_MIN_SCORE)) if len(right) else float("nan")
     off_vecs = encoder.encode(OFF_TOPIC)
     shown, tops, off_scores = [], [], []
     for query, vec in zip(OFF_TOPIC, off_vecs):
@@ -143,10 +143,9 @@ def cutoff_figures(bundle, encoder: QueryEncoder, all_found: list[Candidates], t
         tops.append(float(scores[0]))
         shown.append(int(np.sum(scores[:10] >= DEFAULT_MIN_SCORE)))
     q = lambda a, p: round(float(np.quantile(a, p)), 3)  # noqa: E731
-    right = right_scores[in_top10]
     sweep = {}
     for cut in (0.15, 0.2, 0.25, 0.3, 0.35):
-        sweep[str(cut)] = [round(float(np.mean(right_scores[in_top10] >= cut)), 4),
+        sweep[str(cut)] = [round(float(np.mean(right >= cut)), 4),
                            round(float(np.mean([np.sum(sc[:10] >= cut) for sc in off_scores])), 2)]
     return {
         "sweep_kept_offtopic_shown": sweep,
@@ -164,7 +163,7 @@ def main() -> int:
     ap.add_argument("--split", default="dev", help="split of a caption file: dev, train, or all (default dev)")
     ap.add_argument("--coco", action="store_true", default=None, help="COCO photo format (auto-detected from --data)")
     ap.add_argument("--model", default=DEFAULT_MODEL, help="embedding model")
-    ap.add_argument("--tune", action="store_true", help="grid-search the fusion weight and floor on this data")
+    ap.add_argument("--tune", action="store_true", help="grid-search the rare-word and crowding weights on this data")
     ap.add_argument("--no-cache", action="store_true", help="embed afresh instead of using bench/.cache")
     args = ap.parse_args()
     started = time.perf_counter()
@@ -198,7 +197,7 @@ def main() -> int:
             return 0
         dense, _, _ = evaluate(all_found, targets, DENSE_ONLY)
         fused, positions, right_scores = evaluate(all_found, targets, DEFAULT_FUSION)
-        cutoff = cutoff_figures(bundle, QueryEncoder(args.model), all_found, targets, right_scores, positions)
+        cutoff = cutoff_figures(bundle, QueryEncoder(args.model), right_scores, positions)
         bundle.db.close()
 
     result = {

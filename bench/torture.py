@@ -1,7 +1,7 @@
 """kill -9 torture: `imgrag describe` and `imgrag embed` killed at random moments, then
 run to completion; prints one JSON line of what survived.
 
-    python bench/torture.py [--kills 50] [--photos 100] [--jobs 4] [--latency 0.5] [--seed 1]
+    python bench/torture.py [--kills 50] [--photos 60] [--jobs 4] [--latency 0.5] [--seed 1]
 
 Against the stand-in vision server (tests/standin_vlm.py) with photos drawn into a temp
 folder; a few new photos arrive before each cycle, as between cron runs. Each cycle starts a describe and kills it (SIGKILL) at a moment drawn uniformly

@@ -9,6 +9,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -57,6 +58,14 @@ def spawn_imgrag(*args: str, cwd: Path, env: dict, **popen) -> subprocess.Popen:
     )
 
 
+def wait_for_requests(standin, count: int, timeout: float = 60) -> None:
+    """Until the stand-in has seen `count` chat requests in all (fails after `timeout` s)."""
+    deadline = time.monotonic() + timeout
+    while len(standin.requests) < count:
+        assert time.monotonic() < deadline, "the run never reached the server"
+        time.sleep(0.02)
+
+
 def jsonl_lines(path: Path) -> tuple[list[dict], bool]:
     """(every complete record, whether the file ends in a torn line). A complete line
     that does not parse is damage: it raises."""
@@ -84,18 +93,20 @@ def check_readable(root: Path, *, allow_torn_tail: bool = True) -> list[str]:
                 problems.append(f"{name}: torn last line")
         except ValueError as e:
             problems.append(f"{name}: {e}")
+    parsed: dict = {}
     for name in ("manifest.json", "scan.json"):
         path = root / name
         if path.exists():
             try:
-                json.loads(path.read_bytes())
+                parsed[name] = json.loads(path.read_bytes())
             except ValueError as e:
                 problems.append(f"{name}: {e}")
     current = root / "index" / "CURRENT"
     if current.exists():
         problems += _check_generation(root / "index" / current.read_text().strip())
+    dim = (parsed.get("manifest.json", {}).get("embedding") or {}).get("dim")
     for cache in (root / "vectors").glob("*/"):
-        problems += _check_vector_cache(cache, root)
+        problems += _check_vector_cache(cache, dim)
     return problems
 
 
@@ -117,9 +128,7 @@ def _check_generation(folder: Path) -> list[str]:
     return []
 
 
-def _check_vector_cache(cache: Path, root: Path) -> list[str]:
-    manifest = json.loads((root / "manifest.json").read_bytes()) if (root / "manifest.json").exists() else {}
-    dim = (manifest.get("embedding") or {}).get("dim")
+def _check_vector_cache(cache: Path, dim: int | None) -> list[str]:
     keys_path, vec_path = cache / "keys.txt", cache / "vectors.f32"
     if not dim or not keys_path.exists():
         return []

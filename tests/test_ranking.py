@@ -77,6 +77,10 @@ def names(hits):
     return [h.sha256 for h in hits]
 
 
+def rows_by_name(bundle):
+    return {d.sha256: row for row, d in bundle.docs(list(range(bundle.size))).items()}
+
+
 def test_visible_text_finds_its_photo_where_meaning_alone_does_not(bundle, model):
     # A number plate seen only on the photo: by meaning, the close-up of a plate wins;
     # the exact number, written on the other photo, must bring that one to the top.
@@ -140,7 +144,7 @@ def test_each_row_has_its_crowding_and_an_index_without_it_still_searches(bundle
     assert float(np.median(bundle.crowding)) == pytest.approx(0.0, abs=1e-6), "the median photo is not moved"
     # The street scenes (cars, plates, traffic lights, signs) crowd each other; the dog on
     # the beach and the birthday cake have no scene like them.
-    row = {bundle.docs([r])[r].sha256: r for r in range(bundle.size)}
+    row = rows_by_name(bundle)
     loneliest = sorted(row, key=lambda name: bundle.crowding[row[name]])[:2]
     assert sorted(loneliest) == ["beach_dog", "birthday"]
     assert min(bundle.crowding[row[n]] for n in ("car_plate", "traffic")) > max(bundle.crowding[row[n]] for n in loneliest)
@@ -182,7 +186,7 @@ def test_rows_only_exact_words_find_enter_with_their_true_dense_score(bundle, mo
     vec = model.encode([query])[0]
     shallow = candidates(bundle, vec, query, depth=1)
     full = candidates(bundle, vec, query, depth=len(PHOTOS))
-    cafe = next(r for r in range(bundle.size) if bundle.docs([r])[r].sha256 == "cafe")
+    cafe = rows_by_name(bundle)["cafe"]
     assert cafe in shallow.rows.tolist(), "BM25's best rows join the dense candidates"
     at = lambda found: float(found.dense[found.rows.tolist().index(cafe)])  # noqa: E731
     assert at(shallow) == pytest.approx(at(full), abs=1e-5)

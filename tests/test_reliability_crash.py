@@ -21,14 +21,8 @@ from reliability_support import (
     jsonl_lines,
     seed_query_encoder,
     spawn_imgrag,
+    wait_for_requests,
 )
-
-
-def _wait_for_requests(standin, count: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while len(standin.requests) < count:
-        assert time.monotonic() < deadline, "the run never reached the server"
-        time.sleep(0.02)
 
 
 # --------------------------------------------------------------------------- kill -9
@@ -39,7 +33,7 @@ def test_kill_9_mid_describe_loses_only_requests_in_flight(home, standin):
     draw_photos(photos, 12)
     standin.set_default(latency=0.4)
     proc = spawn_imgrag("describe", photos, "--jobs", "4", cwd=cwd, env=env)
-    _wait_for_requests(standin, 9)
+    wait_for_requests(standin, 9)
     proc.kill()
     proc.wait()
     ws = cwd / ".imgrag"
@@ -65,7 +59,7 @@ def test_second_writer_is_told_busy_or_waits(home, standin):
     # The first run holds the lock while its one request takes 12 s to be answered.
     standin.enqueue({"kind": "timeout", "seconds": 12})
     first = spawn_imgrag("describe", photos, "--jobs", "1", "--limit", "1", cwd=cwd, env=env)
-    _wait_for_requests(standin, 1)
+    wait_for_requests(standin, 1)
 
     for cmd in (["describe", photos], ["embed", photos]):
         r = run_imgrag(*cmd, cwd=cwd, env=env)

@@ -104,16 +104,13 @@ def test_a_folder_of_bad_and_odd_files(home, standin, tmp_path):
 
 
 
-def _embed_and_search(cwd: Path, photos: Path, query: str, capsys) -> tuple[list, str, str]:
-    """embed + search in this process (the model loads once per test worker), then both
-    output formats as the CLI prints them: (hits, --json text, table text)."""
+def _embed_and_search(cwd: Path, query: str, capsys) -> tuple[list, str, str]:
+    """embed cwd/photos + search in this process (the model loads once per test worker), then
+    both output formats as the CLI prints them: (hits, --json text, table text)."""
     from imgrag import render
-    from imgrag.config import DEFAULT_EMBED_MODEL
-    from imgrag.embed_job import run_embed
     from imgrag.search import SearchOptions, run_search
 
-    seed_query_encoder(cwd / ".imgrag")
-    run_embed(photos, DEFAULT_EMBED_MODEL, index=cwd / ".imgrag")
+    _in_process_embed(cwd)
     hits = run_search(query, index=cwd / ".imgrag", embed_model=None, options=SearchOptions(limit=50))
     capsys.readouterr()
     print(render.hits_json(query, hits))
@@ -133,7 +130,7 @@ def test_odd_file_names_through_embed_and_search(home, capsys):
     names = {"beach_dog": "with space.jpg", "kitchen": "emoji \U0001F436 dog.jpg", "stop_sign": "tab\there.jpg"}
     _rename_scenes(photos, names)
     assert run_imgrag("describe", photos, cwd=cwd, env=env).code == 0
-    hits, as_json, table = _embed_and_search(cwd, photos, "dog on the beach", capsys)
+    hits, as_json, table = _embed_and_search(cwd, "dog on the beach", capsys)
     assert json.loads(as_json)["results"][0]["path"] == str(photos / "with space.jpg")
     assert table.splitlines()[0].split("\t")[2] == str(photos / "with space.jpg")
     assert len(table.splitlines()) == len(hits)
@@ -147,7 +144,7 @@ def test_newline_in_a_file_name_keeps_one_line_per_hit(home, capsys):
     cwd, photos, env = home
     _rename_scenes(photos, {"beach_dog": "new\nline.jpg"})
     assert run_imgrag("describe", photos, cwd=cwd, env=env).code == 0
-    hits, as_json, table = _embed_and_search(cwd, photos, "dog on the beach", capsys)
+    hits, as_json, table = _embed_and_search(cwd, "dog on the beach", capsys)
     assert json.loads(as_json)["results"][0]["path"] == str(photos / "new\nline.jpg")
     assert len(table.splitlines()) == len(hits)
 
@@ -157,7 +154,7 @@ def test_non_utf8_file_name_through_embed_and_search(home, capsys):
     name = os.fsdecode(b"latin1 caf\xe9.jpg")
     _rename_scenes(photos, {"beach_dog": name})
     assert run_imgrag("describe", photos, cwd=cwd, env=env).code == 0
-    hits, as_json, table = _embed_and_search(cwd, photos, "dog on the beach", capsys)
+    hits, as_json, table = _embed_and_search(cwd, "dog on the beach", capsys)
     assert hits[0].path == str(photos / name)
     assert "latin1 caf" in as_json and "latin1 caf" in table
 

@@ -368,7 +368,7 @@ def test_records_and_stats_spot_duplicates_and_concurrency(server, photos):
     assert record["t_done"] - record["t_arrival"] >= 0.3
 
 
-def test_api_key_is_checked(photos):
+def test_api_key_is_checked():
     with StandinVLM(api_key="secret") as server:
         with pytest.raises(groq.AuthenticationError) as info:
             ask(groq_client(server), data_url(red_image()))

@@ -179,7 +179,8 @@ def status(
 ) -> int:
     """Show photos found, described, failed, embedded, the index, and what a run would do next."""
     from . import render
-    from .status import collect_status, next_step, workspace_for
+    from .embed_job import workspace_for
+    from .status import collect_status, next_step
 
     state = collect_status(workspace_for(photos, index), photos)
     if json_out:

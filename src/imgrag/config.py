@@ -104,7 +104,7 @@ def load_settings() -> Settings:
         provider=provider,
         model=env("IMGRAG_MODEL") or None,
         base_url=env("IMGRAG_BASE_URL") or None,
-        api_key=(env("GROQ_API_KEY") if provider == "groq" else env("OPENAI_API_KEY")) or None,
+        api_key=api_key_for(provider),
         embed_model=env("IMGRAG_EMBED_MODEL") or DEFAULT_EMBED_MODEL,
         jobs=_number("IMGRAG_JOBS", int, default.jobs),
         timeout=_number("IMGRAG_TIMEOUT", float, default.timeout),
@@ -116,7 +116,7 @@ def load_settings() -> Settings:
 
 
 def api_key_for(provider: str) -> str | None:
-    """The key for a provider chosen by flag after the environment was read."""
+    """The API key for `provider` from the environment or `.env` (also for one chosen by flag)."""
     load_dotenv_once()
     return os.environ.get("GROQ_API_KEY" if provider == "groq" else "OPENAI_API_KEY") or None
 

@@ -24,7 +24,7 @@ NEIGHBOURS = 10
 # Neighbours are looked for among at most this many photos (those with the smallest content
 # hashes: a fixed sample, whatever order rows are in). A sample of 2,048 ranks Flickr8k's 6,000
 # photos as well as all of them do, and keeps a million-photo build to ~10 s on two cores.
-REFERENCE_MAX = 2048
+REFERENCE_MAX = 2048  # must exceed NEIGHBOURS: faiss pads a short result with -1 labels
 _BATCH = 65536  # rows searched at a time: bounded temporary memory
 
 
@@ -46,7 +46,7 @@ def crowding(vectors: np.ndarray, sha256s: list[str]) -> np.ndarray:
         sims, found = index.search(part, neighbours + 1)
         is_self = reference[found] == np.arange(start, start + len(part))[:, None]
         sims = np.where(is_self, -np.inf, sims)
-        # faiss returns them best first: the `neighbours` best once the photo itself is dropped
+        # the `neighbours` best once the photo itself (set to -inf) is dropped: sort again
         mean_near[start : start + len(part)] = np.sort(sims, axis=1)[:, ::-1][:, :neighbours].mean(axis=1)
     return (mean_near - np.median(mean_near)).astype(np.float32)
 

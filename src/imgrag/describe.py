@@ -491,13 +491,14 @@ class _Job:
 
     def _halt(self, why: str, reason: str) -> None:
         """Start nothing new; what is in flight finishes and is written."""
+        reason = self._redact(reason)
         with self.lock:
             first = self.summary.stopped_by is None
             if first:
-                self.summary.stopped_by, self.summary.stop_reason = why, self._redact(reason)
+                self.summary.stopped_by, self.summary.stop_reason = why, reason
         self.stop.set()
         if first and reason:
-            self.progress.warn(f"stopping: {self._redact(reason)}; finishing the requests in flight")
+            self.progress.warn(f"stopping: {reason}; finishing the requests in flight")
 
     def _count_giveup(self, reason: str) -> None:
         """Photos in a row lost to transient faults mean the server is down: stop, exit 75."""

@@ -95,10 +95,15 @@ def load_model(name: str) -> LoadedModel:
             f"cannot load embedding model {name!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
             f"check IMGRAG_EMBED_MODEL / --model (default {DEFAULT_MODEL} works offline)"
         ) from None
-    get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-    dim = get_dim() or int(model.encode(["x"]).shape[1])
+    dim = embedding_dimension(model) or int(model.encode(["x"]).shape[1])
     fingerprint = _PACKAGED_SHA256[:16] if local else weights_fingerprint(model)
     return LoadedModel(name=name, model=model, fingerprint=fingerprint, dim=dim, path=local)
+
+
+def embedding_dimension(model: Any) -> int | None:
+    """A sentence-transformers model's output size, under the method name of new or old versions."""
+    get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    return get_dim()
 
 
 def _quiet_libraries() -> None:

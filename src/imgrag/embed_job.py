@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .embed import LoadedModel, VectorCache, cache_dir_name, load_model, text_key
 from .errors import UsageError
 from .index import (
@@ -34,6 +32,11 @@ class EmbedSummary:
     index_type: str = ""  # the dense index kind: flat (exact) or ivf-sq8
     model: str = ""
     workspace: Path | None = None
+
+
+def workspace_for(photos: Path | None, index: Path | None) -> Workspace:
+    """The workspace of the photo folder given, else the one found from the current directory."""
+    return Workspace.for_photos(photos, index) if photos is not None else Workspace.find(Path.cwd(), index)
 
 
 def collect_docs(ws: Workspace, photos: Path | None) -> tuple[list[Doc], int]:
@@ -71,10 +74,7 @@ def docs_for(groups: dict[str, list[PhotoFile]], described: dict[str, dict]) -> 
 
 def run_embed(photos: Path | None, model_name: str, *, rebuild: bool = False, wait: bool = False,
               index: Path | None = None, show_progress: bool = False) -> EmbedSummary:
-    if photos is not None:
-        ws = Workspace.for_photos(photos, index)
-    else:
-        ws = Workspace.find(Path.cwd(), index)
+    ws = workspace_for(photos, index)
     summary = EmbedSummary(model=model_name, workspace=ws.root)
     # A full or read-only disk: one line, and the previous index stays searchable.
     with ws.writer_lock(wait=wait), storage_errors(ws.root):
@@ -106,7 +106,7 @@ def run_embed(photos: Path | None, model_name: str, *, rebuild: bool = False, wa
                 or meta.get("format") != INDEX_FORMAT:
             previous = None if rebuild else previous_rows(ws, embedding)
             docs, keys = stable_order(docs, keys, previous)
-            vectors = cache.get(keys) if docs else np.zeros((0, cache.dim), np.float32)
+            vectors = cache.get(keys)
             write_bundle(ws, docs, vectors, {"embedding": embedding, "signature": signature},
                          keys=keys, previous=previous)
             summary.rebuilt_index = True

@@ -6,7 +6,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_SOME = 1  # search: nothing found; describe: some photos failed
 EXIT_USAGE = 2  # usage, configuration or fatal provider error
-EXIT_TEMPFAIL = 75  # daily quota spent: try again later (EX_TEMPFAIL)
+EXIT_TEMPFAIL = 75  # daily quota spent or server down: try again later (EX_TEMPFAIL)
 EXIT_INTERRUPTED = 130
 
 

@@ -283,6 +283,7 @@ def write_bundle(ws: Workspace, docs: list[Doc], vectors: np.ndarray, meta: dict
                 _fsync_file(f)
             else:
                 fsync_dir(f)
+        fsync_dir(tmp)  # its own entries too: the files above are no use if their names are lost
         final = ws.index_dir / gen
         tmp.rename(final)
         fsync_dir(ws.index_dir)

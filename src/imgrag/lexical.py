@@ -163,9 +163,10 @@ class LexicalIndex:
             params = json.loads((folder / "params.index.json").read_text())
             vocab = json.loads((folder / "vocab.index.json").read_text(encoding="utf-8"))
             arrays = [np.load(folder / f"{name}.csc.index.npy", mmap_mode="r") for name in ("data", "indices", "indptr")]
+            size, stopwords = int(params["num_docs"]), frozenset(about["stopwords"])
         except (OSError, ValueError, KeyError):
             return None
-        return cls(vocab, *arrays, size=int(params["num_docs"]), stopwords=frozenset(about["stopwords"]))
+        return cls(vocab, *arrays, size=size, stopwords=stopwords)
 
     def _doc_freq(self, column: int | None) -> int:
         """How many descriptions have the word (its column's entries); 0 for an unknown word."""

@@ -238,15 +238,19 @@ def _register_heif() -> None:
 
 def _check_pixels(width: int, height: int) -> None:
     if width * height > MAX_PIXELS:
-        raise PhotoError(f"too large (decompression bomb: {round(width * height / 1e6)} megapixels)")
+        raise PhotoError(_too_large(width * height))
 
 
 def _bomb_reason(e: Exception) -> str:
     # Pillow's message is 'Image size (N pixels) exceeds limit ...'.
     match = re.search(r"\((\d+) pixels\)", str(e))
-    if match:
-        return f"too large (decompression bomb: {round(int(match.group(1)) / 1e6)} megapixels)"
-    return "too large (decompression bomb)"
+    return _too_large(int(match.group(1)) if match else None)
+
+
+def _too_large(pixels: int | None) -> str:
+    if pixels is None:
+        return "too large (decompression bomb)"
+    return f"too large (decompression bomb: {round(pixels / 1e6)} megapixels)"
 
 
 # --------------------------------------------------------------------------- metadata

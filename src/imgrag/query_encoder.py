@@ -123,17 +123,23 @@ def _is_for(record: dict[str, Any], model_name: str, fingerprint: str) -> bool:
             and record.get("fingerprint") == fingerprint)
 
 
-def _files_intact(folder: Path, record: dict[str, Any], deep: bool = False) -> bool:
+def _files_intact(folder: Path, record: dict[str, Any], deep: bool = False, *, trust_mtime: bool = False) -> bool:
     """Every file the export wrote, at its size (cheap, for each search) and, when `deep`,
-    with its sha256 (for embed, which can afford to read 90 MB to decide to export again)."""
+    with its sha256 (before its vectors go into the cache for good). With `trust_mtime`
+    (embed's check, on every run), a file still at the size and mtime it had when exported
+    is not read again: 90 MB need not be rehashed each time."""
     from .embed import file_sha256
 
     files = record.get("files") or {}
     try:
-        return bool(files) and all(
-            (folder / name).stat().st_size == want["size"] and (not deep or file_sha256(folder / name) == want["sha256"])
-            for name, want in files.items()
-        )
+        for name, want in files.items():
+            st = (folder / name).stat()
+            if st.st_size != want["size"]:
+                return False
+            unchanged = trust_mtime and st.st_mtime_ns == want.get("mtime_ns")
+            if deep and not unchanged and file_sha256(folder / name) != want["sha256"]:
+                return False
+        return bool(files)
     except (OSError, KeyError, TypeError):
         return False
 
@@ -170,16 +176,13 @@ def open_text_encoder(ws: Workspace, model_name: str, fingerprint: str) -> Any:
     if encoder_mode() == "torch":
         return None
     try:
-        folder = export_dir(ws, model_name, fingerprint)
-        record = read_record(folder)
-        if not (record and _is_for(record, model_name, fingerprint) and record.get("verified")):
-            return None
-        # Vectors go into the cache for good: check every byte, not just the sizes.
-        if not _files_intact(folder, record, deep=True):
-            return None
-        return _TextEncoder(_open_export(ws, model_name, fingerprint))
+        onnx = _open_export(ws, model_name, fingerprint)
     except _NoExport:
         return None
+    # Vectors go into the cache for good: check every byte, not just the sizes.
+    if not _files_intact(export_dir(ws, model_name, fingerprint), onnx.record, deep=True):
+        return None
+    return _TextEncoder(onnx)
 
 
 class _TextEncoder:
@@ -295,7 +298,7 @@ def export_needed(ws: Workspace, model_name: str, fingerprint: str) -> bool:
     record = read_record(folder)
     if record is None or not _is_for(record, model_name, fingerprint):
         return True
-    return bool(record.get("verified")) and not _files_intact(folder, record, deep=True)
+    return bool(record.get("verified")) and not _files_intact(folder, record, deep=True, trust_mtime=True)
 
 
 def ensure_export(ws: Workspace, model_name: str, fingerprint: str, loaded: LoadedModel | None = None) -> str:
@@ -328,8 +331,6 @@ def ensure_export(ws: Workspace, model_name: str, fingerprint: str, loaded: Load
 
 def export(ws: Workspace, loaded: LoadedModel) -> dict[str, Any]:
     """Write the export folder (or a refusal record) for this model; returns its record."""
-    from .embed import file_sha256
-
     final = export_dir(ws, loaded.name, loaded.fingerprint)
     tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -351,7 +352,7 @@ def export(ws: Workspace, loaded: LoadedModel) -> dict[str, Any]:
                 for f in (ONNX_FILE, ONNX_FILE + ".data", TOKENIZER_FILE):
                     (tmp / f).unlink(missing_ok=True)
             else:
-                record["files"] = {f.name: {"size": f.stat().st_size, "sha256": file_sha256(f)} for f in sorted(tmp.iterdir())}
+                record["files"] = {f.name: _file_entry(f) for f in sorted(tmp.iterdir())}
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
         _install(tmp, final)
     except BaseException:
@@ -361,11 +362,21 @@ def export(ws: Workspace, loaded: LoadedModel) -> dict[str, Any]:
     return record
 
 
+def _file_entry(path: Path) -> dict[str, Any]:
+    """What _files_intact checks a file against: its size, mtime and sha256 at export."""
+    from .embed import file_sha256
+
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": file_sha256(path)}
+
+
 def describe_pipeline(model: Any) -> dict[str, Any]:
     """The settings of a sentence-transformers pipeline this module reproduces, or Unsupported.
 
     Read from the loaded model, i.e. from its modules.json, sentence_bert_config.json and
     1_Pooling/config.json as sentence-transformers interpreted them."""
+    from .embed import embedding_dimension
+
     kinds = [type(m).__name__ for m in model]
     if not (kinds[:2] == ["Transformer", "Pooling"] and all(k in _ST_MODULES for k in kinds) and len(kinds) <= 3):
         raise Unsupported(f"the pipeline {' -> '.join(kinds)} is not Transformer -> Pooling [-> Normalize]")
@@ -392,7 +403,7 @@ def describe_pipeline(model: Any) -> dict[str, Any]:
         "do_lower_case": bool(getattr(transformer, "do_lower_case", False)),
         "pooling": modes,
         "normalize": True,  # imgrag always asks for unit vectors (normalize_embeddings=True)
-        "dim": int((getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension)()),
+        "dim": int(embedding_dimension(model)),
         "inputs": inputs,
         "padding_side": tokenizer.padding_side,
     }

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from .workspace import JsonlAppender, Workspace, read_jsonl
@@ -15,20 +17,19 @@ def now_iso() -> str:
 
 def load_descriptions(ws: Workspace) -> dict[str, dict[str, Any]]:
     """sha256 -> newest valid description record."""
-    latest: dict[str, dict[str, Any]] = {}
-    for record in read_jsonl(ws.descriptions_path):
-        sha = record.get("sha256")
-        if isinstance(sha, str) and isinstance(record.get("description"), dict):
-            latest[sha] = record
-    return latest
+    return _newest_per_photo(ws.descriptions_path, lambda record: isinstance(record.get("description"), dict))
 
 
 def load_failures(ws: Workspace) -> dict[str, dict[str, Any]]:
     """sha256 -> newest failure record (a later success makes it moot)."""
+    return _newest_per_photo(ws.failures_path, lambda record: True)
+
+
+def _newest_per_photo(path: Path, valid: Callable[[dict[str, Any]], bool]) -> dict[str, dict[str, Any]]:
     latest: dict[str, dict[str, Any]] = {}
-    for record in read_jsonl(ws.failures_path):
+    for record in read_jsonl(path):
         sha = record.get("sha256")
-        if isinstance(sha, str):
+        if isinstance(sha, str) and valid(record):
             latest[sha] = record
     return latest
 

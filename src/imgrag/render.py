@@ -50,7 +50,7 @@ _THUMB_PIXELS = 240  # decoded size: enough for kitty and sixel at that width
 
 
 def hit_record(h: Hit) -> dict[str, Any]:
-    """One result in --json: `extra` holds the score's parts (meaning, exact words)."""
+    """One result in --json: `extra` holds the score's parts (dense, lexical, visible_text, crowding)."""
     return {"rank": h.rank, "score": h.score, "path": h.path, "paths": h.paths, "caption": h.caption,
             "why": h.why, "taken": h.taken, "sha256": h.sha256, "extra": h.extra}
 

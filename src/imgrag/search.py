@@ -1,4 +1,5 @@
-"""Query -> ranked hits. `imgrag search` and bench/retrieval.py both rank through `rank()`."""
+"""Query -> ranked hits. `imgrag search` (through `rank()`) and bench/retrieval.py both rank
+with `candidates()` + `order()`."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ class Hit:
     score: float
     sha256: str
     path: str  # absolute path of the first copy
-    paths: list[str]  # every copy: relative to the workspace base from rank(), absolute from Searcher
+    paths: list[str]  # every copy, absolute
     caption: str
     taken: str | None
     why: str = ""
@@ -183,7 +184,7 @@ def order(found: Candidates, fusion: Fusion) -> tuple[np.ndarray, np.ndarray]:
 
 def rank(bundle: Bundle, query_vec: np.ndarray, query: str, options: SearchOptions,
          fusion: Fusion = DEFAULT_FUSION) -> list[Hit]:
-    """The ranked hits for one query: `imgrag search` and bench/retrieval.py both come here."""
+    """The ranked hits for one query (what `imgrag search` shows), paths absolute."""
     allowed = None if options.allowed_rows is None else np.fromiter(options.allowed_rows, np.int64)
     if bundle.size == 0 or (allowed is not None and not len(allowed)):
         return []
@@ -201,12 +202,13 @@ def rank(bundle: Bundle, query_vec: np.ndarray, query: str, options: SearchOptio
     hits = []
     for i, (row, score) in enumerate(zip(rows.tolist(), scores.tolist()), start=1):
         d = docs[row]
+        paths = [str(ws_base / p) for p in d.paths]
         hits.append(Hit(
             rank=i,
             score=round(score, 4),
             sha256=d.sha256,
-            path=str(ws_base / d.paths[0]) if d.paths else "",
-            paths=d.paths,
+            path=paths[0] if paths else "",
+            paths=paths,
             caption=d.caption,
             taken=d.taken,
             why=why_matched(found.terms, d.lexical, d.caption),
@@ -223,24 +225,28 @@ def why_matched(terms: list, lexical: str, caption: str) -> str:
     """One short line: the query words found in the description, the fields holding them
     and a snippet of the best such field (visible text first; the caption is shown anyway),
     or, with no word in common, that the match is by meaning."""
-    from .lexical import field_lines, stems, words as words_of
+    from .lexical import VISIBLE_TEXT_LABEL, field_lines, stems, words as words_of
 
-    matched: dict[str, list[str]] = {}  # query word -> labels of fields containing it
+    query_stems = {t.stem for t in terms}
+    matched: set[str] = set()  # query words found in some field
+    labels: list[str] = []  # the fields holding them, in field order
     snippets: list[tuple[bool, str]] = []
     for label, words in field_lines(lexical):
         field_words = words_of(words)
         field_stems = stems(field_words)
-        hit_words = [t.word for t in terms if t.stem in set(field_stems)]
-        for word in hit_words:
-            matched.setdefault(word, []).append(label)
-        if hit_words and label != "caption":
-            first = next(w for w, st in zip(field_words, field_stems) if any(t.stem == st for t in terms))
-            snippets.append((label != "visible text", f"{label}: {_snippet(words, first)}"))
+        present = set(field_stems)
+        hit_words = [t.word for t in terms if t.stem in present]
+        if not hit_words:
+            continue
+        matched.update(hit_words)
+        labels.append(label)
+        if label != "caption":
+            first = next(w for w, st in zip(field_words, field_stems) if st in query_stems)
+            snippets.append((label != VISIBLE_TEXT_LABEL, f"{label}: {_snippet(words, first)}"))
     if not matched:
         return _clip(f"similar meaning: {caption}")
     ordered = [t.word for t in terms if t.word in matched]
-    labels = list(dict.fromkeys(label for label, _ in field_lines(lexical) if any(label in matched[w] for w in ordered)))
-    line = "matched " + ", ".join(f'"{w}"' for w in ordered) + " in " + ", ".join(labels)
+    line = "matched " + ", ".join(f'"{w}"' for w in ordered) + " in " + ", ".join(dict.fromkeys(labels))
     best = [text for _, text in sorted(snippets, key=lambda s: s[0])[:1]]  # stable: field order otherwise
     return _clip("; ".join([line, *best]))
 
@@ -379,10 +385,7 @@ class Searcher:
         return self.bundle.size == 0 or (self.allowed is not None and not self.allowed)
 
     def _rank(self, query_vec: np.ndarray, query: str, options: SearchOptions) -> list[Hit]:
-        hits = rank(self.bundle, query_vec, query, replace(options, allowed_rows=self.allowed))
-        for h in hits:
-            h.paths = [str(self.ws.absolute(p)) for p in h.paths]
-        return hits
+        return rank(self.bundle, query_vec, query, replace(options, allowed_rows=self.allowed))
 
     def _indexed_row(self, photo: Path) -> tuple[int, str, str]:
         """(row, sha256, caption) of a photo in the index, found by its content."""

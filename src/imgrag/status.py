@@ -45,10 +45,6 @@ class Status:
         return asdict(self)
 
 
-def workspace_for(photos: Path | None, index: Path | None) -> Workspace:
-    return Workspace.for_photos(photos, index) if photos is not None else Workspace.find(Path.cwd(), index)
-
-
 def collect_status(ws: Workspace, photos: Path | None = None) -> Status:
     manifest = ws.read_manifest() if ws.root.is_dir() else {}
     roots = list(manifest.get("roots", []))

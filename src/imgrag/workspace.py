@@ -222,16 +222,16 @@ class Workspace:
     @classmethod
     def for_photos(cls, photos: Path, index: Path | None = None) -> Workspace:
         """The workspace that `describe`/`embed PHOTOS` write: `--index`, else PHOTOS/../.imgrag."""
-        if DIR_NAME in photos.resolve().parts:
+        resolved = photos.resolve()
+        if DIR_NAME in resolved.parts:
             # Photos kept in our own state folder would index themselves (and nest a new .imgrag/).
             raise UsageError(f"{photos} is inside an {DIR_NAME}/ folder, which holds imgrag's own files: "
                              "keep photos outside it")
         if index is not None:
             return cls(_as_workspace_dir(index))
-        photos = photos.resolve()
-        if not photos.exists():
-            raise UsageError(f"no such folder: {photos}")
-        folder = photos if photos.is_dir() else photos.parent
+        if not resolved.exists():
+            raise UsageError(f"no such folder: {resolved}")
+        folder = resolved if resolved.is_dir() else resolved.parent
         return cls(folder.parent / DIR_NAME)
 
     @classmethod

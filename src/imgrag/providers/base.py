@@ -1,7 +1,7 @@
 """The provider contract and the chat-completions adapter shared by the groq and openai SDKs.
 
 Both SDKs are generated from the same template (same methods, same exception classes),
-so one adapter serves both; each provider module only builds its client."""
+so one adapter serves both; each provider module only names its SDK and client class."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ import json
 import time
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..schema import SYSTEM_PROMPT, USER_PROMPT
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 
 @dataclass
@@ -71,6 +74,21 @@ MAX_REPLY_TOKENS = 1024
 _DAILY_MARKERS = ("per day", "(rpd)", "(tpd)")
 # A 429 asking to wait longer than this ends the run for later (exit 75) instead of sleeping.
 LONG_WAIT = 600.0
+
+
+def make_chat_provider(settings: Settings, sdk: ModuleType, client_class: Any, *, name: str,
+                       key_setting: str) -> ChatCompletionsProvider:
+    """A provider on `sdk`, whose client class takes the same arguments in both SDKs."""
+    client = client_class(
+        api_key=settings.require_api_key(),
+        base_url=settings.base_url,  # None: the SDK's default (or its GROQ_/OPENAI_BASE_URL)
+        max_retries=0,  # retries are ours: they share the pacing of every worker
+        timeout=settings.timeout,
+    )
+    return ChatCompletionsProvider(
+        name=name, client=client, sdk=sdk, model=settings.vision_model, key_setting=key_setting,
+        base_url=settings.base_url, timeout=settings.timeout,
+    )
 
 
 class ChatCompletionsProvider:
