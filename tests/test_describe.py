@@ -550,3 +550,16 @@ def test_kill_9_loses_at_most_what_was_in_flight(home, standin):
     assert resent <= 2, "only the requests in flight (--jobs 2) were paid twice"
     raw = (cwd / ".imgrag" / "descriptions.jsonl").read_text()
     assert all(json.loads(line) for line in raw.splitlines())
+
+
+def test_average_usage_reads_the_newest_records_by_time_not_by_first_position():
+    from imgrag.records import average_usage
+
+    def rec(hour: int, prompt: int) -> dict:
+        return {"time": f"2026-11-24T{hour:02d}:00:00+00:00", "usage": {"prompt_tokens": prompt, "completion_tokens": 10}}
+
+    # "a" was described first (cheap), then again last (expensive, e.g. after --refresh):
+    # it keeps its first place in the dict, but it is the newest record.
+    records = {"a": rec(9, 3000), "b": rec(1, 1000), "c": rec(2, 1000)}
+    assert average_usage(records, recent=2) == (2000, 10)
+    assert average_usage({}, recent=2) is None
