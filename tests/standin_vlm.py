@@ -101,8 +101,26 @@ ERROR_FAULTS = {
     "502": (502, "Bad Gateway", "internal_server_error", "bad_gateway"),
     "503": (503, "Service Unavailable: the model is over capacity", "internal_server_error", "service_unavailable"),
 }
-CONTENT_FAULTS = {"malformed", "schema", "fenced", "preamble", "empty", "huge", "injection"}
+CONTENT_FAULTS = {"malformed", "schema", "fenced", "preamble", "empty", "huge", "injection", "think"}
 FAULT_KINDS = set(ERROR_FAULTS) | CONTENT_FAULTS | {"429", "daily", "timeout", "reset", "html", "drip"}
+
+# Vision models Groq has shut down (console.groq.com/docs/deprecations): a request for one
+# gets the real 400 `model_decommissioned` body.
+RETIRED_MODELS = {
+    "llava-v1.5-7b-4096-preview",  # 2024-10-28
+    "llama-3.2-11b-vision-preview",  # 2025-04-14
+    "llama-3.2-90b-vision-preview",  # 2025-04-14
+    "meta-llama/llama-4-maverick-17b-128e-instruct",  # 2026-03-09
+    "meta-llama/llama-4-scout-17b-16e-instruct",  # 2026-07-17
+    "qwen/qwen3.6-27b",  # 2026-09-14
+}
+# Models that think first unless the request says reasoning_effort "none", and the values Groq takes.
+THINKING_PREFIXES = ("qwen/qwen3",)
+REASONING_EFFORTS = {"none", "default", "low", "medium", "high"}
+# What a thinking model writes before its answer (with a draft holding braces, as they do).
+THINKING = '<think>\nThe user wants a JSON object. A first draft: {"caption": "draft"}. Let me look again.\n</think>\n'
+# Groq's refusal of an image it cannot decode.
+INVALID_IMAGE = "Invalid image data: the image could not be decoded"
 
 HTML_PAGE = (
     "<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head><body>"
@@ -243,6 +261,36 @@ class Window:
         """Seconds until the oldest charge leaves the window, i.e. until remaining grows."""
         return self.events[0][0] + self.span - now if self.used(now) else 0.0
 
+    def charge(self, now: float, amount: int) -> None:
+        self.events.append((now, amount))
+
+
+class Bucket:
+    """Token bucket, as Groq's limits behave: holds `limit()` at most, refills continuously
+    at limit/span a second; a charge takes from it at arrival. `used` is what is missing."""
+
+    def __init__(self, span: float, limit):
+        self.span, self.limit = span, limit  # limit() -> the current limit (settings may change)
+        self._used, self._at = 0.0, 0.0
+
+    def used(self, now: float) -> int:
+        return math.ceil(self._missing(now))
+
+    def _missing(self, now: float) -> float:
+        refilled = (now - self._at) * self.limit() / self.span
+        return max(0.0, self._used - refilled)
+
+    def wait_for(self, now: float, limit: int, amount: int) -> float:
+        excess = self._missing(now) + amount - limit
+        return excess * self.span / limit if excess > 0 else 0.0
+
+    def reset_in(self, now: float) -> float:
+        """Seconds until the bucket is full again (what Groq's x-ratelimit-reset-* say)."""
+        return self._missing(now) * self.span / self.limit()
+
+    def charge(self, now: float, amount: int) -> None:
+        self._used, self._at = self._missing(now) + amount, now
+
 
 def groq_duration(seconds: float) -> str:
     """Durations as Groq writes them in headers and messages: 120ms, 7.66s, 2m59.56s, 3h0m0s."""
@@ -290,6 +338,7 @@ class ChatRequest:
     model: str
     text_chars: int
     images: list[tuple[bytes, Image.Image]] = field(default_factory=list)
+    reasoning_effort: str | None = None
 
     def prompt_tokens(self, image_tokens: int) -> int:
         return self.text_chars // 4 + image_tokens * len(self.images)
@@ -305,7 +354,7 @@ def parse_chat(body) -> ChatRequest:
         raise BadRequest("'messages' : property 'messages' is missing")
     if body.get("stream"):
         raise BadRequest("the stand-in does not support stream=true")
-    request = ChatRequest(model, 0)
+    request = ChatRequest(model, 0, reasoning_effort=body.get("reasoning_effort"))
     for message in messages:
         content = message.get("content") if isinstance(message, dict) else _UNSET
         parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
@@ -366,6 +415,7 @@ def apply_content_fault(kind: str | None, description: dict, spec: dict) -> str:
         "schema": json.dumps({"caption": 42, "objects": "not a list", "people": "many"}),
         "fenced": f"```json\n{text}\n```",
         "preamble": f"Here is the description:\n{text}",
+        "think": THINKING + text,
         "empty": "",
     }
     return spoiled.get(kind, text)
@@ -378,8 +428,13 @@ class StandinVLM:
     """The stand-in server. Thread-safe; every public method may be called while it runs."""
 
     def __init__(self, catalog=None, latency=0.0, rpm=None, tpm=None, rpd=None, api_key=None, image_tokens=1800,
-                 time_scale=1.0):
+                 time_scale=1.0, limit_mode="window"):
         self.catalog = Catalog.load(catalog)
+        self.rejected = Catalog([])  # photos refused as invalid images (see reject_images)
+        # "window": limits count sliding windows; "bucket": continuously refilling token buckets.
+        if limit_mode not in ("window", "bucket"):
+            raise ValueError(f"limit_mode must be 'window' or 'bucket', not {limit_mode!r}")
+        self.limit_mode = limit_mode
         # Rate-limit windows last MINUTE * time_scale and DAY * time_scale seconds, and the
         # reset headers and retry-after follow: a benchmark at free-tier limits runs 1/scale
         # times faster. Latency stays as given (real seconds).
@@ -463,12 +518,28 @@ class StandinVLM:
         with self._lock:
             self._faults: deque[dict] = deque()
             self._records: list[dict] = []
-            minute, day = MINUTE * self.time_scale, DAY * self.time_scale
-            self._windows = {"rpm": Window(minute), "tpm": Window(minute), "rpd": Window(day)}
+            self._windows = self._new_limits()
             self._models = [DEFAULT_MODEL]
             self._in_flight = self._max_in_flight = 0
             self._images: Counter = Counter()
             self._catalog_hits: Counter = Counter()
+
+    def _new_limits(self) -> dict:
+        minute, day = MINUTE * self.time_scale, DAY * self.time_scale
+        if self.limit_mode == "window":
+            return {"rpm": Window(minute), "tpm": Window(minute), "rpd": Window(day)}
+        return {
+            "rpm": Bucket(minute, lambda: self.rpm or 30),
+            "tpm": Bucket(minute, lambda: self.tpm or DEFAULT_TOKEN_LIMIT),
+            "rpd": Bucket(day, lambda: self.rpd or DEFAULT_REQUEST_LIMIT),
+        }
+
+    def reject_images(self, images) -> None:
+        """Refuse these photos (images or paths, matched as the catalog matches) with Groq's
+        400 for an image it cannot decode, every time they are sent."""
+        entries = Catalog.load([(image, {}) for image in images]).entries
+        with self._lock:
+            self.rejected = Catalog(self.rejected.entries + entries)
 
     # recording
 
@@ -565,7 +636,7 @@ class StandinVLM:
                 if wait > 0:
                     return Refusal(429, kind, unit, limit, window.used(now), amount, wait)
             for name, amount in (("rpd", 1), ("rpm", 1), ("tpm", tokens)):
-                self._windows[name].events.append((now, amount))
+                self._windows[name].charge(now, amount)
         return None
 
     def _limit_headers(self) -> dict:
@@ -753,6 +824,9 @@ class _Handler(BaseHTTPRequestHandler):
             request = parse_chat(body)
         except BadRequest as exc:
             return self._error(exc.status, str(exc), code=exc.code)
+        refusal = self._refuse_model_or_image(request, record)
+        if refusal is not None:
+            return refusal
         spec = self.sv._note_request(record, request) or {}
         kind = spec.get("kind")
         if kind in ERROR_FAULTS:
@@ -766,8 +840,24 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(spec.get("status", 200), HTML_PAGE.encode(), "text/html; charset=utf-8")
         return self._complete(request, kind, spec)
 
+    def _refuse_model_or_image(self, request: ChatRequest, record: dict) -> int | None:
+        """Groq's 400s for a retired model, a bad reasoning_effort, an undecodable image."""
+        if request.model in RETIRED_MODELS:
+            record["model"] = request.model
+            status, message, type_, code = ERROR_FAULTS["decommissioned"]
+            return self._error(status, message.format(model=request.model), type_, code)
+        effort = request.reasoning_effort
+        if effort is not None and effort not in REASONING_EFFORTS:
+            return self._error(400, f"'reasoning_effort' : value must be one of {sorted(REASONING_EFFORTS)}")
+        if any(self.sv.rejected.match(image) for _, image in request.images):
+            record["model"] = request.model
+            return self._error(400, INVALID_IMAGE)
+        return None
+
     def _complete(self, request: ChatRequest, kind: str | None, spec: dict) -> int | None:
         content = apply_content_fault(kind, self.sv._describe(request), spec)
+        if request.model.startswith(THINKING_PREFIXES) and request.reasoning_effort != "none":
+            content = THINKING + content  # thinking is on unless the request turned it off
         prompt = request.prompt_tokens(self.sv.image_tokens)
         completion = len(content) // 4 + 1
         refusal = self.sv._admit(prompt + completion)
@@ -853,6 +943,8 @@ def main(argv=None) -> None:
     parser.add_argument("--api-key")
     parser.add_argument("--image-tokens", type=int, default=1800)
     parser.add_argument("--time-scale", type=float, default=1.0, help="rate-limit windows last 60*s and 86400*s seconds")
+    parser.add_argument("--limit-mode", choices=("window", "bucket"), default="window",
+                        help="sliding windows, or continuously refilling token buckets (as Groq)")
     args = parser.parse_args(argv)
     server = StandinVLM(
         catalog=args.catalog,
@@ -863,6 +955,7 @@ def main(argv=None) -> None:
         api_key=args.api_key,
         image_tokens=args.image_tokens,
         time_scale=args.time_scale,
+        limit_mode=args.limit_mode,
     )
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())

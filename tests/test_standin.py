@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw, ImageOps
 from standin_vlm import SCHEMA_DEFAULTS, StandinVLM, standin  # noqa: F401  (standin is a fixture)
 
 SCRIPT = Path(__file__).with_name("standin_vlm.py")
-MODEL = "meta-llama/llama-4-scout-17b-16e-instruct"
+MODEL = "qwen/qwen3.8-27b"
 EXIF_ORIENTATION = 0x0112
 
 
@@ -114,7 +114,8 @@ def groq_client(server, **kw) -> groq.Groq:
 
 
 def ask(client, url: str, model=MODEL):
-    return client.chat.completions.create(model=model, messages=messages(url))
+    # As imgrag asks: thinking off (the model would think first otherwise).
+    return client.chat.completions.create(model=model, messages=messages(url), reasoning_effort="none")
 
 
 def ask_json(client, url: str) -> dict:
@@ -417,7 +418,7 @@ def test_subprocess_with_control_endpoint(photos):
                 with pytest.raises(groq.InternalServerError):
                     ask(client, data_url(load_displayed(photos / "forest.png")))
                 raw = client.chat.completions.with_raw_response.create(
-                    model=MODEL, messages=messages(data_url(load_displayed(photos / "forest.png")))
+                    model=MODEL, messages=messages(data_url(load_displayed(photos / "forest.png"))), reasoning_effort="none"
                 )
                 assert raw.headers["x-ratelimit-limit-requests"] == "50"
                 assert json.loads(raw.parse().choices[0].message.content)["setting"] == "forest"

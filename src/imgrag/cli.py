@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from .config import DEFAULT_GROQ_MODEL, DEFAULT_PRICE_INPUT, DEFAULT_PRICE_OUTPUT
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME, EXIT_TEMPFAIL, ImgragError
 
 app = typer.Typer(
@@ -102,13 +103,15 @@ def _embed(photos: Optional[Path], index: Optional[Path], model: Optional[str], 
 
 
 ProviderOpt = Annotated[Optional[str], typer.Option("--provider", help="groq (default) or openai (any OpenAI-compatible server). Env: IMGRAG_PROVIDER.", show_default=False)]
-ModelOpt = Annotated[Optional[str], typer.Option("--model", help="Vision model id. Env: IMGRAG_MODEL.", show_default=False)]
+ModelOpt = Annotated[Optional[str], typer.Option("--model", help=f"Vision model id (groq default: {DEFAULT_GROQ_MODEL}). Env: IMGRAG_MODEL.", show_default=False)]
 BaseUrlOpt = Annotated[Optional[str], typer.Option("--base-url", help="Server URL, e.g. http://localhost:11434/v1 for Ollama. Env: IMGRAG_BASE_URL.", show_default=False)]
 JobsOpt = Annotated[Optional[int], typer.Option("--jobs", "-j", min=1, max=64, help="Requests in flight at once. Env: IMGRAG_JOBS (default 4).", show_default=False)]
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", min=0, help="Describe at most N photos this run.", show_default=False)]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Describe again even photos already described.")]
 RefreshOpt = Annotated[bool, typer.Option("--refresh", help="Re-describe photos described by another model or prompt version.")]
-DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Say what would be sent (count, tokens, time at the known limits, cost); send nothing.")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help=(
+    "Say what would be sent (count, tokens, time at the known limits, cost); send nothing. "
+    f"Prices: IMGRAG_PRICE_INPUT / IMGRAG_PRICE_OUTPUT (default ${DEFAULT_PRICE_INPUT:.2f} / ${DEFAULT_PRICE_OUTPUT:.2f} per million tokens)."))]
 
 
 @app.command(epilog="Example: imgrag describe ~/Pictures/2024 --jobs 4")

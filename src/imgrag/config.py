@@ -16,7 +16,15 @@ from typing import Any
 
 from .errors import UsageError
 
-DEFAULT_GROQ_MODEL = "meta-llama/llama-4-scout-17b-16e-instruct"
+# Groq's current vision model (preview; checked against Groq's model and deprecations pages,
+# 2026-12). Groq retires vision models every few months: Llama 4 Scout went on 2026-07-17,
+# Qwen 3.6 27B on 2026-09-14. When this one goes, IMGRAG_MODEL names its successor.
+DEFAULT_GROQ_MODEL = "qwen/qwen3.8-27b"
+# Its prices on Groq, USD per million tokens: the --dry-run estimate unless IMGRAG_PRICE_* say otherwise.
+DEFAULT_PRICE_INPUT = 0.80
+DEFAULT_PRICE_OUTPUT = 4.00
+# Models that think before answering unless the request sends reasoning_effort "none".
+THINKING_MODEL_PREFIXES = ("qwen/qwen3",)
 DEFAULT_EMBED_MODEL = "all-MiniLM-L6-v2"
 PROVIDERS = ("groq", "openai")
 
@@ -54,8 +62,8 @@ class Settings:
     timeout: float = 60.0
     max_retries: int = 5  # per photo, for transient faults (429s excepted: they are paced, not counted)
     max_side: int = 1536
-    price_input: float = 0.11  # USD per million input tokens (Llama 4 Scout on Groq)
-    price_output: float = 0.34  # USD per million output tokens
+    price_input: float = DEFAULT_PRICE_INPUT  # USD per million input tokens
+    price_output: float = DEFAULT_PRICE_OUTPUT  # USD per million output tokens
 
     @property
     def vision_model(self) -> str:
@@ -77,6 +85,11 @@ class Settings:
         if self.provider == "openai":
             return "unused"  # local OpenAI-compatible servers (Ollama, llama.cpp) take any key
         raise UsageError("no API key: set GROQ_API_KEY in the environment or in .env (see .env.example)")
+
+
+def thinks_by_default(model: str) -> bool:
+    """Whether `model` reasons at length before its answer unless asked not to."""
+    return model.lower().startswith(THINKING_MODEL_PREFIXES)
 
 
 def _number(name: str, kind: type, default: Any) -> Any:

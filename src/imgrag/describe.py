@@ -41,9 +41,10 @@ from .scan import PhotoFile, by_content, scan
 from .schema import PROMPT_VERSION, ReplyError, parse_reply
 from .workspace import Workspace
 
-# What one photo costs before a run has measured it: the image (~1,800 tokens at any size
-# past ~1,000 px) + the prompt (~300) in, the JSON description out.
-EST_PROMPT_TOKENS = 2100
+# What one photo costs before a run has measured it: the image (Qwen 3.8 on Groq counts
+# 2,048 tokens an image) + the prompt (~300) in, the JSON description out.
+EST_IMAGE_TOKENS = 2048
+EST_PROMPT_TOKENS = EST_IMAGE_TOKENS + 300
 EST_COMPLETION_TOKENS = 250
 EST_TOKENS_PER_PHOTO = EST_PROMPT_TOKENS + EST_COMPLETION_TOKENS
 # Groq's free tier for its vision models: the --dry-run estimate until a run has learned better.

@@ -4,6 +4,7 @@ the text built from it for embedding."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
@@ -79,8 +80,15 @@ class ReplyError(ValueError):
     """A reply that is not a valid description; str() is fed back to the model on retry."""
 
 
+# A thinking model's reasoning, when it sends it despite reasoning_effort "none". Its
+# drafts may hold braces, so it goes before the JSON object is looked for.
+_THINK_BLOCK = re.compile(r"^\s*<think>.*?</think>", re.DOTALL | re.IGNORECASE)
+
+
 def parse_reply(text: str) -> PhotoDescription:
-    """Validate a model reply: bare JSON, JSON in ``` fences, or JSON after a preamble."""
+    """Validate a model reply: bare JSON, JSON in ``` fences, or JSON after a preamble or
+    a <think>...</think> block."""
+    text = _THINK_BLOCK.sub("", text or "", count=1)
     if not text or not text.strip():
         raise ReplyError("the reply was empty")
     data = _first_json_object(text)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..config import DEFAULT_GROQ_MODEL, thinks_by_default
 from ..schema import SYSTEM_PROMPT, USER_PROMPT
 
 if TYPE_CHECKING:
@@ -101,6 +102,8 @@ class ChatCompletionsProvider:
         self.key_setting = key_setting
         self.base_url = base_url
         self.json_mode = True  # until the server says it has none
+        # Thinking models (Qwen 3.x) reason for hundreds of tokens before the JSON unless told not to.
+        self.reasoning_off = thinks_by_default(model)
         self.timeout = timeout  # seconds for a whole request, reply included
 
     def describe(self, data_url: str, retry_feedback: tuple[str, str] | None = None) -> ProviderReply:
@@ -144,6 +147,8 @@ class ChatCompletionsProvider:
         400; the prompt asks for JSON anyway and replies are validated either way."""
         params: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": 0.2,
                                   "max_tokens": MAX_REPLY_TOKENS}
+        if self.reasoning_off:
+            params["reasoning_effort"] = "none"
         if not self.json_mode:
             return self._send(params)
         try:
@@ -201,11 +206,7 @@ class ChatCompletionsProvider:
                 f"the {self.name} API rejected the key ({status}): check {self.key_setting}", headers
             )
         if code == "model_decommissioned":
-            return FatalProviderError(
-                f"the vision model {self.model!r} has been retired by {self.name}: "
-                "set IMGRAG_MODEL (or --model) to a current vision model",
-                headers,
-            )
+            return FatalProviderError(_retired_message(self.name, self.model), headers)
         if status == 404 and code != "model_not_found" and "model" not in message.lower():
             return FatalProviderError(
                 f"no chat-completions endpoint at {self.base_url or 'the default URL'} (404: {message}): "
@@ -221,6 +222,17 @@ class ChatCompletionsProvider:
         if status in (400, 413, 415, 422):
             return PhotoRejected(f"rejected by the model ({status}: {message})", headers)
         return TransientError(f"server error {status}: {message}", headers, retry_after)
+
+
+def _retired_message(provider: str, model: str) -> str:
+    """One line naming the setting to change and what to change it to."""
+    if provider == "groq" and model != DEFAULT_GROQ_MODEL:
+        fix = f"set IMGRAG_MODEL (or --model) to a current vision model, e.g. {DEFAULT_GROQ_MODEL} (the default)"
+    elif provider == "groq":  # the default itself has gone: only Groq's pages know its successor
+        fix = "set IMGRAG_MODEL (or --model) to a current vision model from https://console.groq.com/docs/models"
+    else:
+        fix = "set IMGRAG_MODEL (or --model) to a current vision model"
+    return f"the vision model {model!r} has been retired by {provider}: {fix}"
 
 
 def _error_code_and_message(e: Any) -> tuple[str, str]:
