@@ -83,6 +83,7 @@ def _describe(photos: Path, index: Optional[Path], **kwargs) -> int:
     from .describe import DescribeOptions, run_describe
 
     options = DescribeOptions(**{k: kwargs.pop(k) for k in ("jobs", "limit", "force", "refresh", "dry_run", "wait")})
+    options.retry_failed = kwargs.pop("retry_failed", False)
     settings = _settings(**kwargs)
     if options.jobs is None:
         options.jobs = settings.jobs
@@ -109,6 +110,7 @@ JobsOpt = Annotated[Optional[int], typer.Option("--jobs", "-j", min=1, max=64, h
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", min=0, help="Describe at most N photos this run.", show_default=False)]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Describe again even photos already described.")]
 RefreshOpt = Annotated[bool, typer.Option("--refresh", help="Re-describe photos described by another model or prompt version.")]
+RetryFailedOpt = Annotated[bool, typer.Option("--retry-failed", help="Try quarantined photos again too (those that failed 3 times in a row for a reason no retry cures).")]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help=(
     "Say what would be sent (count, tokens, time at the known limits, cost); send nothing. "
     f"Prices: IMGRAG_PRICE_INPUT / IMGRAG_PRICE_OUTPUT (default ${DEFAULT_PRICE_INPUT:.2f} / ${DEFAULT_PRICE_OUTPUT:.2f} per million tokens)."))]
@@ -128,10 +130,11 @@ def describe(
     dry_run: DryRunOpt = False,
     index: IndexOpt = None,
     wait: WaitOpt = False,
+    retry_failed: RetryFailedOpt = False,
 ) -> int:
     """Describe new photos with the vision model into .imgrag/descriptions.jsonl (resumable)."""
     return _describe(photos, index, provider=provider, model=model, base_url=base_url, jobs=jobs, limit=limit,
-                     force=force, refresh=refresh, dry_run=dry_run, wait=wait)
+                     force=force, refresh=refresh, dry_run=dry_run, wait=wait, retry_failed=retry_failed)
 
 
 EmbedModelOpt = Annotated[Optional[str], typer.Option("--model", help="Sentence-transformers model. Env: IMGRAG_EMBED_MODEL (default all-MiniLM-L6-v2, works offline).", show_default=False)]

@@ -36,7 +36,8 @@ from .providers import (
     make_provider,
 )
 from .providers.base import MAX_REPLY_TOKENS
-from .records import RecordWriter, average_usage, load_descriptions, now_iso
+from .quarantine import QUARANTINE_AFTER, load_quarantine, permanent_reason, strikes
+from .records import RecordWriter, average_usage, load_descriptions, load_failures, now_iso
 from .scan import PhotoFile, by_content, scan
 from .schema import PROMPT_VERSION, ReplyError, parse_reply
 from .workspace import Workspace
@@ -68,6 +69,7 @@ class DescribeOptions:
     wait: bool = False
     # Seconds in a rate-limit "minute": only a time-scaled stand-in server (benchmarks) differs.
     rate_window: float = 60.0
+    retry_failed: bool = False  # try quarantined photos again too
 
 
 @dataclass
@@ -99,6 +101,8 @@ class DescribeSummary:
     stopped_by: str | None = None  # "quota", "unavailable" or "interrupt"
     stop_reason: str = ""
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    quarantined: int = 0  # photos skipped as quarantined (not failures of this run)
+    newly_quarantined: list[tuple[str, str]] = field(default_factory=list)  # (path, reason), this run
     estimate: Estimate | None = None
     workspace: Path | None = None
 
@@ -130,10 +134,13 @@ def plan(ws: Workspace, photos: Path, options: DescribeOptions, settings: Settin
     searchable until the new one replaces it."""
     groups = by_content(scan(ws, [photos], on_skip=on_skip))
     described = load_descriptions(ws)
+    held = {} if options.retry_failed else load_quarantine(ws, described)
     model = settings.vision_model
     todo: list[str] = []
     already = 0
     for sha in groups:
+        if sha in held:
+            continue  # can never be described: skipped until --retry-failed
         record = described.get(sha)
         stale = record is not None and (
             record.get("model") != model or record.get("prompt_version") != PROMPT_VERSION
@@ -159,6 +166,8 @@ def run_describe(photos: Path, settings: Settings, options: DescribeOptions, pro
             ws, photos, options, settings, on_skip=lambda s: progress.warn(f"skipped {s.path}: {s.reason}")
         )
         summary.found = len(groups)
+        if not options.retry_failed:
+            summary.quarantined = len(load_quarantine(ws, described).keys() & groups.keys())
         if not groups:
             raise UsageError(f"no photos found under {photos} (looked for jpg, png, webp, gif, bmp, tiff, heic)")
         todo_now = todo if options.limit is None else todo[: options.limit]
@@ -253,6 +262,7 @@ class _Job:
 
     def run(self, todo: list[str]) -> None:
         self.queue.extend(todo)
+        self.previous_failures = load_failures(self.ws)  # for the strikes towards quarantine
         self.writer = RecordWriter(self.ws)
         self.progress.start(len(todo))
         # Photos are read, downscaled and encoded ahead of their request slot, so a slow
@@ -512,21 +522,33 @@ class _Job:
     def _fail(self, sha: str, reason: str, kind: str) -> None:
         files = self.groups[sha]
         reason = self._redact(reason)
-        written = self.writer.add_failure({
+        permanent = permanent_reason(kind, reason)
+        record = {
             "sha256": sha,
             "paths": [f.rel for f in files],
             "reason": reason,
             "kind": kind,
+            "permanent": permanent,
+            "strikes": strikes(self.previous_failures.get(sha), permanent),
             "provider": self.provider.name,
             "model": self.provider.model,
             "time": now_iso(),
-        })
-        if not written:
+        }
+        if not self.writer.add_failure(record):
             return
         with self.lock:
             self.summary.failed += 1
             self.summary.failures.append((files[0].rel, reason))
+        if record["strikes"] >= QUARANTINE_AFTER:
+            self._quarantine(record)
         self.progress.advance(False)
+
+    def _quarantine(self, failure: dict[str, Any]) -> None:
+        """The same permanent reason again and again: set the photo aside (see quarantine.py)."""
+        fields = ("sha256", "paths", "reason", "kind", "permanent", "strikes", "time")
+        if self.writer.add_quarantine({k: failure[k] for k in fields}):
+            with self.lock:
+                self.summary.newly_quarantined.append((failure["paths"][0], failure["reason"]))
 
     def _redact(self, text: str) -> str:
         key = self.settings.api_key

@@ -34,6 +34,10 @@ def _newest_per_photo(path: Path, valid: Callable[[dict[str, Any]], bool]) -> di
     return latest
 
 
+# For the other per-photo logs (quarantine.jsonl).
+newest_per_photo = _newest_per_photo
+
+
 def average_usage(records: dict[str, dict[str, Any]], recent: int = 200) -> tuple[int, int] | None:
     """(prompt, completion) tokens an average photo cost in the newest records, if known.
     Newest by their time: a photo described again keeps its first place in `records`."""
@@ -57,6 +61,8 @@ class RecordWriter:
         self._lock = threading.Lock()
         self._descriptions = JsonlAppender(ws.descriptions_path)
         self._failures = JsonlAppender(ws.failures_path)
+        self._quarantine: JsonlAppender | None = None  # opened at the first photo quarantined
+        self._ws = ws
         self._closed = False
 
     def add_description(self, record: dict[str, Any]) -> bool:
@@ -65,9 +71,17 @@ class RecordWriter:
     def add_failure(self, record: dict[str, Any]) -> bool:
         return self._add(self._failures, record)
 
-    def _add(self, log: JsonlAppender, record: dict[str, Any]) -> bool:
+    def add_quarantine(self, record: dict[str, Any]) -> bool:
+        from .quarantine import quarantine_path
+
         with self._lock:
-            if self._closed:
+            if self._quarantine is None and not self._closed:
+                self._quarantine = JsonlAppender(quarantine_path(self._ws))
+        return self._add(self._quarantine, record)
+
+    def _add(self, log: JsonlAppender | None, record: dict[str, Any]) -> bool:
+        with self._lock:
+            if self._closed or log is None:
                 return False
             log.append(record)
             return True
@@ -78,3 +92,5 @@ class RecordWriter:
                 self._closed = True
                 self._descriptions.close()
                 self._failures.close()
+                if self._quarantine is not None:
+                    self._quarantine.close()

@@ -265,6 +265,21 @@ def describe_summary(s: DescribeSummary) -> None:
         info(f"imgrag: failed: {path}: {reason}")
     if len(s.failures) > 10:
         info(f"imgrag: ... and {len(s.failures) - 10} more (see .imgrag/failures.jsonl)")
+    _quarantine_lines(s)
+
+
+def _quarantine_lines(s: DescribeSummary) -> None:
+    """Photos set aside: said once when it happens, then counted in one short line."""
+    from .quarantine import QUARANTINE_AFTER
+
+    for path, reason in s.newly_quarantined[:10]:
+        info(f"imgrag: quarantined: {path}: {reason} ({QUARANTINE_AFTER} times in a row; "
+             "skipped from now on, `imgrag describe --retry-failed` tries it again)")
+    if len(s.newly_quarantined) > 10:
+        info(f"imgrag: ... and {len(s.newly_quarantined) - 10} more quarantined (see `imgrag status`)")
+    if s.quarantined:
+        info(f"imgrag: {s.quarantined} quarantined photo{'' if s.quarantined == 1 else 's'} skipped "
+             "(see `imgrag status`; `imgrag describe --retry-failed` tries them again)")
 
 
 def _dry_run_line(s: DescribeSummary) -> str:
@@ -303,6 +318,16 @@ def embed_summary(s: EmbedSummary) -> None:
     )
 
 
+def _quarantined_status_lines(s: Status, shown: int = 10) -> list[str]:
+    if not s.quarantined:
+        return []
+    lines = [f"quarantined:  {s.quarantined} (skipped by every run; `imgrag describe --retry-failed` tries them again)"]
+    lines += [f"  {p['path']}: {p['reason']}" for p in s.quarantined_photos[:shown]]
+    if s.quarantined > shown:
+        lines.append(f"  ... and {s.quarantined - shown} more (imgrag status --json lists them all)")
+    return lines
+
+
 def status_text(s: Status) -> str:
     """`imgrag status` for a person: one fact per line."""
     from .status import next_step
@@ -317,6 +342,7 @@ def status_text(s: Status) -> str:
         f"photos:       {s.photos} found" + (f" ({s.files} files)" if s.files != s.photos else ""),
         f"described:    {s.described}",
         f"failed:       {s.failed}",
+        *_quarantined_status_lines(s),
         f"embedded:     {s.embedded}",
         f"index:        {index}",
         f"model:        {s.embed_model or '-'}{fingerprint}",

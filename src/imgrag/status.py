@@ -14,6 +14,7 @@ from typing import Any
 from .embed import VectorCache, cache_dir_name, text_key
 from .embed_job import docs_for, index_signature
 from .index import INDEX_FORMAT, read_meta
+from .quarantine import load_quarantine
 from .records import load_descriptions, load_failures
 from .scan import by_content, scan
 from .workspace import Workspace
@@ -28,6 +29,8 @@ class Status:
     photos: int = 0  # distinct contents among them (copies count once)
     described: int = 0  # photos with a description
     failed: int = 0  # photos whose last description attempt failed (retried by the next run)
+    quarantined: int = 0  # photos set aside after failing again and again (see quarantine.py)
+    quarantined_photos: list[dict[str, Any]] = field(default_factory=list)  # path, reason, strikes, since
     embedded: int = 0  # described photos whose vector is cached
     index_size: int = 0  # rows in the current index
     index_type: str = ""  # flat (exact) or ivf-sq8
@@ -58,11 +61,22 @@ def collect_status(ws: Workspace, photos: Path | None = None) -> Status:
     failures = load_failures(ws)
     status.files, status.photos = len(files), len(groups)
     status.described = sum(1 for sha in groups if sha in described)
-    status.failed = sum(1 for sha in groups if sha in failures and sha not in described)
+    held = load_quarantine(ws, described)
+    status.failed = sum(1 for sha in groups if sha in failures and sha not in described and sha not in held)
+    _quarantine_status(status, groups, held)
     status.vision_models = dict(Counter(str(described[sha].get("model")) for sha in groups if sha in described))
-    status.next_describe = status.photos - status.described
+    status.next_describe = status.photos - status.described - status.quarantined
     _embedding_status(ws, manifest, status, groups, described)
     return status
+
+
+def _quarantine_status(status: Status, groups: dict, held: dict[str, dict[str, Any]]) -> None:
+    rows = [held[sha] | {"path": files[0].rel} for sha, files in groups.items() if sha in held]
+    status.quarantined = len(rows)
+    status.quarantined_photos = [
+        {"path": r["path"], "reason": r.get("reason", ""), "strikes": r.get("strikes"), "since": r.get("time")}
+        for r in sorted(rows, key=lambda r: r["path"])
+    ]
 
 
 def _embedding_status(ws: Workspace, manifest: dict, status: Status, groups: dict, described: dict) -> None:
