@@ -14,7 +14,14 @@ back with `observe()` (a response's headers) or `rate_limited()` (a 429). The pa
 - learns a per-minute limit the headers do not advertise from the 429 that enforces it
   ("... on requests per minute (RPM): Limit 30 ..."), or, when a 429 says nothing
   usable, halves the pace and creeps back up as requests succeed;
-- pauses every worker for a 429's retry-after.
+- pauses every worker for a 429's retry-after;
+- tells a token bucket from a sliding window by the token headers: Groq's limits refill
+  continuously (`x-ratelimit-reset-tokens` is the time until the bucket is full again,
+  i.e. what is missing / (limit per minute)). Against a bucket it keeps its own reckoning
+  of the bucket's level (set from each response's `remaining`, refilled at limit/minute)
+  and starts a request whenever the level holds one photo's tokens with a margin: a
+  full bucket's burst first, then the nominal rate, with no whole-photos-per-minute
+  rounding. Against a sliding window it spaces starts evenly, whole photos per window.
 
 Everything is computed from an injectable clock, so it is unit-tested without sleeping.
 """
@@ -43,6 +50,11 @@ DEFAULT_PAUSE = 2.0
 # Unexplained 429s: slow down by this factor; each success then speeds up a little.
 BACKOFF = 2.0
 RECOVERY = 0.98
+# Against a token bucket: start only when the bucket holds a photo's estimated tokens and
+# this much more, as photos vary (a longer description) and estimates lag.
+BUCKET_MARGIN = 0.25
+# Headers that agree with a bucket this many times in a row (and never disagree) mean one.
+BUCKET_VOTES = 2
 
 
 def parse_duration(value: str | None) -> float | None:
@@ -94,6 +106,10 @@ class Pacer:
         self._calibrated = False  # a response has told us the limits (or that there are none)
         self._tokens_learned = False
         self.quota_spent = False
+        self.bucket = False  # the token limit is a refilling bucket, not a sliding window
+        self._bucket_votes = 0
+        self._level = 0.0  # tokens in the server's bucket as of _level_at, as we reckon
+        self._level_at = 0.0
 
     @property
     def calibrated(self) -> bool:
@@ -116,11 +132,15 @@ class Pacer:
             start = max(now, self._paused_until, self._blocked_until)
             if self._last_start is not None:
                 start = max(start, self._last_start + self.interval())
+            if self.bucket:
+                start = max(start, now + self._bucket_wait(now))
             if start > now:
                 return start - now
             self._last_start = now
             self._starts.append(now)
             self._in_flight += 1
+            if self.bucket:
+                self._level, self._level_at = self._level_now(now) - self.est_tokens, now
             return 0.0
 
     def acquire(self, stop: threading.Event) -> bool:
@@ -144,9 +164,40 @@ class Pacer:
         gaps = [self._adaptive]
         if self.rpm:
             gaps.append(self._gap(self.rpm))
-        if self.tpm:
+        if self.tpm and not self.bucket:  # a bucket is paced by its level (see reserve)
             gaps.append(self._gap(self.tpm * TOKEN_SAFETY / max(1, self.est_tokens)))
         return max(gaps)
+
+    # -- a token bucket ---------------------------------------------------------------
+
+    def _level_now(self, now: float) -> float:
+        refill = (now - self._level_at) * (self.tpm or 0) / self.window
+        return min(float(self.tpm or 0), self._level + refill)
+
+    def _bucket_wait(self, now: float) -> float:
+        """Seconds until the bucket holds the next photo's tokens and the margin."""
+        missing = self.est_tokens * (1 + BUCKET_MARGIN) - self._level_now(now)
+        return missing * self.window / self.tpm if missing > 0 and self.tpm else 0.0
+
+    def _judge_bucket(self, limit: int, remaining: int | None, reset: float | None) -> None:
+        """Does the time to full match what is missing at limit per window? A sliding
+        window's reset is when its oldest charge expires, which does not match."""
+        if remaining is None or reset is None or remaining >= limit:
+            return  # a full bucket and an empty window look alike
+        expected = (limit - remaining) * self.window / limit
+        if abs(reset - expected) <= 0.02 * self.window + 0.02:
+            self._bucket_votes += 1
+        else:
+            self._bucket_votes = 0
+        self.bucket = self._bucket_votes >= BUCKET_VOTES
+
+    def _sync_level(self, remaining: int, now: float, pending: int) -> None:
+        """With nothing else in flight the server's count is the whole truth. Otherwise a
+        request still uploading may not be in it yet: believe it only where it says less."""
+        level = float(remaining)
+        if pending:
+            level = min(level, self._level_now(now))
+        self._level, self._level_at = level, now
 
     def _gap(self, per_window: float) -> float:
         # Whole requests per window: 3.4 photos' worth of tokens a minute is 3 photos, since a
@@ -159,13 +210,14 @@ class Pacer:
         """Learn the limits and what is left of them from a response's headers."""
         with self._lock:
             self._adaptive *= RECOVERY
-            self._observe(headers)
+            self._observe(headers, pending=self._in_flight)  # called once this request is released
 
-    def _observe(self, headers: dict[str, str]) -> None:
+    def _observe(self, headers: dict[str, str], pending: int) -> None:
+        """`pending`: other requests in flight, which the server may not have counted yet."""
         now = self._clock()
         self._calibrated = True
         self._observe_requests(headers, now)
-        self._observe_tokens(headers, now)
+        self._observe_tokens(headers, now, pending)
 
     def _observe_requests(self, headers: dict[str, str], now: float) -> None:
         limit = _int(headers, "x-ratelimit-limit-requests")
@@ -186,13 +238,17 @@ class Pacer:
         if remaining is not None and remaining <= 0 and reset:
             self._blocked_until = max(self._blocked_until, now + reset)
 
-    def _observe_tokens(self, headers: dict[str, str], now: float) -> None:
+    def _observe_tokens(self, headers: dict[str, str], now: float, pending: int) -> None:
         limit = _int(headers, "x-ratelimit-limit-tokens")
         if limit is None:
             return
         self.tpm = limit
         remaining = _int(headers, "x-ratelimit-remaining-tokens")
         reset = parse_duration(headers.get("x-ratelimit-reset-tokens"))
+        self._judge_bucket(limit, remaining, reset)
+        if self.bucket and remaining is not None:
+            self._sync_level(remaining, now, pending)
+            return
         if remaining is not None and reset and remaining < self.est_tokens:
             self._blocked_until = max(self._blocked_until, now + reset)
 
@@ -226,7 +282,8 @@ class Pacer:
                 # Nothing said which limit: halve the pace we were going at (at least 2/s).
                 floor = self.window / 120
                 self._adaptive = max(self._adaptive, self.interval(), self._recent_gap(), floor) * BACKOFF
-            self._observe(headers)
+            # Before its release: the refused request is still counted in flight, but was not charged.
+            self._observe(headers, pending=max(0, self._in_flight - 1))
 
     def _recent_gap(self) -> float:
         if len(self._starts) < 2:

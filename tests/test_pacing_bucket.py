@@ -1,0 +1,93 @@
+"""The pacer against a token bucket (as Groq's limits refill), in simulated time.
+
+The server side is the stand-in's own `Bucket` (and `Window`, to check the pacer tells
+them apart); headers are computed as the stand-in sends them. Photos vary in cost, as
+real descriptions do."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from imgrag.pacing import Pacer
+from standin_vlm import Bucket, Window, groq_duration
+from test_pacing import Clock, headers
+
+FREE_TPM = 8000
+DAILY = {"limit_req": 1000, "reset_req": "2h0m0s"}  # Groq's requests headers count a day
+
+
+def run(server, *, n: int, tokens, jobs: int, latency: float, est: int, tpm: int = FREE_TPM):
+    """n photos from `jobs` workers; (photos per minute, 429s, the pacer, tokens sent)."""
+    clock = Clock()
+    pacer = Pacer(est_tokens=est, clock=clock)
+    costs = itertools.cycle(tokens)
+    in_flight: list[tuple[float, int]] = []  # (done at, tokens)
+    sent = refused = spent = 0
+    start = clock.t
+
+    def complete_next() -> None:
+        in_flight.sort()
+        done, cost = in_flight.pop(0)
+        clock.t = max(clock.t, done)
+        pacer.release()
+        used = server.used(clock.t)
+        pacer.observe(headers(remaining_req=1000 - sent, limit_tok=tpm, remaining_tok=max(0, tpm - used),
+                              reset_tok=groq_duration(server.reset_in(clock.t)), **DAILY))
+        pacer.learn_tokens(cost)
+
+    while sent < n:
+        if len(in_flight) >= jobs:
+            complete_next()
+            continue
+        delay = pacer.reserve()
+        if delay > 0:
+            if in_flight and min(in_flight)[0] <= clock.t + delay:
+                complete_next()
+            else:
+                clock.advance(delay)
+            continue
+        cost = next(costs)
+        wait = server.wait_for(clock.t, tpm, cost)
+        if wait > 0:
+            refused += 1
+            pacer.release()
+            pacer.rate_limited("Rate limit reached on tokens per minute (TPM): Limit 8000", wait, {})
+            continue
+        server.charge(clock.t, cost)
+        in_flight.append((clock.t + latency, cost))
+        sent += 1
+        spent += cost
+    end = max(done for done, _ in in_flight) if in_flight else clock.t
+    return n / ((end - start) / 60), refused, pacer, spent
+
+
+@pytest.mark.parametrize("jobs, latency", [(4, 1.5), (1, 1.5), (8, 30.0)])  # 30 s: several in flight
+def test_free_tier_bucket_gets_the_nominal_rate_without_a_429(jobs, latency):
+    tokens = [2300, 2450, 2600, 2350, 2500]  # ~2,440 a photo: 3.28 photos a minute nominally
+    n = 60
+    rate, refused, pacer, spent = run(Bucket(60.0, lambda: FREE_TPM), n=n, tokens=tokens, jobs=jobs,
+                                      latency=latency, est=2598)
+    nominal = FREE_TPM / (spent / n)  # photos a minute the refill allows at these costs
+    assert refused == 0
+    assert pacer.bucket, "the headers were recognised as a token bucket"
+    assert rate / nominal >= 0.9, (rate, nominal)
+
+
+def test_a_sliding_window_is_not_mistaken_for_a_bucket():
+    rate, refused, pacer, _ = run(Window(60.0), n=30, tokens=[2250], jobs=4, latency=1.5, est=2598)
+    assert refused == 0 and not pacer.bucket
+    assert rate >= 0.9 * 3, "3 whole photos of 2,250 tokens fit in a sliding minute of 8,000"
+
+
+def test_bucket_headers_need_two_agreeing_responses_and_one_disagreeing_ends_it():
+    clock = Clock()
+    pacer = Pacer(est_tokens=2400, clock=clock)
+    bucket = {"limit_tok": 8000, "remaining_tok": 5600, "reset_tok": "18s"}  # 2,400 missing at 8,000/min
+    pacer.observe(headers(**bucket))
+    assert not pacer.bucket
+    pacer.observe(headers(**bucket))
+    assert pacer.bucket
+    pacer.observe(headers(limit_tok=8000, remaining_tok=5600, reset_tok="59s"))  # a window's oldest charge
+    assert not pacer.bucket
