@@ -91,3 +91,34 @@ def test_bucket_headers_need_two_agreeing_responses_and_one_disagreeing_ends_it(
     assert pacer.bucket
     pacer.observe(headers(limit_tok=8000, remaining_tok=5600, reset_tok="59s"))  # a window's oldest charge
     assert not pacer.bucket
+
+
+# -- the same through real HTTP and the groq SDK ------------------------------------------
+
+
+def test_a_real_run_against_the_stand_ins_bucket_takes_the_burst_then_the_refill_rate(tmp_path):
+    """8 photos at the free tier's 8,000 tokens a minute, on a stand-in whose minute lasts
+    3 s: the full bucket admits 3 photos at once, the rest come at the refill rate."""
+    import time
+
+    from imgrag.config import Settings
+    from imgrag.describe import DescribeOptions, Progress, run_describe
+    from reliability_support import draw_photos
+    from standin_vlm import StandinVLM
+
+    scale, photos = 0.05, tmp_path / "photos"
+    draw_photos(photos, 8)
+    with StandinVLM(tpm=FREE_TPM, rpd=1000, image_tokens=2048, time_scale=scale, limit_mode="bucket") as server:
+        settings = Settings(api_key="k", base_url=server.url)
+        run_describe(photos, settings, DescribeOptions(dry_run=True), Progress())  # hash first
+        began = time.monotonic()
+        summary = run_describe(photos, settings, DescribeOptions(jobs=4, rate_window=60 * scale), Progress())
+        elapsed = time.monotonic() - began
+        stats = server.stats()
+    assert (summary.described, summary.rate_limited, stats["rate_limited"]) == (8, 0, 0)
+    tokens = (summary.prompt_tokens + summary.completion_tokens) / summary.requests
+    refill = FREE_TPM / (60 * scale)  # tokens a second
+    # The bucket's own pace: what 8 photos cost beyond the full bucket, at the refill rate
+    # (measured: 5.0 s for an ideal 4.3 s; a sliding-window pace, 3 whole photos a window, takes 7.2 s).
+    ideal = (8 * tokens - FREE_TPM) / refill
+    assert elapsed < ideal * 1.25 + 1.0, (elapsed, ideal)
