@@ -62,6 +62,7 @@ def test_broken_photos_are_quarantined_after_three_runs_then_cron_exits_0(home, 
     # --retry-failed tries them again; still broken, they stay quarantined.
     result = describe(home, "--retry-failed")
     assert result.code == 1 and f"failed {len(broken)}" in result.stderr, result.stderr
+    assert "quarantined: photos/zero.jpg: unreadable photo: empty file (4 times in a row" in result.stderr
 
     # An edited photo is new content: tried afresh, and described.
     draw_scene(photos / "truncated.jpg", "kitchen", size=(320, 240))
@@ -89,7 +90,7 @@ def test_a_photo_the_server_refuses_as_an_invalid_image_is_quarantined(home, sta
 
 def test_replies_that_do_not_validate_and_server_faults_never_quarantine(home, standin):
     standin.set_default(fault="schema")  # every reply misses the schema, again and again
-    for _ in range(QUARANTINE_AFTER + 1):
+    for _ in range(QUARANTINE_AFTER):
         result = describe(home)
         assert result.code == 1 and f"failed {len(SCENES)}" in result.stderr, result.stderr
     assert quarantine_log(home) == [] and status_json(home)["quarantined"] == 0

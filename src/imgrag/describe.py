@@ -102,7 +102,7 @@ class DescribeSummary:
     stop_reason: str = ""
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     quarantined: int = 0  # photos skipped as quarantined (not failures of this run)
-    newly_quarantined: list[tuple[str, str]] = field(default_factory=list)  # (path, reason), this run
+    newly_quarantined: list[tuple[str, str, int]] = field(default_factory=list)  # (path, reason, strikes), this run
     estimate: Estimate | None = None
     workspace: Path | None = None
 
@@ -548,7 +548,7 @@ class _Job:
         fields = ("sha256", "paths", "reason", "kind", "permanent", "strikes", "time")
         if self.writer.add_quarantine({k: failure[k] for k in fields}):
             with self.lock:
-                self.summary.newly_quarantined.append((failure["paths"][0], failure["reason"]))
+                self.summary.newly_quarantined.append((failure["paths"][0], failure["reason"], failure["strikes"]))
 
     def _redact(self, text: str) -> str:
         key = self.settings.api_key

@@ -270,10 +270,8 @@ def describe_summary(s: DescribeSummary) -> None:
 
 def _quarantine_lines(s: DescribeSummary) -> None:
     """Photos set aside: said once when it happens, then counted in one short line."""
-    from .quarantine import QUARANTINE_AFTER
-
-    for path, reason in s.newly_quarantined[:10]:
-        info(f"imgrag: quarantined: {path}: {reason} ({QUARANTINE_AFTER} times in a row; "
+    for path, reason, strikes in s.newly_quarantined[:10]:
+        info(f"imgrag: quarantined: {path}: {reason} ({strikes} times in a row; "
              "skipped from now on, `imgrag describe --retry-failed` tries it again)")
     if len(s.newly_quarantined) > 10:
         info(f"imgrag: ... and {len(s.newly_quarantined) - 10} more quarantined (see `imgrag status`)")
