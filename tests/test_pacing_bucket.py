@@ -122,3 +122,21 @@ def test_a_real_run_against_the_stand_ins_bucket_takes_the_burst_then_the_refill
     # (measured: 5.0 s for an ideal 4.3 s; a sliding-window pace, 3 whole photos a window, takes 7.2 s).
     ideal = (8 * tokens - FREE_TPM) / refill
     assert elapsed < ideal * 1.25 + 1.0, (elapsed, ideal)
+
+
+def test_a_429_naming_what_a_request_asks_of_the_bucket_raises_the_threshold():
+    """A server that admits a request only when the bucket holds prompt + max_tokens
+    (more than the reply then costs) says so in its 429: the pacer waits for that much."""
+    clock = Clock()
+    pacer = Pacer(est_tokens=2400, clock=clock)
+    for _ in range(2):
+        pacer.observe(headers(limit_tok=8000, remaining_tok=5600, reset_tok="18s"))
+    assert pacer.bucket and pacer.reserve() == 0  # 5,600 > 2,400 x 1.25
+    pacer.release()
+    pacer.rate_limited("Rate limit reached for model `qwen/qwen3.8-27b` on tokens per minute (TPM): "
+                       "Limit 8000, Used 4800, Requested 3424. Please try again in 1.2s.", 0.0,
+                       headers(limit_tok=8000, remaining_tok=3200, reset_tok="36s"))
+    wait = pacer.reserve()
+    assert wait == pytest.approx((3424 * 1.01 - 3200) * 60 / 8000, rel=0.01), "3,200 < the 3,424 asked for"
+    clock.advance(wait)
+    assert pacer.reserve() == 0

@@ -21,7 +21,9 @@ back with `observe()` (a response's headers) or `rate_limited()` (a 429). The pa
   of the bucket's level (set from each response's `remaining`, refilled at limit/minute)
   and starts a request whenever the level holds one photo's tokens with a margin: a
   full bucket's burst first, then the nominal rate, with no whole-photos-per-minute
-  rounding. Against a sliding window it spaces starts evenly, whole photos per window.
+  rounding (a 429 saying a request asks more of the bucket than a reply costs, "Requested
+  3424", raises that threshold). Against a sliding window it spaces starts evenly, whole
+  photos per window.
 
 Everything is computed from an injectable clock, so it is unit-tested without sleeping.
 """
@@ -38,6 +40,9 @@ from collections.abc import Callable
 _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+(?:\.\d+)?)ms)?$")
 # "... on requests per minute (RPM): Limit 30, Used 30, Requested 1 ..." (Groq, and OpenAI alike)
 _LIMIT_MESSAGE = re.compile(r"(requests|tokens) per (minute|day)\b[^:]*:\s*limit\s*(\d+)", re.IGNORECASE)
+# "... tokens per minute (TPM): Limit 8000, Used 5200, Requested 3374 ...": what admission
+# asks of the bucket, which may exceed what a reply costs (a server counting max_tokens).
+_REQUESTED_TOKENS = re.compile(r"tokens per minute\b[^:]*:.*?\brequested\s*(\d+)", re.IGNORECASE)
 
 # Requests are counted exactly, but tokens are an estimate until the reply says: aim a
 # little under a token limit.
@@ -109,6 +114,7 @@ class Pacer:
         self.bucket = False  # the token limit is a refilling bucket, not a sliding window
         self._bucket_votes = 0
         self._level = 0.0  # tokens in the server's bucket as of _level_at, as we reckon
+        self._admission = 0  # tokens a 429 said one request asks of the bucket (0: unknown)
         self._level_at = 0.0
 
     @property
@@ -176,7 +182,8 @@ class Pacer:
 
     def _bucket_wait(self, now: float) -> float:
         """Seconds until the bucket holds the next photo's tokens and the margin."""
-        missing = self.est_tokens * (1 + BUCKET_MARGIN) - self._level_now(now)
+        need = max(self.est_tokens * (1 + BUCKET_MARGIN), self._admission * EDGE_MARGIN)
+        missing = need - self._level_now(now)
         return missing * self.window / self.tpm if missing > 0 and self.tpm else 0.0
 
     def _judge_bucket(self, limit: int, remaining: int | None, reset: float | None) -> None:
@@ -270,6 +277,9 @@ class Pacer:
             self._calibrated = True
             self._paused_until = max(self._paused_until, now + (retry_after if retry_after is not None else DEFAULT_PAUSE))
             learned = False
+            requested = _REQUESTED_TOKENS.search(message or "")
+            if requested:
+                self._admission = max(self._admission, int(requested.group(1)))
             for kind, per, number in _LIMIT_MESSAGE.findall(message or ""):
                 if per.lower() != "minute":
                     continue
