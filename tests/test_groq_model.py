@@ -85,3 +85,27 @@ def test_dry_run_prices_and_help_name_the_default_model(home):
     assert DEFAULT_GROQ_MODEL in helptext and "$0.80" in helptext and "$4.00" in helptext
     status = json.loads(run_imgrag("status", photos, "--json", cwd=root, env=env).stdout)
     assert status["next_describe"] == len(SCENES)
+
+
+def test_the_stand_in_thinks_first_unless_asked_not_to(standin):
+    import base64
+    import io
+
+    import groq
+    from PIL import Image
+
+    png = io.BytesIO()
+    Image.new("RGB", (64, 48), "blue").save(png, "PNG")
+    content = [{"type": "text", "text": "Describe."},
+               {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()}}]
+    client = groq.Groq(api_key="k", base_url=standin.url, max_retries=0)
+
+    def reply(**extra) -> str:
+        completion = client.chat.completions.create(model=DEFAULT_GROQ_MODEL, messages=[{"role": "user", "content": content}], **extra)
+        return completion.choices[0].message.content
+
+    assert reply().startswith("<think>")
+    assert reply(reasoning_effort="none").startswith("{")
+    with pytest.raises(groq.BadRequestError):
+        client.chat.completions.with_raw_response.create(model=DEFAULT_GROQ_MODEL, messages=[{"role": "user", "content": content}],
+                                                         extra_body={"reasoning_effort": "maximal"})

@@ -140,3 +140,30 @@ def test_a_429_naming_what_a_request_asks_of_the_bucket_raises_the_threshold():
     assert wait == pytest.approx((3424 * 1.01 - 3200) * 60 / 8000, rel=0.01), "3,200 < the 3,424 asked for"
     clock.advance(wait)
     assert pacer.reserve() == 0
+
+
+def test_the_stand_ins_bucket_headers_say_what_is_left_and_the_time_until_full():
+    import base64
+    import io
+
+    import groq
+    from PIL import Image
+
+    from imgrag.pacing import parse_duration
+    from standin_vlm import StandinVLM
+
+    png = io.BytesIO()
+    Image.new("RGB", (64, 48), "red").save(png, "PNG")
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()}}
+    with StandinVLM(tpm=FREE_TPM, rpm=30, image_tokens=2048, limit_mode="bucket") as server:
+        client = groq.Groq(api_key="k", base_url=server.url, max_retries=0)
+        raw = client.chat.completions.with_raw_response.create(
+            model="qwen/qwen3.8-27b", reasoning_effort="none",
+            messages=[{"role": "user", "content": [{"type": "text", "text": "Describe."}, image]}],
+        )
+        charged = raw.parse().usage.total_tokens
+        remaining = int(raw.headers["x-ratelimit-remaining-tokens"])
+        reset = parse_duration(raw.headers["x-ratelimit-reset-tokens"])
+    assert charged > 2048
+    assert FREE_TPM - charged <= remaining <= FREE_TPM - charged + 5, "refilled only for the moments since"
+    assert reset == pytest.approx((FREE_TPM - remaining) * 60 / FREE_TPM, abs=0.02), "time until full"
