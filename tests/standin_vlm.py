@@ -3,9 +3,12 @@
 It is a real HTTP/1.1 server on 127.0.0.1, so the httpx clients inside the `groq` and
 `openai` SDKs talk to it exactly as they talk to the real services. Known photos (a
 catalog, matched by perceptual hash) get their stored description; unknown photos get a
-plain colour-based one. Rate limits, quotas and failures can be set or injected on demand.
+plain colour-based one. Rate limits, quotas and failures can be set or injected on demand;
+limits count sliding windows, or (`limit_mode="bucket"`) refill continuously as Groq's do.
+Groq's retired vision models are refused as Groq refuses them, and `qwen/qwen3*` models
+think first unless the request sends reasoning_effort "none".
 
-    python tests/standin_vlm.py --port 0 --catalog photos/catalog.jsonl [--rpm 30] ...
+    python tests/standin_vlm.py --port 0 --catalog photos/catalog.jsonl [--rpm 30] [--limit-mode bucket] ...
 
 or from Python:
 
