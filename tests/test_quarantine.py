@@ -50,6 +50,8 @@ def test_broken_photos_are_quarantined_after_three_runs_then_cron_exits_0(home, 
     assert result.code == 0, result.stderr
     assert "failed 0" in result.stderr and f"{len(broken)} quarantined photos skipped" in result.stderr
     assert standin.stats()["requests"] == requests == len(SCENES)
+    dry = describe(home, "--dry-run")
+    assert "would describe 0" in dry.stderr and f"{len(broken)} quarantined photos skipped" in dry.stderr
 
     state = status_json(home)
     assert (state["quarantined"], state["failed"], state["next_describe"]) == (len(broken), 0, 0)

@@ -246,6 +246,7 @@ class DescribeProgress:
 def describe_summary(s: DescribeSummary) -> None:
     if s.estimate is not None:
         info(_dry_run_line(s))
+        _quarantine_lines(s)
         return
     parts = [f"described {s.described}", f"failed {s.failed}", f"already done {s.already}"]
     if s.remaining:
