@@ -207,10 +207,9 @@ def tune_grid() -> dict[str, Cutoff]:
     grid = {}
     for standing in (6.0, 7.0, 8.0):
         for worded_standing in (1.5, 2.0, 2.5):
-            for score in (0.4, 0.42, 0.45, 0.5):
-                for worded_score in (0.2, 0.25, 0.3):
-                    c = replace(DEFAULT_CUTOFF, standing=standing, worded_standing=worded_standing, score=score,
-                                worded_score=worded_score)
+            for score in (0.4, 0.45, 0.5):
+                for gap in (0.15, 0.25, 1.0):
+                    c = replace(DEFAULT_CUTOFF, standing=standing, worded_standing=worded_standing, score=score, gap=gap)
                     grid[json.dumps(asdict(c))] = c
     return grid
 

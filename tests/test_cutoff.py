@@ -143,6 +143,12 @@ def test_word_evidence_lowers_the_bar():
     assert bool(shown(np.array([0.5]), np.array([0.0]), None, DEFAULT_CUTOFF)[0]), "a high score needs no word"
 
 
+def test_a_half_match_far_below_the_best_hit_is_left_out():
+    scores = np.array([0.8, 0.5], dtype=np.float32)  # 0.3 apart: more than the gap
+    assert shown(scores, np.array([0.5, 0.5]), None, DEFAULT_CUTOFF).tolist() == [True, False]
+    assert shown(scores, np.array([0.5, 1.0]), None, DEFAULT_CUTOFF).tolist() == [True, True], "unless it has every word"
+
+
 def test_an_index_without_a_background_still_chooses_a_set(bundle, model, tmp_path):
     saved = tmp_path / BACKGROUND_FILE
     shutil.move(str(bundle.folder / BACKGROUND_FILE), saved)

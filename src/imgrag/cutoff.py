@@ -9,7 +9,8 @@ per query, from what imgrag knows about it:
   time), summarised by a robust centre and spread, so a hit's *standing* is how many
   spreads it scores above that centre (a z-score; unrelated text stands low in any
   collection and with any query wording);
-- the gap below the best hit: a hit far below the best one is a weaker kind of match;
+- the gap below the best hit: a hit far below the best one is a weaker kind of match
+  (it half matches a query that others match in full);
 - exact-word evidence: every word of the query written in a description (any field)
   is strong evidence that the photo shows it, so such a hit needs less standing.
 
@@ -49,6 +50,7 @@ def load(folder: Path) -> np.ndarray | None:
         return None
 
 
+EVERY_WORD = 0.999  # a words share this high is every query word (the share is a float sum)
 BACKGROUND_MIN = 30  # fewer sampled photos than this say too little: the score rule alone then
 
 
@@ -64,6 +66,7 @@ class Cutoff:
     worded_standing: float = 2.0  # ... every query word present
     score: float = 0.45  # a fused score shown whatever the background, no query word present
     worded_score: float = 0.25  # ... every query word present (the fixed cut-off imgrag had)
+    gap: float = 0.25  # a hit scoring this much below the best one needs every query word
     spread_floor: float = 0.02  # a spread below this (near-identical photos) is not trusted
 
 
@@ -90,9 +93,12 @@ def background_for(sample: np.ndarray | None, query_vec: np.ndarray, cutoff: Cut
 
 def shown(scores: np.ndarray, words: np.ndarray, background: Background | None, cutoff: Cutoff) -> np.ndarray:
     """Which hits (fused scores; `words`: the share of the query's words each has) to show."""
+    if not len(scores):
+        return np.zeros(0, dtype=bool)
     words = np.clip(np.asarray(words, dtype=np.float32), 0.0, 1.0)
     keep = scores >= cutoff.score - (cutoff.score - cutoff.worded_score) * words
     if background is not None:
         standing = (scores - background.centre) / background.spread
         keep |= standing >= cutoff.standing - (cutoff.standing - cutoff.worded_standing) * words
-    return keep
+    # "zebra in the snow": the zebras, not every snowy photo that half matches
+    return keep & ((scores >= scores[0] - cutoff.gap) | (words >= EVERY_WORD))
