@@ -196,6 +196,7 @@ def status(
     'Examples:\n\n'
     '  imgrag search "dog on the beach"\n\n'
     '  imgrag search "receipt" --json --limit 3\n\n'
+    '  imgrag search giraffe --all --limit 30\n\n'
     '  imgrag search "birthday cake" --in photos/2024 --after 2024-06-01 --paths\n\n'
     '  imgrag search --like photos/beach.jpg -0 | xargs -0 ls -l\n\n'
     '  imgrag search --queries-from queries.txt > results.jsonl\n\n'
