@@ -20,6 +20,9 @@ for the shipped default set (`default`) and today's fixed cut-off (`fixed_0.25`)
                  that the ranking puts in the top 10, the share shown
   shown, junk    photos shown, and shown but not relevant, per concept query
   offtopic_empty share of off-topic queries that show nothing
+  caption_kept   for caption queries (another human caption of one photo of the collection,
+                 40 a collection) whose photo the ranking puts in the top 10, the share
+                 where it is shown: the price a stricter set makes longer queries pay
 
     bench/cutoff.py --data ../shared/data/captions/flickr8k_traindev.jsonl --split dev
     bench/cutoff.py --data ../shared/data/photos/coco.jsonl
@@ -54,6 +57,7 @@ from imgrag.search import DEFAULT_LIMIT, QueryEncoder, SearchOptions, rank  # no
 from imgrag.workspace import Workspace  # noqa: E402
 
 FIXED = 0.25  # the cut-off imgrag shipped before the default set fitted the query
+CAPTION_QUERIES = 40  # per collection: photos whose other caption is run as a query
 
 COCO_OBJECTS = [
     "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
@@ -106,6 +110,7 @@ class Photo:
     id: str
     described: dict  # what is indexed
     human: list[list[str]]  # stems of each human caption and COCO object name
+    query: str  # another human caption: a caption query whose right answer is this photo
 
 
 def load_photos(path: Path, split: str | None) -> list[Photo]:
@@ -113,7 +118,7 @@ def load_photos(path: Path, split: str | None) -> list[Photo]:
     photos = []
     for it in items:
         texts = [it.description["caption"], *it.queries, *it.description.get("objects", [])]
-        photos.append(Photo(it.id, it.description, [stems(words(t)) for t in texts]))
+        photos.append(Photo(it.id, it.description, [stems(words(t)) for t in texts], it.queries[0]))
     return photos
 
 
@@ -130,6 +135,8 @@ class Tally:
     targets_shown: int = 0
     offtopic_queries: int = 0
     offtopic_empty: int = 0
+    caption_queries: int = 0  # caption queries whose right answer the ranking puts in the top 10
+    caption_kept: int = 0  # ... and that answer is shown
 
     def figures(self) -> dict:
         q = max(self.concept_queries, 1)
@@ -139,6 +146,7 @@ class Tally:
             "shown": round(self.shown / q, 2),
             "junk": round((self.shown - self.relevant_shown) / q, 2),
             "offtopic_empty": round(self.offtopic_empty / max(self.offtopic_queries, 1), 4),
+            "caption_kept": round(self.caption_kept / max(self.caption_queries, 1), 4),
         }
 
 
@@ -186,6 +194,14 @@ def run(photos: list[Photo], size: int, samples: int, model_name: str, cutoffs: 
                     t.relevant_shown += len(set(shown) & relevant[concept])
                     t.targets += len(targets)
                     t.targets_shown += len(targets & set(shown))
+            caption_photos = chosen[:CAPTION_QUERIES]
+            caption_vecs = cached_vectors([p.query for p in caption_photos], query_cache, encoder.encode)
+            for photo, vec in zip(caption_photos, caption_vecs):
+                if photo.id not in shown_ids(bundle, vec, photo.query, SearchOptions(show_all=True), DEFAULT_CUTOFF):
+                    continue  # not in the top 10: no cut-off could show it
+                for label, cut in cutoffs.items():
+                    tallies[label].caption_queries += 1
+                    tallies[label].caption_kept += photo.id in _shown(bundle, vec, photo.query, cut)
             for query in offtopic:
                 for label, cut in cutoffs.items():
                     t = tallies[label]
