@@ -59,8 +59,9 @@ class Cutoff:
     """A hit is shown when it stands out from what the query scores against the collection's
     photos in general, or when its score is high in itself; each bar is lowered the more of
     the query's words the description has (linearly, from the first value of each pair with
-    no word to the second with every word). Chosen with bench/cutoff.py on Flickr8k train
-    (README): unrelated queries' best hits stand up to ~6 spreads out and score up to ~0.44."""
+    no word to the second with every word); a hit far below the best one needs every word.
+    Chosen with bench/cutoff.py on Flickr8k train (README): unrelated queries' best hits
+    stand up to ~6 spreads out and score up to ~0.44."""
 
     standing: float = 7.0  # spreads above the query's background centre, no query word present
     worded_standing: float = 2.0  # ... every query word present
