@@ -1,6 +1,6 @@
 """Which of the ranked hits a search shows by default: the ones that stand out.
 
-A fixed score cut-off cannot fit every query: "giraffe" scores 0.4 against zebras, cows and
+A fixed score cut-off cannot fit every query: "giraffe" scores ~0.32 against zebras, cows and
 a panda, while a paraphrase of the right photo may score 0.35. So the default set is chosen
 per query, from what imgrag knows about it:
 
