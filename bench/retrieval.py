@@ -34,7 +34,8 @@ from imgrag.embed import DEFAULT_MODEL, VectorCache, cache_dir_name, load_model,
 from imgrag.index import Doc, load_bundle, write_bundle  # noqa: E402
 from imgrag.schema import embedding_text, lexical_text  # noqa: E402
 from imgrag.search import (  # noqa: E402
-    DEFAULT_FUSION, DEFAULT_MIN_SCORE, DENSE_ONLY, Candidates, Fusion, QueryEncoder, candidates, order,
+    DEFAULT_FUSION, DEFAULT_MIN_SCORE, DENSE_ONLY, Candidates, Fusion, QueryEncoder, SearchOptions, candidates, order,
+    shown_set,
 )
 from imgrag.workspace import Workspace  # noqa: E402
 
@@ -131,7 +132,7 @@ def tune(all_found: list[Candidates], targets: list[int]) -> dict:
 
 
 def cutoff_figures(bundle, encoder: QueryEncoder, right_scores: np.ndarray, positions: np.ndarray) -> dict:
-    """How DEFAULT_MIN_SCORE treats right answers found in the top 10, and off-topic queries."""
+    """How a fixed cut-off (DEFAULT_MIN_SCORE, the default before imgrag.cutoff) treats right answers found in the top 10, and off-topic queries."""
     in_top10 = (positions >= 0) & (positions < 10)
     right = right_scores[in_top10]
     kept = float(np.mean(right >= DEFAULT_MIN_SCORE)) if len(right) else float("nan")
@@ -153,6 +154,26 @@ def cutoff_figures(bundle, encoder: QueryEncoder, right_scores: np.ndarray, posi
         "right_in_top10_kept": round(kept, 4),
         "right_score_p05_p50": [q(right, 0.05), q(right, 0.5)],
         "offtopic_top1_p50_max": [q(tops, 0.5), round(max(tops), 3)],
+        "offtopic_hits_shown_per_query": round(float(np.mean(shown)), 2),
+    }
+
+
+def default_set_figures(bundle, encoder: QueryEncoder, all_found: list[Candidates], queries: list[str],
+                        query_vecs: np.ndarray, positions: np.ndarray) -> dict:
+    """How the default result set (imgrag.cutoff) treats right answers found in the top 10,
+    and off-topic queries (bench/cutoff.py measures it on one-concept queries)."""
+    kept = []
+    for found, query, vec, at in zip(all_found, queries, query_vecs, positions):
+        if 0 <= at < 10:
+            rows, scores = order(found, DEFAULT_FUSION)
+            kept.append(bool(shown_set(bundle, vec, query, rows[:10], scores[:10], SearchOptions())[at]))
+    shown = []
+    for query, vec in zip(OFF_TOPIC, encoder.encode(OFF_TOPIC)):
+        rows, scores = order(candidates(bundle, vec, query), DEFAULT_FUSION)
+        shown.append(int(np.sum(shown_set(bundle, vec, query, rows[:10], scores[:10], SearchOptions()))))
+    return {
+        "right_in_top10_kept": round(float(np.mean(kept)), 4) if kept else float("nan"),
+        "offtopic_empty": round(float(np.mean([n == 0 for n in shown])), 4),
         "offtopic_hits_shown_per_query": round(float(np.mean(shown)), 2),
     }
 
@@ -197,7 +218,9 @@ def main() -> int:
             return 0
         dense, _, _ = evaluate(all_found, targets, DENSE_ONLY)
         fused, positions, right_scores = evaluate(all_found, targets, DEFAULT_FUSION)
-        cutoff = cutoff_figures(bundle, QueryEncoder(args.model), right_scores, positions)
+        encoder = QueryEncoder(args.model)
+        cutoff = cutoff_figures(bundle, encoder, right_scores, positions)
+        default_set = default_set_figures(bundle, encoder, all_found, queries, query_vecs, positions)
         bundle.db.close()
 
     result = {
@@ -206,6 +229,7 @@ def main() -> int:
         "dense": dense, "fused": fused,
         "fusion": asdict(DEFAULT_FUSION),
         "cutoff": cutoff,
+        "default_set": default_set,
         "index_build_s": round(build_s, 2), "rank_ms_per_query": round(search_ms, 2),
         "seconds": round(time.perf_counter() - started, 1),
     }

@@ -70,7 +70,8 @@ def bundle(model, tmp_path_factory):
 
 def search(bundle, model, query, fusion=DEFAULT_FUSION, limit=len(PHOTOS), min_score=None):
     vec = model.encode([query])[0]
-    return rank(bundle, vec, query, SearchOptions(limit=limit, min_score=min_score), fusion)
+    # no cut-off unless one is given: these tests are about order (tests/test_cutoff.py: the default set)
+    return rank(bundle, vec, query, SearchOptions(limit=limit, min_score=min_score, show_all=min_score is None), fusion)
 
 
 def names(hits):
@@ -210,7 +211,7 @@ def test_generation_without_lexical_index_ranks_by_meaning(bundle, model, tmp_pa
     try:
         assert old.lexical is None
         vec = model.encode(["kowalczyk"])[0]
-        hits = rank(old, vec, "kowalczyk", SearchOptions(limit=3))
+        hits = rank(old, vec, "kowalczyk", SearchOptions(limit=3, show_all=True))
         assert len(hits) == 3 and all(h.extra["lexical"] == 0 for h in hits)
         assert hits[0].sha256 == "cafe", "the words written on it still find it"
     finally:

@@ -220,11 +220,11 @@ def test_disk_full_during_embed(home, standin, tmp_path):
         with pytest.raises(ImgragError, match="no space left"):
             run_embed(photos, DEFAULT_EMBED_MODEL, index=index)
         assert check_readable(index) == []
-        hits = run_search("dog", index=index, embed_model=None, options=SearchOptions(limit=5))
+        hits = run_search("dog", index=index, embed_model=None, options=SearchOptions(limit=5, show_all=True))
         assert len(hits) == 2, "the previous index still answers"
         _unfill(disk)
         run_embed(photos, DEFAULT_EMBED_MODEL, index=index)
-        assert len(run_search("dog", index=index, embed_model=None, options=SearchOptions(limit=5))) == 4
+        assert len(run_search("dog", index=index, embed_model=None, options=SearchOptions(limit=5, show_all=True))) == 4
 
 
 def test_read_only_state_folder(home, standin, tmp_path):

@@ -202,21 +202,23 @@ def status(
     'Examples:\n\n'
     '  imgrag search "dog on the beach"\n\n'
     '  imgrag search "receipt" --json --limit 3\n\n'
+    '  imgrag search giraffe --all --limit 30\n\n'
     '  imgrag search "birthday cake" --in photos/2024 --after 2024-06-01 --paths\n\n'
     '  imgrag search --like photos/beach.jpg -0 | xargs -0 ls -l\n\n'
     '  imgrag search --queries-from queries.txt > results.jsonl\n\n'
-    'Exit status: 0 found, 1 nothing scored above the cut-off, 2 error.'
+    'Exit status: 0 found, 1 nothing matched (or scored --min-score), 2 error.'
 ))
 @_exits
 def search(
     query: Annotated[Optional[str], typer.Argument(help="What to look for, in plain words.", show_default=False, metavar="QUERY")] = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many results (per query).")] = 10,
+    limit: Annotated[Optional[int], typer.Option("--limit", "-n", min=1, help="Show at most N results (per query; default 10).", show_default=False)] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document (for scripts).")] = False,
     paths_out: Annotated[bool, typer.Option("--paths", help="Print one absolute path per line.")] = False,
     null: Annotated[bool, typer.Option("-0", "--null", help="Print paths ended by NUL, for xargs -0.")] = False,
     min_score: Annotated[Optional[float], typer.Option(
-        "--min-score", help="Hide results scoring below this (default: a cut-off under which unrelated photos fall; 0 shows the nearest anyway).",
+        "--min-score", help="Show the results scoring this or more (default: those that stand out as matches for this query; 0 shows the nearest anyway).",
         show_default=False)] = None,
+    show_all: Annotated[bool, typer.Option("--all", help="Show every photo, best first, however weak the match (with --limit N: the best N).")] = False,
     in_folder: Annotated[Optional[Path], typer.Option("--in", help="Only photos inside this folder.", show_default=False, metavar="FOLDER")] = None,
     after: Annotated[Optional[str], typer.Option("--after", help="Only photos taken on or after DATE (YYYY-MM-DD; EXIF date, else file time).", show_default=False, metavar="DATE")] = None,
     before: Annotated[Optional[str], typer.Option("--before", help="Only photos taken before DATE (YYYY-MM-DD).", show_default=False, metavar="DATE")] = None,
@@ -230,7 +232,7 @@ def search(
 
     from . import render
     from .config import explicit_embed_model
-    from .search import DEFAULT_MIN_SCORE, Filters, SearchOptions, Searcher, clean_query, parse_date
+    from .search import Filters, Searcher, clean_query, parse_date, search_options
 
     _check_search_flags(query, like, queries_from, json_out, paths_out, null)
     shown_query = clean_query(query) if query is not None else None
@@ -239,7 +241,7 @@ def search(
         after=parse_date(after, "--after") if after is not None else None,
         before=parse_date(before, "--before") if before is not None else None,
     )
-    options = SearchOptions(limit=limit, min_score=DEFAULT_MIN_SCORE if min_score is None else min_score)
+    options = search_options(limit=limit, min_score=min_score, show_all=show_all)
     table = not (json_out or paths_out or null or queries_from is not None)
     kind = render.thumbnail_kind(thumbnails) if table else None
     searcher = Searcher(index=index, embed_model=explicit_embed_model(), filters=filters)
@@ -254,7 +256,7 @@ def search(
     elif hits:
         render.hits_table(hits, kind)
     if not hits:
-        render.info(f"imgrag: no matching photos{_why_nothing(searcher, options.min_score)}")
+        render.info(f"imgrag: no matching photos{_why_nothing(searcher, options)}")
     return EXIT_OK if hits else EXIT_SOME
 
 
@@ -288,12 +290,14 @@ def _search_many(searcher, source: str, options) -> int:
     return EXIT_OK if found else EXIT_SOME
 
 
-def _why_nothing(searcher, min_score: float) -> str:
+def _why_nothing(searcher, options) -> str:
     if searcher.bundle.size == 0:
         return " (the index is empty)"
     if searcher.allowed is not None and not searcher.allowed:
         return " (no indexed photo passes --in/--after/--before)"
-    return f" (none scored {min_score:g} or more; --min-score 0 shows the nearest anyway)"
+    if options.min_score is not None:
+        return f" (none scored {options.min_score:g} or more; --min-score 0 or --all shows the nearest anyway)"
+    return " (none stands out as a match for this query; --all or --min-score 0 shows the nearest anyway)"
 
 
 def main() -> None:

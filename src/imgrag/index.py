@@ -33,8 +33,9 @@ from .workspace import Workspace, fsync_dir, json_bytes, write_atomic
 
 INDEX_FORMAT = 2  # 2: index kind in meta.json, vector key per row in docs.sqlite
 # What a generation holds beside what the format needs: searches use whatever is there, and
-# `imgrag embed` rebuilds an index written with less (2: crowding.npy and visible-text/).
-GENERATION_CONTENTS = 2
+# `imgrag embed` rebuilds an index written with less (2: crowding.npy and visible-text/,
+# 3: background.npy).
+GENERATION_CONTENTS = 3
 DENSE_FILE = "dense.faiss"
 FLAT_MAX = 50_000  # exact search up to here: a few ms a query and 77 MB at 384 dimensions
 IVF_PROBE_SHARE = 1 / 32  # lists probed per query: recall@10 >= 0.95 on real text (bench/scale.py)
@@ -237,6 +238,13 @@ class Bundle:
         return LexicalIndex.load(self.folder / VISIBLE_TEXT_DIR)
 
     @functools.cached_property
+    def background(self) -> np.ndarray | None:
+        """A fixed sample of the rows' vectors (imgrag.cutoff), memory-mapped; None for an index built without it."""
+        from .cutoff import load
+
+        return load(self.folder)
+
+    @functools.cached_property
     def crowding(self) -> np.ndarray | None:
         """Each row's crowding (imgrag.crowding), memory-mapped; None for an index built without it."""
         from .crowding import load
@@ -271,6 +279,7 @@ def write_bundle(ws: Workspace, docs: list[Doc], vectors: np.ndarray, meta: dict
     try:
         dense = write_dense(vectors, rows, previous, tmp / DENSE_FILE)
         _write_crowding(vectors, rows, previous, tmp)
+        _write_background(vectors, rows, tmp)
         _write_docs(tmp / "docs.sqlite", docs, keys)
         if docs:
             from .lexical import write_lexical
@@ -305,6 +314,13 @@ def _write_crowding(vectors: np.ndarray, rows: list[tuple[str, str]], previous: 
         _link_or_copy(previous.dense.parent / crowding.CROWDING_FILE, folder / crowding.CROWDING_FILE)
         return
     crowding.save(folder, crowding.crowding(vectors, [sha for sha, _ in rows]))
+
+
+def _write_background(vectors: np.ndarray, rows: list[tuple[str, str]], folder: Path) -> None:
+    """A fixed sample of the rows' vectors: what unrelated photos score for a query (see `cutoff`)."""
+    from . import cutoff
+
+    cutoff.save(folder, cutoff.background_sample(vectors, [sha for sha, _ in rows]))
 
 
 def _write_docs(path: Path, docs: list[Doc], keys: list[str]) -> None:

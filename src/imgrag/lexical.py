@@ -212,6 +212,22 @@ class LexicalIndex:
                 raw[self._indices[int(self._indptr[column]) : int(self._indptr[column + 1])]] += weight
         return LexicalScores(terms=terms, raw=raw, ideal=total)
 
+    def words_present(self, query: str, rows: np.ndarray) -> np.ndarray:
+        """Per row, the idf-weighted share (0..1) of the query's words its text has, common
+        words too (for `cutoff`: "dog" written in a description says the photo shows one)."""
+        terms = query_terms(query, self.stopwords)
+        rows = np.asarray(rows, dtype=np.int64)
+        present = np.zeros(len(rows), dtype=np.float32)
+        total = 0.0
+        for term in terms:
+            column = self.vocab.get(term.stem)
+            weight = self._idf(column)
+            total += weight
+            if column is not None:
+                having = self._indices[int(self._indptr[column]) : int(self._indptr[column + 1])]
+                present += weight * np.isin(rows, having)
+        return present / total if total > 0 else present
+
 
 class _Built:
     """A freshly built index, to be saved into a generation folder."""

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cutoff import DEFAULT_CUTOFF, Cutoff
 from .errors import UsageError
 from .index import Bundle, load_bundle
 from .workspace import Workspace
@@ -37,8 +38,19 @@ class Hit:
 @dataclass
 class SearchOptions:
     limit: int = DEFAULT_LIMIT
-    min_score: float | None = None  # None: no cut-off (`imgrag search` passes DEFAULT_MIN_SCORE unless told otherwise)
+    min_score: float | None = None  # a fixed cut-off; None: the default set, fitted to the query (imgrag.cutoff)
     allowed_rows: set[int] | None = None  # only these index rows may be returned (filters); None: any
+    show_all: bool = False  # no cut-off at all (`--all`): the ranking as it is, up to `limit`
+
+
+def search_options(*, limit: int | None = None, min_score: float | None = None, show_all: bool = False) -> SearchOptions:
+    """The options `imgrag search` flags ask for: `limit` None is DEFAULT_LIMIT, or every
+    photo with `show_all`; `show_all` and a `min_score` contradict each other."""
+    if show_all and min_score is not None:
+        raise UsageError("--all and --min-score cannot be combined: --all shows every photo, --min-score only those scoring X or more")
+    if limit is None:
+        limit = sys.maxsize if show_all else DEFAULT_LIMIT
+    return SearchOptions(limit=limit, min_score=min_score, show_all=show_all)
 
 
 class QueryEncoder:
@@ -74,8 +86,8 @@ def open_index(ws: Workspace, embed_model: str | None) -> Bundle:
 
 # -- ranking: dense similarity, exact-word evidence where it is strong, less for hubs ----
 
-# Results scoring below this are hidden unless --min-score says otherwise (see README:
-# right answers vs unrelated queries on Flickr8k and COCO).
+# The fixed cut-off imgrag used before the default set fitted each query (imgrag.cutoff);
+# bench/retrieval.py and bench/cutoff.py still report it beside the default set.
 DEFAULT_MIN_SCORE = 0.25
 DENSE_CANDIDATES = 200  # nearest rows by meaning that fusion may reorder
 LEXICAL_CANDIDATES = 50  # best exact-word rows added even when meaning alone ranks them lower
@@ -183,16 +195,22 @@ def order(found: Candidates, fusion: Fusion) -> tuple[np.ndarray, np.ndarray]:
 
 
 def rank(bundle: Bundle, query_vec: np.ndarray, query: str, options: SearchOptions,
-         fusion: Fusion = DEFAULT_FUSION) -> list[Hit]:
-    """The ranked hits for one query (what `imgrag search` shows), paths absolute."""
+         fusion: Fusion = DEFAULT_FUSION, *, cutoff: Cutoff = DEFAULT_CUTOFF,
+         exclude_rows: Iterable[int] = ()) -> list[Hit]:
+    """The hits shown for one query (what `imgrag search` shows), best first, paths absolute.
+    `exclude_rows` are never shown nor weigh in the default set (--like: the photo itself)."""
     allowed = None if options.allowed_rows is None else np.fromiter(options.allowed_rows, np.int64)
     if bundle.size == 0 or (allowed is not None and not len(allowed)):
         return []
-    found = candidates(bundle, query_vec, query, depth=max(DENSE_CANDIDATES, options.limit), allowed=allowed)
+    exclude = np.fromiter(exclude_rows, np.int64)
+    depth = max(DENSE_CANDIDATES, options.limit) + len(exclude)
+    found = candidates(bundle, query_vec, query, depth=depth, allowed=allowed)
     rows, scores = order(found, fusion)
-    if options.min_score is not None:
-        keep = scores >= options.min_score
+    if len(exclude):
+        keep = ~np.isin(rows, exclude)
         rows, scores = rows[keep], scores[keep]
+    keep = shown_set(bundle, query_vec, query, rows, scores, options, cutoff)
+    rows, scores = rows[keep], scores[keep]
     rows, scores = rows[: max(options.limit, 1)], scores[: max(options.limit, 1)]
     parts = {"dense": found.dense, "lexical": found.lexical, "visible_text": found.visible_text,
              "crowding": found.crowding}
@@ -215,6 +233,21 @@ def rank(bundle: Bundle, query_vec: np.ndarray, query: str, options: SearchOptio
             extra={name: round(float(values[at[row]]), 4) for name, values in parts.items()},
         ))
     return hits
+
+
+def shown_set(bundle: Bundle, query_vec: np.ndarray, query: str, rows: np.ndarray, scores: np.ndarray,
+              options: SearchOptions, cutoff: Cutoff = DEFAULT_CUTOFF) -> np.ndarray:
+    """Which of the ranked rows (best first) to show: all with `show_all`, those scoring
+    `min_score` or more when it is set, else the default set for this query (imgrag.cutoff)."""
+    if options.show_all:
+        return np.ones(len(rows), dtype=bool)
+    if options.min_score is not None:
+        return scores >= options.min_score
+    from . import cutoff as default_set
+
+    lexical = bundle.lexical
+    words = lexical.words_present(query, rows) if lexical is not None else np.zeros(len(rows), np.float32)
+    return default_set.shown(scores, words, default_set.background_for(bundle.background, query_vec, cutoff), cutoff)
 
 
 _WHY_CHARS = 160
@@ -370,22 +403,18 @@ class Searcher:
 
     def like(self, photo: Path, options: SearchOptions) -> list[Hit]:
         """Photos whose descriptions are nearest to that of `photo` (an indexed photo), itself left out."""
-        row, sha, caption = self._indexed_row(photo)
+        row, _, caption = self._indexed_row(photo)
         if self._nothing_to_find():
             return []
         # Its caption stands in for query words, so exact-word evidence and "why" work as
-        # for a typed query; one extra hit makes room for the photo itself, left out here.
-        hits = self._rank(self._stored_vector(row), caption, replace(options, limit=options.limit + 1))
-        others = [h for h in hits if h.sha256 != sha][: options.limit]
-        for i, h in enumerate(others, start=1):
-            h.rank = i
-        return others
+        # for a typed query; the photo itself is left out before the default set is chosen.
+        return self._rank(self._stored_vector(row), caption, options, exclude_rows=[row])
 
     def _nothing_to_find(self) -> bool:
         return self.bundle.size == 0 or (self.allowed is not None and not self.allowed)
 
-    def _rank(self, query_vec: np.ndarray, query: str, options: SearchOptions) -> list[Hit]:
-        return rank(self.bundle, query_vec, query, replace(options, allowed_rows=self.allowed))
+    def _rank(self, query_vec: np.ndarray, query: str, options: SearchOptions, exclude_rows: Iterable[int] = ()) -> list[Hit]:
+        return rank(self.bundle, query_vec, query, replace(options, allowed_rows=self.allowed), exclude_rows=exclude_rows)
 
     def _indexed_row(self, photo: Path) -> tuple[int, str, str]:
         """(row, sha256, caption) of a photo in the index, found by its content."""

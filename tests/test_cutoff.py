@@ -1,0 +1,202 @@
+"""The default result set (imgrag.cutoff): a one-concept query shows the photos of that
+concept and not the near misses, an off-topic query shows nothing, and --all, --min-score
+and --limit override it. In process on a 40-photo index (enough for the background
+sample), then through the real CLI on the drawn library of tests/test_search_cli.py."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from imgrag.cutoff import BACKGROUND_FILE, BACKGROUND_MIN, DEFAULT_CUTOFF, background_for, shown
+from imgrag.embed import DEFAULT_MODEL, load_model
+from imgrag.index import Doc, load_bundle, write_bundle
+from imgrag.schema import embedding_text, lexical_text
+from imgrag.search import SearchOptions, rank
+from imgrag.workspace import Workspace
+from test_search_cli import library, one_line  # noqa: F401  (the shared drawn library fixture)
+
+CAPTIONS = {
+    "giraffe_1": "A tall giraffe eating leaves from the top of an acacia tree.",
+    "giraffe_2": "Two giraffes standing in a grassy enclosure at the zoo.",
+    "giraffe_3": "A baby giraffe next to its mother on the savanna.",
+    "zebra_1": "A herd of zebras grazing on dry grass.",
+    "zebra_2": "A zebra standing alone in a dusty field.",
+    "elephant": "An elephant spraying water with its trunk at a watering hole.",
+    "cows": "Black and white cows lying in a green pasture.",
+    "panda": "A panda chewing bamboo in a zoo enclosure.",
+    "horse": "A brown horse running along a wooden fence.",
+    "sheep": "A flock of sheep on a hillside in the fog.",
+    "dog_beach": "A brown dog running on a sandy beach by the sea.",
+    "dog_frisbee": "A dog leaping to catch a frisbee in a park.",
+    "dog_snow": "A husky dog pulling a sled through the snow.",
+    "cat_sofa": "A grey cat asleep on a sofa cushion.",
+    "kitchen_1": "A kitchen with a red kettle on a gas stove.",
+    "kitchen_2": "A modern kitchen with white cabinets and a steel refrigerator.",
+    "stop_sign": "A red stop sign at a street corner.",
+    "traffic": "Cars waiting at a red traffic light at a crossing.",
+    "bus": "A city bus stopped at a bus stop in the rain.",
+    "bicycle": "A bicycle leaning against a brick wall.",
+    "motorbike": "A man riding a motorcycle on a mountain road.",
+    "train": "A steam train crossing a stone bridge.",
+    "boat": "A small fishing boat moored in a harbour.",
+    "plane": "A passenger plane taking off from a runway.",
+    "broccoli": "A plate of steamed broccoli and carrots.",
+    "pizza": "A pepperoni pizza on a wooden board.",
+    "cake": "Children blowing out candles on a birthday cake.",
+    "coffee": "A latte with foam art in a coffee shop.",
+    "laptop": "A laptop and a notebook on an office desk.",
+    "tennis": "A woman hitting a tennis ball on a clay court.",
+    "surfer": "A surfer riding a big wave in the ocean.",
+    "skier": "A skier going down a steep snowy slope.",
+    "skate": "A boy doing a trick on a skateboard in a skate park.",
+    "football": "Two teams playing football in a stadium.",
+    "guitar": "A man playing guitar on a stage under bright lights.",
+    "market": "People shopping at a busy fruit market.",
+    "wedding": "A bride and groom cutting their wedding cake.",
+    "mountain": "A snowy mountain peak above a lake at sunrise.",
+    "city": "A city skyline at night with lit skyscrapers.",
+    "library": "Rows of books on shelves in an old library.",
+}
+NAMES = list(CAPTIONS)
+OFF_TOPIC = ["invoice number 4471", "quarterly tax spreadsheet", "python stack trace"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model(DEFAULT_MODEL)
+
+
+@pytest.fixture(scope="module")
+def bundle(model, tmp_path_factory):
+    ws = Workspace(tmp_path_factory.mktemp("cutoff") / ".imgrag")
+    descriptions = {name: {"caption": caption} for name, caption in CAPTIONS.items()}
+    docs = [Doc(sha256=name, paths=[f"photos/{name}.jpg"], caption=d["caption"], text=embedding_text(d),
+                lexical=lexical_text(d), taken=None, mtime=None) for name, d in descriptions.items()]
+    write_bundle(ws, docs, model.encode([d.text for d in docs]), {"embedding": {"model": DEFAULT_MODEL}})
+    b = load_bundle(ws)
+    yield b
+    b.db.close()
+
+
+def search(bundle, model, query, **options):
+    return [h.sha256 for h in rank(bundle, model.encode([query])[0], query, SearchOptions(**options))]
+
+
+@pytest.mark.parametrize("query, expected", [
+    ("giraffe", {"giraffe_1", "giraffe_2", "giraffe_3"}),
+    ("zebra", {"zebra_1", "zebra_2"}),
+    ("kitchen", {"kitchen_1", "kitchen_2"}),
+    ("stop sign", {"stop_sign"}),
+    ("dog", {"dog_beach", "dog_frisbee", "dog_snow"}),
+    ("bike", {"bicycle"}),  # no description says "bike": by meaning alone, and not the motorcycle
+    ("car", {"traffic"}),  # "Cars waiting at ...": the word counts in any form
+])
+def test_a_one_concept_query_shows_that_concept_and_not_its_neighbours(bundle, model, query, expected):
+    assert set(search(bundle, model, query)) == expected
+
+
+@pytest.mark.parametrize("query", OFF_TOPIC)
+def test_an_off_topic_query_shows_nothing(bundle, model, query):
+    assert search(bundle, model, query) == []
+    assert len(search(bundle, model, query, show_all=True)) == 10, "--all still ranks the nearest"
+
+
+def test_the_default_set_keeps_the_ranking_order(bundle, model):
+    for query in ("giraffe", "dog", "a dog playing outside"):
+        everything = search(bundle, model, query, show_all=True, limit=len(NAMES))
+        default = search(bundle, model, query, limit=len(NAMES))
+        assert default and default == [n for n in everything if n in default], "only which hits, never their order"
+
+
+def test_min_score_and_limit_override(bundle, model):
+    assert len(search(bundle, model, "giraffe", min_score=0.0, limit=len(NAMES))) == len(NAMES)
+    assert search(bundle, model, "giraffe", limit=2) == search(bundle, model, "giraffe", limit=3)[:2]
+    assert len(search(bundle, model, "invoice number 4471", min_score=0.0)) == 10
+
+
+def test_like_shows_the_photos_like_it(bundle, model):
+    """--like: the photo's own vector against the others; the photo itself weighs in nothing."""
+    row = {d.sha256: r for r, d in bundle.docs(list(range(bundle.size))).items()}["giraffe_1"]
+    vec = np.asarray(bundle.index.reconstruct(row), dtype=np.float32)
+    hits = rank(bundle, vec, CAPTIONS["giraffe_1"], SearchOptions(), exclude_rows=[row])
+    assert {h.sha256 for h in hits} == {"giraffe_2", "giraffe_3"}
+    assert [h.rank for h in hits] == [1, 2]
+
+
+def test_the_background_is_the_query_against_a_sample_of_the_photos(bundle, model):
+    assert bundle.background is not None and len(bundle.background) == len(NAMES) >= BACKGROUND_MIN
+    vec = model.encode(["giraffe"])[0]
+    bg = background_for(bundle.background, vec, DEFAULT_CUTOFF)
+    sims = np.asarray(bundle.background, np.float32) @ vec
+    assert bg.centre == pytest.approx(float(np.median(sims)))
+    assert bg.spread >= DEFAULT_CUTOFF.spread_floor
+    assert background_for(bundle.background[: BACKGROUND_MIN - 1], vec, DEFAULT_CUTOFF) is None
+
+
+def test_word_evidence_lowers_the_bar():
+    scores = np.array([0.3, 0.3], dtype=np.float32)
+    assert shown(scores, np.array([1.0, 0.0]), None, DEFAULT_CUTOFF).tolist() == [True, False]
+    assert bool(shown(np.array([0.5]), np.array([0.0]), None, DEFAULT_CUTOFF)[0]), "a high score needs no word"
+
+
+def test_a_half_match_far_below_the_best_hit_is_left_out():
+    scores = np.array([0.8, 0.5], dtype=np.float32)  # 0.3 apart: more than the gap
+    assert shown(scores, np.array([0.5, 0.5]), None, DEFAULT_CUTOFF).tolist() == [True, False]
+    assert shown(scores, np.array([0.5, 1.0]), None, DEFAULT_CUTOFF).tolist() == [True, True], "unless it has every word"
+
+
+def test_an_index_without_a_background_still_chooses_a_set(bundle, model, tmp_path):
+    saved = tmp_path / BACKGROUND_FILE
+    shutil.move(str(bundle.folder / BACKGROUND_FILE), saved)
+    try:
+        old = load_bundle(Workspace(bundle.folder.parent.parent))
+        assert old.background is None
+        assert set(search(old, model, "giraffe")) == {"giraffe_1", "giraffe_2", "giraffe_3"}
+        assert search(old, model, "invoice number 4471") == []
+        old.db.close()
+    finally:
+        shutil.move(str(saved), bundle.folder / BACKGROUND_FILE)
+
+
+def test_words_present_counts_common_words_too(bundle):
+    rows = np.arange(bundle.size)
+    share = bundle.lexical.words_present("dog beach", rows)
+    names = [bundle.docs([int(r)])[int(r)].sha256 for r in rows]
+    by_name = dict(zip(names, share.tolist()))
+    assert by_name["dog_beach"] == pytest.approx(1.0)
+    assert 0 < by_name["dog_snow"] < 1 and by_name["kitchen_1"] == 0
+
+
+# -- through the real CLI, on the drawn library (4 photos: beach dog, kitchen, stop sign, birthday) --
+
+
+def shown_paths(library, *args):  # noqa: F811
+    r = library.search(*args, "--json")
+    doc = json.loads(r.stdout)
+    return r.code, sorted(h["path"].removeprefix(str(library.photos) + "/") for h in doc["results"])
+
+
+def test_cli_one_concept_shows_its_photo_only(library):  # noqa: F811
+    assert shown_paths(library, "stop sign") == (0, ["trips/stop_sign.jpg"])
+    assert shown_paths(library, "kettle") == (0, ["home/kitchen.jpg"])
+
+
+def test_cli_off_topic_exits_1_with_the_hint(library):  # noqa: F811
+    r = library.search("invoice number 4471")
+    assert r.code == 1 and r.stdout == ""
+    line = one_line(r.stderr)
+    assert line.startswith("imgrag: no matching photos") and "--all" in line and "--min-score 0" in line
+
+
+def test_cli_all_min_score_and_limit_override(library):  # noqa: F811
+    code, everything = shown_paths(library, "invoice number 4471", "--all")
+    assert code == 0 and len(everything) == 4  # every photo (the birthday photo's copy shares its row)
+    assert shown_paths(library, "invoice number 4471", "--all", "--limit", "2")[1].__len__() == 2
+    assert len(shown_paths(library, "invoice number 4471", "--min-score", "0")[1]) == 4
+    assert shown_paths(library, "stop sign", "--min-score", "0", "--limit", "1") == (0, ["trips/stop_sign.jpg"])
+    r = library.search("dog", "--all", "--min-score", "0.3")
+    assert r.code == 2 and one_line(r.stderr).startswith("imgrag: error: --all and --min-score cannot be combined")
