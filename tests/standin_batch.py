@@ -141,6 +141,7 @@ class BatchAPI:
             self._line_faults: deque[dict] = deque()
             self.processed: Counter = Counter()  # image content hash -> batch requests answered
             self.calls: Counter = Counter()  # endpoint -> calls
+            self._drops: Counter = Counter()  # endpoint -> replies still to drop after doing the work
 
     # -- test controls -------------------------------------------------------------------
 
@@ -167,6 +168,12 @@ class BatchAPI:
         specs = [as_fault(f) for f in faults]
         with self._lock:
             self._line_faults.extend(specs)
+
+    def drop_reply(self, endpoint: str, times: int = 1) -> None:
+        """Do the work of the next `times` calls to `endpoint` (upload, create, cancel, ...) but
+        reset the connection instead of answering: the client cannot know whether it happened."""
+        with self._lock:
+            self._drops[endpoint] += times
 
     def stats(self) -> dict:
         with self._lock:
@@ -196,11 +203,16 @@ class BatchAPI:
         for verb, pattern, handler in routes:
             match = re.fullmatch(pattern, path)
             if verb == method and match:
+                name = handler.__name__.strip("_")
                 with self._lock:
-                    self.calls[handler.__name__.strip("_")] += 1
+                    self.calls[name] += 1
                     if self.free_plan:
                         return 403, _error(FREE_PLAN_MESSAGE, "not_available_for_plan")
-                    return handler(content_type=content_type, body=body, **match.groupdict())
+                    answer = handler(content_type=content_type, body=body, **match.groupdict())
+                    if self._drops[name] > 0:
+                        self._drops[name] -= 1
+                        return "drop", None
+                    return answer
         return None
 
     def _upload(self, content_type: str, body: bytes, **_):

@@ -790,7 +790,9 @@ class _Handler(BaseHTTPRequestHandler):
         if answer is None:
             return False
         status, payload = answer
-        if isinstance(payload, bytes):
+        if status == "drop":
+            self._abort()
+        elif isinstance(payload, bytes):
             self._send(status, payload, "application/octet-stream")
         else:
             self._send_json(status, payload)

@@ -120,8 +120,8 @@ def run_batch(photos: Path, settings: Settings, options: BatchOptions, progress:
     ws = Workspace.for_photos(photos, index)
     if not photos.is_dir():
         raise UsageError(f"not a folder: {photos}")
-    hours = window_hours(options.window)
-    options.window = f"{hours // 24}d" if hours % 24 == 0 and hours > 24 else f"{hours}h"
+    window_hours(options.window)
+    options.window = options.window.strip().lower()
     summary = BatchSummary(workspace=ws.root, window=options.window)
     with ws.writer_lock(wait=options.wait):
         manifest = ws.read_manifest()

@@ -324,5 +324,12 @@ def status_text(s: Status) -> str:
     ]
     if s.index_problem:
         lines.append(f"problem:      {s.index_problem}")
+    for b in s.batches:
+        counts = b.get("counts") or {}
+        done = f", {counts.get('completed', 0)}/{counts.get('total', 0)} done" if counts.get("total") else ""
+        hours = b["age_s"] / 3600
+        age = f"{hours:.1f} h" if hours >= 1 else f"{round(b['age_s'] / 60)} min"
+        lines.append(f"batch:        {b['id'] or '(submission interrupted)'}: {b['photos']} photos, {b['state']}{done}, "
+                     f"{age} old" + (f" (as of {b['seen']})" if b.get("seen") else ""))
     lines.append(f"next run would: {next_step(s)}")
     return "\n".join(lines)
