@@ -141,6 +141,7 @@ class BatchAPI:
             self._line_faults: deque[dict] = deque()
             self.processed: Counter = Counter()  # image content hash -> batch requests answered
             self.calls: Counter = Counter()  # endpoint -> calls
+            self.call_log: list[tuple[float, str]] = []  # (monotonic time, endpoint) of every call
             self._drops: Counter = Counter()  # endpoint -> replies still to drop after doing the work
 
     # -- test controls -------------------------------------------------------------------
@@ -206,6 +207,7 @@ class BatchAPI:
                 name = handler.__name__.strip("_")
                 with self._lock:
                     self.calls[name] += 1
+                    self.call_log.append((time.monotonic(), name))
                     if self.free_plan:
                         return 403, _error(FREE_PLAN_MESSAGE, "not_available_for_plan")
                     answer = handler(content_type=content_type, body=body, **match.groupdict())

@@ -20,6 +20,7 @@ from imgrag.batch_log import BatchLog
 from imgrag.config import Settings
 from imgrag.describe import DescribeOptions, Progress, run_describe
 from imgrag.workspace import Workspace, read_jsonl
+from reliability_support import seed_query_encoder
 from standin_vlm import StandinVLM
 
 KEY = "gsk_batch_test_key_0123456789"
@@ -319,6 +320,7 @@ def test_index_batch_for_cron(photos, server):
     assert cli(photos, server, "describe", "photos", "--batch").code == 0
     wait_until_done(server)
     draw_scene(photos / "new" / "kitchen.png", "kitchen", size=(500, 400))  # arrived since
+    seed_query_encoder(photos.parent / ".imgrag")  # the query-encoder export is not what this is about
     r = run_imgrag("index", "photos", "--batch", cwd=photos.parent, env=env_for(server), timeout=180)
     assert r.code == 0, r.stderr
     assert "(completed): 4 described" in r.stderr and "submitted 1 photo(s)" in r.stderr
