@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -178,6 +179,7 @@ class _BatchJob:
         self.writer = RecordWriter(ws)
         self.just_described: set[str] = set()
         self._all_groups: dict[str, list[PhotoFile]] | None = None
+        self._written: dict[str, set[str]] | None = None
 
     def close(self) -> None:
         self.writer.close()
@@ -206,10 +208,15 @@ class _BatchJob:
     # -- 1. submissions a killed run left half-done --------------------------------------
 
     def settle(self, remote: Iterator[Any]) -> None:
+        """An intent not followed by its batch: adopt the batch holding its token, or, once the
+        list has gone back past the intent (newest first, an hour's margin for clocks), free it."""
         pending = {e.token: e for e in self.log.entries() if not e.settled}
         if not pending:
             return
+        oldest = min(_epoch(e.created) for e in pending.values()) - 3600
         for batch in remote:
+            if batch.created_at and batch.created_at < oldest:
+                break
             entry = pending.pop(str(batch.metadata.get(METADATA_KEY, "")), None)
             if entry is not None:
                 self.log.submitted(entry.token, batch.id, batch.status, adopted=True)
@@ -341,10 +348,14 @@ class _BatchJob:
         return self._all_groups.get(sha)
 
     def _written_by(self, batch_id: str) -> set[str]:
-        done = set()
-        for path in (self.ws.descriptions_path, self.ws.failures_path):
-            done |= {r["sha256"] for r in read_jsonl(path) if r.get("batch") == batch_id and "sha256" in r}
-        return done
+        """Photos whose result from this batch is already on disk (a collection cut short)."""
+        if self._written is None:
+            self._written = {}
+            for path in (self.ws.descriptions_path, self.ws.failures_path):
+                for r in read_jsonl(path):
+                    if isinstance(r.get("batch"), str) and isinstance(r.get("sha256"), str):
+                        self._written.setdefault(r["batch"], set()).add(r["sha256"])
+        return self._written.get(batch_id, set())
 
     def cancel_open(self) -> None:
         for entry in self.log.open_entries():
@@ -430,6 +441,13 @@ class _BatchJob:
             raise
         self.log.submitted(token, batch.id, batch.status)
         self.summary.submitted.append((batch.id, len(photos)))
+
+
+def _epoch(iso: str) -> float:
+    try:
+        return datetime.fromisoformat(iso).timestamp()
+    except ValueError:
+        return 0.0
 
 
 def _jsonl(data: bytes) -> Iterator[dict[str, Any]]:

@@ -14,7 +14,7 @@ from .base import ChatCompletionsProvider, FatalProviderError, ProviderError, Tr
 CHAT_ENDPOINT = "/v1/chat/completions"
 # Uploads and downloads of up to 200 MB get longer than a chat request.
 TRANSFER_TIMEOUT = 900.0
-LIST_PAGES = 20  # pages of the batch list searched for an interrupted submission
+LIST_PAGES = 200  # at most this many pages of the batch list are read
 T = TypeVar("T")
 
 
@@ -43,6 +43,7 @@ class RemoteBatch:
     counts: dict[str, int] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    created_at: int = 0  # epoch seconds
 
     @classmethod
     def of(cls, batch: Any) -> RemoteBatch:
@@ -56,6 +57,7 @@ class RemoteBatch:
             counts={k: int(getattr(counts, k, 0) or 0) for k in ("total", "completed", "failed")} if counts else {},
             metadata=dict(getattr(batch, "metadata", None) or {}),
             errors=[f"line {getattr(e, 'line', '?')}: {getattr(e, 'message', '')}" for e in errors],
+            created_at=int(getattr(batch, "created_at", 0) or 0),
         )
 
 
@@ -91,8 +93,8 @@ class BatchAPI:
             pass
 
     def batches(self) -> Iterator[RemoteBatch]:
-        """The organisation's batches, newest first, over a few pages (Groq: `paging.next_cursor`;
-        OpenAI: `has_more` + `after`)."""
+        """The organisation's batches, newest first, page after page (Groq: `paging.next_cursor`;
+        OpenAI: `has_more` + `after`). Raises TransientError if there are too many to read."""
         page = self._call(lambda: self.client.batches.list())
         for _ in range(LIST_PAGES):
             for batch in page.data:
@@ -107,6 +109,7 @@ class BatchAPI:
             if not cursor:
                 return
             page = self._call(lambda: self.client.batches.list(extra_query={"cursor": cursor}))
+        raise TransientError(f"more than {LIST_PAGES} pages of batches on the server: cannot tell which are ours")
 
     def _call(self, request: Callable[[], T]) -> T:
         sdk = self.sdk
