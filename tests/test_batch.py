@@ -131,6 +131,7 @@ def test_submit_then_collect_gives_the_live_records(photos, server, tmp_path):
     assert batch_record["description"] == live["description"]
     assert batch_record["usage"] == live["usage"] and batch_record["width"] == 640
     assert json.loads(cli(photos, server, "status", "--json").stdout)["batches"] == []
+    assert server.batch.files == {}, "the photos and descriptions are deleted from the server once collected"
     assert sorted(server.stats()["images"].values()) == [1, 1, 1, 2], "twice only the one described live on purpose"
     assert KEY not in "".join(p.read_text(errors="replace") for p in (photos.parent / ".imgrag").glob("*.jsonl"))
 
@@ -256,9 +257,12 @@ def test_upload_lost_before_the_batch_is_abandoned_and_resubmitted(photos, serve
 def test_kill_during_collect_writes_the_rest_once(photos, server):
     assert cli(photos, server, "describe", "photos", "--batch").code == 0
     wait_until_done(server)
+    server.batch.stats()
+    on_server = dict(server.batch.files)
     assert cli(photos, server, "describe", "photos", "--batch").code == 0
     # What a kill half-way through the collection leaves: two records written, no "closed" step,
-    # and a torn last line.
+    # a torn last line, and the batch's files still on the server (they are deleted after "closed").
+    server.batch.files.update(on_server)
     ws = ws_of(photos)
     lines = ws.descriptions_path.read_bytes().splitlines(keepends=True)
     ws.descriptions_path.write_bytes(b"".join(lines[:2]) + lines[2][:40])

@@ -271,6 +271,9 @@ class _BatchJob:
                 self._record_line(sha, line, remote.id, outcome)
         outcome.unfinished += len(photos - answered)
         self.log.seen(remote.id, remote.status, remote.counts, closed=True)
+        # Groq keeps batch files 30 days unless deleted: the photos and their descriptions need not stay there.
+        for file_id in {remote.input_file_id, entry.file_id, remote.output_file_id, remote.error_file_id} - {None}:
+            self.api.delete_file(str(file_id))
         self.summary.collected.append(outcome)
         if remote.status == "failed":
             self.progress.warn(f"batch {remote.id} failed validation ({'; '.join(outcome.errors) or 'no reason given'}); "

@@ -38,6 +38,7 @@ class Uncertain(TransientError):
 class RemoteBatch:
     id: str
     status: str
+    input_file_id: str | None = None
     output_file_id: str | None = None
     error_file_id: str | None = None
     counts: dict[str, int] = field(default_factory=dict)
@@ -52,6 +53,7 @@ class RemoteBatch:
         return cls(
             id=batch.id,
             status=str(batch.status),
+            input_file_id=getattr(batch, "input_file_id", None),
             output_file_id=getattr(batch, "output_file_id", None),
             error_file_id=getattr(batch, "error_file_id", None),
             counts={k: int(getattr(counts, k, 0) or 0) for k in ("total", "completed", "failed")} if counts else {},
