@@ -12,9 +12,9 @@ cache, index generation, query-encoder export). After every kill each file in `.
 must still load. At the end both commands run to completion and the index is compared
 with one built from scratch out of the same descriptions.
 
-The Batch API part (`--batch-kills`, default 40) kills `imgrag describe --batch` at moments
+The Batch API part (`--batch-kills`, default 40; 5 new photos a cycle) kills `imgrag describe --batch` at moments
 drawn from the span of a run in which it talks to the server (settle, poll, download and
-write results, prepare, upload, create), against a stand-in whose batches finish within a
+write results, prepare, upload, create), against a stand-in whose batches (24 h = 6 s) finish within a
 cycle, and some of which expire half done. Every few cycles a plain live `describe` runs to
 completion beside it (it must leave photos in open batches alone). At the end batch runs
 repeat until no batch is open and every photo is described. The stand-in counts answered
@@ -202,7 +202,8 @@ class Torture:
         }
 
 
-KILL_AFTER_CALLS = ("list", "retrieve", "content", "upload", "create")
+# Kill shortly after one of these calls; "content" twice as often: the results are written just after it.
+KILL_AFTER_CALLS = ("list", "retrieve", "content", "content", "upload", "create")
 
 
 class BatchTorture:
@@ -242,8 +243,8 @@ class BatchTorture:
         self.span = (max(0.0, calls[0] - 0.2), calls[-1] + 0.2) if calls else (0.0, time.monotonic() - t0)
 
     def cycle(self, number: int) -> None:
-        draw_photos(self.photos, self.args.new_per_cycle, start=self.next_photo)
-        self.next_photo += self.args.new_per_cycle
+        draw_photos(self.photos, self.args.batch_new_per_cycle, start=self.next_photo)
+        self.next_photo += self.args.batch_new_per_cycle
         if number % 4 == 3:
             self.server.batch.enqueue_batches("expire")  # half done, then its window runs out
         before_steps, before_calls = len(self.steps()), len(self.server.batch.call_log)
@@ -252,7 +253,8 @@ class BatchTorture:
                           kill_after=self.rng.uniform(0, self.span[1]))
         else:  # just after one of its server calls: mid-collect, mid-prepare, around upload and create
             target = self.rng.choice(KILL_AFTER_CALLS)
-            code = self.run_killed_after(target, self.rng.uniform(0, 0.03), before_calls)
+            delay = self.rng.uniform(0, 0.015 if target == "content" else 0.03)
+            code = self.run_killed_after(target, delay, before_calls)
         if code is None:
             self.after_kill(before_steps, before_calls)
         if number % 5 == 4:  # a plain describe beside the batches, run to completion
@@ -345,8 +347,8 @@ def batch_torture(args: argparse.Namespace) -> dict:
     base = Path(tempfile.mkdtemp(prefix="torture-batch-"))
     try:
         draw_photos(base / "photos", args.photos)
-        # 24 h of completion window last 3 s; batches validate in 0.2 s, then 20 ms a request.
-        with StandinVLM(latency=0.05, time_scale=3 / 86_400) as server:
+        # 24 h of completion window last 6 s; batches validate in 0.2 s, then 20 ms a request.
+        with StandinVLM(latency=0.05, time_scale=6 / 86_400) as server:
             server._server.handle_error = lambda request, address: None
             server.batch.set(validate_s=0.2, request_s=0.02)
             torture = BatchTorture(args, base, server)
@@ -376,6 +378,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="keep the temp folder (its path goes to stderr)")
     parser.add_argument("--batch-kills", type=int, default=40, help="kills of describe --batch (default 40; 0 skips)")
+    parser.add_argument("--batch-new-per-cycle", type=int, default=5, help="photos added before each describe --batch")
     args = parser.parse_args(argv)
     if args.kills == 0:
         started = time.monotonic()

@@ -194,7 +194,8 @@ class _BatchJob:
         first = next(remote, None)  # the first call tells at once whether this key's plan has the Batch API
         self.settle(itertools.chain([first] if first else [], remote))
         for entry in self.log.open_entries():
-            self.poll(entry)
+            if entry.batch_id is not None:
+                self.poll(entry)
         if self.options.cancel:
             self.cancel_open()
             return

@@ -155,12 +155,10 @@ class ChatCompletionsProvider:
         """The chat request, in JSON mode unless the server has refused JSON mode: some
         OpenAI-compatible servers (LM Studio, older llama.cpp) reject `json_object` with a
         400; the prompt asks for JSON anyway and replies are validated either way."""
-        if "response_format" not in params:
-            return self._send(params)
         try:
             return self._send(params)
         except self.sdk.BadRequestError as e:
-            if "response_format" not in _error_code_and_message(e)[1].lower():
+            if "response_format" not in params or "response_format" not in _error_code_and_message(e)[1].lower():
                 raise
             self.json_mode = False
             return self._send({k: v for k, v in params.items() if k != "response_format"})
