@@ -12,16 +12,18 @@ cache, index generation, query-encoder export). After every kill each file in `.
 must still load. At the end both commands run to completion and the index is compared
 with one built from scratch out of the same descriptions.
 
-The Batch API part (`--batch-kills`, default 40; 5 new photos a cycle) kills `imgrag describe --batch` at moments
-drawn from the span of a run in which it talks to the server (settle, poll, download and
-write results, prepare, upload, create), against a stand-in whose batches (24 h = 6 s) finish within a
-cycle, and some of which expire half done. Every few cycles a plain live `describe` runs to
-completion beside it (it must leave photos in open batches alone). At the end batch runs
-repeat until no batch is open and every photo is described. The stand-in counts answered
-requests per image across live and batch: `paid_twice` must be 0, as must `records_lost`,
-`duplicate_records` and `unreadable_files`; `kills_in_submit_window` (killed between an
-intent and its batch being recorded) and `kills_in_collect` (killed while writing a batch's
-results) say the dangerous moments were hit.
+The Batch API part (`--batch-kills`, default 40) kills `imgrag describe --batch`, with 5
+new photos a cycle, a few milliseconds after one of its calls to the stand-in (list,
+retrieve, download of results, upload, create: inside the collection and around the
+submission steps), or at a random moment of the run. The stand-in's batches (24 h = 6 s)
+finish within a cycle, and some expire half done. Every few cycles a plain live
+`describe` runs to completion beside it (it must leave photos in open batches alone). At
+the end batch runs repeat until no batch is open and every photo is described. The
+stand-in counts answered requests per image across live and batch: `paid_twice` must be
+0, as must `batch_records_lost`, `batch_duplicate_records` and `batch_unreadable_files`;
+`kills_in_submit_window` (killed between an intent and its batch being recorded) and
+`kills_in_collect` (killed while writing a batch's results) say the dangerous moments
+were hit.
 
 Figures (all but `kills`, `*_s`, `in_flight_allowance` and `asked_twice` must be 0 / true):
   records_lost                 described photos that disappeared from descriptions.jsonl
