@@ -339,7 +339,7 @@ class BatchAPI:
             batch.stamps["failed_at"] = int(time.time())
             return
         batch.lines = [json.loads(raw) for raw in batch.lines]
-        batch.status, batch.started = "in_progress", now
+        batch.status, batch.started = "in_progress", batch.t0 + self.validate_s  # when it became valid, not when seen
         batch.stamps["in_progress_at"] = int(time.time())
 
     def _process(self, batch: Batch, line: dict) -> None:

@@ -906,6 +906,9 @@ def main(argv=None) -> None:
     parser.add_argument("--api-key")
     parser.add_argument("--image-tokens", type=int, default=1800)
     parser.add_argument("--time-scale", type=float, default=1.0, help="rate-limit windows last 60*s and 86400*s seconds")
+    parser.add_argument("--batch-validate-s", type=float, default=0.0, help="seconds a batch validates")
+    parser.add_argument("--batch-request-s", type=float, default=0.0, help="seconds per request in a batch")
+    parser.add_argument("--free-plan", action="store_true", help="refuse the files/batches endpoints as Groq does a free plan")
     args = parser.parse_args(argv)
     server = StandinVLM(
         catalog=args.catalog,
@@ -917,6 +920,7 @@ def main(argv=None) -> None:
         image_tokens=args.image_tokens,
         time_scale=args.time_scale,
     )
+    server.batch.set(validate_s=args.batch_validate_s, request_s=args.batch_request_s, free_plan=args.free_plan)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
