@@ -292,13 +292,13 @@ def test_files_over_the_line_or_size_limit_are_split(photos, server):
     server.batch.set(max_lines=2)
     s = run_batch(photos, settings_for(server), BatchOptions(max_lines=2), Quiet())
     assert [n for _, n in s.submitted] == [2, 2]
+    longest = max(len(line) for b in server.batch.batches.values()
+                  for line in server.batch.files[b.input_file_id].data.splitlines(keepends=True))
     wait_until_done(server)
     s = run_batch(photos, settings_for(server), BatchOptions(), Quiet())
     assert sum(c.described for c in s.collected) == 4 and s.submitted == []
 
     # By size: the same photos into another index, at most one line's worth of bytes a file.
-    longest = max(len(line) for b in server.batch.batches.values()
-                  for line in server.batch.files[b.input_file_id].data.splitlines(keepends=True))
     server.batch.set(max_lines=50_000)
     s = run_batch(photos, settings_for(server), BatchOptions(max_bytes=longest + 1), Quiet(),
                   index=photos.parent / "other")
