@@ -99,14 +99,13 @@ def _describe(photos: Path, index: Optional[Path], batch: bool = False, window: 
 
 def _describe_batch(photos: Path, index: Optional[Path], window: str, cancel: bool, **kwargs) -> int:
     from . import render
-    from .batch import BatchOptions, run_batch, summary_lines
+    from .batch import BatchOptions, run_batch
 
     options = BatchOptions(window=window, cancel=cancel,
                            **{k: kwargs.pop(k) for k in ("limit", "force", "refresh", "dry_run", "wait")})
     kwargs.pop("jobs", None)  # a batch has no requests in flight to pace
     summary = run_batch(photos, _settings(**kwargs), options, render.DescribeProgress(), index=index)
-    for line in summary_lines(summary):
-        render.info(line)
+    render.batch_summary(summary)
     return summary.exit_code
 
 
