@@ -2,6 +2,7 @@
 run to completion; prints one JSON line of what survived.
 
     python bench/torture.py [--kills 50] [--photos 60] [--jobs 4] [--latency 0.5] [--seed 1]
+    python bench/torture.py --kills 0 --batch-kills 40     # only the Batch API part
 
 Against the stand-in vision server (tests/standin_vlm.py) with photos drawn into a temp
 folder; a few new photos arrive before each cycle, as between cron runs. Each cycle starts a describe and kills it (SIGKILL) at a moment drawn uniformly
@@ -10,6 +11,19 @@ have work and the kills land in every phase (start-up, scan, requests, appends, 
 cache, index generation, query-encoder export). After every kill each file in `.imgrag/`
 must still load. At the end both commands run to completion and the index is compared
 with one built from scratch out of the same descriptions.
+
+The Batch API part (`--batch-kills`, default 40) kills `imgrag describe --batch`, with 5
+new photos a cycle, a few milliseconds after one of its calls to the stand-in (list,
+retrieve, download of results, upload, create: inside the collection and around the
+submission steps), or at a random moment of the run. The stand-in's batches (24 h = 6 s)
+finish within a cycle, and some expire half done. Every few cycles a plain live
+`describe` runs to completion beside it (it must leave photos in open batches alone). At
+the end batch runs repeat until no batch is open and every photo is described. The
+stand-in counts answered requests per image across live and batch: `paid_twice` must be
+0, as must `batch_records_lost`, `batch_duplicate_records` and `batch_unreadable_files`;
+`kills_in_submit_window` (killed between an intent and its batch being recorded) and
+`kills_in_collect` (killed while writing a batch's results) say the dangerous moments
+were hit.
 
 Figures (all but `kills`, `*_s`, `in_flight_allowance` and `asked_twice` must be 0 / true):
   records_lost                 described photos that disappeared from descriptions.jsonl
@@ -190,6 +204,172 @@ class Torture:
         }
 
 
+# Kill shortly after one of these calls; "content" twice as often: the results are written just after it.
+KILL_AFTER_CALLS = ("list", "retrieve", "content", "content", "upload", "create")
+
+
+class BatchTorture:
+    """kill -9 of `imgrag describe --batch` while it settles, collects and submits."""
+
+    def __init__(self, args: argparse.Namespace, base: Path, server: StandinVLM) -> None:
+        self.args, self.base, self.server = args, base, server
+        self.photos = base / "photos"
+        self.ws = base / ".imgrag"
+        self.env = clean_env(server.url)
+        self.rng = random.Random(args.seed + 1)
+        self.next_photo = args.photos
+        self.kills = 0
+        self.phases: Counter = Counter()
+        self.records_lost = 0
+        self.unreadable: list[str] = []
+        self.seen: set[str] = set()
+        self.live_runs = 0
+        self.live_exits: Counter = Counter()
+        self.span = (0.0, 1.0)
+
+    def steps(self) -> list[dict]:
+        return jsonl_lines(self.ws / "batches.jsonl")[0]
+
+    def calibrate(self) -> None:
+        """When, after the start of a batch run, its first and last server calls come."""
+        draw_photos(self.photos, self.args.new_per_cycle, start=self.next_photo)
+        self.next_photo += self.args.new_per_cycle
+        t0 = time.monotonic()
+        run(["describe", str(self.photos), "--batch"], self.base, self.env)
+        time.sleep(0.5)  # let that batch finish, so that the second run collects and submits
+        draw_photos(self.photos, self.args.new_per_cycle, start=self.next_photo)
+        self.next_photo += self.args.new_per_cycle
+        t1 = time.monotonic()
+        run(["describe", str(self.photos), "--batch"], self.base, self.env)
+        calls = [t - t1 for t, _ in self.server.batch.call_log if t >= t1]
+        self.span = (max(0.0, calls[0] - 0.2), calls[-1] + 0.2) if calls else (0.0, time.monotonic() - t0)
+
+    def cycle(self, number: int) -> None:
+        draw_photos(self.photos, self.args.batch_new_per_cycle, start=self.next_photo)
+        self.next_photo += self.args.batch_new_per_cycle
+        if number % 4 == 3:
+            self.server.batch.enqueue_batches("expire")  # half done, then its window runs out
+        before_steps, before_calls = len(self.steps()), len(self.server.batch.call_log)
+        if self.rng.random() < 0.25:  # any moment of the run
+            code, _ = run(["describe", str(self.photos), "--batch"], self.base, self.env,
+                          kill_after=self.rng.uniform(0, self.span[1]))
+        else:  # just after one of its server calls: mid-collect, mid-prepare, around upload and create
+            target = self.rng.choice(KILL_AFTER_CALLS)
+            delay = self.rng.uniform(0, 0.015 if target == "content" else 0.03)
+            code = self.run_killed_after(target, delay, before_calls)
+        if code is None:
+            self.after_kill(before_steps, before_calls)
+        if number % 5 == 4:  # a plain describe beside the batches, run to completion
+            code, _ = run(["describe", str(self.photos)], self.base, self.env)
+            self.live_runs += 1
+            self.live_exits[str(code)] += 1
+        time.sleep(self.rng.uniform(0, 0.4))  # batches move on between runs
+
+    def run_killed_after(self, call: str, delay: float, before_calls: int) -> int | None:
+        """`describe --batch`, killed `delay` s after the stand-in saw its first `call` call
+        (None), unless it ends first (its exit code)."""
+        proc = subprocess.Popen([sys.executable, "-m", "imgrag", "describe", str(self.photos), "--batch"],
+                                cwd=self.base, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            if any(name == call for _, name in self.server.batch.call_log[before_calls:]):
+                time.sleep(delay)
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                return None if proc.returncode == -signal.SIGKILL else proc.returncode
+            time.sleep(0.001)
+        return proc.wait()
+
+    def after_kill(self, before_steps: int, before_calls: int) -> None:
+        self.kills += 1
+        problems = check_readable(self.ws)
+        if problems:
+            log(f"after batch kill {self.kills}: {problems}")
+        self.unreadable += problems
+        shas = {r["sha256"] for r in described(self.ws)}
+        self.records_lost += len(self.seen - shas)
+        self.seen |= shas
+        new = self.steps()[before_steps:]
+        calls = [name for _, name in self.server.batch.call_log[before_calls:]]
+        events = [s["event"] for s in new]
+        open_intent = bool(events) and events[-1] in ("intent", "uploaded")
+        if open_intent:
+            self.phases["submit_window"] += 1
+        elif "content" in calls and "closed" not in events[events.index("seen") if "seen" in events else 0:]:
+            self.phases["collect"] += 1
+        elif "content" in calls or "upload" in calls:
+            self.phases["between"] += 1
+        else:
+            self.phases["other"] += 1
+
+    def finish(self) -> dict:
+        from imgrag.batch_log import BatchLog
+        from imgrag.workspace import Workspace
+
+        exits = []
+        for _ in range(60):
+            code, _ = run(["describe", str(self.photos), "--batch"], self.base, self.env)
+            exits.append(code)
+            open_batches = BatchLog(Workspace(self.ws)).open_entries()
+            if not open_batches and len({r["sha256"] for r in described(self.ws)}) >= self.next_photo:
+                break
+            time.sleep(0.3)
+        records = described(self.ws)
+        by_sha = Counter(r["sha256"] for r in records)
+        answered = Counter(self.server.stats()["images"])
+        steps = self.steps()
+        return {
+            "batch_kills": self.kills,
+            "kills_in_submit_window": self.phases["submit_window"],
+            "kills_in_collect": self.phases["collect"],
+            "kills_between": self.phases["between"],
+            "kills_other": self.phases["other"],
+            "batch_records_lost": self.records_lost,
+            "batch_unreadable_files": len(self.unreadable),
+            "batch_photos": self.next_photo,
+            "batch_described": len(by_sha),
+            "batch_duplicate_records": sum(n - 1 for n in by_sha.values() if n > 1),
+            "paid_twice": sum(n - 1 for n in answered.values() if n > 1),
+            "answered_live": sum(1 for r in records if "batch" not in r),
+            "answered_in_batches": sum(self.server.batch.processed.values()),
+            "batches_created": len(self.server.batch.batches),
+            "batches_adopted": sum(1 for s in steps if s.get("adopted")),
+            "submissions_abandoned": sum(1 for s in steps if s["event"] == "abandoned"),
+            "batches_expired": sum(1 for st in self.server.batch.stats()["batches"].values() if st == "expired"),
+            "open_batches_left": len(BatchLog(Workspace(self.ws)).open_entries()),
+            "final_batch_runs": len(exits),
+            "final_batch_exit": exits[-1],
+            "live_runs_beside": self.live_runs,
+            "live_exits": dict(self.live_exits),
+            "kill_span_s": [round(x, 2) for x in self.span],
+        }
+
+
+def batch_torture(args: argparse.Namespace) -> dict:
+    base = Path(tempfile.mkdtemp(prefix="torture-batch-"))
+    try:
+        draw_photos(base / "photos", args.photos)
+        # 24 h of completion window last 6 s; batches validate in 0.2 s, then 20 ms a request.
+        with StandinVLM(latency=0.05, time_scale=6 / 86_400) as server:
+            server._server.handle_error = lambda request, address: None
+            server.batch.set(validate_s=0.2, request_s=0.02)
+            torture = BatchTorture(args, base, server)
+            torture.calibrate()
+            log(f"batch: kill span {torture.span[0]:.2f}-{torture.span[1]:.2f} s; {args.batch_kills} kills")
+            cycles = 0
+            while torture.kills < args.batch_kills and cycles < 10 * max(1, args.batch_kills):
+                cycles += 1
+                torture.cycle(cycles)
+                if cycles % 10 == 0:
+                    log(f"batch: {torture.kills} kills, phases {dict(torture.phases)}")
+            return torture.finish()
+    finally:
+        if args.keep:
+            log(f"kept {base}")
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=50, help="kills of each command (default 50)")
@@ -199,7 +379,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency", type=float, default=0.5, help="stand-in seconds per request")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="keep the temp folder (its path goes to stderr)")
+    parser.add_argument("--batch-kills", type=int, default=40, help="kills of describe --batch (default 40; 0 skips)")
+    parser.add_argument("--batch-new-per-cycle", type=int, default=5, help="photos added before each describe --batch")
     args = parser.parse_args(argv)
+    if args.kills == 0:
+        started = time.monotonic()
+        figures = batch_torture(args) if args.batch_kills else {}
+        print(json.dumps({**figures, "elapsed_s": round(time.monotonic() - started, 1)}))
+        return
 
     base = Path(tempfile.mkdtemp(prefix="torture-"))
     started = time.monotonic()
@@ -233,8 +420,10 @@ def main(argv: list[str] | None = None) -> None:
             "latency_s": args.latency,
             "calibration_describe_s": round(t_describe, 2),
             "calibration_embed_s": round(t_embed, 2),
-            "elapsed_s": round(time.monotonic() - started, 1),
         }
+        if args.batch_kills:
+            figures.update(batch_torture(args))
+        figures["elapsed_s"] = round(time.monotonic() - started, 1)
         print(json.dumps(figures))
     finally:
         if args.keep:

@@ -86,7 +86,7 @@ def check_readable(root: Path, *, allow_torn_tail: bool = True) -> list[str]:
     scan.json parse; the generation CURRENT names loads with faiss and sqlite and agrees
     with meta.json; the vector cache has whole rows for every key."""
     problems: list[str] = []
-    for name in ("descriptions.jsonl", "failures.jsonl"):
+    for name in ("descriptions.jsonl", "failures.jsonl", "batches.jsonl"):
         try:
             _, torn = jsonl_lines(root / name)
             if torn and not allow_torn_tail:

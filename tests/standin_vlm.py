@@ -42,6 +42,8 @@ import imagehash
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from standin_batch import BatchAPI
+
 DEFAULT_MODEL = "standin-vision"
 # Reported when no limit is set: Groq's free-tier daily requests and a generous token budget.
 DEFAULT_REQUEST_LIMIT = 14_400
@@ -424,6 +426,25 @@ def apply_content_fault(kind: str | None, description: dict, spec: dict) -> str:
     return spoiled.get(kind, text)
 
 
+def chat_completion(model: str, content: str, prompt: int, completion: int) -> dict:
+    return {
+        "id": f"chatcmpl-{uuid.uuid4()}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+        "system_fingerprint": "fp_standin",
+    }
+
+
 # --- the server ---------------------------------------------------------------------------
 
 
@@ -450,6 +471,7 @@ class StandinVLM:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
+        self.batch = BatchAPI(self)  # files + batches endpoints; settings via self.batch.set(...)
         self.reset()
 
     # lifecycle
@@ -526,6 +548,8 @@ class StandinVLM:
             self._in_flight = self._max_in_flight = 0
             self._images: Counter = Counter()
             self._catalog_hits: Counter = Counter()
+        if hasattr(self, "batch"):
+            self.batch.reset()
 
     def _new_limits(self) -> dict:
         minute, day = MINUTE * self.time_scale, DAY * self.time_scale
@@ -608,6 +632,26 @@ class StandinVLM:
             fault = self._faults.popleft() if self._faults else self.default_fault
             record["fault"] = fault["kind"] if fault else None
             return fault
+
+    def batch_reply(self, body, fault: dict | None) -> tuple[int, dict, list[bytes]]:
+        """(status, body, images) of one request inside a batch: answered as a live request
+        would be, with no rate limits; its images count in the same per-content counter."""
+        try:
+            request = parse_chat(body)
+        except BadRequest as exc:
+            return exc.status, {"error": {"message": str(exc), "type": "invalid_request_error", "code": exc.code}}, []
+        images = [data for data, _ in request.images]
+        with self._lock:
+            self._images.update(hashlib.sha256(data).hexdigest() for data in images)
+            if request.model not in self._models:
+                self._models.append(request.model)
+        kind = fault["kind"] if fault else None
+        if kind in ERROR_FAULTS:
+            status, message, type_, code = ERROR_FAULTS[kind]
+            return status, {"error": {"message": message.format(model=request.model), "type": type_, "code": code}}, images
+        content = apply_content_fault(kind if kind in CONTENT_FAULTS else None, self._describe(request), fault or {})
+        prompt = request.prompt_tokens(self.image_tokens)
+        return 200, chat_completion(request.model, content, prompt, len(content) // 4 + 1), images
 
     def _describe(self, request: ChatRequest) -> dict:
         if not request.images:
@@ -717,12 +761,17 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         self._dispatch("POST")
 
+    def do_DELETE(self):
+        self._dispatch("DELETE")
+
     def _dispatch(self, method: str) -> None:
         self._responded, self._record = False, None
         path = urlsplit(self.path).path.rstrip("/")
         try:
             self.body = self._read_body()
             route = self.ROUTES.get((method, path))
+            if route is None and self._batch_api(method, path):
+                return
             if route is None:
                 message = f"Unknown request URL: {method} {path}. Please check the URL for typos."
                 self._error(404, message, code="unknown_url")
@@ -804,6 +853,25 @@ class _Handler(BaseHTTPRequestHandler):
 
     # API endpoints
 
+    def _batch_api(self, method: str, path: str) -> bool:
+        """Files and batches (tests/standin_batch.py); False if the path is none of theirs."""
+        if not self.sv._authorised(self.headers.get("Authorization")):
+            if "/files" in path or "/batches" in path:
+                self._unauthorised()
+                return True
+            return False
+        answer = self.sv.batch.handle(method, path, self.headers.get("Content-Type", ""), self.body)
+        if answer is None:
+            return False
+        status, payload = answer
+        if status == "drop":
+            self._abort()
+        elif isinstance(payload, bytes):
+            self._send(status, payload, "application/octet-stream")
+        else:
+            self._send_json(status, payload)
+        return True
+
     def _models(self) -> None:
         if not self.sv._authorised(self.headers.get("Authorization")):
             self._unauthorised()
@@ -869,22 +937,7 @@ class _Handler(BaseHTTPRequestHandler):
         delay = spec.get("seconds", 30) if kind == "timeout" else 0
         if self.sv._sleep(delay + self.sv.latency):
             return self._abort()
-        reply = {
-            "id": f"chatcmpl-{uuid.uuid4()}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": request.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": content},
-                    "logprobs": None,
-                    "finish_reason": "stop",
-                }
-            ],
-            "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
-            "system_fingerprint": "fp_standin",
-        }
+        reply = chat_completion(request.model, content, prompt, completion)
         drip = {"seconds": spec.get("seconds", 10), "interval": spec.get("interval", 0.5)} if kind == "drip" else None
         return self._send_json(200, reply, drip=drip)
 
@@ -948,6 +1001,9 @@ def main(argv=None) -> None:
     parser.add_argument("--time-scale", type=float, default=1.0, help="rate-limit windows last 60*s and 86400*s seconds")
     parser.add_argument("--limit-mode", choices=("window", "bucket"), default="window",
                         help="sliding windows, or continuously refilling token buckets (as Groq)")
+    parser.add_argument("--batch-validate-s", type=float, default=0.0, help="seconds a batch validates")
+    parser.add_argument("--batch-request-s", type=float, default=0.0, help="seconds per request in a batch")
+    parser.add_argument("--free-plan", action="store_true", help="refuse the files/batches endpoints as Groq does a free plan")
     args = parser.parse_args(argv)
     server = StandinVLM(
         catalog=args.catalog,
@@ -960,6 +1016,7 @@ def main(argv=None) -> None:
         time_scale=args.time_scale,
         limit_mode=args.limit_mode,
     )
+    server.batch.set(validate_s=args.batch_validate_s, request_s=args.batch_request_s, free_plan=args.free_plan)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())

@@ -78,7 +78,14 @@ def _settings(**flags):
     return settings.with_flags(**flags)
 
 
-def _describe(photos: Path, index: Optional[Path], **kwargs) -> int:
+def _describe(photos: Path, index: Optional[Path], batch: bool = False, window: str = "24h", cancel: bool = False,
+              **kwargs) -> int:
+    if batch:
+        return _describe_batch(photos, index, window, cancel, **kwargs)
+    if cancel:
+        from .errors import UsageError
+
+        raise UsageError("--cancel cancels the open batches: give it with --batch")
     from . import render
     from .describe import DescribeOptions, run_describe
 
@@ -89,6 +96,19 @@ def _describe(photos: Path, index: Optional[Path], **kwargs) -> int:
         options.jobs = settings.jobs
     summary = run_describe(photos, settings, options, render.DescribeProgress(), index=index)
     render.describe_summary(summary)
+    return summary.exit_code
+
+
+def _describe_batch(photos: Path, index: Optional[Path], window: str, cancel: bool, **kwargs) -> int:
+    from . import render
+    from .batch import BatchOptions, run_batch
+
+    options = BatchOptions(window=window, cancel=cancel,
+                           **{k: kwargs.pop(k) for k in ("limit", "force", "refresh", "dry_run", "wait")})
+    kwargs.pop("jobs", None)  # a batch has no requests in flight to pace
+    kwargs.pop("retry_failed", None)  # quarantined photos are retried by a live run
+    summary = run_batch(photos, _settings(**kwargs), options, render.DescribeProgress(), index=index)
+    render.batch_summary(summary)
     return summary.exit_code
 
 
@@ -114,9 +134,12 @@ RetryFailedOpt = Annotated[bool, typer.Option("--retry-failed", help="Try quaran
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help=(
     "Say what would be sent (count, tokens, time at the known limits, cost); send nothing. "
     f"Prices: IMGRAG_PRICE_INPUT / IMGRAG_PRICE_OUTPUT (default ${DEFAULT_PRICE_INPUT:.2f} / ${DEFAULT_PRICE_OUTPUT:.2f} per million tokens)."))]
+BatchOpt = Annotated[bool, typer.Option("--batch", help="Use the Batch API: half the price, results within the window. Each run collects finished batches and submits what is left.")]
+WindowOpt = Annotated[str, typer.Option("--window", help="Batch completion window, 24h to 7d.")]
+CancelOpt = Annotated[bool, typer.Option("--cancel", help="With --batch: cancel the open batches (what they finished is collected next run).")]
 
 
-@app.command(epilog="Example: imgrag describe ~/Pictures/2024 --jobs 4")
+@app.command(epilog="Examples: imgrag describe ~/Pictures/2024 --jobs 4\n\n  imgrag describe ~/Pictures --batch --window 48h")
 @_exits
 def describe(
     photos: PhotosArg,
@@ -131,10 +154,14 @@ def describe(
     index: IndexOpt = None,
     wait: WaitOpt = False,
     retry_failed: RetryFailedOpt = False,
+    batch: BatchOpt = False,
+    window: WindowOpt = "24h",
+    cancel: CancelOpt = False,
 ) -> int:
     """Describe new photos with the vision model into .imgrag/descriptions.jsonl (resumable)."""
     return _describe(photos, index, provider=provider, model=model, base_url=base_url, jobs=jobs, limit=limit,
-                     force=force, refresh=refresh, dry_run=dry_run, wait=wait, retry_failed=retry_failed)
+                     force=force, refresh=refresh, dry_run=dry_run, wait=wait, retry_failed=retry_failed,
+                     batch=batch, window=window, cancel=cancel)
 
 
 EmbedModelOpt = Annotated[Optional[str], typer.Option("--model", help="Sentence-transformers model. Env: IMGRAG_EMBED_MODEL (default all-MiniLM-L6-v2, works offline).", show_default=False)]
@@ -154,7 +181,8 @@ def embed(
     return _embed(photos, index, model, rebuild, wait)
 
 
-@app.command("index", epilog="Example (crontab): 0 3 * * *  imgrag index ~/Pictures >> ~/imgrag.log 2>&1")
+@app.command("index", epilog=("Example (crontab): 0 3 * * *  imgrag index ~/Pictures >> ~/imgrag.log 2>&1\n\n"
+                              "  with the Batch API (half the price): 0 3 * * *  imgrag index ~/Pictures --batch"))
 @_exits
 def index_cmd(
     photos: PhotosArg,
@@ -166,10 +194,12 @@ def index_cmd(
     embed_model: Annotated[Optional[str], typer.Option("--embed-model", help="Env: IMGRAG_EMBED_MODEL.", show_default=False)] = None,
     index: IndexOpt = None,
     wait: WaitOpt = False,
+    batch: BatchOpt = False,
+    window: WindowOpt = "24h",
 ) -> int:
     """Describe new photos, then embed: the one command for cron."""
     code = _describe(photos, index, provider=provider, model=model, base_url=base_url, jobs=jobs, limit=limit,
-                     force=False, refresh=False, dry_run=False, wait=wait)
+                     force=False, refresh=False, dry_run=False, wait=wait, batch=batch, window=window)
     if code in (EXIT_OK, EXIT_SOME, EXIT_TEMPFAIL):
         # Embed what was described, even when some photos failed or the quota ran out.
         _embed(photos, index, embed_model, False, wait)

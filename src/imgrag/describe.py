@@ -170,6 +170,7 @@ def run_describe(photos: Path, settings: Settings, options: DescribeOptions, pro
             summary.quarantined = len(load_quarantine(ws, described).keys() & groups.keys())
         if not groups:
             raise UsageError(f"no photos found under {photos} (looked for jpg, png, webp, gif, bmp, tiff, heic)")
+        todo = _skip_photos_in_open_batches(ws, todo, progress)
         todo_now = todo if options.limit is None else todo[: options.limit]
         summary.todo = len(todo_now)
         summary.remaining = len(todo)
@@ -189,6 +190,62 @@ def run_describe(photos: Path, settings: Settings, options: DescribeOptions, pro
             summary.remaining = len(todo) - summary.described
             _remember_limits(ws, settings, pacer)
     return summary
+
+
+def _skip_photos_in_open_batches(ws: Workspace, todo: list[str], progress: Progress) -> list[str]:
+    """A photo in an open batch is paid for there: never send it again until that batch ends."""
+    from .batch_log import BatchLog
+
+    held = BatchLog(ws).held_photos()
+    if not held:
+        return todo
+    kept = [sha for sha in todo if sha not in held]
+    if len(kept) < len(todo):
+        progress.warn(f"{len(todo) - len(kept)} photo(s) are in an open batch and are left to it: "
+                      "`imgrag describe --batch` collects them")
+    return kept
+
+
+def description_record(sha: str, files: list[PhotoFile], meta: PhotoMeta, provider: str, model: str,
+                       usage: dict[str, int], description: dict[str, Any]) -> dict[str, Any]:
+    """The line written to descriptions.jsonl for a validated description (live or batch)."""
+    first = files[0]
+    return {
+        "sha256": sha,
+        "paths": [f.rel for f in files],
+        "size": first.size,
+        "mtime": first.mtime_ns // 1_000_000_000,
+        "width": meta.width,
+        "height": meta.height,
+        # Metadata stays here, on this machine: the image sent was re-encoded without it.
+        "taken": meta.taken,
+        "camera": meta.camera,
+        "gps": list(meta.gps) if meta.gps else None,
+        "provider": provider,
+        "model": model,
+        "prompt_version": PROMPT_VERSION,
+        "created": now_iso(),
+        "usage": usage,
+        "description": description,
+    }
+
+
+def failure_record(sha: str, files: list[PhotoFile], reason: str, kind: str, provider: str,
+                   model: str, previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The line written to failures.jsonl for a photo that could not be described (live or batch);
+    `previous` is the photo's last failure, for the strikes towards quarantine."""
+    permanent = permanent_reason(kind, reason)
+    return {
+        "sha256": sha,
+        "paths": [f.rel for f in files],
+        "reason": reason,
+        "kind": kind,
+        "permanent": permanent,
+        "strikes": strikes(previous, permanent),
+        "provider": provider,
+        "model": model,
+        "time": now_iso(),
+    }
 
 
 # -- --dry-run and the limits it estimates with ---------------------------------------------
@@ -376,7 +433,6 @@ class _Job:
     def _describe(self, photo: _Prepared) -> None:
         sha, meta = photo.sha, photo.meta
         files = self.groups[sha]
-        first = files[0]
         try:
             desc, usage = self._ask(photo.data_url)
         except _GiveUp as e:
@@ -386,24 +442,7 @@ class _Job:
             return
         except _Stopped:
             return
-        record: dict[str, Any] = {
-            "sha256": sha,
-            "paths": [f.rel for f in files],
-            "size": first.size,
-            "mtime": first.mtime_ns // 1_000_000_000,
-            "width": meta.width,
-            "height": meta.height,
-            # Metadata stays here, on this machine: the image sent was re-encoded without it.
-            "taken": meta.taken,
-            "camera": meta.camera,
-            "gps": list(meta.gps) if meta.gps else None,
-            "provider": self.provider.name,
-            "model": self.provider.model,
-            "prompt_version": PROMPT_VERSION,
-            "created": now_iso(),
-            "usage": usage,
-            "description": desc,
-        }
+        record = description_record(sha, files, meta, self.provider.name, self.provider.model, usage, desc)
         if not self.writer.add_description(record):
             return  # abandoned by a second Ctrl-C
         with self.lock:  # counted only once it is on disk
@@ -522,18 +561,8 @@ class _Job:
     def _fail(self, sha: str, reason: str, kind: str) -> None:
         files = self.groups[sha]
         reason = self._redact(reason)
-        permanent = permanent_reason(kind, reason)
-        record = {
-            "sha256": sha,
-            "paths": [f.rel for f in files],
-            "reason": reason,
-            "kind": kind,
-            "permanent": permanent,
-            "strikes": strikes(self.previous_failures.get(sha), permanent),
-            "provider": self.provider.name,
-            "model": self.provider.model,
-            "time": now_iso(),
-        }
+        record = failure_record(sha, files, reason, kind, self.provider.name, self.provider.model,
+                                self.previous_failures.get(sha))
         if not self.writer.add_failure(record):
             return
         with self.lock:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import UsageError
 
 if TYPE_CHECKING:
+    from .batch import BatchSummary
     from .describe import DescribeSummary
     from .embed_job import EmbedSummary
     from .search import Hit
@@ -349,5 +350,66 @@ def status_text(s: Status) -> str:
     ]
     if s.index_problem:
         lines.append(f"problem:      {s.index_problem}")
+    for b in s.batches:
+        counts = b.get("counts") or {}
+        done = f", {counts.get('completed', 0)}/{counts.get('total', 0)} done" if counts.get("total") else ""
+        lines.append(f"batch:        {b['id'] or '(submission interrupted)'}: {b['photos']} photos, {b['state']}{done}, "
+                     f"{_age(b['age_s'])} old" + (f" (as of {b['seen']})" if b.get("seen") else ""))
     lines.append(f"next run would: {next_step(s)}")
     return "\n".join(lines)
+
+
+def batch_summary(s: BatchSummary) -> None:
+    """What a `describe --batch` run did, on stderr."""
+    for line in _batch_lines(s):
+        info(line)
+
+
+def _batch_lines(s: BatchSummary) -> list[str]:
+    from .batch import BATCH_DISCOUNT
+
+    lines = []
+    if s.estimate is not None:
+        e = s.estimate
+        held = f", {s.held} in open batches" if s.held else ""
+        lines.append(
+            f"dry run (batch): {s.found} photos, {s.already} already described{held}, would submit {e.photos}: "
+            f"~{e.prompt_tokens:,} input + ~{e.completion_tokens:,} output tokens, ~${e.cost:.2f} at the batch "
+            f"price (half of ~${e.cost / BATCH_DISCOUNT:.2f}), results within {s.window}; nothing was sent")
+        return lines
+    for b in s.collected:
+        lines.append(f"imgrag: collected batch {b.batch_id} ({b.status}): {b.described} described, {b.failed} failed"
+                     + (f", {b.unfinished} left for the next batch" if b.unfinished else ""))
+    for b in s.open:
+        counts = b.get("counts") or {}
+        done = f", {counts.get('completed', 0)}/{counts.get('total', 0)} done" if counts.get("total") else ""
+        lines.append(f"imgrag: batch {b['id']} of {b['photos']} photo(s): {b['state']}{done}, "
+                     f"submitted {_age(b['age_s'])} ago")
+    if s.cancelled:
+        lines.append(f"imgrag: cancelled {len(s.cancelled)} batch(es): {', '.join(s.cancelled)}; "
+                     "the next `imgrag describe --batch` collects what they finished")
+    if s.submitted:
+        photos = sum(n for _, n in s.submitted)
+        ids = ", ".join(i for i, _ in s.submitted)
+        lines.append(f"imgrag: submitted {photos} photo(s) in {len(s.submitted)} batch(es) ({ids}), completion "
+                     f"window {s.window}; run `imgrag describe --batch` again later to collect them")
+    elif not s.cancelled and not s.stopped_by:
+        waiting = f"; {s.held} photo(s) wait in open batches" if s.held else ""
+        lines.append(f"imgrag: nothing new to submit ({s.already + s.described} described{waiting})")
+    if s.stopped_by:
+        lines.append(f"imgrag: stopped: {s.stop_reason}; what finished is saved, run again later")
+    for path, reason in s.failures[:10]:
+        lines.append(f"imgrag: failed: {path}: {reason}")
+    if len(s.failures) > 10:
+        lines.append(f"imgrag: ... and {len(s.failures) - 10} more (see .imgrag/failures.jsonl)")
+    return lines
+
+
+def _age(seconds: float) -> str:
+    if seconds < 90:
+        return f"{round(seconds)} s"
+    if seconds < 90 * 60:
+        return f"{round(seconds / 60)} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"

@@ -43,6 +43,9 @@ class Status:
     next_describe: int = 0
     next_embed: int = 0
     next_rebuild_index: bool = False
+    # Batch API: open batches as last seen by `describe --batch` (id, photos, state, age_s, ...)
+    batches: list[dict[str, Any]] = field(default_factory=list)
+    in_open_batches: int = 0  # photos without a description that wait in an open batch
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,6 +69,7 @@ def collect_status(ws: Workspace, photos: Path | None = None) -> Status:
     _quarantine_status(status, groups, held)
     status.vision_models = dict(Counter(str(described[sha].get("model")) for sha in groups if sha in described))
     status.next_describe = status.photos - status.described - status.quarantined
+    _batch_status(ws, status, groups, described)
     _embedding_status(ws, manifest, status, groups, described)
     return status
 
@@ -77,6 +81,16 @@ def _quarantine_status(status: Status, groups: dict, held: dict[str, dict[str, A
         {"path": r["path"], "reason": r.get("reason", ""), "strikes": r.get("strikes"), "since": r.get("time")}
         for r in sorted(rows, key=lambda r: r["path"])
     ]
+
+
+def _batch_status(ws: Workspace, status: Status, groups: dict, described: dict) -> None:
+    from .batch_log import BatchLog
+
+    entries = BatchLog(ws).open_entries()
+    status.batches = [e.summary() for e in entries]
+    held = {sha for e in entries for sha in e.photos}
+    status.in_open_batches = sum(1 for sha in groups if sha in held and sha not in described)
+    status.next_describe -= status.in_open_batches
 
 
 def _embedding_status(ws: Workspace, manifest: dict, status: Status, groups: dict, described: dict) -> None:
@@ -106,6 +120,9 @@ def _embedding_status(ws: Workspace, manifest: dict, status: Status, groups: dic
 def next_step(status: Status) -> str:
     """What `imgrag index` would do now, in words."""
     work = []
+    if status.batches:
+        work.append(f"collect {len(status.batches)} open batch{'es' if len(status.batches) > 1 else ''} "
+                    "(with --batch)")
     if status.next_describe:
         failed = f" ({status.failed} failed before)" if status.failed else ""
         work.append(f"describe {status.next_describe}{failed}")

@@ -108,6 +108,21 @@ class ChatCompletionsProvider:
 
     def describe(self, data_url: str, retry_feedback: tuple[str, str] | None = None) -> ProviderReply:
         """One request. `retry_feedback` = (previous reply, what was wrong with it)."""
+        try:
+            headers, body = self._create(self.chat_params(data_url, retry_feedback))
+        except self.sdk.APIStatusError as e:
+            raise self._status_error(e) from None
+        except self.sdk.APITimeoutError:
+            raise TransientError("the request timed out") from None
+        except self.sdk.APIConnectionError as e:
+            where = self.base_url or f"the {self.name} API"
+            raise TransientError(f"cannot connect to {where} ({e.__cause__ or e}): check IMGRAG_BASE_URL and the network") from None
+        except self.sdk.APIError as e:  # a response the SDK cannot read
+            raise TransientError(f"unreadable response ({e})") from None
+        return self.parse_completion(body, headers)
+
+    def chat_params(self, data_url: str, retry_feedback: tuple[str, str] | None = None) -> dict[str, Any]:
+        """The chat request for one photo: what `describe` sends, and the body of a batch line."""
         # Instructions go in the user turn: some vision models refuse a system prompt next to an image.
         messages: list[dict[str, Any]] = [
             {
@@ -124,40 +139,34 @@ class ChatCompletionsProvider:
             messages.append(
                 {"role": "user", "content": f"That reply was not valid: {problem}. Reply again with only the JSON object."}
             )
-        try:
-            headers, body = self._create(messages)
-        except self.sdk.APIStatusError as e:
-            raise self._status_error(e) from None
-        except self.sdk.APITimeoutError:
-            raise TransientError("the request timed out") from None
-        except self.sdk.APIConnectionError as e:
-            where = self.base_url or f"the {self.name} API"
-            raise TransientError(f"cannot connect to {where} ({e.__cause__ or e}): check IMGRAG_BASE_URL and the network") from None
-        except self.sdk.APIError as e:  # a response the SDK cannot read
-            raise TransientError(f"unreadable response ({e})") from None
-        try:
-            completion = self.sdk.types.chat.ChatCompletion.model_validate_json(body)
-        except ValueError:  # a 200 whose body is not a completion (an HTML page, junk)
-            raise TransientError(f"unreadable response ({body[:80]!r})", headers) from None
-        return self._reply(completion, headers)
-
-    def _create(self, messages: list[dict[str, Any]]) -> tuple[dict[str, str], bytes]:
-        """The chat request, in JSON mode unless the server has refused JSON mode: some
-        OpenAI-compatible servers (LM Studio, older llama.cpp) reject `json_object` with a
-        400; the prompt asks for JSON anyway and replies are validated either way."""
         params: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": 0.2,
                                   "max_tokens": MAX_REPLY_TOKENS}
         if self.reasoning_off:
             params["reasoning_effort"] = "none"
-        if not self.json_mode:
-            return self._send(params)
+        if self.json_mode:
+            params["response_format"] = {"type": "json_object"}
+        return params
+
+    def parse_completion(self, body: bytes | dict[str, Any], headers: dict[str, str]) -> ProviderReply:
+        """A chat completion's text and usage: of a live reply (bytes) or of a batch output line (parsed)."""
+        completions = self.sdk.types.chat.ChatCompletion
         try:
-            return self._send({**params, "response_format": {"type": "json_object"}})
+            completion = completions.model_validate(body) if isinstance(body, dict) else completions.model_validate_json(body)
+        except ValueError:  # a 200 whose body is not a completion (an HTML page, junk)
+            raise TransientError(f"unreadable response ({str(body)[:80]!r})", headers) from None
+        return self._reply(completion, headers)
+
+    def _create(self, params: dict[str, Any]) -> tuple[dict[str, str], bytes]:
+        """The chat request, in JSON mode unless the server has refused JSON mode: some
+        OpenAI-compatible servers (LM Studio, older llama.cpp) reject `json_object` with a
+        400; the prompt asks for JSON anyway and replies are validated either way."""
+        try:
+            return self._send(params)
         except self.sdk.BadRequestError as e:
-            if "response_format" not in _error_code_and_message(e)[1].lower():
+            if "response_format" not in params or "response_format" not in _error_code_and_message(e)[1].lower():
                 raise
             self.json_mode = False
-            return self._send(params)
+            return self._send({k: v for k, v in params.items() if k != "response_format"})
 
     def _send(self, params: dict[str, Any]) -> tuple[dict[str, str], bytes]:
         """(headers, body) of one request, within `timeout` seconds in all. The SDK's
