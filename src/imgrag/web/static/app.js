@@ -208,10 +208,7 @@ async function loadPage(params, offset, generation) {
     show(ui.more, state.nextOffset !== null);
     if (offset === 0 && data.index === "none") noIndex(data);
     else if (offset === 0 && !state.results.length) noResults(params, data);
-    if (offset === 0 && state.results.length) {
-      const n = state.results.length;
-      ui.grid.setAttribute("aria-label", `Results for ${params.q ? `“${params.q}”` : "similar photos"}: ${n}${state.nextOffset !== null ? " and more" : ""}`);
-    }
+    if (state.results.length) countMessage(params);
   } catch (err) {
     if (generation !== state.generation) return;
     searchFailed(err);
@@ -221,6 +218,16 @@ async function loadPage(params, offset, generation) {
       ui.grid.removeAttribute("aria-busy");
     }
   }
+}
+
+function countMessage(params) {
+  const n = state.results.length;
+  const more = state.nextOffset !== null;
+  const what = params.q ? `for “${params.q}”` : "like this one";
+  const sorted = params.sort === "date" ? ", newest first" : "";
+  const text = `${n}${more ? "+" : ""} ${n === 1 && !more ? "photo" : "photos"} ${what}${sorted}`;
+  setMessage(h("span", { class: "muted", id: "count", text }));
+  ui.grid.setAttribute("aria-label", text);
 }
 
 function loadMore() {
@@ -439,7 +446,9 @@ function fillDetail(record, result) {
     const value = desc[key];
     if (key === "people" && value && typeof value === "object") {
       if (value.count || (value.activities || []).length) {
-        row(label, [String(value.count ?? 0), (value.activities || []).length ? `: ${value.activities.join("; ")}` : ""].join(""));
+        const count = value.count ?? 0;
+        const who = count === 1 ? "1 person" : `${count} people`;
+        row(label, (value.activities || []).length ? `${who}: ${value.activities.join("; ")}` : who);
       }
     } else if (Array.isArray(value)) {
       row(label, value.length ? list(value) : null, key === "text" ? "verbatim" : null);
@@ -516,7 +525,7 @@ async function loadStatus({ open = false } = {}) {
   state.status = s;
   const fields = $("status-fields");
   clear(fields);
-  const row = (label, value) => fields.append(h("dt", { text: label }), h("dd", { text: value }));
+  const row = (label, value) => fields.append(h("div", {}, h("dt", { text: label }), h("dd", { text: value })));
   const missing = s.exists === false;
   const empty = !missing && !s.index_size;
   if (!missing) {
