@@ -4,6 +4,7 @@
 "use strict";
 
 const PAGE_SIZE = 48;
+const AUTOLOAD_MARGIN = 400; // px below the window at which the next page starts loading
 // The URL holds the whole search, so back/forward and shared links restore it.
 const SEARCH_KEYS = ["q", "like", "in", "after", "before", "min_score", "sort", "limit"];
 const FILTER_KEYS = ["in", "after", "before", "min_score", "sort"];
@@ -178,6 +179,7 @@ async function runSearch(params) {
   state.results = [];
   state.nextOffset = null;
   clear(ui.grid);
+  ui.grid.setAttribute("aria-label", "Results");
   show(ui.more, false);
   setMessage("");
   showLikeBanner(params);
@@ -206,6 +208,8 @@ async function loadPage(params, offset, generation) {
     addTiles(data.results || []);
     state.nextOffset = data.next_offset ?? null;
     show(ui.more, state.nextOffset !== null);
+    // The observer only speaks when the end of the grid comes into view; if it still is, go on.
+    if (state.nextOffset !== null) requestAnimationFrame(() => { if (nearBottom()) loadMore(); });
     if (offset === 0 && data.index === "none") noIndex(data);
     else if (offset === 0 && !state.results.length) noResults(params, data);
     if (state.results.length) countMessage(params);
@@ -228,6 +232,10 @@ function countMessage(params) {
   const text = `${n}${more ? "+" : ""} ${n === 1 && !more ? "photo" : "photos"} ${what}${sorted}`;
   setMessage(h("span", { class: "muted", id: "count", text }));
   ui.grid.setAttribute("aria-label", text);
+}
+
+function nearBottom() {
+  return !ui.more.hidden && ui.more.getBoundingClientRect().top < window.innerHeight + AUTOLOAD_MARGIN;
 }
 
 function loadMore() {
@@ -788,7 +796,7 @@ function init() {
   if (window.IntersectionObserver) {
     new IntersectionObserver((entries) => {
       if (entries.some((e) => e.isIntersecting)) loadMore();
-    }, { rootMargin: "400px" }).observe(ui.more);
+    }, { rootMargin: `${AUTOLOAD_MARGIN}px` }).observe(ui.more);
   }
   ui.grid.addEventListener("click", (event) => {
     const tile = event.target.closest(".tile");
