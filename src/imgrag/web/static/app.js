@@ -468,8 +468,10 @@ function fillDetail(record, result) {
     row(key.replace(/_/g, " "), Array.isArray(value) ? list(value) : String(value));
   }
   if (result) row("Score", formatScore(result.score));
-  const taken = record.taken || record.date || (result && result.date);
-  row("Taken", taken ? formatDate(taken, true) : "unknown");
+  // The camera's date when EXIF has one; else the file's time, and the label says so.
+  const fileDate = record.date || (result && result.date);
+  if (record.taken) row("Taken", formatDate(record.taken, true));
+  else row("Date", fileDate ? `${formatDate(fileDate, true)} (file time; no date from the camera)` : "unknown");
   row("Camera", record.camera);
   const gps = record.gps;
   if (Array.isArray(gps) && gps.length >= 2) {
