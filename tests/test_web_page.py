@@ -2,7 +2,7 @@
 against a real `imgrag serve` (uvicorn on 127.0.0.1) over workspaces built with the
 stand-in vision server. One browser per session; each test gets a fresh browser context.
 A failing test leaves a screenshot of every page it opened in the artifacts folder
-(IMGRAG_TEST_ARTIFACTS, else the session's pytest temp folder)."""
+(IMGRAG_TEST_ARTIFACTS, else imgrag-test-artifacts in the system's temp folder)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -181,8 +182,9 @@ def browser():
 
 
 @pytest.fixture(scope="session")
-def artifacts(tmp_path_factory) -> Path:
-    folder = Path(os.environ.get("IMGRAG_TEST_ARTIFACTS") or tmp_path_factory.getbasetemp() / "artifacts")
+def artifacts() -> Path:
+    # Not pytest's temp folder: it keeps only the last few runs of anyone's tests.
+    folder = Path(os.environ.get("IMGRAG_TEST_ARTIFACTS") or Path(tempfile.gettempdir()) / "imgrag-test-artifacts")
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -538,3 +540,25 @@ def test_desktop_light_mode_is_light(server, open_page):
     assert luminance(page.evaluate("getComputedStyle(document.querySelector('.caption')).color")) < 0.3
 
 
+
+
+# ---- errors and a read-only server ---------------------------------------------------------
+
+def test_a_bad_parameter_shows_the_servers_error_line(server, open_page):
+    page = open_page(server.url + "?q=dog&after=2024-13-45")
+    expect(page.locator("#message .error")).to_contain_text("2024-13-45")
+    expect(page.locator("#grid .tile")).to_have_count(0)
+
+
+def test_read_only_server_searches_but_offers_no_jobs(server, standin_server, open_page):
+    read_only = Served(server.photos, user_env(standin_server, IMGRAG_SERVE_TOKEN=TOKEN), "--read-only")
+    try:
+        read_only.wait_until_loaded(AUTH)
+        page = open_page(read_only.url)
+        page.click("#status-toggle")
+        expect(page.locator("#status-next")).to_contain_text("read-only")
+        expect(page.locator("#job-buttons")).to_be_hidden()
+        search(page, "red stop sign")
+        expect(page.locator("#grid .tile").first.locator("img")).to_have_attribute("alt", caption("stop_sign"))
+    finally:
+        read_only.stop()

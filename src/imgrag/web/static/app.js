@@ -250,7 +250,12 @@ function addTiles(results) {
     const index = state.results.length;
     state.results.push(result);
     const caption = result.caption || "(no caption)";
-    const img = h("img", { src: result.thumbnail_url, alt: caption, loading: "lazy", decoding: "async", width: 320, height: 320 });
+    const img = h("img", {
+      src: sized(result.thumbnail_url, 256), alt: caption, loading: "lazy", decoding: "async", width: 256, height: 256,
+      // Sharp on phones and HiDPI screens too: each size is made once and cached by the server.
+      srcset: `${sized(result.thumbnail_url, 256)} 256w, ${sized(result.thumbnail_url, 512)} 512w`,
+      sizes: "(max-width: 700px) 50vw, 220px",
+    });
     img.addEventListener("error", () => img.classList.add("broken"), { once: true });
     fragment.append(h("li", {},
       h("a", {
@@ -264,6 +269,12 @@ function addTiles(results) {
         h("time", { datetime: result.date || null, text: formatDate(result.date) || "no date" })))));
   }
   ui.grid.append(fragment);
+}
+
+function sized(url, size) {
+  const u = new URL(url, location.href);
+  u.searchParams.set("size", size);
+  return u.pathname + u.search;
 }
 
 function noResults(params, data) {
@@ -417,7 +428,7 @@ async function openDetail(id) {
   $("detail-prev").disabled = index <= 0;
   $("detail-next").disabled = index < 0 || index >= state.results.length - 1;
   const img = $("detail-img");
-  img.src = `api/photos/${encodeURIComponent(id)}/preview`;
+  img.src = result && result.preview_url ? result.preview_url : `api/photos/${encodeURIComponent(id)}/preview`;
   img.alt = result ? result.caption || "" : "";
   $("detail-caption").textContent = result ? result.caption || "" : "…";
   $("detail-why").textContent = result && result.why ? `Why it matched: ${result.why}` : "";
@@ -564,7 +575,10 @@ async function loadStatus({ open = false } = {}) {
   clear(folders);
   for (const root of s.roots || []) folders.append(h("option", { value: root }));
   if (open || missing || empty) togglePanel(ui.status, ui.statusToggle, true);
-  if ((missing || empty) && !readUrl().q && !readUrl().like) setMessage("");
+  if (!readUrl().q && !readUrl().like) {
+    if (missing || empty) setMessage("");
+    else if (!ui.message.childNodes.length) introMessage();
+  }
   const running = s.job || (s.jobs || []).find((j) => !FINISHED.has(j.state));
   if (running && running.id && (!state.job || state.job.id !== running.id)) followJob(running.id, running.kind);
 }
