@@ -32,6 +32,7 @@ from conftest import draw_scene, run_imgrag, scene_catalog
 from standin_vlm import StandinVLM
 
 URL_LINE = re.compile(r"at (http://\S+/)")
+pytestmark = pytest.mark.xdist_group("serve")  # one worker builds the library and serves it
 
 
 @dataclass
@@ -355,7 +356,7 @@ def test_page_and_docs_are_served(http):
 # -- jobs: one writer, shared with the CLI ---------------------------------------------------
 
 
-def wait_job(http, job_id: str, timeout: float = 60) -> dict:
+def wait_job(http, job_id: str, timeout: float = 240) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = http.get(f"/api/jobs/{job_id}").json()
@@ -431,13 +432,15 @@ def test_running_job_makes_the_cli_busy_shows_progress_and_cancels(lib, http):
 # -- servers with other settings ---------------------------------------------------------------
 
 
-def test_token_required_and_login_cookie(lib, tmp_path):
+def test_token_read_only_allow_host_and_cors(lib, tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text("s3cret-token-for-tests\n")
-    server = start_server(str(lib.photos), "--token-file", str(token_file), "--read-only", cwd=lib.base, env=lib.env,
-                          log=tmp_path / "serve.log")
+    server = start_server(str(lib.photos), "--token-file", str(token_file), "--read-only", "--allow-host", "photos.internal",
+                          "--cors", "https://app.example.org", cwd=lib.base, env=lib.env, log=tmp_path / "serve.log")
     try:
         with server.client() as c:
+            assert c.get("/healthcheck", headers={"Host": "photos.internal:8000"}).status_code == 200
+            assert_json_error(c.get("/healthcheck", headers={"Host": "other.internal"}), 403)
             assert c.get("/healthcheck").status_code == 200
             assert c.get("/").status_code == 200  # the page loads to show its login form
             for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic czNjcmV0"},
@@ -460,31 +463,49 @@ def test_token_required_and_login_cookie(lib, tmp_path):
             assert_json_error(c.post("/generate_description"), 403)
             assert_json_error(c.post("/generate_description_embeddings", json={"descriptions": []}), 403)
             assert c.post("/get_image", json={"query": "dog"}).status_code == 200  # reading is fine
+            bearer = {"Authorization": "Bearer s3cret-token-for-tests"}
+            r = c.get("/api/search", params={"q": "dog"}, headers={"Origin": "https://app.example.org", **bearer})
+            assert r.headers["access-control-allow-origin"] == "https://app.example.org"
+            r = c.get("/api/search", params={"q": "dog"}, headers={"Origin": "https://evil.example", **bearer})
+            assert "access-control-allow-origin" not in r.headers
+            r = c.post("/get_image", json={"query": "dog"}, headers={"Origin": "https://app.example.org", **bearer})
+            assert r.status_code == 200
+            assert_json_error(c.post("/get_image", json={"query": "dog"}, headers={"Origin": "https://evil.example"}), 403)
     finally:
         code = server.stop(signal.SIGTERM)
     assert code in (0, -signal.SIGTERM)
     assert "s3cret-token-for-tests" not in server.stderr
 
 
+def test_ctrl_c_stops_a_running_job_and_keeps_what_it_finished(lib, tmp_path):
+    folder = lib.photos / "batch2"
+    for i in range(24):
+        draw_scene(folder / f"sign{i}.jpg", "stop_sign", quality=40 + i)
+    server = start_server(str(lib.photos), cwd=lib.base, env=lib.env, log=tmp_path / "serve.log")
+    lib.standin.set_default(latency=1.0)
+    try:
+        with server.client() as c:
+            job = c.post("/api/jobs", json={"kind": "index"}).json()
+            deadline = time.monotonic() + 120
+            while c.get(f"/api/jobs/{job['id']}").json()["done"] < 1:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        assert server.stop(signal.SIGINT) == 130
+        assert "stopping: the index job finishes its requests in flight" in server.stderr
+        assert "Traceback" not in server.stderr
+        lines = (lib.base / ".imgrag" / "descriptions.jsonl").read_text().splitlines()
+        kept = {p for r in map(json.loads, lines) for p in r["paths"] if p.startswith("photos/batch2/")}
+        assert 1 <= len(kept) < 24  # what finished is on disk; the rest was never asked for
+        assert run_imgrag("status", "--json", cwd=lib.base, env=lib.env).code == 0  # still readable
+    finally:
+        lib.standin.set_default(latency=0.0)
+        server.stop()
+        shutil.rmtree(folder)
+
+
 def test_non_loopback_host_needs_a_token(lib):
     result = run_imgrag("serve", lib.photos, "--host", "0.0.0.0", "--port", "0", cwd=lib.base, env=lib.env, timeout=30)
     assert result.code == 2 and "token" in result.stderr and result.stderr.startswith("imgrag: error:")
-
-
-def test_allow_host_and_cors(lib, tmp_path):
-    server = start_server("--allow-host", "photos.internal", "--cors", "https://app.example.org", cwd=lib.base,
-                          env=lib.env, log=tmp_path / "serve.log")
-    try:
-        with server.client() as c:
-            assert c.get("/healthcheck", headers={"Host": "photos.internal:8000"}).status_code == 200
-            assert_json_error(c.get("/healthcheck", headers={"Host": "other.internal"}), 403)
-            r = c.get("/api/search", params={"q": "dog"}, headers={"Origin": "https://app.example.org"})
-            assert r.headers["access-control-allow-origin"] == "https://app.example.org"
-            r = c.get("/api/search", params={"q": "dog"}, headers={"Origin": "https://evil.example"})
-            assert "access-control-allow-origin" not in r.headers
-            assert c.post("/get_image", json={"query": "dog"}, headers={"Origin": "https://app.example.org"}).status_code == 200
-    finally:
-        assert server.stop() in (0, 130, -signal.SIGINT)
 
 
 def test_serving_a_folder_not_indexed_yet(lib, tmp_path):

@@ -47,7 +47,7 @@ class Server:
         self.config = config
         self.ws = config.ws
         self.index = LiveIndex(config.ws, config.embed_model)
-        self.jobs = Jobs(config.ws, config.photos)
+        self.jobs = Jobs(config.ws, config.photos, on_written=self.index.refresh)
         self.descriptions = Descriptions(config.ws)
         self.stopping = threading.Event()  # set on Ctrl-C/SIGTERM: event streams end, jobs stop
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,6 @@ class _JobProgress(Progress):
 
     def __init__(self, job: Job) -> None:
         self.job = job
-        self.base_done, self.base_failed = job.done, job.failed
 
     def start(self, total: int) -> None:
         self.job.changed(total=self.job.done + total)
@@ -82,8 +82,9 @@ class _JobProgress(Progress):
 class Jobs:
     """At most one job at a time (there is one writer lock)."""
 
-    def __init__(self, ws: Workspace, photos: Path | None) -> None:
+    def __init__(self, ws: Workspace, photos: Path | None, on_written: Callable[[], None] | None = None) -> None:
         self.ws = ws
+        self.on_written = on_written  # called before a job that wrote an index says it is done
         self.photos = photos  # the folder `imgrag serve PHOTOS` was given, else the index's roots
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
@@ -152,6 +153,8 @@ class Jobs:
                 self._describe(job)
             if job.kind in ("embed", "index") and not job.cancel.is_set():
                 self._embed(job)
+                if not job.dry_run and self.on_written is not None:
+                    self.on_written()  # so a search right after "done" sees what the job indexed
             state = "cancelled" if job.cancel.is_set() else "done"
             job.changed(state=state, phase=None, finished=now_iso())
         except Interrupted as e:

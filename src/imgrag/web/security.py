@@ -101,7 +101,8 @@ class Guard:
             why = self._cross_site(headers)
             if why:
                 return _error(403, why)
-        if self.rules.token and not self._public(scope["path"]) and not self._authorised(headers):
+        preflight = method == "OPTIONS" and self.rules.cors is not None  # browsers send no credentials in these
+        if self.rules.token and not preflight and not self._public(scope["path"]) and not self._authorised(headers):
             return _error(401, "authentication required: send Authorization: Bearer <token>, or log in on the page",
                           login=True)
         length = headers.get("content-length")

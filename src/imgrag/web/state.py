@@ -43,13 +43,39 @@ class Photos:
         return cls(row_of, sha_of, date_of)
 
 
-@dataclass
 class Served:
-    """One generation, open and ready: what a request uses from start to end."""
+    """One generation, open and ready: what a request uses from start to end. Its photo
+    tables are read in the background, so the first search does not wait for them."""
 
-    generation: str
-    searcher: object  # imgrag.search.Searcher
-    photos: Photos
+    def __init__(self, generation: str, searcher) -> None:
+        self.generation = generation
+        self.searcher = searcher  # imgrag.search.Searcher
+        self._photos: Photos | None = None
+        self._read = threading.Event()
+        threading.Thread(target=self._read_photos, name="imgrag-photos", daemon=True).start()
+
+    def _read_photos(self) -> None:
+        try:
+            self._photos = Photos.read(self.searcher.bundle)
+        except Exception:  # noqa: BLE001 - `photos` reads again on first use and then says why
+            log.exception("imgrag: reading the index's photo table failed")
+        finally:
+            self._read.set()
+
+    @property
+    def photos(self) -> Photos:
+        self._read.wait()
+        if self._photos is None:
+            self._photos = Photos.read(self.searcher.bundle)
+        return self._photos
+
+    def dates(self, shas: list[str]) -> dict[str, str | None]:
+        """Photos' dates by sha256, from the table once read, else from the index itself."""
+        if self._photos is not None:
+            return {s: self._photos.date_of.get(s) for s in shas}
+        from ..search_request import photo_dates
+
+        return photo_dates(self.searcher.bundle, shas)
 
     def paths_of(self, sha: str) -> list[str]:
         row = self.photos.row_of.get(sha)
@@ -123,12 +149,11 @@ class LiveIndex:
         # Read everything a search touches now: a later cron run prunes this folder, and
         # only files already open stay readable after that.
         bundle.lexical, bundle.visible_text, bundle.crowding  # noqa: B018
-        photos = Photos.read(bundle)
         if previous is not None:
             searcher.reuse_encoder(previous.searcher)
         if bundle.size:
             searcher.encoder().encode(["warm up"])  # load the model now, not on a user's first search
-        return Served(bundle.folder.name, searcher, photos)  # the folder CURRENT named when it was opened
+        return Served(bundle.folder.name, searcher)  # the folder CURRENT named when it was opened
 
 
 def photo_file(ws: Workspace, name: str) -> Path | None:

@@ -668,7 +668,8 @@ async function startJob() {
 /** Live progress over SSE, falling back to polling if the stream breaks. */
 function followJob(id, kind) {
   if (state.job && state.job.source) state.job.source.close();
-  state.job = { id, kind: kind || "index", live: true, source: null };
+  const generationBefore = state.status ? state.status.generation ?? null : null;
+  state.job = { id, kind: kind || "index", live: true, source: null, generationBefore };
   setJobButtons(true);
   togglePanel(ui.status, ui.statusToggle, true);
   showJob(`${JOB_LABELS[state.job.kind] || "Job"}: starting…`, { cancel: true, progress: true });
@@ -719,10 +720,7 @@ function jobUpdate(job, data) {
     showJob(`${label} ${verb}: ${resultText(data) || `${counts}${failedText}`}.${data.error ? ` ${data.error}` : ""}`, { dismiss: true });
     setJobButtons(false);
     state.job = null;
-    loadStatus();
-    // The index may have changed: show the current search again on the new generation.
-    const params = readUrl();
-    if (params.q || params.like) { state.key = ""; render(); }
+    afterJob(job, data);
     return;
   }
   const progress = $("job-progress");
@@ -740,6 +738,22 @@ function resultText(data) {
   if (r.embedded !== undefined) parts.push(`${formatNumber(r.embedded)} embedded`);
   if (r.remaining) parts.push(`${formatNumber(r.remaining)} still to describe`);
   return parts.join(", ");
+}
+
+/** A job that embedded writes a new index generation, which the server swaps in a moment
+ * later: wait for it, then show the status and the current search again. */
+async function afterJob(job, data) {
+  if (data.state === "done" && (data.kind || job.kind) !== "describe") {
+    for (let i = 0; i < 40; i++) {
+      let s;
+      try { s = await api("api/status"); } catch { break; }
+      if (s.index_loaded && s.generation !== job.generationBefore) break;
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  }
+  await loadStatus();
+  const params = readUrl();
+  if (params.q || params.like) { state.key = ""; render(); }
 }
 
 async function cancelJob() {
