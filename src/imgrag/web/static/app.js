@@ -372,8 +372,9 @@ function tiles() { return [...ui.grid.querySelectorAll(".tile")]; }
 /** How many tiles sit in one row of the grid right now (it reflows with the width). */
 function columns(all) {
   if (all.length < 2) return 1;
-  const top = all[0].getBoundingClientRect().top;
-  const inRow = all.findIndex((t) => t.getBoundingClientRect().top > top + 1);
+  // The tiles' <li> rows: a focused tile is scaled up, which moves its own box.
+  const top = all[0].parentElement.offsetTop;
+  const inRow = all.findIndex((t) => t.parentElement.offsetTop > top);
   return inRow === -1 ? all.length : inRow;
 }
 
