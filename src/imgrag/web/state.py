@@ -110,7 +110,8 @@ class LiveIndex:
     def current(self, wait: float = FIRST_LOAD_WAIT) -> Served | None:
         """The generation to answer from (None: there is no index yet). A new generation on
         disk is loaded in the background while the previous one keeps answering."""
-        self._first.wait(wait)
+        if not self._first.wait(wait):
+            return self._served  # still loading, and the caller would rather not wait (status)
         served = self._served
         gen = current_generation(self.ws)  # one small file read: cheap enough for every request
         if gen is not None and (served is None or served.generation != gen):
