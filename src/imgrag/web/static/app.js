@@ -161,7 +161,7 @@ function render() {
 }
 
 function fillForms(params) {
-  if (document.activeElement !== ui.q || ui.q.value !== (params.q || "")) ui.q.value = params.q || "";
+  ui.q.value = params.q || "";
   for (const key of FILTER_KEYS) {
     const field = ui.filters.elements[key];
     field.value = params[key] || (key === "sort" ? "relevance" : "");
@@ -269,6 +269,7 @@ function addTiles(results) {
         h("time", { datetime: result.date || null, text: formatDate(result.date) || "no date" })))));
   }
   ui.grid.append(fragment);
+  if (ui.detail.open) updateDetailSteps();
 }
 
 function sized(url, size) {
@@ -426,8 +427,7 @@ async function openDetail(id) {
   const index = state.results.findIndex((r) => String(r.id) === String(id));
   const result = index >= 0 ? state.results[index] : null;
   state.detailId = id;
-  $("detail-prev").disabled = index <= 0;
-  $("detail-next").disabled = index < 0 || index >= state.results.length - 1;
+  updateDetailSteps();
   const img = $("detail-img");
   img.src = result && result.preview_url ? result.preview_url : `api/photos/${encodeURIComponent(id)}/preview`;
   img.alt = result ? result.caption || "" : "";
@@ -446,6 +446,13 @@ async function openDetail(id) {
   }
   if (state.detailId !== id) return;
   fillDetail(record, result);
+}
+
+/** Previous / next follow the grid; a shared link's photo may come before the grid does. */
+function updateDetailSteps() {
+  const index = state.results.findIndex((r) => String(r.id) === String(state.detailId));
+  $("detail-prev").disabled = index <= 0;
+  $("detail-next").disabled = index < 0 || index >= state.results.length - 1;
 }
 
 function fillDetail(record, result) {
