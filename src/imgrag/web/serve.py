@@ -89,6 +89,9 @@ def run_serve(photos: Path | None, *, index: Path | None, host: str, port: int, 
     from ..config import explicit_embed_model
     from .app import ServeConfig, create_app
 
+    from ..config import load_dotenv_once
+
+    load_dotenv_once()  # IMGRAG_SERVE_TOKEN may come from .env, as every other setting
     ws, folder = resolve_workspace(photos, index)
     token = read_token(token_file)
     if not is_loopback(host) and not token:
