@@ -305,10 +305,18 @@ def test_index_job_from_the_page_estimate_confirm_progress_cancel_done(served, s
         standin_server.set_default(latency=0.0)
     expect(page.locator("#job-buttons [data-kind=index]")).to_be_enabled()
 
-    # Again, to the end: then the photos are searchable from the same page.
+    # Again, to the end; a reload meanwhile finds the running job and follows it.
     page.click("#job-buttons [data-kind=index]")
     expect(page.locator("#job-confirm")).to_be_visible()
-    page.click("#job-confirm")
+    standin_server.set_default(latency=1.0)  # still running when the page is back
+    try:
+        page.click("#job-confirm")
+        expect(page.locator("#job-progress")).to_be_visible()
+        page.reload()
+        expect(page.locator("#job-progress")).to_be_visible()
+        expect(page.locator("#job-buttons [data-kind=index]")).to_be_disabled()
+    finally:
+        standin_server.set_default(latency=0.0)
     expect(job_text).to_contain_text(re.compile(r"Index done"), timeout=150_000)
     expect(page.locator("#status-summary")).to_have_text("up to date")
     search(page, "red stop sign")

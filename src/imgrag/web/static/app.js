@@ -263,7 +263,7 @@ function addTiles(results) {
         title: result.abs_path || result.path || caption,
       },
       h("span", { class: "thumb" }, img),
-      h("span", { class: "caption", text: caption }),
+      h("span", { class: "caption", text: caption, "aria-hidden": "true" }), // the image's alt says it already
       h("span", { class: "meta" },
         h("span", { class: "score", title: "score", text: formatScore(result.score) }),
         h("time", { datetime: result.date || null, text: formatDate(result.date) || "no date" })))));
