@@ -12,6 +12,8 @@ const JOB_LABELS = { describe: "Describe", embed: "Embed", index: "Index" };
 const FINISHED = new Set(["done", "finished", "succeeded", "success", "failed", "error", "cancelled", "canceled", "interrupted", "stopped"]);
 
 const $ = (id) => document.getElementById(id);
+const PHONE = window.matchMedia("(max-width: 700px)");
+const TOUCH = window.matchMedia("(pointer: coarse)");
 const ui = {
   q: $("q"), form: $("search-form"), grid: $("grid"), more: $("more"), message: $("message"),
   filters: $("filters"), filtersToggle: $("filters-toggle"), filterCount: $("filter-count"),
@@ -169,7 +171,8 @@ function fillForms(params) {
   const active = FILTER_KEYS.filter((k) => params[k] && !(k === "sort" && params[k] === "relevance")).length;
   ui.filterCount.textContent = active ? String(active) : "";
   show(ui.filterCount, active > 0);
-  if (active && ui.filters.hidden && !state.filtersTouched) togglePanel(ui.filters, ui.filtersToggle, true);
+  // A shared link's filters are shown; on a phone the badge says it, and the results stay in view.
+  if (active && ui.filters.hidden && !state.filtersTouched && !PHONE.matches) togglePanel(ui.filters, ui.filtersToggle, true);
 }
 
 // ---- searching --------------------------------------------------------------------------
@@ -587,8 +590,11 @@ async function loadStatus({ open = false } = {}) {
     if (missing || empty) setMessage("");
     else if (!ui.message.childNodes.length) introMessage();
   }
-  const running = s.job || (s.jobs || []).find((j) => !FINISHED.has(j.state));
-  if (running && running.id && (!state.job || state.job.id !== running.id)) followJob(running.id, running.kind);
+  // A job running already (started from another tab, or before a reload): follow it. Not a dry
+  // run (its estimate is this page's own question), and not over an estimate shown here.
+  const running = s.job;
+  if (running && running.id && !running.dry_run && !FINISHED.has(running.state) && !(state.job && state.job.id === running.id)
+      && !(state.job && !state.job.live)) followJob(running.id, running.kind);
 }
 
 function togglePanel(panel, button, open) {
@@ -872,7 +878,9 @@ function init() {
   window.addEventListener("popstate", render);
   render();
   loadStatus();
-  if (!ui.detail.open) ui.q.focus();
+  // Focus the search box, but on a touch screen not over results: the keyboard would hide them.
+  const params = readUrl();
+  if (!ui.detail.open && !(TOUCH.matches && (params.q || params.like))) ui.q.focus();
 }
 
 init();
