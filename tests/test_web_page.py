@@ -290,6 +290,7 @@ def test_index_job_from_the_page_estimate_confirm_progress_cancel_done(served, s
     job_text = page.locator("#job-text")
     expect(job_text).to_contain_text("Would describe 4 photos")
     expect(job_text).to_contain_text("tokens")
+    expect(job_text).to_contain_text("then embed them")
     expect(job_text).to_contain_text("Nothing has been sent yet")
     assert len(standin_server.requests) == requests_before
 
@@ -300,7 +301,7 @@ def test_index_job_from_the_page_estimate_confirm_progress_cancel_done(served, s
         expect(page.locator("#job-progress")).to_be_visible()
         expect(job_text).to_contain_text(re.compile(r"of 4"))
         page.click("#job-cancel")
-        expect(job_text).to_contain_text(re.compile(r"cancelled|stopped"), timeout=30_000)
+        expect(job_text).to_contain_text("Index cancelled", timeout=30_000)
     finally:
         standin_server.set_default(latency=0.0)
     expect(page.locator("#job-buttons [data-kind=index]")).to_be_enabled()
@@ -321,6 +322,13 @@ def test_index_job_from_the_page_estimate_confirm_progress_cancel_done(served, s
     expect(page.locator("#status-summary")).to_have_text("up to date")
     search(page, "red stop sign")
     expect(page.locator("#grid .tile").first.locator("img")).to_have_attribute("alt", caption("stop_sign"))
+
+    # Nothing left to do: the estimate says so, and Cancel leaves it there.
+    page.click("#job-buttons [data-kind=embed]")
+    expect(job_text).to_contain_text("Nothing to embed: the index is up to date")
+    page.click("#job-cancel")
+    expect(page.locator("#job")).to_be_hidden()
+    expect(page.locator("#job-buttons [data-kind=embed]")).to_be_enabled()
 
 
 # ---- searching ----------------------------------------------------------------------------

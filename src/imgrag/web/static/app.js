@@ -9,7 +9,7 @@ const AUTOLOAD_MARGIN = 400; // px below the window at which the next page start
 const SEARCH_KEYS = ["q", "like", "in", "after", "before", "min_score", "sort", "limit"];
 const FILTER_KEYS = ["in", "after", "before", "min_score", "sort"];
 const JOB_LABELS = { describe: "Describe", embed: "Embed", index: "Index" };
-const FINISHED = new Set(["done", "finished", "succeeded", "success", "failed", "error", "cancelled", "canceled", "interrupted", "stopped"]);
+const FINISHED = new Set(["done", "failed", "cancelled"]); // a job's final states (GET /api/jobs/{id})
 
 const $ = (id) => document.getElementById(id);
 const PHONE = window.matchMedia("(max-width: 700px)");
@@ -630,36 +630,37 @@ async function estimateJob(kind) {
   $("job-confirm").focus();
 }
 
-/** A dry-run job may answer at once or run briefly; wait for its final state. */
+/** A dry run takes a moment (it scans the folder); wait for its final state. */
 async function finalJob(created) {
   let job = created;
-  for (let i = 0; i < 600 && job && job.id && !FINISHED.has(job.state) && !job.estimate; i++) {
+  for (let i = 0; i < 600 && job && job.id && !FINISHED.has(job.state); i++) {
     await new Promise((r) => setTimeout(r, i < 10 ? 100 : 500));
     job = await api(`api/jobs/${encodeURIComponent(created.id)}`);
   }
-  if (job && (job.state === "failed" || job.state === "error")) throw new Error(job.error || "the estimate failed");
+  if (job && job.state === "failed") throw new Error(job.error || "the estimate failed");
   return job || {};
 }
 
+/** The dry run's answer in words: what would be described (and what it costs), what embedded. */
 function estimateText(kind, job) {
-  const e = job.estimate || job.result || job;
-  const photos = e.photos ?? e.todo ?? e.total ?? job.total;
-  const tokensIn = e.prompt_tokens ?? e.input_tokens;
-  const tokensOut = e.completion_tokens ?? e.output_tokens;
-  const seconds = e.seconds ?? (e.minutes !== undefined && e.minutes !== null ? e.minutes * 60 : undefined);
+  const e = job.estimate || {};
   const parts = [];
-  if (kind === "embed") {
-    const n = e.embed ?? e.to_embed ?? photos;
-    parts.push(n ? `Would embed ${formatNumber(n)} descriptions (on this machine, no vision request).` : "Nothing to embed: every description is in the index.");
-  } else {
+  if (kind !== "embed") {
+    const photos = e.photos || 0;
     parts.push(photos ? `Would describe ${formatNumber(photos)} photos` : "No photo needs describing");
-    if (photos && (tokensIn || tokensOut)) parts.push(`: ~${formatNumber(tokensIn || 0)} input + ~${formatNumber(tokensOut || 0)} output tokens`);
-    const cost = e.cost_usd ?? e.cost;
-    if (photos && typeof cost === "number") parts.push(`, ~$${cost.toFixed(cost < 1 ? 3 : 2)}`);
-    if (photos && seconds) parts.push(`, about ${formatDuration(seconds)}`);
+    if (photos && (e.prompt_tokens || e.completion_tokens)) {
+      parts.push(`: ~${formatNumber(e.prompt_tokens || 0)} input + ~${formatNumber(e.completion_tokens || 0)} output tokens`);
+    }
+    if (photos && typeof e.cost_usd === "number") parts.push(`, ~$${e.cost_usd.toFixed(e.cost_usd < 1 ? 3 : 2)}`);
+    if (photos && e.seconds) parts.push(`, about ${formatDuration(e.seconds)}`);
+    if (photos && kind === "index") parts.push(", then embed them");
     parts.push(".");
-    if (e.runs && e.runs > 1) parts.push(` The daily limit spreads it over ${e.runs} runs.`);
-    if (kind === "index" && (e.embed ?? e.to_embed)) parts.push(` Then embed ${formatNumber(e.embed ?? e.to_embed)}.`);
+    if (e.runs > 1) parts.push(` The daily limit spreads it over ${e.runs} runs.`);
+  }
+  if (kind !== "describe") {
+    const waiting = e.embed || 0;
+    if (waiting) parts.push(`${parts.length ? " " : ""}Would embed ${formatNumber(waiting)} descriptions waiting (on this machine: no vision request).`);
+    else if (kind === "embed") parts.push(e.update_index ? "Would update the index (photos moved or deleted)." : "Nothing to embed: the index is up to date.");
   }
   return parts.join("");
 }
@@ -696,7 +697,7 @@ function followJob(id, kind) {
       try { data = JSON.parse(event.data); } catch { return; }
       jobUpdate(job, data);
     };
-    for (const name of ["message", "progress", "state", "done", "end", "job"]) source.addEventListener(name, onEvent);
+    source.addEventListener("job", onEvent); // every event is the whole job, as GET /api/jobs/{id}
     source.onerror = () => {
       if (source.readyState === EventSource.CLOSED || job.finished) {
         source.close();
@@ -730,7 +731,7 @@ function jobUpdate(job, data) {
   if (FINISHED.has(data.state)) {
     job.finished = true;
     if (job.source) job.source.close();
-    const verb = { cancelled: "cancelled", canceled: "cancelled", interrupted: "stopped", stopped: "stopped", failed: "failed", error: "failed" }[data.state] || "done";
+    const verb = data.state; // done, cancelled or failed
     showJob(`${label} ${verb}: ${resultText(data) || `${counts}${failedText}`}.${data.error ? ` ${data.error}` : ""}`, { dismiss: true });
     setJobButtons(false);
     state.job = null;
