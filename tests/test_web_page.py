@@ -1,6 +1,8 @@
 """The web page of `imgrag serve`, in a real browser: Playwright driving Debian's Chromium
-against a real `imgrag serve` (uvicorn on 127.0.0.1) over workspaces built with the
-stand-in vision server. One browser per session; each test gets a fresh browser context.
+against one real `imgrag serve` (uvicorn on 127.0.0.1, with a token) over a folder that the
+first test indexes from the page, through the stand-in vision server; a second, read-only
+server is started by the test of that mode. One browser per session; each test gets a
+fresh browser context.
 A failing test leaves a screenshot of every page it opened in the artifacts folder
 (IMGRAG_TEST_ARTIFACTS, else imgrag-test-artifacts in the system's temp folder)."""
 
