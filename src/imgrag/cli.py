@@ -262,16 +262,13 @@ def search(
 
     from . import render
     from .config import explicit_embed_model
-    from .search import Filters, Searcher, clean_query, parse_date, search_options
+    from .search import Searcher, clean_query
+    from .search_request import make_filters, make_options, why_nothing
 
     _check_search_flags(query, like, queries_from, json_out, paths_out, null)
     shown_query = clean_query(query) if query is not None else None
-    filters = Filters(
-        under=in_folder,
-        after=parse_date(after, "--after") if after is not None else None,
-        before=parse_date(before, "--before") if before is not None else None,
-    )
-    options = search_options(limit=limit, min_score=min_score, show_all=show_all)
+    filters = make_filters(in_folder, after, before)
+    options = make_options(limit, min_score, show_all)
     table = not (json_out or paths_out or null or queries_from is not None)
     kind = render.thumbnail_kind(thumbnails) if table else None
     searcher = Searcher(index=index, embed_model=explicit_embed_model(), filters=filters)
@@ -286,7 +283,7 @@ def search(
     elif hits:
         render.hits_table(hits, kind)
     if not hits:
-        render.info(f"imgrag: no matching photos{_why_nothing(searcher, options)}")
+        render.info(f"imgrag: no matching photos{why_nothing(searcher, options)}")
     return EXIT_OK if hits else EXIT_SOME
 
 
@@ -320,14 +317,29 @@ def _search_many(searcher, source: str, options) -> int:
     return EXIT_OK if found else EXIT_SOME
 
 
-def _why_nothing(searcher, options) -> str:
-    if searcher.bundle.size == 0:
-        return " (the index is empty)"
-    if searcher.allowed is not None and not searcher.allowed:
-        return " (no indexed photo passes --in/--after/--before)"
-    if options.min_score is not None:
-        return f" (none scored {options.min_score:g} or more; --min-score 0 or --all shows the nearest anyway)"
-    return " (none stands out as a match for this query; --all or --min-score 0 shows the nearest anyway)"
+@app.command(epilog=(
+    "Examples:\n\n"
+    "  imgrag serve ~/Pictures            # then open http://127.0.0.1:8000/\n\n"
+    "  IMGRAG_SERVE_TOKEN=... imgrag serve ~/Pictures --host 0.0.0.0 --allow-host photos.lan\n\n"
+    "  imgrag serve --read-only --port 8080"
+))
+@_exits
+def serve(
+    photos: Annotated[Optional[Path], typer.Argument(help="Photo folder to serve (its index need not exist yet). Default: the index found from here.", show_default=False)] = None,
+    index: IndexOpt = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on. Anything but loopback needs a token (IMGRAG_SERVE_TOKEN or --token-file).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on (0: any free one).")] = 8000,
+    allow_host: Annotated[Optional[list[str]], typer.Option("--allow-host", help="Another name clients reach this server by (Host header); repeatable.", show_default=False, metavar="NAME")] = None,
+    open_browser: Annotated[bool, typer.Option("--open", help="Open the page in a browser.")] = False,
+    read_only: Annotated[bool, typer.Option("--read-only", help="Search and browse only: no describe/embed jobs.")] = False,
+    token_file: Annotated[Optional[Path], typer.Option("--token-file", help="Read the access token from FILE (else IMGRAG_SERVE_TOKEN).", show_default=False, metavar="FILE")] = None,
+    cors: Annotated[Optional[str], typer.Option("--cors", help="Let pages from ORIGIN (e.g. https://app.example.org) call the API.", show_default=False, metavar="ORIGIN")] = None,
+) -> int:
+    """Serve your photos in a browser, and an HTTP API (OpenAPI at /docs)."""
+    from .web.serve import run_serve
+
+    return run_serve(photos, index=index, host=host, port=port, allow_hosts=allow_host or [], open_browser=open_browser,
+                     read_only=read_only, token_file=token_file, cors=cors)
 
 
 def main() -> None:

@@ -23,3 +23,9 @@ class UsageError(ImgragError):
 class StorageError(ImgragError):
     """`.imgrag/` cannot be written (disk full, read-only, no permission): exit 2.
     Raised before anything already written is touched, so the user frees space and reruns."""
+
+
+class Interrupted(ImgragError):
+    """Stopped on request (a cancelled job of `imgrag serve`); what was done is kept: exit 130."""
+
+    exit_code = EXIT_INTERRUPTED
