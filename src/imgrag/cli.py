@@ -92,10 +92,11 @@ def _describe(photos: Path, index: Optional[Path], **kwargs) -> int:
 
 def _embed(photos: Optional[Path], index: Optional[Path], model: Optional[str], rebuild: bool, wait: bool) -> int:
     from . import render
+    from .config import explicit_embed_model
     from .embed_job import run_embed
 
-    settings = _settings(embed_model=model)
-    summary = run_embed(photos, settings.embed_model, rebuild=rebuild, wait=wait, index=index,
+    # No --model and no IMGRAG_EMBED_MODEL: the index keeps the model it was built with.
+    summary = run_embed(photos, model or explicit_embed_model(), rebuild=rebuild, wait=wait, index=index,
                         show_progress=render.is_terminal(sys.stderr))
     render.embed_summary(summary)
     return EXIT_OK
@@ -131,7 +132,7 @@ def describe(
                      force=force, refresh=refresh, dry_run=dry_run, wait=wait)
 
 
-EmbedModelOpt = Annotated[Optional[str], typer.Option("--model", help="Sentence-transformers model. Env: IMGRAG_EMBED_MODEL (default all-MiniLM-L6-v2, works offline).", show_default=False)]
+EmbedModelOpt = Annotated[Optional[str], typer.Option("--model", help="Sentence-transformers model: a hub name or a model folder. Env: IMGRAG_EMBED_MODEL (default: the index's own model; all-MiniLM-L6-v2 for a new index, works offline).", show_default=False)]
 RebuildOpt = Annotated[bool, typer.Option("--rebuild", help="Rebuild the index from scratch (e.g. after changing the embedding model).")]
 
 

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .embed import LoadedModel, VectorCache, cache_dir_name, load_model, text_key
+from .embed import (
+    DEFAULT_MODEL, LoadedModel, VectorCache, cache_dir_name, is_local_model, load_model, resolve_model_name, text_key,
+)
 from .errors import UsageError
 from .index import (
     GENERATION_CONTENTS, INDEX_FORMAT, Doc, current_generation, previous_rows, read_meta, stable_order, write_bundle,
@@ -72,10 +74,13 @@ def docs_for(groups: dict[str, list[PhotoFile]], described: dict[str, dict]) -> 
     return docs
 
 
-def run_embed(photos: Path | None, model_name: str, *, rebuild: bool = False, wait: bool = False,
+def run_embed(photos: Path | None, model_name: str | None, *, rebuild: bool = False, wait: bool = False,
               index: Path | None = None, show_progress: bool = False) -> EmbedSummary:
+    """`model_name` None: the model the index was built with (the default for a new one)."""
     ws = workspace_for(photos, index)
-    summary = EmbedSummary(model=model_name, workspace=ws.root)
+    if model_name is not None:
+        model_name = resolve_model_name(model_name)  # a local folder: its absolute path
+    summary = EmbedSummary(model=model_name or "", workspace=ws.root)
     # A full or read-only disk: one line, and the previous index stays searchable.
     with ws.writer_lock(wait=wait), storage_errors(ws.root):
         manifest = ws.read_manifest()
@@ -84,11 +89,11 @@ def run_embed(photos: Path | None, model_name: str, *, rebuild: bool = False, wa
         if not docs and photos is not None and not ws.descriptions_path.exists():
             raise UsageError(f"no descriptions yet for {photos}: run `imgrag describe {photos}` first")
         known = manifest.get("embedding") or {}
-        if known.get("model") and known["model"] != model_name and not rebuild:
-            raise UsageError(
-                f"the index was embedded with {known['model']!r}, not {model_name!r}: "
-                "run `imgrag embed --rebuild PHOTOS` to re-embed with the new model"
-            )
+        if model_name is None:
+            model_name = known.get("model") or DEFAULT_MODEL
+        elif known.get("model") and known["model"] != model_name and not rebuild:
+            known = _same_weights_moved(known, model_name, photos)
+        summary.model = model_name
         keys = [text_key(d.text) for d in docs]
         cache, encoder = _cache_for(ws, model_name, known, needed=keys)
         todo = _unique([(k, d.text) for k, d in zip(keys, docs) if k not in cache])
@@ -120,6 +125,21 @@ def run_embed(photos: Path | None, model_name: str, *, rebuild: bool = False, wa
 
             ensure_export(ws, model_name, cache.fingerprint, model)
     return summary
+
+
+def _same_weights_moved(known: dict, model_name: str, photos: Path | None) -> dict:
+    """The index's embedding record for `model_name` when that is the index's own model
+    under another name (a model folder that was moved or copied: same weights fingerprint);
+    otherwise a clear refusal, since mixing two models' vectors would rank nonsense."""
+    if is_local_model(model_name):
+        loaded = load_model(model_name)
+        if loaded.fingerprint == known.get("fingerprint") and loaded.dim == known.get("dim"):
+            return {**known, "model": model_name}
+    where = f" {photos}" if photos is not None else ""
+    raise UsageError(
+        f"the index was embedded with {known['model']!r}, not {model_name!r}: "
+        f"run `imgrag embed --rebuild{where}` to re-embed every description with the new model"
+    )
 
 
 def _cache_for(ws: Workspace, model_name: str, known: dict, needed: list[str]) -> tuple[VectorCache, Any]:

@@ -64,12 +64,18 @@ def open_index(ws: Workspace, embed_model: str | None) -> Bundle:
     """The current index, refusing one made with another model than the one configured."""
     bundle = load_bundle(ws)
     built_with = bundle.meta.get("embedding", {}).get("model")
-    if embed_model and built_with and embed_model != built_with:
+    if embed_model and built_with and embed_model != built_with and _resolved(embed_model) != built_with:
         raise UsageError(
             f"the index in {ws.root} was embedded with {built_with!r}, but IMGRAG_EMBED_MODEL is {embed_model!r}: "
             "run `imgrag embed --rebuild PHOTOS` to re-embed, or unset it"
         )
     return bundle
+
+
+def _resolved(embed_model: str) -> str:
+    from .embed import resolve_model_name  # light: torch is imported only when a model loads
+
+    return resolve_model_name(embed_model)
 
 
 # -- ranking: dense similarity, exact-word evidence where it is strong, less for hubs ----
