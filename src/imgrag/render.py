@@ -257,7 +257,7 @@ def describe_summary(s: DescribeSummary) -> None:
     if s.stopped_by == "quota":
         line += f"; daily quota spent: run again later for the {s.remaining} left"
     elif s.stopped_by == "unavailable":
-        line += f"; stopped, {s.stop_reason}: run again later for the {s.remaining} left"
+        line += f"; stopped: {s.stop_reason}; run again later for the {s.remaining} left"
     elif s.stopped_by == "interrupt":
         line += "; interrupted"
     info(line)
