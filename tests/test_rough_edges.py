@@ -46,3 +46,77 @@ def test_unreachable_server_is_try_again_later_and_blames_no_photo(tmp_path, new
     assert "failed 0" in line and f"{new_photos} left" in line and "run again later" in line
     failures = tmp_path / ".imgrag" / "failures.jsonl"
     assert not failures.exists() or failures.read_text() == "", "no photo blamed"
+
+
+# -- bad flags: one line, naming the flag and what it allows, exit 2 ----------------------
+
+
+def plain_env() -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMGRAG_", "GROQ_", "OPENAI_"))}
+    env.update(NO_COLOR="1", COLUMNS="160")
+    return env
+
+
+@pytest.mark.parametrize("args, message", [
+    (["describe", "photos", "--jobs", "0"], "--jobs/-j 0: must be from 1 to 64 (see imgrag describe --help)"),
+    (["describe", "photos", "--limit", "-1"], "--limit -1: must be at least 0"),
+    (["describe"], "missing PHOTOS: imgrag describe [OPTIONS] PHOTOS"),
+    (["index", "photos", "-j", "many"], "--jobs/-j 'many': must be a whole number from 1 to 64"),
+    (["embed", "--model"], "option '--model' requires an argument"),
+    (["status", "--json=yes"], "option '--json' does not take a value"),
+    (["search", "dog", "--limit", "0"], "--limit/-n 0: must be at least 1 (see imgrag search --help)"),
+    (["search", "dog", "-n", "2.5"], "--limit/-n 2.5: must be a whole number at least 1"),
+    (["search", "dog", "--min-score", "high"], "--min-score 'high': must be a number"),
+    (["serch", "dog"], "no such command 'serch'; did you mean 'search'?"),
+    (["bogus"], "no such command 'bogus' (commands: describe, embed, index, status, search"),
+])
+def test_bad_flag_values_are_one_line(tmp_path, args, message):
+    r = run_imgrag(*args, cwd=tmp_path, env=plain_env())
+    assert r.code == 2 and r.stdout == ""
+    line = one_line(r.stderr)
+    assert line.startswith("imgrag: error: ") and message in line, line
+
+
+def registered_commands() -> list[str]:
+    from typer.main import get_command
+
+    from imgrag.cli import app
+
+    group = get_command(app)
+    return group.list_commands(None)
+
+
+def test_every_command_answers_an_unknown_flag_in_one_line(tmp_path):
+    for name in registered_commands():
+        r = run_imgrag(name, "--no-such-flag", cwd=tmp_path, env=plain_env())
+        assert r.code == 2, (name, r.stderr)
+        assert one_line(r.stderr) == f"imgrag: error: no such option: --no-such-flag (see imgrag {name} --help)"
+
+
+# -- help: the terminal's width, whole summaries, PHOTOS, the default model and prices ---
+
+
+def test_help_uses_a_wide_terminal_and_says_everything(tmp_path):
+    from imgrag.cli_format import HELP_MAX_WIDTH
+    from imgrag.config import DEFAULT_GROQ_MODEL, Settings
+
+    r = run_imgrag("--help", cwd=tmp_path, env=plain_env())  # COLUMNS=160
+    assert r.code == 0
+    lines = r.stdout.splitlines()
+    assert max(map(len, lines)) > 90, "wraps at the terminal's width, not at 80"
+    commands = lines[lines.index("Commands:") + 1:]
+    assert len(commands) == len(registered_commands()) and not any("..." in line for line in commands)
+    assert any(line.split(None, 1)[1] == "Describe new photos with the vision model into "
+               ".imgrag/descriptions.jsonl (resumable)." for line in commands)
+
+    wide = run_imgrag("search", "--help", cwd=tmp_path, env={**plain_env(), "COLUMNS": "400"})
+    assert max(map(len, wide.stdout.splitlines())) <= HELP_MAX_WIDTH, "a sensible maximum"
+
+    r = run_imgrag("describe", "--help", cwd=tmp_path, env=plain_env())
+    text = " ".join(r.stdout.split())
+    assert r.stdout.startswith("Usage: imgrag describe [OPTIONS] PHOTOS\n") and "{" not in r.stdout
+    assert DEFAULT_GROQ_MODEL in text
+    assert f"${Settings.price_input:g} input / ${Settings.price_output:g} output per million tokens" in text
+    for name in ("embed", "status"):
+        r = run_imgrag(name, "--help", cwd=tmp_path, env=plain_env())
+        assert r.stdout.startswith(f"Usage: imgrag {name} [OPTIONS] [PHOTOS]\n"), r.stdout

@@ -13,9 +13,11 @@ from typing import Annotated, Optional
 
 import typer
 
+from .cli_format import App
+from .config import DEFAULT_GROQ_MODEL, Settings
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME, EXIT_TEMPFAIL, ImgragError
 
-app = typer.Typer(
+app = App(
     name="imgrag",
     help=(
         "Find photos by what is in them.\n\n"
@@ -31,7 +33,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-PhotosArg = Annotated[Path, typer.Argument(help="Folder of photos (searched recursively).", show_default=False)]
+PhotosArg = Annotated[Path, typer.Argument(help="Folder of photos (searched recursively).", show_default=False, metavar="PHOTOS")]
 IndexOpt = Annotated[
     Optional[Path],
     typer.Option("--index", envvar="IMGRAG_INDEX", help="The .imgrag/ folder to use (or the folder holding it).", show_default=False),
@@ -103,13 +105,16 @@ def _embed(photos: Optional[Path], index: Optional[Path], model: Optional[str], 
 
 
 ProviderOpt = Annotated[Optional[str], typer.Option("--provider", help="groq (default) or openai (any OpenAI-compatible server). Env: IMGRAG_PROVIDER.", show_default=False)]
-ModelOpt = Annotated[Optional[str], typer.Option("--model", help="Vision model id. Env: IMGRAG_MODEL.", show_default=False)]
+ModelOpt = Annotated[Optional[str], typer.Option("--model", help=f"Vision model id (default on groq: {DEFAULT_GROQ_MODEL}). Env: IMGRAG_MODEL.", show_default=False)]
 BaseUrlOpt = Annotated[Optional[str], typer.Option("--base-url", help="Server URL, e.g. http://localhost:11434/v1 for Ollama. Env: IMGRAG_BASE_URL.", show_default=False)]
 JobsOpt = Annotated[Optional[int], typer.Option("--jobs", "-j", min=1, max=64, help="Requests in flight at once. Env: IMGRAG_JOBS (default 4).", show_default=False)]
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", min=0, help="Describe at most N photos this run.", show_default=False)]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Describe again even photos already described.")]
 RefreshOpt = Annotated[bool, typer.Option("--refresh", help="Re-describe photos described by another model or prompt version.")]
-DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Say what would be sent (count, tokens, time at the known limits, cost); send nothing.")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help=(
+    "Say what would be sent (count, tokens, time at the known limits, cost); send nothing. Cost at "
+    f"${Settings.price_input:g} input / ${Settings.price_output:g} output per million tokens "
+    "(IMGRAG_PRICE_INPUT, IMGRAG_PRICE_OUTPUT)."))]
 
 
 @app.command(epilog="Example: imgrag describe ~/Pictures/2024 --jobs 4")
@@ -139,7 +144,7 @@ RebuildOpt = Annotated[bool, typer.Option("--rebuild", help="Rebuild the index f
 @app.command(epilog="Example: imgrag embed ~/Pictures/2024")
 @_exits
 def embed(
-    photos: Annotated[Optional[Path], typer.Argument(help="Photo folder (default: every folder the index knows).", show_default=False)] = None,
+    photos: Annotated[Optional[Path], typer.Argument(help="Photo folder (default: every folder the index knows).", show_default=False, metavar="PHOTOS")] = None,
     model: EmbedModelOpt = None,
     rebuild: RebuildOpt = False,
     index: IndexOpt = None,
@@ -174,7 +179,7 @@ def index_cmd(
 @app.command(epilog="Example: imgrag status ~/Pictures/2024 --json")
 @_exits
 def status(
-    photos: Annotated[Optional[Path], typer.Argument(help="Photo folder (default: the index found from here).", show_default=False)] = None,
+    photos: Annotated[Optional[Path], typer.Argument(help="Photo folder (default: the index found from here).", show_default=False, metavar="PHOTOS")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document (for scripts).")] = False,
     index: IndexOpt = None,
 ) -> int:
