@@ -296,5 +296,25 @@ def _why_nothing(searcher, min_score: float) -> str:
     return f" (none scored {min_score:g} or more; --min-score 0 shows the nearest anyway)"
 
 
+@app.command(epilog='Examples:\n\n  imgrag demo\n\n  imgrag demo "rocket at night"')
+@_exits
+def demo(
+    query: Annotated[Optional[str], typer.Argument(help='What to look for in the sample photos (default "a cup of coffee").', show_default=False, metavar="QUERY")] = None,
+) -> int:
+    """Index six sample photos shipped with imgrag and search them: no API key, no network."""
+    from . import render
+    from .demo import next_steps, run_demo
+
+    result, query, hits = run_demo(query, progress=render.info)
+    render.embed_summary(result.embed)
+    render.info(f'imgrag: demo: imgrag search "{query}" in {result.photos}:')
+    if hits:
+        render.hits_table(hits, render.thumbnail_kind(None))
+    else:
+        render.info("imgrag: no matching photos among the samples")
+    render.info(next_steps(result.photos))
+    return EXIT_OK if hits else EXIT_SOME
+
+
 def main() -> None:
     app()
