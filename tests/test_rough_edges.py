@@ -120,3 +120,91 @@ def test_help_uses_a_wide_terminal_and_says_everything(tmp_path):
     for name in ("embed", "status"):
         r = run_imgrag(name, "--help", cwd=tmp_path, env=plain_env())
         assert r.stdout.startswith(f"Usage: imgrag {name} [OPTIONS] [PHOTOS]\n"), r.stdout
+
+
+# -- search: photos deleted since the last index; hints that name the real folder -------
+
+from test_search_cli import Library, library  # noqa: E402,F401  (the shared, indexed library)
+
+
+@pytest.fixture
+def own_library(library, tmp_path) -> Library:  # noqa: F811
+    """A copy of the shared library to change (stored paths are relative: a copy works)."""
+    import shutil
+
+    base = tmp_path / "lib"
+    shutil.copytree(library.base, base, symlinks=True)
+    return Library(base, base / "photos", library.env)
+
+
+def test_search_skips_deleted_photos_and_says_how_to_refresh(own_library):
+    lib = own_library
+    (lib.photos / "trips" / "stop_sign.jpg").unlink()
+    (lib.photos / "home" / "birthday.jpg").unlink()  # its copy trips/birthday_copy.jpg is still there
+    like = ["--like", lib.path("trips/beach_dog.jpg"), "--min-score", "-1"]
+    r = lib.search(*like, "--json", "--limit", "2")
+    assert r.code == 0, r.stderr
+    results = json.loads(r.stdout)["results"]
+    assert [h["rank"] for h in results] == [1, 2], "the limit is filled from the next hits"
+    assert all(os.path.exists(p) for h in results for p in h["paths"])
+    assert {h["path"] for h in results} == {lib.path("home/kitchen.jpg"), lib.path("trips/birthday_copy.jpg")}
+    warning = one_line(r.stderr)
+    assert "2 indexed photo files are gone from disk" in warning and "out of date" in warning
+    command = warning.split("`")[1]
+    assert command == f"imgrag embed {lib.photos}", "the real folder, not a placeholder"
+
+    r = lib.search(*like, "--paths")
+    assert r.code == 0 and all(os.path.exists(p) for p in r.stdout.splitlines())
+
+    refresh = run_imgrag(*command.split()[1:], cwd=lib.base, env=lib.env)  # nothing to encode: no model load
+    assert refresh.code == 0, refresh.stderr
+    r = lib.search(*like, "--json")
+    assert r.code == 0 and r.stderr == "" and json.loads(r.stdout)["count"] == 2
+
+
+def test_search_during_the_first_build_says_so_and_names_the_folder(own_library):
+    import shutil
+
+    from filelock import FileLock
+
+    lib = own_library
+    shutil.rmtree(lib.base / ".imgrag" / "index")  # described, never embedded
+    with FileLock(str(lib.base / ".imgrag" / "lock")):  # another run is embedding right now
+        r = lib.search("dog")
+    assert r.code == 75 and "another imgrag is building it now" in one_line(r.stderr)
+    r = lib.search("dog")
+    assert r.code == 2 and "PHOTOS" not in r.stderr
+    assert one_line(r.stderr).endswith(f"has no search index yet: run `imgrag embed {lib.photos}`")
+
+
+def test_like_a_file_that_is_not_a_photo(library, tmp_path):  # noqa: F811
+    notes = tmp_path / "notaphoto.jsonl"
+    notes.write_text('{"a": 1}\n')
+    r = library.search("--like", str(notes))
+    assert r.code == 2 and "notaphoto.jsonl: not a photo" in one_line(r.stderr)
+
+
+# -- wording: copies at the first embed, the why-line of a match by meaning ---------------
+
+
+def test_embed_counts_copies_of_one_description_as_copies_not_cache(own_library, standin):
+    import shutil
+
+    from PIL import Image
+
+    lib = own_library
+    original = Image.open(lib.photos / "trips" / "beach_dog.jpg")
+    for quality in (70, 80):  # other bytes, the same picture: the vision model says the same
+        original.save(lib.photos / "trips" / f"beach_dog_q{quality}.jpg", quality=quality)
+    shutil.rmtree(lib.base / ".imgrag" / "vectors")  # nothing embedded yet
+    r = run_imgrag("index", lib.photos, cwd=lib.base, env={**lib.env, "IMGRAG_BASE_URL": standin.url})
+    assert r.code == 0, r.stderr
+    assert "described 2" in r.stderr
+    assert "indexed 6 of 6 photos (4 embedded now, 2 copies of another photo's description, 0 from cache)" in r.stderr
+
+
+def test_why_line_of_a_match_by_meaning_adds_to_the_caption(library):  # noqa: F811
+    r = library.search("a puppy playing in the surf", "--json", "--limit", "1", "--min-score", "0")
+    assert r.code == 0, r.stderr
+    [top] = json.loads(r.stdout)["results"]
+    assert top["why"] == "near in meaning, no word in common; objects: dog, beach, sea"

@@ -253,6 +253,7 @@ def search(
         render.hits_paths(hits, nul=null)
     elif hits:
         render.hits_table(hits, kind)
+    _warn_stale(searcher)
     if not hits:
         render.info(f"imgrag: no matching photos{_why_nothing(searcher, options.min_score)}")
     return EXIT_OK if hits else EXIT_SOME
@@ -283,9 +284,18 @@ def _search_many(searcher, source: str, options) -> int:
         hits = searcher.search(query, options)
         found = found or bool(hits)
         print(render.hits_json(query, hits), flush=True)
+    _warn_stale(searcher)
     if not found:
         render.info("imgrag: no query found a matching photo")
     return EXIT_OK if found else EXIT_SOME
+
+
+def _warn_stale(searcher) -> None:
+    from . import render
+
+    warning = searcher.stale_warning()
+    if warning:
+        render.info(warning)
 
 
 def _why_nothing(searcher, min_score: float) -> str:

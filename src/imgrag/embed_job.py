@@ -29,7 +29,8 @@ class EmbedSummary:
     photos: int = 0  # distinct photos found now
     described: int = 0  # of those, with a description (= rows in the index)
     encoded: int = 0  # texts embedded this run
-    cached: int = 0
+    cached: int = 0  # texts whose vector was in the cache before this run
+    copies: int = 0  # photos whose text was encoded this run for another photo with the same text
     rebuilt_index: bool = False
     index_type: str = ""  # the dense index kind: flat (exact) or ivf-sq8
     model: str = ""
@@ -101,7 +102,10 @@ def run_embed(photos: Path | None, model_name: str | None, *, rebuild: bool = Fa
             _encode_into(cache, encoder, todo, show_progress)
         model = encoder if isinstance(encoder, LoadedModel) else None
         summary.encoded = len(todo)
-        summary.cached = len(docs) - summary.encoded
+        new_keys = {k for k, _ in todo}
+        new = sum(1 for k in keys if k in new_keys)  # photos with a text not in the cache before
+        summary.copies = new - summary.encoded
+        summary.cached = len(docs) - new
         embedding = {"model": model_name, "fingerprint": cache.fingerprint, "dim": cache.dim}
         if manifest.get("embedding") != embedding:
             ws.update_manifest(embedding=embedding)

@@ -297,7 +297,9 @@ def _duration(minutes: float) -> str:
 def embed_summary(s: EmbedSummary) -> None:
     kind = {"flat": "exact", "ivf-sq8": "IVF-SQ8"}.get(s.index_type, s.index_type)
     info(
-        f"imgrag: indexed {s.described} of {s.photos} photos ({s.encoded} embedded now, {s.cached} from cache)"
+        f"imgrag: indexed {s.described} of {s.photos} photos ({s.encoded} embedded now, "
+        + (f"{s.copies} {'copy' if s.copies == 1 else 'copies'} of another photo's description, " if s.copies else "")
+        + f"{s.cached} from cache)"
         + (f"; {kind} index written" if s.rebuilt_index else "; index unchanged")
         + (f"; {s.photos - s.described} not described yet" if s.photos > s.described else "")
     )

@@ -319,6 +319,34 @@ class Workspace:
         finally:
             lock.release()
 
+    def writer_busy(self) -> bool:
+        """Whether another describe/embed holds the writer lock right now (not waiting for it)."""
+        from filelock import FileLock, Timeout
+
+        if not (self.root / "lock").exists():
+            return False
+        lock = FileLock(str(self.root / "lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return True
+        except OSError:  # a read-only workspace: nobody can be writing it either
+            return False
+        lock.release()
+        return False
+
+    def embed_command(self, *flags: str) -> str:
+        """The exact `imgrag embed` that (re)builds this index, for hints: with the photo
+        folder when that alone finds this workspace, else with --index."""
+        import shlex
+
+        roots = self.roots()
+        if len(roots) == 1 and roots[0].parent == self.base:
+            where = [str(roots[0])]
+        else:
+            where = ["--index", str(self.root)]
+        return shlex.join(["imgrag", "embed", *flags, *where])
+
 
 def _after_last_newline(path: Path, size: int, chunk: int = 1 << 16) -> int:
     """Offset just past the last b"\\n" of the first `size` bytes (0 if there is none)."""
