@@ -15,8 +15,10 @@ kettle gas stove stop sign street corner children blowing out candles birthday c
 car bicycle tree snow mountain sunset night city people man woman child""".split()
 
 
-def make_tiny_model(folder: Path, seed: int, pooling: str = "mean", max_seq_length: int = 48) -> Path:
-    """Write a model folder; a different `seed` gives other weights, same shape."""
+def make_tiny_model(folder: Path, seed: int, pooling: str = "mean", max_seq_length: int = 48,
+                    dense: list[tuple[int, str]] = ()) -> Path:
+    """Write a model folder; a different `seed` gives other weights, same shape. `dense`:
+    Dense layers after the pooling, as (output size, activation class name in torch.nn)."""
     import torch
     import transformers
     from sentence_transformers import SentenceTransformer
@@ -40,5 +42,9 @@ def make_tiny_model(folder: Path, seed: int, pooling: str = "mean", max_seq_leng
     BertModel(config).save_pretrained(raw)
     transformer = models.Transformer(str(raw), max_seq_length=max_seq_length)
     pool = models.Pooling(config.hidden_size, pooling_mode=pooling)
-    SentenceTransformer(modules=[transformer, pool, models.Normalize()], device="cpu").save(str(folder))
+    layers, width = [], config.hidden_size
+    for size, activation in dense:
+        layers.append(models.Dense(width, size, activation_function=getattr(torch.nn, activation)()))
+        width = size
+    SentenceTransformer(modules=[transformer, pool, *layers, models.Normalize()], device="cpu").save(str(folder))
     return folder
