@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -130,8 +131,6 @@ from test_search_cli import Library, library  # noqa: E402,F401  (the shared, in
 @pytest.fixture
 def own_library(library, tmp_path) -> Library:  # noqa: F811
     """A copy of the shared library to change (stored paths are relative: a copy works)."""
-    import shutil
-
     base = tmp_path / "lib"
     shutil.copytree(library.base, base, symlinks=True)
     return Library(base, base / "photos", library.env)
@@ -163,8 +162,6 @@ def test_search_skips_deleted_photos_and_says_how_to_refresh(own_library):
 
 
 def test_search_during_the_first_build_says_so_and_names_the_folder(own_library):
-    import shutil
-
     from filelock import FileLock
 
     lib = own_library
@@ -188,8 +185,6 @@ def test_like_a_file_that_is_not_a_photo(library, tmp_path):  # noqa: F811
 
 
 def test_embed_counts_copies_of_one_description_as_copies_not_cache(own_library, standin):
-    import shutil
-
     from PIL import Image
 
     lib = own_library
@@ -208,3 +203,37 @@ def test_why_line_of_a_match_by_meaning_adds_to_the_caption(library):  # noqa: F
     assert r.code == 0, r.stderr
     [top] = json.loads(r.stdout)["results"]
     assert top["why"] == "near in meaning, no word in common; objects: dog, beach, sea"
+
+
+# -- thumbnails in a real terminal: 24-bit colour when tmux has it, one screen by default --
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_thumbnails_in_tmux_are_truecolor_with_rgb_big_and_fit_one_screen(library):  # noqa: F811
+    import re
+    import shlex
+    import sys
+
+    from test_search_cli import UPPER_HALF_BLOCK, tmux_screen
+
+    env = {k: v for k, v in library.env.items() if k not in ("NO_COLOR", "COLUMNS", "LINES", "COLORTERM")}
+    env["TERM"] = "xterm-256color"
+    search = (f"cd {shlex.quote(str(library.base))} && {shlex.quote(sys.executable)} -m imgrag search "
+              "--like photos/trips/beach_dog.jpg --min-score -1")  # 3 hits
+    rgb = "set -as terminal-features ',*:RGB'\n"  # tmux is told its terminal draws 24-bit colour
+
+    text, ansi = tmux_screen(search, env, lines=30, config=rgb)
+    screen = text.splitlines()
+    assert "Traceback" not in text and screen.index("__END__") <= 30 - 2, "one screen, room for the prompts"
+    assert "1 more not shown" in text and "--limit 3 shows them all" in text
+    blocks = [line for line in screen if UPPER_HALF_BLOCK in line]
+    assert len(blocks) == 2 * 11, "two thumbnails, as high as the 30 lines allow"
+    assert all(line.count(UPPER_HALF_BLOCK) == 29 for line in blocks), "4:3 photos, 29 columns"
+    assert re.search(r"\x1b\[[0-9;]*38;2;\d+;\d+;\d+", ansi), "24-bit colour"
+
+    text, ansi = tmux_screen(search, env, lines=30)  # tmux without RGB: 256 colours
+    assert re.search(r"\x1b\[[0-9;]*38;5;\d+", ansi) and not re.search(r"38;2;\d+;\d+;\d+", ansi)
+
+    text, _ = tmux_screen(search + " --limit 3", env, lines=30, config=rgb)  # asked for: all, scrolling
+    assert "more not shown" not in text
+    assert sum(1 for line in text.splitlines() if UPPER_HALF_BLOCK in line) == 3 * 8

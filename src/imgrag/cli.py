@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli_format import App
+from .cli_format import App, typed
 from .config import DEFAULT_GROQ_MODEL, Settings
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME, EXIT_TEMPFAIL, ImgragError
 
@@ -252,7 +252,7 @@ def search(
     elif paths_out or null:
         render.hits_paths(hits, nul=null)
     elif hits:
-        render.hits_table(hits, kind)
+        render.hits_table(hits, kind, fit_screen=not typed("limit"))
     _warn_stale(searcher)
     if not hits:
         render.info(f"imgrag: no matching photos{_why_nothing(searcher, options.min_score)}")

@@ -11,8 +11,10 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 try:  # typer >= 0.22 carries its own copy of Click
+    from typer._click.globals import get_current_context
     from typer._click.exceptions import BadParameter, MissingParameter, NoArgsIsHelpError, NoSuchOption, UsageError
 except ImportError:  # older typer uses Click itself
+    from click import get_current_context
     from click.exceptions import BadParameter, MissingParameter, NoArgsIsHelpError, NoSuchOption, UsageError
 
 from .errors import EXIT_USAGE
@@ -56,6 +58,13 @@ class Group(TyperGroup):
             print("imgrag: error: aborted", file=sys.stderr, flush=True)
             sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def typed(option: str) -> bool:
+    """Whether the running command's `option` (its parameter name) was given, not defaulted."""
+    ctx = get_current_context(silent=True)
+    source = ctx.get_parameter_source(option) if ctx is not None else None
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
 def usage_error_line(e: Any) -> str:
