@@ -67,8 +67,10 @@ def build_demo(progress: Callable[[str], None] | None = None) -> DemoResult:
     if progress and (result.copied or result.recorded):
         progress(f"imgrag: demo: {len(samples)} sample photos (public domain / CC0) with hand-written sample "
                  f"descriptions in {photos}")
-    # Always the packaged model, whatever IMGRAG_EMBED_MODEL says: it works offline.
-    result.embed = run_embed(photos, DEFAULT_MODEL, wait=True)
+    # Always the packaged model, whatever IMGRAG_EMBED_MODEL says: it works offline (and
+    # an index someone re-embedded with another model is rebuilt with it, from the cache).
+    other_model = (ws.read_manifest().get("embedding") or {}).get("model") not in (None, DEFAULT_MODEL)
+    result.embed = run_embed(photos, DEFAULT_MODEL, wait=True, rebuild=other_model)
     return result
 
 
