@@ -23,6 +23,7 @@ app = App(
         "Find photos by what is in them.\n\n"
         "A vision model describes each photo once; the descriptions are embedded into a local index "
         "in .imgrag/ beside your photo folder.\n\n"
+        "  imgrag demo                           # try it on sample photos: no key, no network\n\n"
         "  imgrag index ~/Pictures/2024          # describe + embed (safe to run from cron)\n\n"
         "  imgrag search \"dog on the beach\"      # from anywhere under ~/Pictures"
     ),

@@ -53,8 +53,8 @@ ONNX_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 RECORD_FILE = "encoder.json"
 POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
-# What a pipeline this version refuses was refused by: a refusal from an older version
-# (e.g. of a Dense layer, before they were reproduced) is tried again.
+# Kept in a refusal's record: one made by an older version, which reproduced fewer
+# pipelines (no Dense layers, fewer pooling modes), is tried again.
 PIPELINE_VERSION = 2
 _ACTIVATIONS = {
     "torch.nn.modules.activation.Tanh": "tanh",
@@ -271,7 +271,7 @@ class OnnxQueryEncoder:
         (tokens,) = self.session.run(None, {name: feeds[name] for name in self.input_names})
         pooled = pool(tokens, feeds["attention_mask"], self.pipeline["pooling"])
         for weights, activation in self.dense:
-            pooled = dense(pooled, weights["weight"], weights["bias"] if "bias" in weights else None, activation)
+            pooled = dense(pooled, weights["weight"], weights.get("bias"), activation)
         return l2_normalise(pooled)
 
 
@@ -431,8 +431,6 @@ def describe_pipeline(model: Any) -> dict[str, Any]:
     if tokenizer is None or not getattr(tokenizer, "is_fast", False):
         raise Unsupported("the model has no fast (tokenizers) tokenizer")
     config = pooling.get_config_dict()
-    if config.get("include_prompt") is False:
-        raise Unsupported("the pooling leaves the prompt out")
     modes = config.get("pooling_mode", "mean")
     modes = [modes] if isinstance(modes, str) else list(modes)
     if not modes or any(m not in POOLING_MODES for m in modes):
