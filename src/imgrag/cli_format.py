@@ -12,10 +12,12 @@ from typer.core import TyperCommand, TyperGroup
 
 try:  # typer >= 0.22 carries its own copy of Click
     from typer._click.globals import get_current_context
-    from typer._click.exceptions import BadParameter, MissingParameter, NoArgsIsHelpError, NoSuchOption, UsageError
+    from typer._click.exceptions import (BadParameter, ClickException, MissingParameter, NoArgsIsHelpError,
+                                         NoSuchOption, UsageError)
 except ImportError:  # older typer uses Click itself
     from click import get_current_context
-    from click.exceptions import BadParameter, MissingParameter, NoArgsIsHelpError, NoSuchOption, UsageError
+    from click.exceptions import (BadParameter, ClickException, MissingParameter, NoArgsIsHelpError, NoSuchOption,
+                                  UsageError)
 
 from .errors import EXIT_USAGE
 
@@ -54,6 +56,9 @@ class Group(TyperGroup):
         except UsageError as e:
             print(f"imgrag: error: {usage_error_line(e)}", file=sys.stderr, flush=True)
             sys.exit(EXIT_USAGE)
+        except ClickException as e:  # any other error Click would show
+            print(f"imgrag: error: {_sentence(e.format_message())}", file=sys.stderr, flush=True)
+            sys.exit(e.exit_code)
         except typer.Abort:
             print("imgrag: error: aborted", file=sys.stderr, flush=True)
             sys.exit(1)

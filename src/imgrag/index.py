@@ -380,9 +380,10 @@ def load_bundle(ws: Workspace) -> Bundle:
         if ws.writer_busy():  # another run's first build
             raise TryLaterError(f"{ws.root} has no search index yet: another imgrag is building it now; "
                                 "search again when it has finished")
-        if not ws.roots():
-            raise UsageError(f"{ws.root} has no search index yet: run `imgrag index` on your photo folder")
-        raise UsageError(f"{ws.root} has no search index yet: run `{ws.embed_command()}`")
+        described = ws.descriptions_path.exists() and ws.descriptions_path.stat().st_size > 0
+        command = ws.command("embed" if described else "index")
+        raise UsageError(f"{ws.root} has no search index yet: "
+                         + (f"run `{command}`" if command else "run `imgrag index` on your photo folder"))
     folder = ws.index_dir / gen
     try:
         meta = json.loads((folder / "meta.json").read_text())

@@ -76,7 +76,7 @@ def screen_lines(stream) -> int | None:
 
 def thumbnail_cells(width: int, height: int, rows: int) -> tuple[int, int]:
     """(columns, rows) for a photo of width x height pixels at most `rows` high and at most
-    twice as wide as a 4:3 photo (a text cell is about twice as high as wide)."""
+    half as wide again as a 4:3 photo (a text cell is about twice as high as wide)."""
     if width <= 0 or height <= 0:
         return rows, rows
     most = round(rows * 2 * 4 / 3 * 1.5)

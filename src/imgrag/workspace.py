@@ -335,17 +335,24 @@ class Workspace:
         lock.release()
         return False
 
-    def embed_command(self, *flags: str) -> str:
-        """The exact `imgrag embed` that (re)builds this index, for hints: with the photo
-        folder when that alone finds this workspace, else with --index."""
+    def command(self, verb: str, *flags: str) -> str | None:
+        """The exact `imgrag embed|index` for this workspace's photos, for hints: the photo
+        folder (with --index when that folder alone would find another workspace); `embed`
+        of several folders names the workspace only; None for `index` of several or none."""
         import shlex
 
         roots = self.roots()
-        if len(roots) == 1 and roots[0].parent == self.base:
-            where = [str(roots[0])]
-        else:
+        if len(roots) == 1:
+            where = [str(roots[0])] + ([] if roots[0].parent == self.base else ["--index", str(self.root)])
+        elif verb == "embed":
             where = ["--index", str(self.root)]
-        return shlex.join(["imgrag", "embed", *flags, *where])
+        else:
+            return None
+        return shlex.join(["imgrag", verb, *flags, *where])
+
+    def embed_command(self, *flags: str) -> str:
+        """`imgrag embed FLAGS ...` that (re)builds this index (see `command`)."""
+        return self.command("embed", *flags) or ""
 
 
 def _after_last_newline(path: Path, size: int, chunk: int = 1 << 16) -> int:
