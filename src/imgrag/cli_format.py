@@ -54,7 +54,9 @@ class Group(TyperGroup):
             e.show()
             sys.exit(e.exit_code)
         except UsageError as e:
-            print(f"imgrag: error: {usage_error_line(e)}", file=sys.stderr, flush=True)
+            command = next((a for a in (sys.argv[1:] if args is None else args) if a in self.commands), None)
+            where = f"{prog_name} {command}" if command else prog_name
+            print(f"imgrag: error: {usage_error_line(e, where)}", file=sys.stderr, flush=True)
             sys.exit(EXIT_USAGE)
         except ClickException as e:  # any other error Click would show
             print(f"imgrag: error: {_sentence(e.format_message())}", file=sys.stderr, flush=True)
@@ -72,10 +74,11 @@ def typed(option: str) -> bool:
     return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
-def usage_error_line(e: Any) -> str:
-    """Click's usage error as one line: the flag, what it allows, and where help is."""
+def usage_error_line(e: Any, command_path: str = "imgrag") -> str:
+    """Click's usage error as one line: the flag, what it allows, and where help is
+    (`command_path`'s, when the error does not say which command it came from)."""
     ctx = getattr(e, "ctx", None)
-    help_hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+    help_hint = f" (see {ctx.command_path if ctx is not None else command_path} --help)"
     param = getattr(e, "param", None)
     if isinstance(e, MissingParameter) and param is not None:
         usage = " ".join([ctx.command_path, *ctx.command.collect_usage_pieces(ctx)]) if ctx else ""
