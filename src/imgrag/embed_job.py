@@ -133,10 +133,10 @@ def run_embed(photos: Path | None, model_name: str | None, *, rebuild: bool = Fa
 
 def _same_weights_moved(known: dict, model_name: str, photos: Path | None) -> dict:
     """The index's embedding record for `model_name` when that is the index's own model
-    under another name (a model folder that was moved or copied: same weights fingerprint);
+    folder moved or copied elsewhere (same weights fingerprint);
     otherwise a clear refusal, since mixing two models' vectors would rank nonsense."""
-    if is_local_model(model_name):
-        loaded = load_model(model_name)
+    if is_local_model(model_name) and is_local_model(known["model"]):
+        loaded = load_model(model_name)  # seconds, but only to spare re-encoding everything
         if loaded.fingerprint == known.get("fingerprint") and loaded.dim == known.get("dim"):
             return {**known, "model": model_name}
     where = f" {photos}" if photos is not None else ""
