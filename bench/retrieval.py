@@ -10,6 +10,14 @@ as the headline keys, dense-only and fused side by side, and how the default
     bench/retrieval.py                                   # Flickr8k dev split
     bench/retrieval.py --coco                            # the 239 COCO photos
     bench/retrieval.py --split train --tune              # grid over the fusion weights
+    bench/retrieval.py --model all-MiniLM-L6-v2 --model ~/models/all-mpnet-base-v2   # compare models
+
+With several --model values (hub names or model folders) the models run in one process
+and their speed figures are measured in alternating rounds, so a busy shared CPU slows
+each alike: one JSON line per model, with the load average beside the figures. Speed:
+`embed_texts_per_s` (document texts through sentence-transformers, as `imgrag embed`
+encodes a collection), `query_ms` (one query through the model's verified ONNX export,
+as `imgrag search` embeds it, plus ranking), and the index's size on disk.
 
 Formats (auto-detected): caption lines {"id","description","queries":[...],"split"} and
 COCO lines {"file","captions":[5],"objects":[...]} (caption 1 + objects describe the
@@ -178,12 +186,82 @@ def default_set_figures(bundle, encoder: QueryEncoder, all_found: list[Candidate
     }
 
 
+def folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def speed_figures(models: list[str], docs: list[Doc], queries: list[str], rounds: int, sample: int) -> dict[str, dict]:
+    """Embedding throughput, query latency and index size per model, timed in alternating
+    rounds (every model once per round) so that other work on the machine hits each alike."""
+    import os
+    import statistics
+
+    from imgrag.query_encoder import OnnxQueryEncoder, export
+
+    texts = [d.text for d in docs[:sample]]
+    probe = queries[:: max(1, len(queries) // 100)][:100]
+    loaded = {m: load_model(m) for m in models}
+    setup: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, model in loaded.items():
+            ws = Workspace(Path(tmp) / cache_dir_name(name, model.fingerprint) / ".imgrag")
+            ws.root.mkdir(parents=True)
+            print(f"retrieval: exporting {name} to ONNX", file=sys.stderr)
+            record = export(ws, model)  # the ONNX export `imgrag embed` makes for fast searches
+            folder = next((ws.root / "models").iterdir())
+            cache = VectorCache(CACHE / "docs" / cache_dir_name(name, model.fingerprint), model.dim)
+            vecs = cached_vectors([d.text for d in docs], cache, model.encode)
+            write_bundle(ws, docs, vecs, {"embedding": {"model": name}})
+            setup[name] = {"ws": ws, "bundle": load_bundle(ws), "record": record,
+                           "encoder": OnnxQueryEncoder(folder, record) if record.get("verified") else None}
+            model.encode(texts[:32])  # warm-up
+        embed_s: dict[str, list[float]] = {m: [] for m in models}
+        query_ms: dict[str, list[float]] = {m: [] for m in models}
+        load_before = os.getloadavg()
+        for round_no in range(rounds):
+            print(f"retrieval: speed round {round_no + 1}/{rounds}, load {os.getloadavg()[0]:.1f}", file=sys.stderr)
+            for name, model in loaded.items():
+                t0 = time.perf_counter()
+                model.encode(texts)
+                embed_s[name].append(time.perf_counter() - t0)
+                enc, bundle = setup[name]["encoder"], setup[name]["bundle"]
+                if enc is None:
+                    continue
+                t0 = time.perf_counter()
+                for q in probe:
+                    order(candidates(bundle, enc.encode([q])[0], q), DEFAULT_FUSION)
+                query_ms[name].append((time.perf_counter() - t0) * 1000 / len(probe))
+        load_after = os.getloadavg()
+        out = {}
+        for name, model in loaded.items():
+            ws = setup[name]["ws"]
+            setup[name]["bundle"].db.close()
+            dense = next(ws.index_dir.rglob("dense.faiss"))
+            out[name] = {
+                "dim": model.dim,
+                "max_seq_length": int(model.model.max_seq_length),
+                "embed_texts_per_s": round(len(texts) / statistics.median(embed_s[name]), 1),
+                "embed_texts": len(texts),
+                "query_ms": round(statistics.median(query_ms[name]), 2) if query_ms[name] else None,
+                "query_encoder": "onnx" if setup[name]["encoder"] else f"refused: {setup[name]['record'].get('reason')}",
+                "index_bytes": folder_bytes(ws.index_dir),
+                "dense_bytes_per_photo": round(dense.stat().st_size / len(docs), 1),
+                "onnx_export_bytes": folder_bytes(ws.root / "models"),
+                "rounds": rounds,
+                "loadavg_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
+            }
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, help=f"JSONL file (default {CAPTIONS}, or {COCO} with --coco)")
     ap.add_argument("--split", default="dev", help="split of a caption file: dev, train, or all (default dev)")
     ap.add_argument("--coco", action="store_true", default=None, help="COCO photo format (auto-detected from --data)")
-    ap.add_argument("--model", default=DEFAULT_MODEL, help="embedding model")
+    ap.add_argument("--model", action="append", help=f"embedding model: hub name or model folder (default {DEFAULT_MODEL}); "
+                    "repeat to compare models in one run")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating speed rounds (default 3; 0 skips the speed figures)")
+    ap.add_argument("--speed-texts", type=int, default=512, help="document texts per embedding-speed round (default 512)")
     ap.add_argument("--tune", action="store_true", help="grid-search the rare-word and crowding weights on this data")
     ap.add_argument("--no-cache", action="store_true", help="embed afresh instead of using bench/.cache")
     args = ap.parse_args()
@@ -198,33 +276,46 @@ def main() -> int:
         return 2
     docs = [Doc(sha256=it.id, paths=[it.id], caption=it.description["caption"], text=embedding_text(it.description),
                 lexical=lexical_text(it.description), taken=None, mtime=None) for it in items]
+    models = [str(Path(m).expanduser()) if m.startswith("~") else m for m in (args.model or [DEFAULT_MODEL])]
+    if args.tune and len(models) > 1:
+        print("retrieval: --tune takes one --model", file=sys.stderr)
+        return 2
+    lines = [quality(args, path, dataset, items, docs, m, started) for m in models]
+    if args.rounds > 0 and not args.tune:
+        speeds = speed_figures(models, docs, [q for it in items for q in it.queries], args.rounds, args.speed_texts)
+        lines = [{**line, "speed": speeds[line["model"]]} for line in lines]
+    for line in lines:
+        print(json.dumps(line))
+    return 0
+
+
+def quality(args, path: Path, dataset: str, items: list[Item], docs: list[Doc], model: str, started: float) -> dict:
+    """The ranking figures of one model (or the --tune grid)."""
     with tempfile.TemporaryDirectory() as scratch:
-        doc_vecs, queries, query_vecs = embed_all(items, docs, args.model, Path(scratch) if args.no_cache else CACHE)
+        doc_vecs, queries, query_vecs = embed_all(items, docs, model, Path(scratch) if args.no_cache else CACHE)
     targets = [row for row, it in enumerate(items) for _ in it.queries]
 
     with tempfile.TemporaryDirectory() as tmp:
         ws = Workspace(Path(tmp) / ".imgrag")
         t0 = time.perf_counter()
-        write_bundle(ws, docs, doc_vecs, {"embedding": {"model": args.model}})
+        write_bundle(ws, docs, doc_vecs, {"embedding": {"model": model}})
         build_s = time.perf_counter() - t0
         bundle = load_bundle(ws)
         t0 = time.perf_counter()
         all_found = [candidates(bundle, v, q) for q, v in zip(queries, query_vecs)]
         search_ms = (time.perf_counter() - t0) * 1000 / max(len(queries), 1)
         if args.tune:
-            result = {"data": str(path), "split": args.split, "docs": len(docs), "queries": len(queries),
-                      **tune(all_found, targets)}
-            print(json.dumps(result))
-            return 0
+            return {"data": str(path), "split": args.split, "docs": len(docs), "queries": len(queries),
+                    "model": model, **tune(all_found, targets)}
         dense, _, _ = evaluate(all_found, targets, DENSE_ONLY)
         fused, positions, right_scores = evaluate(all_found, targets, DEFAULT_FUSION)
-        encoder = QueryEncoder(args.model)
+        encoder = QueryEncoder(model)
         cutoff = cutoff_figures(bundle, encoder, right_scores, positions)
         default_set = default_set_figures(bundle, encoder, all_found, queries, query_vecs, positions)
         bundle.db.close()
 
-    result = {
-        "dataset": dataset, "split": "all" if dataset == "coco" else args.split, "docs": len(docs),
+    return {
+        "dataset": dataset, "split": "all" if dataset == "coco" else args.split, "model": model, "docs": len(docs),
         "queries": len(queries), **fused,
         "dense": dense, "fused": fused,
         "fusion": asdict(DEFAULT_FUSION),
@@ -233,8 +324,6 @@ def main() -> int:
         "index_build_s": round(build_s, 2), "rank_ms_per_query": round(search_ms, 2),
         "seconds": round(time.perf_counter() - started, 1),
     }
-    print(json.dumps(result))
-    return 0
 
 
 if __name__ == "__main__":

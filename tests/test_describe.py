@@ -181,8 +181,16 @@ def test_server_that_keeps_failing_stops_the_run_for_later(photos, standin):
     standin.set_default(fault="503")
     s = describe(photos, settings_for(standin, max_retries=1), jobs=1)
     assert s.stopped_by == "unavailable" and s.exit_code == 75
-    assert (s.failed, s.remaining) == (3, 4)
-    assert len(failures(photos)) == 3 and "503" in failures(photos)[0]["reason"]
+    assert (s.failed, s.remaining) == (0, 4), "the server is at fault, not the photos"
+    assert failures(photos) == [] and "503" in s.stop_reason
+
+
+def test_photo_giving_up_is_blamed_once_the_server_describes_another(photos, standin):
+    standin.enqueue("503", "503")  # the first photo's two attempts; the rest succeed
+    s = describe(photos, settings_for(standin, max_retries=1), jobs=1)
+    assert (s.described, s.failed, s.stopped_by, s.exit_code) == (3, 1, None, 1)
+    [fail] = failures(photos)
+    assert fail["kind"] == "provider" and "gave up after 2 attempts" in fail["reason"]
 
 
 def test_invalid_reply_is_retried_once_with_the_problem(photos, standin):

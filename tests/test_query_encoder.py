@@ -116,12 +116,13 @@ def test_pooling_matches_sentence_transformers_pooling(loaded, mode):
 
 
 def unsupported_model(loaded: LoadedModel) -> LoadedModel:
-    """The same transformer with a Dense layer on top: a pipeline the export does not reproduce."""
+    """The same transformer with a residual Dense layer on top: a pipeline the export does not reproduce."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.models import Dense
 
-    model = SentenceTransformer(modules=[loaded.model[0], loaded.model[1], Dense(384, 64)], device="cpu")
-    return LoadedModel(name="minilm-dense", model=model, fingerprint="d" * 16, dim=64, path=None)
+    model = SentenceTransformer(modules=[loaded.model[0], loaded.model[1], Dense(384, 384, use_residual=True)],
+                                device="cpu")
+    return LoadedModel(name="minilm-dense", model=model, fingerprint="d" * 16, dim=384, path=None)
 
 
 def test_unsupported_pipeline_is_refused_once_and_search_uses_the_slow_path(tmp_path, loaded, capsys, monkeypatch):

@@ -126,7 +126,9 @@ def test_without_lexical_evidence_fusion_keeps_the_dense_ranking_but_for_crowdin
     assert [h.score for h in no_crowding] == [h.score for h in dense]
     for h in fused:
         assert h.score == pytest.approx(max(0.0, h.extra["dense"] - DEFAULT_FUSION.crowding * h.extra["crowding"]), abs=1e-3)
-    assert fused[0].why.startswith("similar meaning: A brown dog")
+    # not the caption again (it is shown anyway): what else the description holds
+    assert fused[0].why.startswith("near in meaning, no word in common; objects: dog")
+    assert fused[0].caption not in fused[0].why
 
 
 def test_fusion_cannot_push_the_dense_top_hit_down_without_lexical_matches_in_its_rivals(bundle, model):

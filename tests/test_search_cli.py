@@ -278,12 +278,12 @@ def test_forced_half_block_thumbnails(library):
     assert r.code == 0, r.stderr
     out = r.stdout
     assert library.path("trips/beach_dog.jpg") in out and library.path("trips/stop_sign.jpg") in out
-    # two photos, each a block of rows of 14 upper half blocks (top pixel: text colour,
-    # bottom pixel: background colour)
+    # two 4:3 photos, each a block of 12 rows (no screen to fit: the largest) of 32 upper half
+    # blocks (top pixel: text colour, bottom pixel: background colour)
     rows = [line for line in out.splitlines() if UPPER_HALF_BLOCK in line]
-    assert len(rows) >= 2 * 4 and all(line.count(UPPER_HALF_BLOCK) == 14 for line in rows)
+    assert len(rows) == 2 * 12 and all(line.count(UPPER_HALF_BLOCK) == 32 for line in rows)
     fg, bg = colours(out, "38"), colours(out, "48")
-    assert len(fg) >= len(rows) * 14 and len(bg) >= len(rows) * 14
+    assert len(fg) >= len(rows) * 32 and len(bg) >= len(rows) * 32
     # the beach photo's sand (240, 220, 160) and the stop sign photo's grey (90, 90, 90) are
     # drawn, up to JPEG noise
     for expected in ((240, 220, 160), (90, 90, 90)):
@@ -296,12 +296,13 @@ def test_forced_half_block_thumbnails(library):
     assert r.code == 2 and "IMGRAG_THUMBNAILS" in one_line(r.stderr)
 
 
-def tmux_screen(command: str, env: dict) -> tuple[str, str]:
-    """Run `command` in a real terminal (a detached tmux, 160x50, its own server) and
-    return the screen as text and with its colours (ANSI)."""
+def tmux_screen(command: str, env: dict, lines: int = 50, config: str = "") -> tuple[str, str]:
+    """Run `command` in a real terminal (a detached tmux, 160 x `lines`, its own server, with
+    `config` as its configuration) and return the screen as text and with its colours (ANSI)."""
     folder = tempfile.mkdtemp(prefix="imgrag-tmux-")  # short: a socket path must fit in 108 bytes
-    tmux = ["tmux", "-S", os.path.join(folder, "socket"), "-f", os.devnull]
-    subprocess.run([*tmux, "new-session", "-d", "-x", "160", "-y", "50", f"{command}; echo __END__; sleep 60"],
+    Path(folder, "tmux.conf").write_text(config)
+    tmux = ["tmux", "-S", os.path.join(folder, "socket"), "-f", os.path.join(folder, "tmux.conf")]
+    subprocess.run([*tmux, "new-session", "-d", "-x", "160", "-y", str(lines), f"{command}; echo __END__; sleep 60"],
                    env=env, check=True, timeout=30)
     try:
         deadline = time.monotonic() + 120

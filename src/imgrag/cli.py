@@ -13,15 +13,17 @@ from typing import Annotated, Optional
 
 import typer
 
-from .config import DEFAULT_GROQ_MODEL, DEFAULT_PRICE_INPUT, DEFAULT_PRICE_OUTPUT
+from .cli_format import App, typed
+from .config import DEFAULT_GROQ_MODEL, Settings
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME, EXIT_TEMPFAIL, ImgragError
 
-app = typer.Typer(
+app = App(
     name="imgrag",
     help=(
         "Find photos by what is in them.\n\n"
         "A vision model describes each photo once; the descriptions are embedded into a local index "
         "in .imgrag/ beside your photo folder.\n\n"
+        "  imgrag demo                           # try it on sample photos: no key, no network\n\n"
         "  imgrag index ~/Pictures/2024          # describe + embed (safe to run from cron)\n\n"
         "  imgrag search \"dog on the beach\"      # from anywhere under ~/Pictures"
     ),
@@ -32,7 +34,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-PhotosArg = Annotated[Path, typer.Argument(help="Folder of photos (searched recursively).", show_default=False)]
+PhotosArg = Annotated[Path, typer.Argument(help="Folder of photos (searched recursively).", show_default=False, metavar="PHOTOS")]
 IndexOpt = Annotated[
     Optional[Path],
     typer.Option("--index", envvar="IMGRAG_INDEX", help="The .imgrag/ folder to use (or the folder holding it).", show_default=False),
@@ -114,17 +116,18 @@ def _describe_batch(photos: Path, index: Optional[Path], window: str, cancel: bo
 
 def _embed(photos: Optional[Path], index: Optional[Path], model: Optional[str], rebuild: bool, wait: bool) -> int:
     from . import render
+    from .config import explicit_embed_model
     from .embed_job import run_embed
 
-    settings = _settings(embed_model=model)
-    summary = run_embed(photos, settings.embed_model, rebuild=rebuild, wait=wait, index=index,
+    # No --model and no IMGRAG_EMBED_MODEL: the index keeps the model it was built with.
+    summary = run_embed(photos, model or explicit_embed_model(), rebuild=rebuild, wait=wait, index=index,
                         show_progress=render.is_terminal(sys.stderr))
     render.embed_summary(summary)
     return EXIT_OK
 
 
 ProviderOpt = Annotated[Optional[str], typer.Option("--provider", help="groq (default) or openai (any OpenAI-compatible server). Env: IMGRAG_PROVIDER.", show_default=False)]
-ModelOpt = Annotated[Optional[str], typer.Option("--model", help=f"Vision model id (groq default: {DEFAULT_GROQ_MODEL}). Env: IMGRAG_MODEL.", show_default=False)]
+ModelOpt = Annotated[Optional[str], typer.Option("--model", help=f"Vision model id (default on groq: {DEFAULT_GROQ_MODEL}). Env: IMGRAG_MODEL.", show_default=False)]
 BaseUrlOpt = Annotated[Optional[str], typer.Option("--base-url", help="Server URL, e.g. http://localhost:11434/v1 for Ollama. Env: IMGRAG_BASE_URL.", show_default=False)]
 JobsOpt = Annotated[Optional[int], typer.Option("--jobs", "-j", min=1, max=64, help="Requests in flight at once. Env: IMGRAG_JOBS (default 4).", show_default=False)]
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", min=0, help="Describe at most N photos this run.", show_default=False)]
@@ -132,8 +135,9 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Describe again even pho
 RefreshOpt = Annotated[bool, typer.Option("--refresh", help="Re-describe photos described by another model or prompt version.")]
 RetryFailedOpt = Annotated[bool, typer.Option("--retry-failed", help="Try quarantined photos again too (those that failed 3 times in a row for a reason no retry cures).")]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help=(
-    "Say what would be sent (count, tokens, time at the known limits, cost); send nothing. "
-    f"Prices: IMGRAG_PRICE_INPUT / IMGRAG_PRICE_OUTPUT (default ${DEFAULT_PRICE_INPUT:.2f} / ${DEFAULT_PRICE_OUTPUT:.2f} per million tokens)."))]
+    "Say what would be sent (count, tokens, time at the known limits, cost); send nothing. Cost at "
+    f"${Settings.price_input:g} input / ${Settings.price_output:g} output per million tokens "
+    "(IMGRAG_PRICE_INPUT, IMGRAG_PRICE_OUTPUT)."))]
 BatchOpt = Annotated[bool, typer.Option("--batch", help="Use the Batch API: half the price, results within the window. Each run collects finished batches and submits what is left.")]
 WindowOpt = Annotated[str, typer.Option("--window", help="Batch completion window, 24h to 7d.")]
 CancelOpt = Annotated[bool, typer.Option("--cancel", help="With --batch: cancel the open batches (what they finished is collected next run).")]
@@ -164,14 +168,14 @@ def describe(
                      batch=batch, window=window, cancel=cancel)
 
 
-EmbedModelOpt = Annotated[Optional[str], typer.Option("--model", help="Sentence-transformers model. Env: IMGRAG_EMBED_MODEL (default all-MiniLM-L6-v2, works offline).", show_default=False)]
+EmbedModelOpt = Annotated[Optional[str], typer.Option("--model", help="Sentence-transformers model: a hub name or a model folder. Env: IMGRAG_EMBED_MODEL (default: the index's own model; all-MiniLM-L6-v2 for a new index, works offline).", show_default=False)]
 RebuildOpt = Annotated[bool, typer.Option("--rebuild", help="Rebuild the index from scratch (e.g. after changing the embedding model).")]
 
 
 @app.command(epilog="Example: imgrag embed ~/Pictures/2024")
 @_exits
 def embed(
-    photos: Annotated[Optional[Path], typer.Argument(help="Photo folder (default: every folder the index knows).", show_default=False)] = None,
+    photos: Annotated[Optional[Path], typer.Argument(help="Photo folder (default: every folder the index knows).", show_default=False, metavar="PHOTOS")] = None,
     model: EmbedModelOpt = None,
     rebuild: RebuildOpt = False,
     index: IndexOpt = None,
@@ -209,7 +213,7 @@ def index_cmd(
 @app.command(epilog="Example: imgrag status ~/Pictures/2024 --json")
 @_exits
 def status(
-    photos: Annotated[Optional[Path], typer.Argument(help="Photo folder (default: the index found from here).", show_default=False)] = None,
+    photos: Annotated[Optional[Path], typer.Argument(help="Photo folder (default: the index found from here).", show_default=False, metavar="PHOTOS")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document (for scripts).")] = False,
     index: IndexOpt = None,
 ) -> int:
@@ -281,7 +285,8 @@ def search(
     elif paths_out or null:
         render.hits_paths(hits, nul=null)
     elif hits:
-        render.hits_table(hits, kind)
+        render.hits_table(hits, kind, fit_screen=not typed("limit"))
+    _warn_stale(searcher)
     if not hits:
         render.info(f"imgrag: no matching photos{why_nothing(searcher, options)}")
     return EXIT_OK if hits else EXIT_SOME
@@ -312,6 +317,7 @@ def _search_many(searcher, source: str, options) -> int:
         hits = searcher.search(query, options)
         found = found or bool(hits)
         print(render.hits_json(query, hits), flush=True)
+    _warn_stale(searcher)
     if not found:
         render.info("imgrag: no query found a matching photo")
     return EXIT_OK if found else EXIT_SOME
@@ -340,6 +346,34 @@ def serve(
 
     return run_serve(photos, index=index, host=host, port=port, allow_hosts=allow_host or [], open_browser=open_browser,
                      read_only=read_only, token_file=token_file, cors=cors)
+
+
+def _warn_stale(searcher) -> None:
+    from . import render
+
+    warning = searcher.stale_warning()
+    if warning:
+        render.info(warning)
+
+
+@app.command(epilog='Examples:\n\n  imgrag demo\n\n  imgrag demo "rocket at night"')
+@_exits
+def demo(
+    query: Annotated[Optional[str], typer.Argument(help='What to look for in the sample photos (default "a cup of coffee").', show_default=False, metavar="QUERY")] = None,
+) -> int:
+    """Index six sample photos shipped with imgrag and search them: no API key, no network."""
+    from . import render
+    from .demo import next_steps, run_demo
+
+    result, query, hits = run_demo(query, progress=render.info)
+    render.embed_summary(result.embed)
+    render.info(f'imgrag: demo: imgrag search "{query}" in {result.photos}:')
+    if hits:
+        render.hits_table(hits, render.thumbnail_kind(None))
+    else:
+        render.info("imgrag: no matching photos among the samples")
+    render.info(next_steps(result.photos))
+    return EXIT_OK if hits else EXIT_SOME
 
 
 def main() -> None:

@@ -5,6 +5,9 @@ crash or Ctrl-C loses at most the requests in flight, and the next run resumes.
 
 Stopping: a spent daily quota (or a server that keeps failing) stops new requests, lets
 those in flight finish and be written, and ends with exit 75 so cron tries again later.
+A photo that gave up on transient faults (server errors, timeouts, no connection) is
+blamed only once the server has described another photo after it: until then the server
+is the suspect, the photo stays to do and the run ends with 75, however many were new.
 Ctrl-C does the same with exit 130; a second Ctrl-C abandons the requests in flight.
 A bad key or an unknown/retired model stops at once with exit 2."""
 
@@ -317,6 +320,8 @@ class _Job:
         self.fatal: FatalProviderError | None = None
         self.crash: BaseException | None = None
         self.giveup_streak = 0
+        # Transient give-ups not recorded as failures yet: (sha, message, fault), see _hold.
+        self.unblamed: list[tuple[str, str, str]] = []
         self.ready: queue.Queue[_Prepared | None] = queue.Queue(maxsize=jobs)
         self.running = self.preparing = 0
         self.finished = threading.Event()
@@ -351,6 +356,10 @@ class _Job:
             self.progress.stop()
         if self.crash is not None:
             raise self.crash  # a bug, not a provider fault: let it show
+        if self.unblamed and self.summary.stopped_by is None:
+            # No photo was described after these gave up: the server, not they, is at fault.
+            self.summary.stopped_by = "unavailable"
+            self.summary.stop_reason = self._redact(self.unblamed[-1][2])
         if self.fatal is not None:
             raise UsageError(self._redact(str(self.fatal)))
 
@@ -441,9 +450,10 @@ class _Job:
         try:
             desc, usage = self._ask(photo.data_url)
         except _GiveUp as e:
-            self._fail(sha, str(e), e.kind)
             if e.transient:
-                self._count_giveup(str(e))
+                self._hold(sha, str(e), e.reason)
+            else:
+                self._fail(sha, str(e), e.kind)
             return
         except _Stopped:
             return
@@ -453,6 +463,9 @@ class _Job:
         with self.lock:  # counted only once it is on disk
             self.summary.described += 1
             self.giveup_streak = 0
+            blamed, self.unblamed = self.unblamed, []
+        for gave_up, message, _ in blamed:  # the server works: those photos are the problem
+            self._fail(gave_up, message, "provider")
         self.progress.advance(True)
 
     def _ask(self, data_url: str) -> tuple[dict[str, Any], dict[str, int]]:
@@ -476,7 +489,7 @@ class _Job:
             except TransientError as e:
                 faults += 1
                 if faults > self.settings.max_retries:
-                    raise _GiveUp(f"gave up after {faults} attempts: {e}", "provider", transient=True) from None
+                    raise _GiveUp(f"gave up after {faults} attempts: {e}", "provider", reason=str(e)) from None
                 self._backoff(faults, e.retry_after)
                 continue
             except PhotoRejected as e:
@@ -509,7 +522,7 @@ class _Job:
             raise
         except QuotaExhausted as e:
             self._count()
-            self._halt("quota", str(e))
+            self._halt("quota", str(e), mine_in_flight=1)
             raise _Stopped() from None
         except FatalProviderError as e:
             self._count()
@@ -544,24 +557,28 @@ class _Job:
             self.summary.prompt_tokens += prompt_tokens
             self.summary.completion_tokens += completion_tokens
 
-    def _halt(self, why: str, reason: str) -> None:
-        """Start nothing new; what is in flight finishes and is written."""
+    def _halt(self, why: str, reason: str, mine_in_flight: int = 0) -> None:
+        """Start nothing new; what is in flight finishes and is written. The reason is
+        said once, in the summary; here only what is still being waited for."""
         reason = self._redact(reason)
         with self.lock:
             first = self.summary.stopped_by is None
             if first:
                 self.summary.stopped_by, self.summary.stop_reason = why, reason
         self.stop.set()
-        if first and reason:
-            self.progress.warn(f"stopping: {reason}; finishing the requests in flight")
+        others = self.pacer.in_flight - mine_in_flight
+        if first and reason and others > 0:
+            self.progress.warn(f"stopping ({_STOP_WORDS.get(why, why)}): finishing {others} request(s) in flight")
 
-    def _count_giveup(self, reason: str) -> None:
-        """Photos in a row lost to transient faults mean the server is down: stop, exit 75."""
+    def _hold(self, sha: str, message: str, fault: str) -> None:
+        """A photo lost to transient faults: not blamed yet (see the module's docstring).
+        Photos in a row lost that way mean the server is down: stop, exit 75."""
         with self.lock:
+            self.unblamed.append((sha, message, fault))
             self.giveup_streak += 1
             down = self.giveup_streak >= UNAVAILABLE_STREAK
         if down:
-            self._halt("unavailable", f"the server keeps failing ({reason})")
+            self._halt("unavailable", fault)
 
     def _fail(self, sha: str, reason: str, kind: str) -> None:
         files = self.groups[sha]
@@ -596,11 +613,17 @@ class _Prepared:
     meta: PhotoMeta
 
 
+_STOP_WORDS = {"quota": "quota spent", "unavailable": "the server is failing"}
+
+
 class _GiveUp(Exception):
-    def __init__(self, message: str, kind: str, transient: bool = False) -> None:
+    """`reason`: set when the photo gave up on transient faults (the fault, without the count)."""
+
+    def __init__(self, message: str, kind: str, reason: str | None = None) -> None:
         super().__init__(message)
         self.kind = kind
-        self.transient = transient
+        self.reason = reason
+        self.transient = reason is not None
 
 
 class _Stopped(Exception):

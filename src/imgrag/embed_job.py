@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .embed import LoadedModel, VectorCache, cache_dir_name, load_model, text_key
+from .embed import (
+    DEFAULT_MODEL, LoadedModel, VectorCache, cache_dir_name, is_local_model, load_model, resolve_model_name, text_key,
+)
 from .errors import Interrupted, UsageError
 from .index import (
     GENERATION_CONTENTS, INDEX_FORMAT, Doc, current_generation, previous_rows, read_meta, stable_order, write_bundle,
@@ -29,7 +31,8 @@ class EmbedSummary:
     photos: int = 0  # distinct photos found now
     described: int = 0  # of those, with a description (= rows in the index)
     encoded: int = 0  # texts embedded this run
-    cached: int = 0
+    cached: int = 0  # texts whose vector was in the cache before this run
+    copies: int = 0  # photos whose text was encoded this run for another photo with the same text
     rebuilt_index: bool = False
     index_type: str = ""  # the dense index kind: flat (exact) or ivf-sq8
     model: str = ""
@@ -74,13 +77,16 @@ def docs_for(groups: dict[str, list[PhotoFile]], described: dict[str, dict]) -> 
     return docs
 
 
-def run_embed(photos: Path | None, model_name: str, *, rebuild: bool = False, wait: bool = False,
+def run_embed(photos: Path | None, model_name: str | None, *, rebuild: bool = False, wait: bool = False,
               index: Path | None = None, show_progress: bool = False,
               cancel: threading.Event | None = None, on_progress: Callable[[int, int], None] | None = None) -> EmbedSummary:
-    """`cancel` (set from another thread) stops between chunks of texts, keeping the vectors
+    """`model_name` None: the model the index was built with (the default for a new one).
+    `cancel` (set from another thread) stops between chunks of texts, keeping the vectors
     already cached, with `Interrupted`; `on_progress(done, total)` follows the encoding."""
     ws = workspace_for(photos, index)
-    summary = EmbedSummary(model=model_name, workspace=ws.root)
+    if model_name is not None:
+        model_name = resolve_model_name(model_name)  # a local folder: its absolute path
+    summary = EmbedSummary(model=model_name or "", workspace=ws.root)
     # A full or read-only disk: one line, and the previous index stays searchable.
     with ws.writer_lock(wait=wait), storage_errors(ws.root):
         manifest = ws.read_manifest()
@@ -89,11 +95,11 @@ def run_embed(photos: Path | None, model_name: str, *, rebuild: bool = False, wa
         if not docs and photos is not None and not ws.descriptions_path.exists():
             raise UsageError(f"no descriptions yet for {photos}: run `imgrag describe {photos}` first")
         known = manifest.get("embedding") or {}
-        if known.get("model") and known["model"] != model_name and not rebuild:
-            raise UsageError(
-                f"the index was embedded with {known['model']!r}, not {model_name!r}: "
-                "run `imgrag embed --rebuild PHOTOS` to re-embed with the new model"
-            )
+        if model_name is None:
+            model_name = known.get("model") or DEFAULT_MODEL
+        elif known.get("model") and known["model"] != model_name and not rebuild:
+            known = _same_weights_moved(known, model_name, photos)
+        summary.model = model_name
         keys = [text_key(d.text) for d in docs]
         cache, encoder = _cache_for(ws, model_name, known, needed=keys)
         todo = _unique([(k, d.text) for k, d in zip(keys, docs) if k not in cache])
@@ -101,7 +107,10 @@ def run_embed(photos: Path | None, model_name: str, *, rebuild: bool = False, wa
             _encode_into(cache, encoder, todo, show_progress, cancel, on_progress)
         model = encoder if isinstance(encoder, LoadedModel) else None
         summary.encoded = len(todo)
-        summary.cached = len(docs) - summary.encoded
+        new_keys = {k for k, _ in todo}
+        new = sum(1 for k in keys if k in new_keys)  # photos with a text not in the cache before
+        summary.copies = new - summary.encoded
+        summary.cached = len(docs) - new
         embedding = {"model": model_name, "fingerprint": cache.fingerprint, "dim": cache.dim}
         if manifest.get("embedding") != embedding:
             ws.update_manifest(embedding=embedding)
@@ -125,6 +134,21 @@ def run_embed(photos: Path | None, model_name: str, *, rebuild: bool = False, wa
 
             ensure_export(ws, model_name, cache.fingerprint, model)
     return summary
+
+
+def _same_weights_moved(known: dict, model_name: str, photos: Path | None) -> dict:
+    """The index's embedding record for `model_name` when that is the index's own model
+    folder moved or copied elsewhere (same weights fingerprint);
+    otherwise a clear refusal, since mixing two models' vectors would rank nonsense."""
+    if is_local_model(model_name) and is_local_model(known["model"]):
+        loaded = load_model(model_name)  # seconds, but only to spare re-encoding everything
+        if loaded.fingerprint == known.get("fingerprint") and loaded.dim == known.get("dim"):
+            return {**known, "model": model_name}
+    where = f" {photos}" if photos is not None else ""
+    raise UsageError(
+        f"the index was embedded with {known['model']!r}, not {model_name!r}: "
+        f"run `imgrag embed --rebuild{where}` to re-embed every description with the new model"
+    )
 
 
 def _cache_for(ws: Workspace, model_name: str, known: dict, needed: list[str]) -> tuple[VectorCache, Any]:

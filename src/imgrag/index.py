@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import UsageError
+from .errors import TryLaterError, UsageError
 from .workspace import Workspace, fsync_dir, json_bytes, write_atomic
 
 INDEX_FORMAT = 2  # 2: index kind in meta.json, vector key per row in docs.sqlite
@@ -374,9 +374,9 @@ def check_format(ws: Workspace, meta: dict[str, Any]) -> None:
         return
     if isinstance(fmt, int) and fmt > INDEX_FORMAT:
         raise UsageError(f"the index in {ws.root} was written by a newer imgrag (index format {fmt}, "
-                         f"this one reads {INDEX_FORMAT}): upgrade imgrag, or run `imgrag embed --rebuild PHOTOS`")
+                         f"this one reads {INDEX_FORMAT}): upgrade imgrag, or run `{ws.embed_command('--rebuild')}`")
     raise UsageError(f"the index in {ws.root} has an older format ({fmt}; this imgrag reads {INDEX_FORMAT}): "
-                     "run `imgrag embed --rebuild PHOTOS` (descriptions and cached vectors are kept)")
+                     f"run `{ws.embed_command('--rebuild')}` (descriptions and cached vectors are kept)")
 
 
 def open_dense(path: Path, plan: dict[str, Any]) -> DenseIndex:
@@ -393,16 +393,22 @@ def load_bundle(ws: Workspace) -> Bundle:
     """Open the current generation. An IVF index is memory-mapped: pages are read as queries touch them."""
     gen = current_generation(ws)
     if gen is None:
-        raise UsageError(f"{ws.root} has no search index yet: run `imgrag embed {ws.base}/PHOTOS` (or `imgrag index`)")
+        if ws.writer_busy():  # another run's first build
+            raise TryLaterError(f"{ws.root} has no search index yet: another imgrag is building it now; "
+                                "search again when it has finished")
+        described = ws.descriptions_path.exists() and ws.descriptions_path.stat().st_size > 0
+        command = ws.command("embed" if described else "index")
+        raise UsageError(f"{ws.root} has no search index yet: "
+                         + (f"run `{command}`" if command else "run `imgrag index` on your photo folder"))
     folder = ws.index_dir / gen
     try:
         meta = json.loads((folder / "meta.json").read_text())
     except (OSError, ValueError) as e:
-        raise UsageError(f"the index in {folder} is damaged ({e}): run `imgrag embed --rebuild PHOTOS`") from None
+        raise UsageError(f"the index in {folder} is damaged ({e}): run `{ws.embed_command('--rebuild')}`") from None
     check_format(ws, meta)
     try:
         index = open_dense(folder / DENSE_FILE, meta.get("dense", {}))
         db = sqlite3.connect(f"file:{folder / 'docs.sqlite'}?mode=ro", uri=True, check_same_thread=False)
     except (OSError, RuntimeError, sqlite3.Error) as e:
-        raise UsageError(f"the index in {folder} is damaged ({e}): run `imgrag embed --rebuild PHOTOS`") from None
+        raise UsageError(f"the index in {folder} is damaged ({e}): run `{ws.embed_command('--rebuild')}`") from None
     return Bundle(folder, meta, index, db)

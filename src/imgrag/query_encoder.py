@@ -5,8 +5,11 @@ costs seconds before the first query is embedded. So `imgrag embed` exports the 
 transformer once to ONNX beside the index and checks that the export gives the same
 vectors as sentence-transformers; a search then needs only onnxruntime + tokenizers
 (about 0.2 s to import, a few ms per query). A pipeline this module does not reproduce
-exactly (a Dense layer, a default prompt, a pooling mode not listed below) is refused,
-and search falls back to sentence-transformers.
+exactly (a default prompt, a module other than Transformer -> Pooling -> Dense... ->
+Normalize, a pooling mode not listed below) is refused, and search falls back to
+sentence-transformers. Every setting comes from the model's own files as
+sentence-transformers read them: the tokenizer's window (max_seq_length), lower-casing,
+pooling modes, Dense layers (weights + activation).
 
 Layout, one folder per model and weights fingerprint:
 
@@ -14,6 +17,7 @@ Layout, one folder per model and weights fingerprint:
         model.onnx, model.onnx.data   the transformer: token ids -> token embeddings (fp32);
                                       weights kept as external data, which loads faster
         tokenizer.json                the model's tokenizer with its truncation and padding
+        dense_<i>.npz                 each Dense layer's weight and bias, if the model has any
         encoder.json                  pooling settings + the verification record
 
 The folder is built under a temporary name and renamed into place, so it is complete or
@@ -48,8 +52,16 @@ MIN_COSINE = 0.9999
 ONNX_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 RECORD_FILE = "encoder.json"
-POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len_tokens")
-_ST_MODULES = ("Transformer", "Pooling", "Normalize")
+POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
+# Kept in a refusal's record: one made by an older version, which reproduced fewer
+# pipelines (no Dense layers, fewer pooling modes), is tried again.
+PIPELINE_VERSION = 2
+_ACTIVATIONS = {
+    "torch.nn.modules.activation.Tanh": "tanh",
+    "torch.nn.modules.linear.Identity": "identity",
+    "torch.nn.modules.activation.ReLU": "relu",
+    "torch.nn.modules.activation.Sigmoid": "sigmoid",
+}
 
 # Texts the export must embed like sentence-transformers before it is used: short and long
 # queries, case, accents, scripts, emoji, punctuation, and one past the encoder's window.
@@ -242,6 +254,7 @@ class OnnxQueryEncoder:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(folder / ONNX_FILE), options, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
+        self.dense = [(dict(np.load(folder / layer["file"])), layer["activation"]) for layer in self.pipeline.get("dense", [])]
 
     def encode(self, queries: list[str]) -> np.ndarray:
         if not queries:
@@ -257,6 +270,8 @@ class OnnxQueryEncoder:
         }
         (tokens,) = self.session.run(None, {name: feeds[name] for name in self.input_names})
         pooled = pool(tokens, feeds["attention_mask"], self.pipeline["pooling"])
+        for weights, activation in self.dense:
+            pooled = dense(pooled, weights["weight"], weights.get("bias"), activation)
         return l2_normalise(pooled)
 
 
@@ -275,9 +290,33 @@ def pool(tokens: np.ndarray, mask: np.ndarray, modes: list[str]) -> np.ndarray:
             total = (tokens * weights).sum(axis=1)
             count = np.clip(weights.sum(axis=1), 1e-9, None)
             out.append(total / (count if mode == "mean" else np.sqrt(count)))
+        elif mode == "weightedmean":
+            # Token i of a text weighs i (1-based, counted from its first real token).
+            position = np.arange(1, mask.shape[1] + 1, dtype=np.float32)[None, :, None]
+            weighted = weights * (position - mask.argmax(axis=1).astype(np.float32)[:, None, None])
+            out.append((tokens * weighted).sum(axis=1) / np.clip(weighted.sum(axis=1), 1e-9, None))
+        elif mode == "lasttoken":
+            seq = mask.shape[1]
+            from_end = mask[:, ::-1].argmax(axis=1)  # the last real token, whichever side the padding is on
+            last = np.where(mask.max(axis=1) == 0, 0, seq - 1 - from_end)
+            out.append((tokens * weights)[np.arange(len(tokens)), last])
         else:
             raise ValueError(f"unknown pooling mode {mode!r}")
     return np.concatenate(out, axis=1)
+
+
+def dense(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, activation: str) -> np.ndarray:
+    """Sentence-transformers' Dense module: activation(x @ weight.T + bias)."""
+    y = x @ weight.T
+    if bias is not None:
+        y = y + bias
+    if activation == "tanh":
+        return np.tanh(y)
+    if activation == "relu":
+        return np.maximum(y, 0)
+    if activation == "sigmoid":
+        return 1 / (1 + np.exp(-y))
+    return y
 
 
 def l2_normalise(vectors: np.ndarray) -> np.ndarray:
@@ -298,6 +337,8 @@ def export_needed(ws: Workspace, model_name: str, fingerprint: str) -> bool:
     record = read_record(folder)
     if record is None or not _is_for(record, model_name, fingerprint):
         return True
+    if not record.get("verified") and record.get("pipeline_version", 1) < PIPELINE_VERSION:
+        return True  # refused by a version that reproduced fewer pipelines: try again
     return bool(record.get("verified")) and not _files_intact(folder, record, deep=True, trust_mtime=True)
 
 
@@ -340,17 +381,18 @@ def export(ws: Workspace, loaded: LoadedModel) -> dict[str, Any]:
         try:
             pipeline = describe_pipeline(loaded.model)
         except Unsupported as e:
-            record.update(verified=False, reason=str(e))
+            record.update(verified=False, reason=str(e), pipeline_version=PIPELINE_VERSION)
         else:
             record.update(pipeline=pipeline)
             _export_tokenizer(loaded.model, pipeline, tmp / TOKENIZER_FILE)
             _export_transformer(loaded.model, pipeline, tmp)
+            _export_dense(loaded.model, pipeline, tmp)
             record.update(_verify(tmp, record, loaded))
             if not record["verified"]:
                 record["reason"] = (f"the ONNX export differs from sentence-transformers "
                                     f"(cosine {record['verification']['min_cosine']:.6f} < {MIN_COSINE})")
-                for f in (ONNX_FILE, ONNX_FILE + ".data", TOKENIZER_FILE):
-                    (tmp / f).unlink(missing_ok=True)
+                for f in tmp.iterdir():
+                    f.unlink()
             else:
                 record["files"] = {f.name: _file_entry(f) for f in sorted(tmp.iterdir())}
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
@@ -378,8 +420,10 @@ def describe_pipeline(model: Any) -> dict[str, Any]:
     from .embed import embedding_dimension
 
     kinds = [type(m).__name__ for m in model]
-    if not (kinds[:2] == ["Transformer", "Pooling"] and all(k in _ST_MODULES for k in kinds) and len(kinds) <= 3):
-        raise Unsupported(f"the pipeline {' -> '.join(kinds)} is not Transformer -> Pooling [-> Normalize]")
+    middle = kinds[2:-1] if kinds[-1:] == ["Normalize"] else kinds[2:]
+    if kinds[:2] != ["Transformer", "Pooling"] or any(k != "Dense" for k in middle):
+        raise Unsupported(f"the pipeline {' -> '.join(kinds)} is not Transformer -> Pooling [-> Dense...] [-> Normalize]")
+    dense_layers = [_dense_settings(m) for m in list(model)[2:2 + len(middle)]]
     if getattr(model, "default_prompt_name", None):
         raise Unsupported(f"the model adds the prompt {model.default_prompt_name!r} to every text")
     transformer, pooling = model[0], model[1]
@@ -402,11 +446,34 @@ def describe_pipeline(model: Any) -> dict[str, Any]:
         "max_seq_length": int(transformer.max_seq_length),
         "do_lower_case": bool(getattr(transformer, "do_lower_case", False)),
         "pooling": modes,
+        "dense": [{**layer, "file": f"dense_{i}.npz"} for i, layer in enumerate(dense_layers)],
         "normalize": True,  # imgrag always asks for unit vectors (normalize_embeddings=True)
         "dim": int(embedding_dimension(model)),
         "inputs": inputs,
         "padding_side": tokenizer.padding_side,
     }
+
+
+def _dense_settings(module: Any) -> dict[str, Any]:
+    config = module.get_config_dict()
+    activation = _ACTIVATIONS.get(str(config.get("activation_function")))
+    if activation is None:
+        raise Unsupported(f"a Dense layer with activation {config.get('activation_function')}")
+    if config.get("use_residual") or config.get("module_input_name", "sentence_embedding") != "sentence_embedding" \
+            or config.get("module_output_name") not in (None, "sentence_embedding"):
+        raise Unsupported("a Dense layer with a residual or on other features than the sentence embedding")
+    return {"activation": activation, "in": int(config["in_features"]), "out": int(config["out_features"])}
+
+
+def _export_dense(model: Any, pipeline: dict[str, Any], folder: Path) -> None:
+    """Each Dense layer's weights, in fp32 as sentence-transformers computes with them."""
+    for module, layer in zip(list(model)[2:], pipeline["dense"]):
+        linear = module.linear
+        arrays = {"weight": linear.weight.detach().cpu().float().numpy()}
+        if linear.bias is not None:
+            arrays["bias"] = linear.bias.detach().cpu().float().numpy()
+        with (folder / layer["file"]).open("wb") as f:
+            np.savez(f, **arrays)
 
 
 def _export_tokenizer(model: Any, pipeline: dict[str, Any], path: Path) -> None:

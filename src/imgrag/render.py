@@ -46,8 +46,7 @@ def info(message: str) -> None:
 
 # IMGRAG_THUMBNAILS: auto (ask the terminal), a kind to use without asking, or off.
 THUMBNAIL_SETTINGS = ("auto", "kitty", "sixel", "halfblock", "off")
-_THUMB_CELLS = 14  # thumbnail width in terminal cells; the height follows the photo's shape
-_THUMB_PIXELS = 240  # decoded size: enough for kitty and sixel at that width
+_THUMB_PIXELS = 400  # decoded size: enough for kitty and sixel at the largest thumbnail (imgrag.terminal)
 
 
 def hit_record(h: Hit) -> dict[str, Any]:
@@ -147,27 +146,35 @@ def _textual_image() -> Any:
     return sys.modules[name]
 
 
-def _thumbnail(path: str, kind: str) -> Any:
-    """A small picture of the photo for a table cell, or a dim note when it cannot be read."""
+def _thumbnail(path: str, kind: str, rows: int) -> tuple[Any, int]:
+    """(a picture of the photo at most `rows` high for a table cell, its width in cells),
+    or a dim note when it cannot be read."""
     import io
 
     from PIL import Image
     from rich.text import Text
 
     from .photos import PhotoError, prepare_image
+    from .terminal import thumbnail_cells
 
     renderable = _textual_image()
     draw = {"kitty": renderable.TGPImage, "sixel": renderable.SixelImage, "halfblock": renderable.HalfcellImage}[kind]
     try:
         small = prepare_image(Path(path), max_side=_THUMB_PIXELS, quality=85)  # oriented, HEIC-aware, fast
-        return draw(Image.open(io.BytesIO(small.jpeg)), width=_THUMB_CELLS, height="auto")
+        image = Image.open(io.BytesIO(small.jpeg))
+        cols, high = thumbnail_cells(image.width, image.height, rows)
+        return draw(image, width=cols, height=high), cols
     except (PhotoError, OSError):
-        return Text("(unreadable)" if Path(path).exists() else "(missing)", style="dim")
+        note = "(unreadable)" if Path(path).exists() else "(missing)"
+        return Text(note, style="dim"), len(note)
 
 
-def hits_table(hits: list[Hit], thumbnails: str | None = None) -> None:
+def hits_table(hits: list[Hit], thumbnails: str | None = None, *, fit_screen: bool = False) -> None:
     """A table on a terminal (with a thumbnail per hit when `thumbnails` names a kind, see
-    thumbnail_kind); off one, tab-separated lines that never wrap (for awk and cut)."""
+    thumbnail_kind); off one, tab-separated lines that never wrap (for awk and cut).
+
+    Thumbnails are as big as the screen allows; with `fit_screen` (no --limit given) the
+    table shows only the hits that fit on one screen, and says on stderr how to see the rest."""
     if thumbnails is None and not is_terminal(sys.stdout):
         for h in hits:
             print(f"{h.rank}\t{h.score:.3f}\t{shown_path(h.path)}\t{' '.join(h.caption.split())}")
@@ -176,17 +183,27 @@ def hits_table(hits: list[Hit], thumbnails: str | None = None) -> None:
     from rich.table import Table
     from rich.text import Text
 
+    from .terminal import fit_thumbnails, has_truecolor, screen_lines
+
+    pictures: list[tuple[Any, int]] = []
     if thumbnails is None:
         console = _console(sys.stdout)
     else:  # thumbnails were asked for, or the terminal shows them: colour is part of them
-        console = Console(file=sys.stdout, force_terminal=True, no_color=False, highlight=False, soft_wrap=False)
+        console = Console(file=sys.stdout, force_terminal=True, no_color=False, highlight=False, soft_wrap=False,
+                          color_system="truecolor" if has_truecolor() else "auto")
+        fit = fit_thumbnails(len(hits), screen_lines(sys.stdout), cut=fit_screen)
+        if fit.shown < len(hits):
+            info(f"imgrag: {len(hits) - fit.shown} more not shown (thumbnails fill the screen): "
+                 f"--limit {len(hits)} shows them all, --no-thumbnails lists them compactly")
+            hits = hits[: fit.shown]
+        pictures = [_thumbnail(h.path, thumbnails, fit.rows) for h in hits]
     table = Table(show_header=True, header_style="bold", expand=False, show_lines=thumbnails is not None)
     table.add_column("#", justify="right", no_wrap=True)
     if thumbnails is not None:
-        table.add_column("photo", no_wrap=True, width=_THUMB_CELLS)
+        table.add_column("photo", no_wrap=True, width=max(cols for _, cols in pictures))
     table.add_column("score", justify="right", no_wrap=True)
     table.add_column("path, caption, why it matched", overflow="fold")
-    for h in hits:
+    for i, h in enumerate(hits):
         about = Text()
         about.append(shown_path(h.path), style="bold")
         if len(h.paths) > 1:  # the same photo (same bytes) in other places too
@@ -199,7 +216,7 @@ def hits_table(hits: list[Hit], thumbnails: str | None = None) -> None:
             about.append(f"\ntaken {h.taken.replace('T', ' ')}", style="dim")
         cells = [str(h.rank), f"{h.score:.3f}", about]
         if thumbnails is not None:
-            cells.insert(1, _thumbnail(h.path, thumbnails))
+            cells.insert(1, pictures[i][0])
         table.add_row(*cells)
     console.print(table)
 
@@ -259,7 +276,7 @@ def describe_summary(s: DescribeSummary) -> None:
     if s.stopped_by == "quota":
         line += f"; daily quota spent: run again later for the {s.remaining} left"
     elif s.stopped_by == "unavailable":
-        line += f"; stopped, {s.stop_reason}: run again later for the {s.remaining} left"
+        line += f"; stopped: {s.stop_reason}; run again later for the {s.remaining} left"
     elif s.stopped_by == "interrupt":
         line += "; interrupted"
     info(line)
@@ -312,7 +329,9 @@ def _duration(minutes: float) -> str:
 def embed_summary(s: EmbedSummary) -> None:
     kind = {"flat": "exact", "ivf-sq8": "IVF-SQ8"}.get(s.index_type, s.index_type)
     info(
-        f"imgrag: indexed {s.described} of {s.photos} photos ({s.encoded} embedded now, {s.cached} from cache)"
+        f"imgrag: indexed {s.described} of {s.photos} photos ({s.encoded} embedded now, "
+        + (f"{s.copies} {'copy' if s.copies == 1 else 'copies'} of another photo's description, " if s.copies else "")
+        + f"{s.cached} from cache)"
         + (f"; {kind} index written" if s.rebuilt_index else "; index unchanged")
         + (f"; {s.photos - s.described} not described yet" if s.photos > s.described else "")
     )

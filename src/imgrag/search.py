@@ -77,12 +77,18 @@ def open_index(ws: Workspace, embed_model: str | None) -> Bundle:
     """The current index, refusing one made with another model than the one configured."""
     bundle = load_bundle(ws)
     built_with = bundle.meta.get("embedding", {}).get("model")
-    if embed_model and built_with and embed_model != built_with:
+    if embed_model and built_with and embed_model != built_with and _resolved(embed_model) != built_with:
         raise UsageError(
             f"the index in {ws.root} was embedded with {built_with!r}, but IMGRAG_EMBED_MODEL is {embed_model!r}: "
-            "run `imgrag embed --rebuild PHOTOS` to re-embed, or unset it"
+            f"run `{ws.embed_command('--rebuild')}` to re-embed, or unset it"
         )
     return bundle
+
+
+def _resolved(embed_model: str) -> str:
+    from .embed import resolve_model_name  # light: torch is imported only when a model loads
+
+    return resolve_model_name(embed_model)
 
 
 # -- ranking: dense similarity, exact-word evidence where it is strong, less for hubs ----
@@ -258,7 +264,7 @@ _SNIPPET_CHARS = 60
 def why_matched(terms: list, lexical: str, caption: str) -> str:
     """One short line: the query words found in the description, the fields holding them
     and a snippet of the best such field (visible text first; the caption is shown anyway),
-    or, with no word in common, that the match is by meaning."""
+    or, with no word in common, that the match is by meaning and what else the photo holds."""
     from .lexical import VISIBLE_TEXT_LABEL, field_lines, stems, words as words_of
 
     query_stems = {t.stem for t in terms}
@@ -278,11 +284,23 @@ def why_matched(terms: list, lexical: str, caption: str) -> str:
             first = next(w for w, st in zip(field_words, field_stems) if st in query_stems)
             snippets.append((label != VISIBLE_TEXT_LABEL, f"{label}: {_snippet(words, first)}"))
     if not matched:
-        return _clip(f"similar meaning: {caption}")
+        return _clip(_by_meaning(lexical))
     ordered = [t.word for t in terms if t.word in matched]
     line = "matched " + ", ".join(f'"{w}"' for w in ordered) + " in " + ", ".join(dict.fromkeys(labels))
     best = [text for _, text in sorted(snippets, key=lambda s: s[0])[:1]]  # stable: field order otherwise
     return _clip("; ".join([line, *best]))
+
+
+# With no word in common, the first of these fields says what the caption may not.
+_MEANING_FIELDS = ("objects", "phrases", "setting", "tags")
+
+
+def _by_meaning(lexical: str) -> str:
+    from .lexical import field_lines
+
+    fields = dict(field_lines(lexical))
+    shown = next((f"; {label}: {_snippet(fields[label], '')}" for label in _MEANING_FIELDS if fields.get(label)), "")
+    return "near in meaning, no word in common" + shown
 
 
 def _snippet(text: str, word: str) -> str:
@@ -386,6 +404,7 @@ class Searcher:
         self.bundle = open_index(self.ws, embed_model)
         self.allowed = allowed_rows(self.bundle, self.ws, filters or Filters())
         self._encoder: QueryEncoder | None = None
+        self.missing: set[str] = set()  # indexed files found gone while searching (see _rank)
 
     def encoder(self) -> QueryEncoder:
         if self._encoder is None:
@@ -415,11 +434,41 @@ class Searcher:
         return self.bundle.size == 0 or (self.allowed is not None and not self.allowed)
 
     def _rank(self, query_vec: np.ndarray, query: str, options: SearchOptions, exclude_rows: Iterable[int] = ()) -> list[Hit]:
-        return rank(self.bundle, query_vec, query, replace(options, allowed_rows=self.allowed), exclude_rows=exclude_rows)
+        """The ranked hits whose photo is still on disk. A photo deleted since the last embed
+        is skipped and the next hits fill the limit; only the hits looked at are stat'ed."""
+        options = replace(options, allowed_rows=self.allowed)
+        asked = options.limit
+        while True:
+            hits = rank(self.bundle, query_vec, query, replace(options, limit=asked), exclude_rows=exclude_rows)
+            kept = [h for h in map(self._on_disk, hits) if h is not None]
+            if len(kept) >= options.limit or len(hits) < asked:
+                break
+            asked *= 2  # some were gone: look further down the same ranking
+        kept = kept[: options.limit]
+        for i, h in enumerate(kept, start=1):
+            h.rank = i
+        return kept
+
+    def _on_disk(self, hit: Hit) -> Hit | None:
+        """The hit with only the copies that still exist; None when none does."""
+        there = [p for p in hit.paths if p not in self.missing and os.path.exists(p)]
+        self.missing.update(p for p in hit.paths if p not in there)
+        if not there:
+            return None
+        return replace(hit, path=there[0], paths=there) if there != hit.paths else hit
+
+    def stale_warning(self) -> str | None:
+        """One line for stderr when searching found indexed photos gone, with the command that refreshes it."""
+        if not self.missing:
+            return None
+        n = len(self.missing)
+        return (f"imgrag: warning: {n} indexed photo file{'s are' if n > 1 else ' is'} gone from disk and "
+                f"{'were' if n > 1 else 'was'} left out: the index is out of date; refresh it with "
+                f"`{self.ws.embed_command()}`")
 
     def _indexed_row(self, photo: Path) -> tuple[int, str, str]:
         """(row, sha256, caption) of a photo in the index, found by its content."""
-        from .photos import PhotoError, file_sha256
+        from .photos import PHOTO_SUFFIXES, PhotoError, file_sha256
 
         if not photo.expanduser().is_file():
             raise UsageError(f"--like {photo}: no such photo")
@@ -428,6 +477,8 @@ class Searcher:
         except PhotoError as e:
             raise UsageError(f"--like {photo}: cannot read it ({e})") from None
         found = self.bundle.db.execute("SELECT row, caption FROM docs WHERE sha256 = ?", (sha,)).fetchone()
+        if found is None and photo.suffix.lower() not in PHOTO_SUFFIXES:
+            raise UsageError(f"--like {photo}: not a photo (imgrag finds {', '.join(sorted(PHOTO_SUFFIXES))} files)")
         if found is None:
             raise UsageError(
                 f"--like {photo}: this photo is not in the index in {self.ws.root} "

@@ -319,6 +319,41 @@ class Workspace:
         finally:
             lock.release()
 
+    def writer_busy(self) -> bool:
+        """Whether another describe/embed holds the writer lock right now (not waiting for it)."""
+        from filelock import FileLock, Timeout
+
+        if not (self.root / "lock").exists():
+            return False
+        lock = FileLock(str(self.root / "lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return True
+        except OSError:  # a read-only workspace: nobody can be writing it either
+            return False
+        lock.release()
+        return False
+
+    def command(self, verb: str, *flags: str) -> str | None:
+        """The exact `imgrag embed|index` for this workspace's photos, for hints: the photo
+        folder (with --index when that folder alone would find another workspace); `embed`
+        of several folders names the workspace only; None for `index` of several or none."""
+        import shlex
+
+        roots = self.roots()
+        if len(roots) == 1:
+            where = [str(roots[0])] + ([] if roots[0].parent == self.base else ["--index", str(self.root)])
+        elif verb == "embed":
+            where = ["--index", str(self.root)]
+        else:
+            return None
+        return shlex.join(["imgrag", verb, *flags, *where])
+
+    def embed_command(self, *flags: str) -> str:
+        """`imgrag embed FLAGS ...` that (re)builds this index (see `command`)."""
+        return self.command("embed", *flags) or ""
+
 
 def _after_last_newline(path: Path, size: int, chunk: int = 1 << 16) -> int:
     """Offset just past the last b"\\n" of the first `size` bytes (0 if there is none)."""

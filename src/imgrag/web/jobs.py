@@ -204,7 +204,7 @@ class Jobs:
             job.changed(message=f"stopped: {totals.get('stop_reason')}; run it again later")
 
     def _embed(self, job: Job) -> None:
-        from ..config import load_settings
+        from ..config import explicit_embed_model
         from ..embed_job import run_embed
 
         job.changed(phase="embed", done=0, total=0, failed=0)
@@ -216,7 +216,7 @@ class Jobs:
                                   "update_index": status.next_rebuild_index})
             return
         photos = self.photos
-        summary = run_embed(photos, load_settings().embed_model, index=self.ws.root, cancel=job.cancel,
+        summary = run_embed(photos, explicit_embed_model(), index=self.ws.root, cancel=job.cancel,
                             on_progress=lambda done, total: job.changed(done=done, total=total))
         job.changed(done=summary.encoded, total=summary.encoded,
                     result={**job.result, "embedded": summary.described, "encoded": summary.encoded,

@@ -35,11 +35,17 @@ def resolve_workspace(photos: Path | None, index: Path | None) -> tuple[Workspac
 
 
 def _no_workspace_found() -> tuple[Workspace, Path | None]:
-    # The one place where, with no PHOTOS and no index found, the demo folder will be served.
-    raise UsageError(
-        f"no {DIR_NAME}/ folder here or in a parent folder: run `imgrag serve PHOTOS` with your photo folder "
-        "(the page can index it), or point at an index with --index DIR"
-    )
+    """No PHOTOS and no index found: serve the demo photos (made once, offline), so a new
+    user sees the page working, and say how to serve their own."""
+    from ..demo import demo_photos
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    photos = demo_photos(say)
+    say(f"imgrag: no {DIR_NAME}/ folder here or in a parent folder: serving the demo photos; "
+        "serve yours with `imgrag serve ~/Pictures` (the page can index them)")
+    return Workspace.for_photos(photos), photos
 
 
 def read_token(token_file: Path | None) -> str | None:
