@@ -23,3 +23,9 @@ class UsageError(ImgragError):
 class StorageError(ImgragError):
     """`.imgrag/` cannot be written (disk full, read-only, no permission): exit 2.
     Raised before anything already written is touched, so the user frees space and reruns."""
+
+
+class TryLater(ImgragError):
+    """The provider's quota is spent, it keeps failing, or it asks for a long wait: exit 75."""
+
+    exit_code = EXIT_TEMPFAIL

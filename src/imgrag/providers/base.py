@@ -121,29 +121,37 @@ class ChatCompletionsProvider:
             messages.append(
                 {"role": "user", "content": f"That reply was not valid: {problem}. Reply again with only the JSON object."}
             )
+        return self.complete(messages)
+
+    def complete(self, messages: list[dict[str, Any]], max_tokens: int = MAX_REPLY_TOKENS) -> ProviderReply:
+        """One chat request in JSON mode (see `_create`), its errors sorted into ours."""
         try:
-            headers, body = self._create(messages)
-        except self.sdk.APIStatusError as e:
-            raise self._status_error(e) from None
-        except self.sdk.APITimeoutError:
-            raise TransientError("the request timed out") from None
-        except self.sdk.APIConnectionError as e:
-            where = self.base_url or f"the {self.name} API"
-            raise TransientError(f"cannot connect to {where} ({e.__cause__ or e}): check IMGRAG_BASE_URL and the network") from None
-        except self.sdk.APIError as e:  # a response the SDK cannot read
-            raise TransientError(f"unreadable response ({e})") from None
+            headers, body = self._create(messages, max_tokens)
+        except self.sdk.APIError as e:
+            raise self.sdk_error(e) from None
         try:
             completion = self.sdk.types.chat.ChatCompletion.model_validate_json(body)
         except ValueError:  # a 200 whose body is not a completion (an HTML page, junk)
             raise TransientError(f"unreadable response ({body[:80]!r})", headers) from None
         return self._reply(completion, headers)
 
-    def _create(self, messages: list[dict[str, Any]]) -> tuple[dict[str, str], bytes]:
+    def sdk_error(self, e: Any) -> ProviderError:
+        """Our error for an exception of the SDK (any `sdk.APIError`)."""
+        if isinstance(e, self.sdk.APIStatusError):
+            return self._status_error(e)
+        if isinstance(e, self.sdk.APITimeoutError):
+            return TransientError("the request timed out")
+        if isinstance(e, self.sdk.APIConnectionError):
+            where = self.base_url or f"the {self.name} API"
+            return TransientError(f"cannot connect to {where} ({e.__cause__ or e}): check IMGRAG_BASE_URL and the network")
+        return TransientError(f"unreadable response ({e})")  # a response the SDK cannot read
+
+    def _create(self, messages: list[dict[str, Any]], max_tokens: int = MAX_REPLY_TOKENS) -> tuple[dict[str, str], bytes]:
         """The chat request, in JSON mode unless the server has refused JSON mode: some
         OpenAI-compatible servers (LM Studio, older llama.cpp) reject `json_object` with a
         400; the prompt asks for JSON anyway and replies are validated either way."""
         params: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": 0.2,
-                                  "max_tokens": MAX_REPLY_TOKENS}
+                                  "max_tokens": max_tokens}
         if not self.json_mode:
             return self._send(params)
         try:
