@@ -411,10 +411,15 @@ def _strings(value) -> list[str]:
 
 
 def split_blocks(text: str, tag: str) -> tuple[list[tuple[int, dict]], str] | None:
-    """(numbered items inside the first <tag> block, all the text outside it), or None."""
-    start = text.find(f"<{tag}>")
-    end = text.find(f"</{tag}>", start + 1)
-    if start == -1 or end == -1:
+    """(numbered items inside the first <tag> block, all the text outside it), or None.
+    The block opens on a line of its own and, as a naive model reads it, ends at the first
+    </tag> anywhere: a description holding an unescaped </tag> would end it early."""
+    opening = re.search(rf"^<{tag}>$", text, re.M)
+    if opening is None:
+        return None
+    start = opening.start()
+    end = text.find(f"</{tag}>", opening.end())
+    if end == -1:
         return None
     items = []
     for line in text[start + len(tag) + 2: end].splitlines():
@@ -880,6 +885,7 @@ class _Handler(BaseHTTPRequestHandler):
         text_reply = answer_text_chat("\n".join(request.texts))
         if text_reply is not None:
             content = text_reply + (" See also [99]." if kind == "cite_unknown" else "")
+            content = content[: len(content) // 2] if kind == "malformed" else content
         else:
             content = apply_content_fault(kind, self.sv._describe(request), spec)
         prompt = request.prompt_tokens(self.sv.image_tokens)

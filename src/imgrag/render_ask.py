@@ -29,7 +29,8 @@ def dry_run(plan: AskPlan, json_out: bool) -> None:
         print(plan.prompt())
         s = plan.settings
         images = f" (with {plan.images} image{'s' if plan.images != 1 else ''})" if plan.images else ""
-        info(f"dry run: {len(plan.hits)} photos for {s.provider} model {s.model}: ~{plan.prompt_tokens:,} prompt "
+        photos = f"{len(plan.hits)} photo{'s' if len(plan.hits) != 1 else ''}"
+        info(f"dry run: {photos} for {s.provider} model {s.model}: ~{plan.prompt_tokens:,} prompt "
              f"tokens{images} + ~{plan.completion_tokens_estimate:,} for the answer, ~${plan.cost:.4f}; nothing was sent")
 
 
