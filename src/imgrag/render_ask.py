@@ -73,7 +73,7 @@ def answer(events: Iterator[str | AskResult], *, json_out: bool, thumbnails: str
 
 def usage_line(result: AskResult) -> str:
     u = result.usage
-    return (f"imgrag: {len(result.hits)} photos sent to {result.model}, {len(result.citations)} cited "
+    return (f"imgrag: {len(result.hits)} photo{'s' if len(result.hits) != 1 else ''} sent to {result.model}, {len(result.citations)} cited "
             f"({u['requests']} request{'s' if u['requests'] != 1 else ''}, "
             f"{u['prompt_tokens'] + u['completion_tokens']:,} tokens)")
 
