@@ -367,3 +367,5 @@ def test_verify_openai_sdk_and_bad_reply_retried(lib):
 def test_verify_needs_a_query(lib):
     r = lib.run("search", "--like", lib.path("home/kitchen.jpg"), "--verify")
     assert r.code == 2 and "--verify" in r.stderr and lib.chats() == []
+    r = run_imgrag("search", "--queries-from", "-", "--verify", cwd=lib.base, env=lib.env, stdin="kettle\n")
+    assert r.code == 2 and "--queries-from" in r.stderr and r.stdout == "" and lib.chats() == []

@@ -238,11 +238,11 @@ def search(
     table = not (json_out or paths_out or null or queries_from is not None)
     kind = render.thumbnail_kind(thumbnails) if table else None
     searcher = Searcher(index=index, embed_model=explicit_embed_model(), filters=filters)
+    if verify:
+        return _search_verified(searcher, shown_query, like, queries_from, options, json_out, paths_out, null, kind)
     if queries_from is not None:
         return _search_many(searcher, queries_from, options)
     like_path = os.path.abspath(like.expanduser()) if like is not None else None
-    if verify:
-        return _search_verified(searcher, shown_query, like, queries_from, options, json_out, paths_out, null, kind)
     hits = searcher.like(like, options) if like is not None else searcher.search(shown_query or "", options)
     if json_out:
         print(render.hits_json(shown_query, hits, like=like_path))
