@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .calls import Caller
 from .config import Settings, answer_settings
 from .context import load_records, verify_item
-from .errors import StorageError
+from .errors import StorageError, TryLater
 from .prompts import VERIFY_PROMPT_VERSION, data_json, verify_messages
 from .providers import InvalidReply
 from .records import now_iso
@@ -150,16 +150,14 @@ def _ask(query: str, items: list[dict[str, Any]], settings: Settings, caller: Ca
     caller = caller or Caller(settings)
     messages = verify_messages(query, items)
     problem = ""
-    for attempt in (1, 2):
-        if problem:
-            messages = [*messages, {"role": "user", "content": f"That reply was not valid: {problem}. "
-                                    "Reply again with only the JSON object, one verdict per candidate."}]
+    for _ in range(2):
         before = caller.requests
         try:
             reply = caller.call(lambda: provider.complete(messages, MAX_VERIFY_TOKENS))
-        except InvalidReply as e:
+        except InvalidReply as e:  # the server itself found the JSON invalid (Groq's json_validate_failed)
             result.requests += caller.requests - before
             problem = str(e)
+            messages = _asked_again(messages, e.reply, problem)
             continue
         result.requests += caller.requests - before
         result.prompt_tokens += reply.prompt_tokens
@@ -169,6 +167,12 @@ def _ask(query: str, items: list[dict[str, Any]], settings: Settings, caller: Ca
             return parse_verdicts(reply.text, len(items))
         except VerifyReplyError as e:
             problem = str(e)
-    from .errors import TryLater
-
+            messages = _asked_again(messages, reply.text, problem)
     raise TryLater(f"the model's verdicts were not valid twice ({problem}): try again, or search without --verify")
+
+
+def _asked_again(messages: list[dict[str, Any]], previous: str, problem: str) -> list[dict[str, Any]]:
+    """The request again with the reply that did not do and what was wrong with it (as describe asks)."""
+    return [*messages, {"role": "assistant", "content": previous[:4000] or "(empty)"},
+            {"role": "user", "content": f"That reply was not valid: {problem}. "
+                                        "Reply again with only the JSON object, one verdict per candidate."}]
