@@ -329,6 +329,9 @@ def ask(
     question: Annotated[str, typer.Argument(help="A question about your photos, in plain words.", show_default=False, metavar="QUESTION")],
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=50, help="How many of the best-matching photos the model reads.")] = 8,
     json_out: Annotated[bool, typer.Option("--json", help='Print one JSON document: {"answer", "citations", "photos", "model", "usage"}.')] = False,
+    min_score: Annotated[Optional[float], typer.Option(
+        "--min-score", help="Send only photos scoring this or more (default: search's cut-off; 0 sends the nearest anyway).",
+        show_default=False)] = None,
     look: Annotated[int, typer.Option("--look", min=0, max=10, help="Also send the N best photos themselves (downscaled, no metadata) to the vision model (IMGRAG_MODEL).", metavar="N")] = 0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the exact prompt and its estimated tokens and cost; send nothing.")] = False,
     in_folder: Annotated[Optional[Path], typer.Option("--in", help="Only photos inside this folder.", show_default=False, metavar="FOLDER")] = None,
@@ -349,8 +352,11 @@ def ask(
         before=parse_date(before, "--before") if before is not None else None,
     )
     settings = _settings()
+    if not dry_run:
+        settings.require_api_key()  # before retrieval loads anything
     searcher = Searcher(index=index, embed_model=explicit_embed_model(), filters=filters)
-    plan = plan_ask(question, searcher, settings, limit=limit, look=look)
+    cutoff = DEFAULT_MIN_SCORE if min_score is None else min_score
+    plan = plan_ask(question, searcher, settings, limit=limit, look=look, min_score=cutoff)
     if dry_run:
         render_ask.dry_run(plan, json_out)
     else:
@@ -359,7 +365,7 @@ def ask(
         if result.found:
             render.info(render_ask.usage_line(result))
     if not plan.hits:
-        render.info(f"imgrag: no photo matches the question{_why_nothing(searcher, DEFAULT_MIN_SCORE)}; "
+        render.info(f"imgrag: no photo matches the question{_why_nothing(searcher, cutoff)}; "
                     "nothing was sent to the model")
         return EXIT_SOME
     return EXIT_OK
