@@ -369,3 +369,37 @@ def test_verify_needs_a_query(lib):
     assert r.code == 2 and "--verify" in r.stderr and lib.chats() == []
     r = run_imgrag("search", "--queries-from", "-", "--verify", cwd=lib.base, env=lib.env, stdin="kettle\n")
     assert r.code == 2 and "--queries-from" in r.stderr and r.stdout == "" and lib.chats() == []
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_answer_streams_in_a_real_terminal(lib):
+    """In a terminal the answer appears word by word, then the cited photos with thumbnails."""
+    import shlex
+    import subprocess
+    import tempfile
+    import time
+
+    lib.server.stream_interval = 0.25
+    env = {k: v for k, v in lib.env.items() if k not in ("NO_COLOR", "COLUMNS", "LINES")}
+    env["TERM"] = "xterm-256color"
+    folder = tempfile.mkdtemp(prefix="imgrag-tmux-")
+    tmux = ["tmux", "-S", os.path.join(folder, "socket"), "-f", os.devnull]
+    command = (f"cd {shlex.quote(str(lib.base))} && {shlex.quote(sys.executable)} -m imgrag ask "
+               "'children with a birthday cake'; echo __END__; sleep 60")
+    subprocess.run([*tmux, "new-session", "-d", "-x", "160", "-y", "50", command], env=env, check=True, timeout=30)
+    screens = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (screens and "__END__" in screens[-1]):
+            screens.append(subprocess.run([*tmux, "capture-pane", "-p"], capture_output=True, text=True,
+                                          check=True).stdout)
+            time.sleep(0.1)
+    finally:
+        subprocess.run([*tmux, "kill-server"], capture_output=True, timeout=30)
+        shutil.rmtree(folder, ignore_errors=True)
+    final = screens[-1]
+    assert "__END__" in final and "Traceback" not in final
+    assert "Children blowing out candles on a birthday cake." in final and lib.path("home/birthday.jpg") in final
+    assert "\u2580" * 14 in final  # the cited photo's thumbnail
+    partial = [s for s in screens if "From the photos:" in s and "birthday cake." not in s]
+    assert partial, "the answer never showed in part: not streamed"
