@@ -885,7 +885,7 @@ class _Handler(BaseHTTPRequestHandler):
         text_reply = answer_text_chat("\n".join(request.texts))
         if text_reply is not None:
             content = text_reply + (" See also [99]." if kind == "cite_unknown" else "")
-            content = content[: len(content) // 2] if kind == "malformed" else content
+            content = content[: len(content) // 2] if kind == "malformed" else "" if kind == "empty" else content
         else:
             content = apply_content_fault(kind, self.sv._describe(request), spec)
         prompt = request.prompt_tokens(self.sv.image_tokens)

@@ -282,6 +282,10 @@ def test_ask_retries_429_and_stops_on_quota_key_and_retired_model(lib):
     r = lib.run("ask", "stop sign at a street corner")
     assert r.code == 2 and "IMGRAG_ANSWER_MODEL" in r.stderr and "retired" in r.stderr
 
+    lib.server.enqueue("empty")
+    r = lib.run("ask", "stop sign at a street corner")
+    assert r.code == 75 and "empty answer" in r.stderr
+
     lib.server.enqueue("stream_cut")
     r = lib.run("ask", "stop sign at a street corner")
     assert r.code == 75 and "cut off" in r.stderr and "Traceback" not in r.stderr

@@ -169,6 +169,7 @@ def ask(question: str, searcher: Searcher, settings: Settings, *, limit: int = D
 
 
 def answer_plan(plan: AskPlan, caller: Caller | None = None) -> Iterator[str | AskResult]:
+    """Send a plan (from `plan_ask`): its answer's text as it streams in, then the AskResult."""
     usage = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
     if not plan.hits:
         yield AskResult(plan.question, None, [], [], None, usage)
@@ -188,6 +189,8 @@ def answer_plan(plan: AskPlan, caller: Caller | None = None) -> Iterator[str | A
         raise TryLater(caller.redact(f"the answer was cut off: {e}")) from None
     caller.learn(reply.prompt_tokens, reply.completion_tokens)
     answer = "".join(parts).strip()
+    if not answer:  # e.g. a reasoning model that spent its tokens thinking
+        raise TryLater(f"the model {plan.settings.model} returned an empty answer: try again")
     usage.update(requests=caller.requests - before, prompt_tokens=reply.prompt_tokens,
                  completion_tokens=reply.completion_tokens)
     yield AskResult(plan.question, answer, citations(answer, plan.hits), plan.hits, plan.settings.model, usage)
