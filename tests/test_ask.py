@@ -172,6 +172,7 @@ def test_ask_json_groq_cites_the_right_photo(lib):
 
 
 def test_ask_openai_sdk_and_piped_output(lib):
+    lib.server.enqueue({"kind": "429", "retry_after": 1})  # waited out, as describe does
     r = lib.run("ask", "a dog running on the beach", env=openai_env(lib))
     assert r.code == 0, r.stderr
     lines = r.stdout.splitlines()
@@ -179,8 +180,9 @@ def test_ask_openai_sdk_and_piped_output(lib):
     cited = [line.split("\t") for line in lines[1:]]
     assert cited[0][1] == lib.path("trips/beach_dog.jpg") and cited[0][2] == "2023-07-14T10:00:00"
     assert cited[0][0] == lines[0][lines[0].index("[") : lines[0].index("]") + 1]
-    assert "1 request" in r.stderr and "standin-vision" in r.stderr
-    (chat,) = lib.chats()
+    assert "2 requests" in r.stderr and "standin-vision" in r.stderr
+    rate_limited, chat = lib.chats()
+    assert rate_limited["response_status"] == 429 and chat["response_status"] == 200
     assert chat["path"] == "/v1/chat/completions" and chat["body"]["model"] == "standin-vision"
     assert chat["body"]["stream_options"] == {"include_usage": True}
 
@@ -228,6 +230,12 @@ def test_ask_no_match_sends_nothing(lib):
     assert json.loads(r.stdout) == {"question": "a dog", "answer": None, "citations": [], "photos": [],
                                     "model": None, "usage": {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}}
     assert lib.chats() == []
+
+    # Sent anyway (--min-score 0), photos that do not tell: the model says so, and cites nothing.
+    r = lib.run("ask", "quarterly tax spreadsheet with invoice numbers", "--min-score", "0", "--limit", "2", "--json")
+    assert r.code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert "do not tell" in doc["answer"] and doc["citations"] == [] and len(doc["photos"]) == 2
 
 
 def test_ask_unknown_citation_is_dropped(lib):
