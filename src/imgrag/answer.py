@@ -178,8 +178,8 @@ def answer_plan(plan: AskPlan, caller: Caller | None = None) -> Iterator[str | A
 
     provider = make_text_provider(plan.settings, plan.model_setting)
     caller = caller or Caller(plan.settings)
-    before = caller.requests
-    reply = caller.call(lambda: provider.stream(plan.messages, MAX_ANSWER_TOKENS))
+    sent = [0]
+    reply = caller.call(lambda: provider.stream(plan.messages, MAX_ANSWER_TOKENS), sent)
     parts: list[str] = []
     try:
         for text in reply.chunks:
@@ -191,6 +191,6 @@ def answer_plan(plan: AskPlan, caller: Caller | None = None) -> Iterator[str | A
     answer = "".join(parts).strip()
     if not answer:  # e.g. a reasoning model that spent its tokens thinking
         raise TryLater(f"the model {plan.settings.model} returned an empty answer: try again")
-    usage.update(requests=caller.requests - before, prompt_tokens=reply.prompt_tokens,
+    usage.update(requests=sent[0], prompt_tokens=reply.prompt_tokens,
                  completion_tokens=reply.completion_tokens)
     yield AskResult(plan.question, answer, citations(answer, plan.hits), plan.hits, plan.settings.model, usage)

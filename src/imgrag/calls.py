@@ -35,9 +35,10 @@ class Caller:
         self.requests = 0
         self.rate_limited = 0
 
-    def call(self, send: Callable[[], Reply]) -> Reply:
+    def call(self, send: Callable[[], Reply], sent: list[int] | None = None) -> Reply:
         """`send()` until it returns; InvalidReply (the server found the JSON invalid) is
-        left to the caller, which knows whether to ask again."""
+        left to the caller, which knows whether to ask again. `sent[0]` counts this call's
+        requests (a shared Caller's own counts mix every thread's)."""
         faults = limited = 0
         while True:
             if not self.pacer.acquire(self.stop):
@@ -45,6 +46,8 @@ class Caller:
                     raise TryLater("the daily request quota is spent (x-ratelimit-remaining-requests: 0): try again later")
                 raise KeyboardInterrupt
             self._count()
+            if sent is not None:
+                sent[0] += 1
             try:
                 reply = send()
             except RateLimited as e:

@@ -151,15 +151,15 @@ def _ask(query: str, items: list[dict[str, Any]], settings: Settings, caller: Ca
     messages = verify_messages(query, items)
     problem = ""
     for _ in range(2):
-        before = caller.requests
+        sent = [0]
         try:
-            reply = caller.call(lambda: provider.complete(messages, MAX_VERIFY_TOKENS))
+            reply = caller.call(lambda: provider.complete(messages, MAX_VERIFY_TOKENS), sent)
         except InvalidReply as e:  # the server itself found the JSON invalid (Groq's json_validate_failed)
-            result.requests += caller.requests - before
+            result.requests += sent[0]
             problem = str(e)
             messages = _asked_again(messages, e.reply, problem)
             continue
-        result.requests += caller.requests - before
+        result.requests += sent[0]
         result.prompt_tokens += reply.prompt_tokens
         result.completion_tokens += reply.completion_tokens
         caller.learn(reply.prompt_tokens, reply.completion_tokens)
