@@ -42,13 +42,19 @@ def answer(events: Iterator[str | AskResult], *, json_out: bool, thumbnails: str
     stream = is_terminal(sys.stdout) and not json_out
     shown = False
     result = None
-    for event in events:
-        if isinstance(event, AskResult):
-            result = event
-        elif stream:
-            sys.stdout.write(event)
+    try:
+        for event in events:
+            if isinstance(event, AskResult):
+                result = event
+            elif stream:
+                sys.stdout.write(event)
+                sys.stdout.flush()
+                shown = True
+    except BaseException:
+        if shown:  # Ctrl-C or a cut-off answer: end the line, so the error starts its own
+            sys.stdout.write("\n")
             sys.stdout.flush()
-            shown = True
+        raise
     assert result is not None
     if json_out:
         _json(result.as_dict())
