@@ -225,16 +225,13 @@ def search(
 
     from . import render
     from .config import explicit_embed_model
-    from .search import DEFAULT_MIN_SCORE, Filters, SearchOptions, Searcher, clean_query, parse_date
+    from .search import Searcher, clean_query
+    from .search_request import cut_off, make_filters, make_options, why_nothing
 
     _check_search_flags(query, like, queries_from, json_out, paths_out, null)
     shown_query = clean_query(query) if query is not None else None
-    filters = Filters(
-        under=in_folder,
-        after=parse_date(after, "--after") if after is not None else None,
-        before=parse_date(before, "--before") if before is not None else None,
-    )
-    options = SearchOptions(limit=limit, min_score=DEFAULT_MIN_SCORE if min_score is None else min_score)
+    filters = make_filters(in_folder, after, before)
+    options = make_options(limit, min_score)
     table = not (json_out or paths_out or null or queries_from is not None)
     kind = render.thumbnail_kind(thumbnails) if table else None
     searcher = Searcher(index=index, embed_model=explicit_embed_model(), filters=filters)
@@ -251,7 +248,7 @@ def search(
     elif hits:
         render.hits_table(hits, kind)
     if not hits:
-        render.info(f"imgrag: no matching photos{_why_nothing(searcher, options.min_score)}")
+        render.info(f"imgrag: no matching photos{why_nothing(searcher, cut_off(options))}")
     return EXIT_OK if hits else EXIT_SOME
 
 
@@ -285,12 +282,29 @@ def _search_many(searcher, source: str, options) -> int:
     return EXIT_OK if found else EXIT_SOME
 
 
-def _why_nothing(searcher, min_score: float) -> str:
-    if searcher.bundle.size == 0:
-        return " (the index is empty)"
-    if searcher.allowed is not None and not searcher.allowed:
-        return " (no indexed photo passes --in/--after/--before)"
-    return f" (none scored {min_score:g} or more; --min-score 0 shows the nearest anyway)"
+@app.command(epilog=(
+    "Examples:\n\n"
+    "  imgrag serve ~/Pictures            # then open http://127.0.0.1:8000/\n\n"
+    "  IMGRAG_SERVE_TOKEN=... imgrag serve ~/Pictures --host 0.0.0.0 --allow-host photos.lan\n\n"
+    "  imgrag serve --read-only --port 8080"
+))
+@_exits
+def serve(
+    photos: Annotated[Optional[Path], typer.Argument(help="Photo folder to serve (its index need not exist yet). Default: the index found from here.", show_default=False)] = None,
+    index: IndexOpt = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on. Anything but loopback needs a token (IMGRAG_SERVE_TOKEN or --token-file).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on (0: any free one).")] = 8000,
+    allow_host: Annotated[Optional[list[str]], typer.Option("--allow-host", help="Another name clients reach this server by (Host header); repeatable.", show_default=False, metavar="NAME")] = None,
+    open_browser: Annotated[bool, typer.Option("--open", help="Open the page in a browser.")] = False,
+    read_only: Annotated[bool, typer.Option("--read-only", help="Search and browse only: no describe/embed jobs.")] = False,
+    token_file: Annotated[Optional[Path], typer.Option("--token-file", help="Read the access token from FILE (else IMGRAG_SERVE_TOKEN).", show_default=False, metavar="FILE")] = None,
+    cors: Annotated[Optional[str], typer.Option("--cors", help="Let pages from ORIGIN (e.g. https://app.example.org) call the API.", show_default=False, metavar="ORIGIN")] = None,
+) -> int:
+    """Serve your photos in a browser, and an HTTP API (OpenAPI at /docs)."""
+    from .web.serve import run_serve
+
+    return run_serve(photos, index=index, host=host, port=port, allow_hosts=allow_host or [], open_browser=open_browser,
+                     read_only=read_only, token_file=token_file, cors=cors)
 
 
 def _search_verified(searcher, query: Optional[str], like: Optional[Path], queries_from: Optional[str], options,
@@ -298,6 +312,7 @@ def _search_verified(searcher, query: Optional[str], like: Optional[Path], queri
     """search --verify: the hits, then the answer model's verdict on each (imgrag.verify)."""
     from . import render, render_ask
     from .errors import UsageError
+    from .search_request import cut_off, why_nothing
     from .verify import verify_hits
 
     if query is None:
@@ -310,7 +325,7 @@ def _search_verified(searcher, query: Optional[str], like: Optional[Path], queri
     else:
         render_ask.verified_output(hits, result, paths=paths_out, nul=null, thumbnails=kind)
     if not hits:
-        render.info(f"imgrag: no matching photos{_why_nothing(searcher, options.min_score)}")
+        render.info(f"imgrag: no matching photos{why_nothing(searcher, cut_off(options))}")
     else:
         render.info(render_ask.verify_summary(result))
     return EXIT_OK if result.kept else EXIT_SOME
@@ -344,18 +359,15 @@ def ask(
     from . import render, render_ask
     from .answer import answer_plan, plan_ask
     from .config import explicit_embed_model
-    from .search import DEFAULT_MIN_SCORE, Filters, Searcher, parse_date
+    from .search import Searcher
+    from .search_request import cut_off, make_filters, make_options, why_nothing
 
-    filters = Filters(
-        under=in_folder,
-        after=parse_date(after, "--after") if after is not None else None,
-        before=parse_date(before, "--before") if before is not None else None,
-    )
+    filters = make_filters(in_folder, after, before)
     settings = _settings()
     if not dry_run:
         settings.require_api_key()  # before retrieval loads anything
     searcher = Searcher(index=index, embed_model=explicit_embed_model(), filters=filters)
-    cutoff = DEFAULT_MIN_SCORE if min_score is None else min_score
+    cutoff = cut_off(make_options(limit, min_score))  # search's cut-off, from where search takes it
     plan = plan_ask(question, searcher, settings, limit=limit, look=look, min_score=cutoff)
     if dry_run:
         render_ask.dry_run(plan, json_out)
@@ -365,7 +377,7 @@ def ask(
         if result.found:
             render.info(render_ask.usage_line(result))
     if not plan.hits:
-        render.info(f"imgrag: no photo matches the question{_why_nothing(searcher, cutoff)}; "
+        render.info(f"imgrag: no photo matches the question{why_nothing(searcher, cutoff)}; "
                     "nothing was sent to the model")
         return EXIT_SOME
     return EXIT_OK

@@ -67,6 +67,8 @@ class DescribeOptions:
     wait: bool = False
     # Seconds in a rate-limit "minute": only a time-scaled stand-in server (benchmarks) differs.
     rate_window: float = 60.0
+    # Set from another thread (imgrag serve's cancel) to stop as Ctrl-C does: what is in flight is written.
+    cancel: threading.Event | None = None
 
 
 @dataclass
@@ -172,7 +174,7 @@ def run_describe(photos: Path, settings: Settings, options: DescribeOptions, pro
         provider = provider or make_provider(settings)
         usage = average_usage(described)
         pacer = Pacer(est_tokens=sum(usage) if usage else EST_TOKENS_PER_PHOTO, window=options.rate_window)
-        job = _Job(ws, provider, pacer, settings, groups, options.jobs, summary, progress)
+        job = _Job(ws, provider, pacer, settings, groups, options.jobs, summary, progress, cancel=options.cancel)
         try:
             job.run(todo_now)
         finally:
@@ -231,8 +233,10 @@ def estimate(count: int, settings: Settings, manifest: dict[str, Any],
 
 class _Job:
     def __init__(self, ws: Workspace, provider: VisionProvider, pacer: Pacer, settings: Settings,
-                 groups: dict[str, list[PhotoFile]], jobs: int, summary: DescribeSummary, progress: Progress) -> None:
+                 groups: dict[str, list[PhotoFile]], jobs: int, summary: DescribeSummary, progress: Progress,
+                 cancel: threading.Event | None = None) -> None:
         self.ws = ws
+        self.cancel = cancel
         self.provider = provider
         self.pacer = pacer
         self.settings = settings
@@ -286,7 +290,8 @@ class _Job:
         # An Event, not Thread.join: a join interrupted by Ctrl-C can mark a live thread
         # as finished (Python 3.11), and short waits keep Ctrl-C responsive.
         while not self.finished.wait(0.2):
-            pass
+            if self.cancel is not None and self.cancel.is_set() and not self.stop.is_set():
+                self._halt("interrupt", "")  # a cancel is a Ctrl-C from afar
 
     def _interrupted(self) -> None:
         self._halt("interrupt", "")

@@ -7,12 +7,14 @@ there are none, the model is never loaded."""
 from __future__ import annotations
 
 import sys
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .embed import LoadedModel, VectorCache, cache_dir_name, load_model, text_key
-from .errors import UsageError
+from .errors import Interrupted, UsageError
 from .index import (
     GENERATION_CONTENTS, INDEX_FORMAT, Doc, current_generation, previous_rows, read_meta, stable_order, write_bundle,
 )
@@ -73,7 +75,10 @@ def docs_for(groups: dict[str, list[PhotoFile]], described: dict[str, dict]) -> 
 
 
 def run_embed(photos: Path | None, model_name: str, *, rebuild: bool = False, wait: bool = False,
-              index: Path | None = None, show_progress: bool = False) -> EmbedSummary:
+              index: Path | None = None, show_progress: bool = False,
+              cancel: threading.Event | None = None, on_progress: Callable[[int, int], None] | None = None) -> EmbedSummary:
+    """`cancel` (set from another thread) stops between chunks of texts, keeping the vectors
+    already cached, with `Interrupted`; `on_progress(done, total)` follows the encoding."""
     ws = workspace_for(photos, index)
     summary = EmbedSummary(model=model_name, workspace=ws.root)
     # A full or read-only disk: one line, and the previous index stays searchable.
@@ -93,7 +98,7 @@ def run_embed(photos: Path | None, model_name: str, *, rebuild: bool = False, wa
         cache, encoder = _cache_for(ws, model_name, known, needed=keys)
         todo = _unique([(k, d.text) for k, d in zip(keys, docs) if k not in cache])
         if todo:
-            _encode_into(cache, encoder, todo, show_progress)
+            _encode_into(cache, encoder, todo, show_progress, cancel, on_progress)
         model = encoder if isinstance(encoder, LoadedModel) else None
         summary.encoded = len(todo)
         summary.cached = len(docs) - summary.encoded
@@ -157,11 +162,16 @@ def _small_batch_encoder(ws: Workspace, model_name: str, fingerprint: str, count
     return open_text_encoder(ws, model_name, fingerprint)
 
 
-def _encode_into(cache: VectorCache, model: Any, todo: list[tuple[str, str]], show_progress: bool) -> None:
+def _encode_into(cache: VectorCache, model: Any, todo: list[tuple[str, str]], show_progress: bool,
+                 cancel: threading.Event | None = None, on_progress: Callable[[int, int], None] | None = None) -> None:
     # Encode and append in chunks so an interrupted run keeps what it paid for.
     chunk = 1024
     bar = _progress(len(todo)) if show_progress and len(todo) > chunk else None
     for start in range(0, len(todo), chunk):
+        if on_progress is not None:
+            on_progress(start, len(todo))
+        if cancel is not None and cancel.is_set():
+            raise Interrupted(f"embedding cancelled: {start} of {len(todo)} new texts were embedded and kept")
         part = todo[start : start + chunk]
         vecs = model.encode([t for _, t in part], show_progress=show_progress and bar is None)
         cache.add([k for k, _ in part], vecs)

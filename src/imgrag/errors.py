@@ -29,3 +29,9 @@ class TryLater(ImgragError):
     """The provider's quota is spent, it keeps failing, or it asks for a long wait: exit 75."""
 
     exit_code = EXIT_TEMPFAIL
+
+
+class Interrupted(ImgragError):
+    """Stopped on request (a cancelled job of `imgrag serve`); what was done is kept: exit 130."""
+
+    exit_code = EXIT_INTERRUPTED

@@ -3,6 +3,7 @@ with `candidates()` + `order()`."""
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import sys
@@ -404,6 +405,19 @@ class Searcher:
                 "(run `imgrag index` on its folder first)"
             )
         return int(found[0]), sha, found[1] or ""
+
+    # -- for a long-lived server (imgrag serve): one open index, many requests --------
+
+    def with_filters(self, filters: Filters) -> Searcher:
+        """This open index and its loaded encoder, under other filters (one request's)."""
+        other = copy.copy(self)
+        other.allowed = allowed_rows(self.bundle, self.ws, filters)
+        return other
+
+    def reuse_encoder(self, previous: Searcher) -> None:
+        """Keep the query encoder of the previous generation when it embeds with the same model."""
+        if previous._encoder is not None and previous.bundle.meta.get("embedding") == self.bundle.meta.get("embedding"):
+            self._encoder = previous._encoder
 
     def _stored_vector(self, row: int) -> np.ndarray:
         try:

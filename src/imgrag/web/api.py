@@ -1,0 +1,334 @@
+"""The native HTTP API: /api/search, /api/photos/..., /api/status, /api/jobs, /api/login.
+Each route turns its parameters into the calls `imgrag search/status/describe/embed` make."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import mimetypes
+import re
+import threading
+import time
+from pathlib import Path, PurePath
+from typing import Any, Literal
+
+from fastapi import APIRouter, Body, Query, Request, Response
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field
+
+from ..errors import UsageError
+from .errors import Forbidden, NotFound
+from .images import DEFAULT_THUMBNAIL, MAX_SIZE, MIN_SIZE, PREVIEW_SIZE, cached_jpeg
+from .security import SESSION_COOKIE, session_value
+from .state import Served, photo_file
+
+router = APIRouter()
+
+_SHA = re.compile(r"[0-9a-f]{64}")
+MAX_LIMIT = 100
+MAX_OFFSET = 10_000
+MAX_QUERY = 4096  # characters; the encoder reads far fewer (search.MAX_QUERY_CHARS)
+CACHE_FOREVER = "private, max-age=31536000, immutable"  # URLs name content by its hash
+STATUS_TTL = 5.0  # seconds a status is reused (it scans the photo folders)
+
+
+def _server(request: Request):
+    return request.app.state.server
+
+
+def _not_found(what: str) -> JSONResponse:
+    return JSONResponse({"error": f"not found: {what}"}, status_code=404)
+
+
+def _urls(sha: str) -> dict[str, str]:
+    return {"thumbnail_url": f"/api/photos/{sha}/thumbnail", "preview_url": f"/api/photos/{sha}/preview",
+            "file_url": f"/api/photos/{sha}/file"}
+
+
+def _rel(base: Path, path: str) -> str:
+    import os
+
+    return PurePath(os.path.relpath(path, base)).as_posix()
+
+
+# -- search ------------------------------------------------------------------------------------
+
+
+@router.get("/api/search", summary="Search photos (the same results as `imgrag search --json`)")
+def search(
+    request: Request,
+    q: str | None = Query(None, max_length=MAX_QUERY, description="What to look for"),
+    limit: int = Query(10, ge=1, le=MAX_LIMIT),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
+    in_: str | None = Query(None, alias="in", max_length=4096, description="Only photos inside this folder (relative to the folder holding .imgrag/)"),
+    after: str | None = Query(None, max_length=64, description="Taken on or after (YYYY[-MM[-DD]] or ISO time)"),
+    before: str | None = Query(None, max_length=64, description="Taken before"),
+    min_score: float | None = Query(None, ge=0, le=10, description="Cut-off (default: the CLI's)"),
+    like: str | None = Query(None, max_length=4096, description="A photo id or indexed path: photos like it"),
+    sort: Literal["relevance", "date"] = "relevance",
+):
+    from ..search_request import cut_off, make_filters, make_options, search_page, why_nothing
+
+    server = _server(request)
+    if (q is None) == (like is None):
+        raise UsageError("give q (what to look for) or like (a photo id or indexed path), not both or neither")
+    options = make_options(limit, min_score)
+    doc: dict[str, Any] = {"query": None, "like": like, "results": [], "next_offset": None,
+                           "min_score": cut_off(options), "sort": sort, "hint": None, "generation": None}
+    if q is not None:
+        from ..search import clean_query
+
+        doc["query"] = clean_query(q)
+    filters = make_filters(server.ws.base / in_ if in_ else None, after, before, names=("after", "before"))
+    served = server.index.current()
+    if served is None:
+        doc.update(index="none", hint=server.index.problem or "no search index yet: run an index job (or `imgrag index PHOTOS`)")
+        return doc
+    searcher = served.searcher.with_filters(filters) if filters.active() else served.searcher
+    like_path = _like_path(server, served, like) if like is not None else None
+    page = search_page(searcher, options, query=doc["query"], like=like_path, offset=offset, sort=sort,
+                       dates=served.dates)
+    base = server.ws.base
+    dates = served.dates([h.sha256 for h in page.hits])
+    doc.update(index="ready", generation=served.generation, next_offset=page.next_offset, results=[{
+        "id": h.sha256, "rank": h.rank, "score": h.score, "path": _rel(base, h.path), "paths": [_rel(base, p) for p in h.paths],
+        "abs_path": h.path, "caption": h.caption, "date": dates.get(h.sha256), "taken": h.taken,
+        "why": h.why, **_urls(h.sha256), "extra": h.extra,
+    } for h in page.hits])
+    if not page.hits and offset == 0:
+        doc["hint"] = "no matching photos" + why_nothing(searcher, cut_off(options), flag="min_score",
+                                                         filter_flags="the folder/date filters")
+    return _fast_json(doc)
+
+
+def _fast_json(doc: dict) -> Response:
+    """Plain json.dumps: FastAPI's generic encoder costs more than the search on a busy server."""
+    from ..workspace import json_bytes
+
+    return Response(json_bytes(doc), media_type="application/json")
+
+
+def _like_path(server, served: Served, like: str) -> Path:
+    """The file of an indexed photo named by id or by indexed path (anything else: not found)."""
+    sha = like if _SHA.fullmatch(like) and like in served.photos.row_of else served.photos.sha_of.get(like)
+    if sha is None:
+        raise NotFound(f"like={like}: no such photo in the index")
+    for rel in served.paths_of(sha):
+        found = photo_file(server.ws, PurePath(rel).as_posix())
+        if found is not None:
+            return found
+    raise NotFound(f"like={like}: the photo's file is gone")
+
+
+# -- photos ------------------------------------------------------------------------------------
+
+
+def _indexed(request: Request, photo_id: str) -> tuple[Any, str, Path | None]:
+    """(server, sha, its file) for an id of the index being served; raises a 404 otherwise."""
+    server = _server(request)
+    served = server.index.current()
+    if not _SHA.fullmatch(photo_id) or served is None or photo_id not in served.photos.row_of:
+        raise NotFound(f"no photo {photo_id[:80]!r} in the index")
+    for rel in served.paths_of(photo_id):
+        found = photo_file(server.ws, PurePath(rel).as_posix())
+        if found is not None:
+            return server, photo_id, found
+    return server, photo_id, None
+
+
+@router.get("/api/photos/{photo_id}", summary="A photo's description record")
+def photo(request: Request, photo_id: str):
+    server, sha, path = _indexed(request, photo_id)
+    served = server.index.current()
+    record = server.descriptions.get(sha) or {}
+    base = server.ws.base
+    paths = [PurePath(p).as_posix() for p in served.paths_of(sha)]
+    desc = record.get("description") or {}
+    return {
+        "id": sha, "paths": paths, "abs_paths": [str(base / p) for p in paths], "caption": desc.get("caption", ""),
+        "description": desc, "taken": record.get("taken"), "date": served.photos.date_of.get(sha),
+        "camera": record.get("camera"), "gps": record.get("gps"), "width": record.get("width"),
+        "height": record.get("height"), "size": record.get("size"), "model": record.get("model"),
+        "provider": record.get("provider"), "created": record.get("created"), "file_exists": path is not None,
+        **_urls(sha), "like_url": f"/api/search?like={sha}",
+    }
+
+
+def _not_modified(request: Request, etag: str) -> bool:
+    return any(t.strip() in (etag, "*") for t in request.headers.get("if-none-match", "").split(","))
+
+
+def _jpeg(request: Request, photo_id: str, size: int) -> Response:
+    server, sha, path = _indexed(request, photo_id)
+    etag = f'"{sha}"'
+    headers = {"ETag": etag, "Cache-Control": CACHE_FOREVER}
+    if _not_modified(request, etag):
+        return Response(status_code=304, headers=headers)
+    if path is None:
+        raise NotFound(f"the file of photo {sha} is gone")
+    from ..photos import PhotoError
+
+    try:
+        made = cached_jpeg(server.ws, sha, path, size)
+    except PhotoError as e:
+        return JSONResponse({"error": f"cannot read this photo: {e}"}, status_code=422)
+    if isinstance(made, bytes):
+        return Response(made, media_type="image/jpeg", headers=headers)
+    return FileResponse(made, media_type="image/jpeg", headers=headers)
+
+
+@router.get("/api/photos/{photo_id}/thumbnail", summary="A JPEG thumbnail (orientation applied, no metadata)")
+def thumbnail(request: Request, photo_id: str, size: int = Query(DEFAULT_THUMBNAIL, ge=MIN_SIZE, le=MAX_SIZE)):
+    return _jpeg(request, photo_id, size)
+
+
+@router.get("/api/photos/{photo_id}/preview", summary="A large JPEG preview")
+def preview(request: Request, photo_id: str):
+    return _jpeg(request, photo_id, PREVIEW_SIZE)
+
+
+@router.get("/api/photos/{photo_id}/file", summary="The original file")
+def original(request: Request, photo_id: str):
+    server, sha, path = _indexed(request, photo_id)
+    if path is None:
+        raise NotFound(f"the file of photo {sha} is gone")
+    return photo_response(request, sha, path)
+
+
+def photo_response(request: Request, sha: str, path: Path) -> Response:
+    etag = f'"{sha}"'
+    headers = {"ETag": etag, "Cache-Control": CACHE_FOREVER}
+    if _not_modified(request, etag):
+        return Response(status_code=304, headers=headers)
+    media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return FileResponse(path, media_type=media, headers=headers)
+
+
+# -- status ------------------------------------------------------------------------------------
+
+_status_cache: dict[int, tuple[float, tuple, dict]] = {}
+_status_lock = threading.Lock()
+
+
+@router.get("/api/status", summary="The fields of `imgrag status --json`, and the server's own")
+def status(request: Request):
+    from ..status import collect_status, next_step
+
+    server = _server(request)
+    job = server.jobs.running()
+    served = server.index.current(wait=0)
+    key = (served.generation if served else None, job.version if job else None, _log_size(server.ws))
+    with _status_lock:
+        cached = _status_cache.get(id(server))
+        if cached is None or cached[1] != key or time.monotonic() - cached[0] > STATUS_TTL:
+            state = collect_status(server.ws, server.config.photos)
+            cached = (time.monotonic(), key, {**state.as_dict(), "next": next_step(state)})
+            _status_cache[id(server)] = cached
+    return {**cached[2], "read_only": server.config.read_only, "auth": bool(server.config.token),
+            "index_loaded": served is not None, "index_problem_serving": server.index.problem,
+            "generation": served.generation if served else None, "job": job.as_dict() if job else None}
+
+
+def _log_size(ws) -> int:
+    try:
+        return ws.descriptions_path.stat().st_size
+    except OSError:
+        return -1
+
+
+# -- jobs --------------------------------------------------------------------------------------
+
+
+class JobRequest(BaseModel):
+    kind: Literal["describe", "embed", "index"]
+    limit: int | None = Field(None, ge=0, le=10_000_000)
+    dry_run: bool = False
+
+
+def _read_only(server) -> None:
+    if server.config.read_only:
+        raise Forbidden("this server is read-only (--read-only): jobs are off")
+
+
+@router.post("/api/jobs", status_code=202, summary="Start describe, embed or index (dry_run first gives the estimate)")
+def start_job(request: Request, body: JobRequest):
+    server = _server(request)
+    _read_only(server)
+    job = server.jobs.start(body.kind, limit=body.limit, dry_run=body.dry_run)
+    return job.as_dict()
+
+
+@router.get("/api/jobs", summary="Jobs of this server, newest first")
+def list_jobs(request: Request):
+    return {"jobs": [j.as_dict() for j in _server(request).jobs.all()]}
+
+
+def _job(request: Request, job_id: str):
+    job = _server(request).jobs.get(job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id[:40]!r}")
+    return job
+
+
+@router.get("/api/jobs/{job_id}", summary="A job's state and progress")
+def get_job(request: Request, job_id: str):
+    return _job(request, job_id).as_dict()
+
+
+@router.delete("/api/jobs/{job_id}", summary="Cancel a job (what is in flight finishes and is kept)")
+def cancel_job(request: Request, job_id: str):
+    job = _job(request, job_id)
+    _server(request).jobs.cancel(job)
+    return job.as_dict()
+
+
+@router.get("/api/jobs/{job_id}/events", summary="A job's progress as server-sent events")
+async def job_events(request: Request, job_id: str):
+    job = _job(request, job_id)
+    server = _server(request)
+
+    async def events():
+        sent = -1
+        while True:
+            version = job.version
+            if version != sent:
+                sent = version
+                yield f"event: job\ndata: {json.dumps(job.as_dict())}\n\n"
+            if not job.running and job.version == sent:
+                return
+            if server.stopping.is_set() or await request.is_disconnected():
+                return
+            await asyncio.sleep(0.2)
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+# -- login (only when a token is set) ----------------------------------------------------------
+
+
+class Login(BaseModel):
+    token: str = Field(..., max_length=4096)
+
+
+@router.post("/api/login", summary="Log the page in: sets a session cookie when the token is right")
+async def login(request: Request, body: Login = Body(...)):
+    import hmac
+
+    token = _server(request).config.token
+    if token is None:
+        return {"ok": True, "auth": False}
+    if not hmac.compare_digest(body.token.encode(), token.encode()):
+        await asyncio.sleep(0.5)  # slows guessing
+        return JSONResponse({"error": "wrong token", "login": True}, status_code=401)
+    response = JSONResponse({"ok": True, "auth": True})
+    response.set_cookie(SESSION_COOKIE, session_value(token), httponly=True, samesite="strict", path="/",
+                        secure=request.url.scheme == "https")
+    return response
+
+
+@router.post("/api/logout", summary="Forget the page's session cookie")
+def logout():
+    response = JSONResponse({"ok": True})
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response

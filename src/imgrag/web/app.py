@@ -1,0 +1,149 @@
+"""The FastAPI app of `imgrag serve`: the native API (api.py), the original service's
+endpoints (legacy.py), the page (static/), and errors as `{"error": ...}` with a 4xx status."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import ImgragError
+from ..workspace import Workspace
+from .errors import Forbidden, NotFound
+from .jobs import Busy, Jobs
+from .records import Descriptions
+from .security import BodyTooLarge, Guard, Rules
+from .state import LiveIndex
+
+STATIC = Path(__file__).parent / "static"
+log = logging.getLogger("imgrag.serve")
+
+
+@dataclass
+class ServeConfig:
+    ws: Workspace
+    photos: Path | None = None  # the folder given to `imgrag serve PHOTOS`, if any
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token: str | None = None
+    allow_hosts: list[str] = field(default_factory=list)
+    cors: str | None = None
+    read_only: bool = False
+    embed_model: str | None = None  # IMGRAG_EMBED_MODEL when set (an index made with another is refused)
+
+
+class Server:
+    """What the routes share: the live index, the jobs, the settings. Routes hold no logic."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self.ws = config.ws
+        self.index = LiveIndex(config.ws, config.embed_model)
+        self.jobs = Jobs(config.ws, config.photos, on_written=self.index.refresh)
+        self.descriptions = Descriptions(config.ws)
+        self.stopping = threading.Event()  # set on Ctrl-C/SIGTERM: event streams end, jobs stop
+
+
+def server_of(request: Request) -> Server:
+    return request.app.state.server
+
+
+def create_app(config: ServeConfig) -> FastAPI:
+    server = Server(config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        server.index.start()
+        yield
+        server.jobs.shutdown()  # a running job stops as describe does on Ctrl-C: nothing lost
+
+    app = FastAPI(title="imgrag", summary="Find photos by what is in them", lifespan=lifespan,
+                  version=_version())
+    app.state.server = server
+    _errors(app)
+
+    from . import api, legacy
+
+    app.include_router(api.router)
+    app.include_router(legacy.router)
+
+    @app.get("/", include_in_schema=False)
+    def page():
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static")
+    if config.cors:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=[config.cors], allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["Authorization", "Content-Type"], allow_credentials=False)
+    app.add_middleware(Guard, rules=Rules(host=config.host, port=config.port, token=config.token,
+                                          allow_hosts=config.allow_hosts, cors=config.cors))
+    return app
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("imgrag")
+    except PackageNotFoundError:
+        return "0"
+
+
+def _errors(app: FastAPI) -> None:
+    """Every error is `{"error": "..."}`; a traceback never reaches a client."""
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        message = exc.detail if isinstance(exc.detail, str) else "error"
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"not found: {request.url.path}"
+        return JSONResponse({"error": message}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError):
+        return JSONResponse({"error": _validation_message(exc)}, status_code=400)
+
+    @app.exception_handler(NotFound)
+    async def not_found(request: Request, exc: NotFound):
+        return JSONResponse({"error": str(exc)}, status_code=404)
+
+    @app.exception_handler(Forbidden)
+    async def forbidden(request: Request, exc: Forbidden):
+        return JSONResponse({"error": str(exc)}, status_code=403)
+
+    @app.exception_handler(ImgragError)
+    async def usage_error(request: Request, exc: ImgragError):
+        return JSONResponse({"error": str(exc)}, status_code=400)
+
+    @app.exception_handler(Busy)
+    async def busy(request: Request, exc: Busy):
+        return JSONResponse({"error": str(exc)}, status_code=409)
+
+    @app.exception_handler(BodyTooLarge)
+    async def too_large(request: Request, exc: BodyTooLarge):
+        return JSONResponse({"error": "the request body is too large"}, status_code=413)
+
+    @app.exception_handler(Exception)
+    async def bug(request: Request, exc: Exception):
+        log.exception("imgrag: internal error on %s %s", request.method, request.url.path)
+        return JSONResponse({"error": f"internal error ({type(exc).__name__}); see the server's log"}, status_code=500)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    """FastAPI's validation errors as one line: 'limit: Input should be less than or equal to 100'."""
+    parts = []
+    for e in exc.errors()[:3]:
+        where = ".".join(str(p) for p in e.get("loc", ()) if p not in ("query", "body", "path"))
+        msg = str(e.get("msg", "invalid"))
+        parts.append(f"{where}: {msg}" if where else msg)
+    return "bad request: " + "; ".join(parts or ["invalid input"])

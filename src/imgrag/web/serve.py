@@ -1,0 +1,155 @@
+"""`imgrag serve`: check the settings, bind, run uvicorn; Ctrl-C/SIGTERM let requests in
+flight finish and stop a running job as describe stops on Ctrl-C."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import threading
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from ..errors import UsageError
+from ..workspace import DIR_NAME, Workspace
+from .security import is_loopback
+
+TOKEN_ENV = "IMGRAG_SERVE_TOKEN"
+MAX_HEADER_BYTES = 2 * 1024 * 1024  # h11's limit: past our own (security.MAX_URL_QUERY), so ours answers in JSON
+
+
+def resolve_workspace(photos: Path | None, index: Path | None) -> tuple[Workspace, Path | None]:
+    """The workspace to serve and the photo folder jobs index (None: the index's own roots).
+    With PHOTOS, its workspace also when it does not exist yet (a job creates it)."""
+    if photos is not None:
+        if not photos.is_dir():
+            raise UsageError(f"not a folder: {photos}")
+        return Workspace.for_photos(photos, index), photos.resolve()
+    try:
+        return Workspace.find(Path.cwd(), index), None
+    except UsageError:
+        if index is not None:
+            raise
+    return _no_workspace_found()
+
+
+def _no_workspace_found() -> tuple[Workspace, Path | None]:
+    # The one place where, with no PHOTOS and no index found, the demo folder will be served.
+    raise UsageError(
+        f"no {DIR_NAME}/ folder here or in a parent folder: run `imgrag serve PHOTOS` with your photo folder "
+        "(the page can index it), or point at an index with --index DIR"
+    )
+
+
+def read_token(token_file: Path | None) -> str | None:
+    if token_file is not None:
+        try:
+            token = token_file.expanduser().read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"--token-file {token_file}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+        if not token:
+            raise UsageError(f"--token-file {token_file} is empty")
+        return token
+    return os.environ.get(TOKEN_ENV, "").strip() or None
+
+
+def _check_cors(origin: str | None) -> str | None:
+    if origin is None:
+        return None
+    parts = urlsplit(origin)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/") or parts.query:
+        raise UsageError(f"--cors {origin!r}: give an origin such as https://photos.example.org (scheme, host, port)")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as e:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port} ({e.strerror or e}): pass another --port or --host") from None
+    # Accepted connections inherit this: without it, an answer's body waits for the ACK of its
+    # headers (Nagle vs delayed ACK), ~40 ms on every request.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def url_for(host: str, port: int) -> str:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    return f"http://[{shown}]:{port}/" if ":" in shown else f"http://{shown}:{port}/"
+
+
+def run_serve(photos: Path | None, *, index: Path | None, host: str, port: int, allow_hosts: list[str],
+              open_browser: bool, read_only: bool, token_file: Path | None, cors: str | None) -> int:
+    import uvicorn
+
+    from ..config import explicit_embed_model
+    from .app import ServeConfig, create_app
+
+    from ..config import load_dotenv_once
+
+    load_dotenv_once()  # IMGRAG_SERVE_TOKEN may come from .env, as every other setting
+    ws, folder = resolve_workspace(photos, index)
+    token = read_token(token_file)
+    if not is_loopback(host) and not token:
+        raise UsageError(f"--host {host} lets other machines in: set a token first ({TOKEN_ENV}=..., or --token-file FILE)")
+    config = ServeConfig(ws=ws, photos=folder, host=host, port=port, token=token, allow_hosts=list(allow_hosts),
+                         cors=_check_cors(cors), read_only=read_only, embed_model=explicit_embed_model())
+    sock = _bind(host, port)
+    config.port = sock.getsockname()[1]  # --port 0: the one the system chose
+    _log_to_stderr()
+    app = create_app(config)
+    uv = uvicorn.Config(app, http="h11", h11_max_incomplete_event_size=MAX_HEADER_BYTES, lifespan="on",
+                        log_level="warning", access_log=False, server_header=False, timeout_graceful_shutdown=30)
+    server = _Uvicorn(uv, app.state.server, url_for(host, config.port), open_browser)
+    server.run(sockets=[sock])
+    return 0
+
+
+class _Uvicorn:
+    """uvicorn's server, told about Ctrl-C first so event streams end and jobs stop in time."""
+
+    def __new__(cls, config, shared, url: str, open_browser: bool):
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            async def startup(self, sockets=None):
+                await super().startup(sockets=sockets)
+                if self.started:
+                    mode = " (read-only)" if shared.config.read_only else ""
+                    print(f"imgrag: serving {shared.ws.root} at {url}{mode}  (Ctrl-C stops)", file=sys.stderr, flush=True)
+                    if open_browser:
+                        import webbrowser
+
+                        threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
+
+            def handle_exit(self, sig, frame):
+                if shared.stopping.is_set():
+                    # A second Ctrl-C: abandon what is in flight (every record already written is safe).
+                    print("imgrag: stopped at once", file=sys.stderr, flush=True)
+                    os._exit(130)
+                shared.stopping.set()
+                running = shared.jobs.running()
+                if running is not None:
+                    print(f"imgrag: stopping: the {running.kind} job finishes its requests in flight "
+                          "(Ctrl-C again to abandon them)", file=sys.stderr, flush=True)
+                    shared.jobs.cancel(running)
+                super().handle_exit(sig, frame)
+
+        return Server(config)
+
+
+def _log_to_stderr() -> None:
+    log = logging.getLogger("imgrag.serve")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False

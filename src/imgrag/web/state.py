@@ -1,0 +1,172 @@
+"""The index a server searches: loaded once in the background, then replaced whole when a
+new generation appears (a cron `imgrag index`, or a job of this server), so every answer
+comes from one complete generation and no request waits for a reload."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+
+from ..errors import ImgragError
+from ..index import current_generation
+from ..workspace import Workspace
+
+log = logging.getLogger("imgrag.serve")
+
+FIRST_LOAD_WAIT = 60.0  # seconds a search waits for the first load before saying "not ready"
+
+
+@dataclass
+class Photos:
+    """One generation's photos by id (sha256) and by indexed name, for serving them."""
+
+    row_of: dict[str, int]  # sha256 -> row
+    sha_of: dict[str, str]  # indexed name (relative to the workspace base, '/') -> sha256
+    date_of: dict[str, str | None]  # sha256 -> its date as the filters see it
+
+    @classmethod
+    def read(cls, bundle) -> Photos:
+        from ..search import _PHOTO_TIME
+
+        row_of: dict[str, int] = {}
+        sha_of: dict[str, str] = {}
+        date_of: dict[str, str | None] = {}
+        for row, sha, paths, date in bundle.db.execute(f"SELECT row, sha256, paths, {_PHOTO_TIME} FROM docs"):
+            row_of[sha] = row
+            date_of[sha] = date
+            for p in json.loads(paths):
+                sha_of.setdefault(PurePath(p).as_posix(), sha)
+        return cls(row_of, sha_of, date_of)
+
+
+class Served:
+    """One generation, open and ready: what a request uses from start to end. Its photo
+    tables are read in the background, so the first search does not wait for them."""
+
+    def __init__(self, generation: str, searcher) -> None:
+        self.generation = generation
+        self.searcher = searcher  # imgrag.search.Searcher
+        self._photos: Photos | None = None
+        self._read = threading.Event()
+        threading.Thread(target=self._read_photos, name="imgrag-photos", daemon=True).start()
+
+    def _read_photos(self) -> None:
+        try:
+            self._photos = Photos.read(self.searcher.bundle)
+        except Exception:  # noqa: BLE001 - `photos` reads again on first use and then says why
+            log.exception("imgrag: reading the index's photo table failed")
+        finally:
+            self._read.set()
+
+    @property
+    def photos(self) -> Photos:
+        self._read.wait()
+        if self._photos is None:
+            self._photos = Photos.read(self.searcher.bundle)
+        return self._photos
+
+    def dates(self, shas: list[str]) -> dict[str, str | None]:
+        """Photos' dates by sha256, from the table once read, else from the index itself."""
+        if self._photos is not None:
+            return {s: self._photos.date_of.get(s) for s in shas}
+        from ..search_request import photo_dates
+
+        return photo_dates(self.searcher.bundle, shas)
+
+    def paths_of(self, sha: str) -> list[str]:
+        row = self.photos.row_of.get(sha)
+        if row is None:
+            return []
+        doc = self.searcher.bundle.docs([row]).get(row)
+        return list(doc.paths) if doc else []
+
+
+class LiveIndex:
+    def __init__(self, ws: Workspace, embed_model: str | None) -> None:
+        self.ws = ws
+        self.embed_model = embed_model
+        self._served: Served | None = None
+        self._loading = threading.Lock()  # one load at a time
+        self._first = threading.Event()  # set once the first load has been tried
+        self.problem: str | None = None  # why the index cannot be searched, when it cannot
+
+    def start(self) -> None:
+        threading.Thread(target=self._load_first, name="imgrag-index-load", daemon=True).start()
+
+    def _load_first(self) -> None:
+        try:
+            self.refresh()
+        finally:
+            self._first.set()
+
+    @property
+    def loaded(self) -> bool:
+        return self._served is not None
+
+    def current(self, wait: float = FIRST_LOAD_WAIT) -> Served | None:
+        """The generation to answer from (None: there is no index yet). A new generation on
+        disk is loaded in the background while the previous one keeps answering."""
+        if not self._first.wait(wait):
+            return self._served  # still loading, and the caller would rather not wait (status)
+        served = self._served
+        gen = current_generation(self.ws)  # one small file read: cheap enough for every request
+        if gen is not None and (served is None or served.generation != gen):
+            if served is None:
+                self.refresh()  # nothing to answer from meanwhile
+            elif not self._loading.locked():
+                threading.Thread(target=self.refresh, name="imgrag-index-reload", daemon=True).start()
+        return self._served
+
+    def refresh(self) -> None:
+        """Open the current generation (if it is not the one served) and swap it in."""
+        with self._loading:
+            gen = current_generation(self.ws)
+            previous = self._served
+            if gen is None or (previous is not None and previous.generation == gen):
+                return
+            try:
+                served = self._open(gen, previous)
+            except ImgragError as e:
+                self.problem = str(e)
+                log.warning("imgrag: %s", e)
+                return
+            except OSError as e:  # a generation pruned while we opened it: the next request retries
+                log.warning("imgrag: could not open index generation %s (%s)", gen, e)
+                return
+            self.problem = None
+            self._served = served  # one reference swap: a request holds the old or the new, whole
+            if previous is not None:
+                log.info("imgrag: now serving index generation %s (%d photos)", gen, served.searcher.bundle.size)
+
+    def _open(self, gen: str, previous: Served | None) -> Served:
+        from ..search import Searcher
+
+        searcher = Searcher(index=self.ws.root, embed_model=self.embed_model)
+        bundle = searcher.bundle
+        # Read everything a search touches now: a later cron run prunes this folder, and
+        # only files already open stay readable after that.
+        bundle.lexical, bundle.visible_text, bundle.crowding  # noqa: B018
+        if previous is not None:
+            searcher.reuse_encoder(previous.searcher)
+        if bundle.size:
+            searcher.encoder().encode(["warm up"])  # load the model now, not on a user's first search
+        return Served(bundle.folder.name, searcher)  # the folder CURRENT named when it was opened
+
+
+def photo_file(ws: Workspace, name: str) -> Path | None:
+    """The file an indexed name stands for, if it is a regular file inside the photo tree
+    (the folder holding .imgrag/, or a photo root): a symlink leading elsewhere is refused."""
+    if not name or os.path.isabs(name) or ".." in PurePath(name).parts or "\x00" in name:
+        return None
+    try:
+        real = (ws.base / name).resolve(strict=True)
+    except (OSError, RuntimeError):
+        return None
+    allowed = [ws.base.resolve(), *(r.resolve() for r in ws.roots())]
+    if not any(real == a or a in real.parents for a in allowed):
+        return None
+    return real if real.is_file() else None
