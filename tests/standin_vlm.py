@@ -26,6 +26,7 @@ import hashlib
 import io
 import json
 import math
+import re
 import signal
 import socket
 import struct
@@ -106,7 +107,8 @@ ERROR_FAULTS = {
     "502": (502, "Bad Gateway", "internal_server_error", "bad_gateway"),
     "503": (503, "Service Unavailable: the model is over capacity", "internal_server_error", "service_unavailable"),
 }
-CONTENT_FAULTS = {"malformed", "schema", "fenced", "preamble", "empty", "huge", "injection", "think"}
+CONTENT_FAULTS = {"malformed", "schema", "fenced", "preamble", "empty", "huge", "injection", "think", "cite_unknown",
+                  "stream_cut"}
 FAULT_KINDS = set(ERROR_FAULTS) | CONTENT_FAULTS | {"429", "daily", "timeout", "reset", "html", "drip"}
 
 # Vision models Groq has shut down (console.groq.com/docs/deprecations): a request for one
@@ -344,6 +346,9 @@ class ChatRequest:
     text_chars: int
     images: list[tuple[bytes, Image.Image]] = field(default_factory=list)
     reasoning_effort: str | None = None
+    texts: list[str] = field(default_factory=list)  # every text part, in order
+    stream: bool = False
+    include_usage: bool = False  # stream_options.include_usage (OpenAI); Groq always sends usage
 
     def prompt_tokens(self, image_tokens: int) -> int:
         return self.text_chars // 4 + image_tokens * len(self.images)
@@ -357,9 +362,9 @@ def parse_chat(body) -> ChatRequest:
         raise BadRequest("'model' : property 'model' is missing")
     if not isinstance(messages, list) or not messages:
         raise BadRequest("'messages' : property 'messages' is missing")
-    if body.get("stream"):
-        raise BadRequest("the stand-in does not support stream=true")
-    request = ChatRequest(model, 0, reasoning_effort=body.get("reasoning_effort"))
+    options = body.get("stream_options") or {}
+    request = ChatRequest(model, 0, reasoning_effort=body.get("reasoning_effort"), stream=bool(body.get("stream")),
+                          include_usage=bool(isinstance(options, dict) and options.get("include_usage")))
     for message in messages:
         content = message.get("content") if isinstance(message, dict) else _UNSET
         parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
@@ -374,6 +379,7 @@ def _add_part(request: ChatRequest, part) -> None:
     kind = part.get("type") if isinstance(part, dict) else None
     if kind == "text" and isinstance(part.get("text"), str):
         request.text_chars += len(part["text"])
+        request.texts.append(part["text"])
     elif kind == "image_url":
         request.images.append(decode_image(part.get("image_url")))
     else:
@@ -445,6 +451,114 @@ def chat_completion(model: str, content: str, prompt: int, completion: int) -> d
     }
 
 
+# --- text chat: answers (`imgrag ask`) and verdicts (`search --verify`) -------------------
+#
+# A request holding a <photos> or <candidates> block is answered from what it is sent,
+# deterministically. The items inside a block are data: one `[n] {json}` per line. Outside
+# the blocks the stand-in is a naive model: an "ignore ... instructions" there is obeyed,
+# so a prompt that lets photo text out of its block fails the injection tests.
+
+_STOPWORDS = set("""a an and are as at be by for from has have how i in is it its of on or our photo photos
+picture pictures show shows that the their there this to was we were what when where which who with you your
+did do does any some my me all""".split())
+_INJECTED = re.compile(r"ignore (?:\w+ ){0,3}instructions\W+(?:and\s+)?(?:say|reply|answer)?\s*([^\n]*)", re.I)
+
+
+def content_words(text: str) -> set[str]:
+    """Lower-case words of 3+ letters, stop words left out, a plural's s dropped."""
+    words = set()
+    for word in re.findall(r"[a-z0-9]+", text.lower()):
+        if len(word) < 3 or word in _STOPWORDS:
+            continue
+        words.add(word[:-1] if word.endswith("s") and len(word) > 3 else word)
+    return words
+
+
+def _strings(value) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def split_blocks(text: str, tag: str) -> tuple[list[tuple[int, dict]], str] | None:
+    """(numbered items inside the first <tag> block, all the text outside it), or None.
+    The block opens on a line of its own and, as a naive model reads it, ends at the first
+    </tag> anywhere: a description holding an unescaped </tag> would end it early."""
+    opening = re.search(rf"^<{tag}>$", text, re.M)
+    if opening is None:
+        return None
+    start = opening.start()
+    end = text.find(f"</{tag}>", opening.end())
+    if end == -1:
+        return None
+    items = []
+    for line in text[start + len(tag) + 2: end].splitlines():
+        m = re.match(r"\[(\d+)\]\s*(.*)$", line.strip())
+        if not m:
+            continue
+        try:
+            items.append((int(m.group(1)), json.loads(m.group(2))))
+        except ValueError:
+            items.append((int(m.group(1)), {"text": m.group(2)}))
+    return items, text[:start] + text[end + len(tag) + 3:]
+
+
+def _asked(outside: str, label: str) -> str:
+    m = re.search(rf"^{label}:\s*(.*)$", outside, re.M)
+    if not m:
+        return ""
+    try:
+        value = json.loads(m.group(1))
+        return value if isinstance(value, str) else m.group(1)
+    except ValueError:
+        return m.group(1)
+
+
+def answer_text_chat(text: str) -> str | None:
+    """The reply to a text chat request the stand-in understands, or None (describe it)."""
+    photos = split_blocks(text, "photos")
+    if photos is not None:
+        items, outside = photos
+        injected = _INJECTED.search(outside)
+        if injected:
+            return injected.group(1).strip() or "OK"
+        return _answer(_asked(outside, "Question"), items)
+    candidates = split_blocks(text, "candidates")
+    if candidates is not None:
+        items, outside = candidates
+        return json.dumps({"verdicts": _verdicts(_asked(outside, "Query"), items, bool(_INJECTED.search(outside)))})
+    return None
+
+
+def _answer(question: str, items: list[tuple[int, dict]]) -> str:
+    """Cite the items sharing the most words with the question (up to 3); none: cannot tell."""
+    asked = content_words(question)
+    scored = [(len(asked & content_words(" ".join(_strings(item)))), n, item) for n, item in items]
+    best = max((score for score, _, _ in scored), default=0)
+    if best == 0:
+        return "The photos do not tell: I cannot tell from these photos."
+    cited = [(n, item) for score, n, item in scored if score == best][:3]
+    return "From the photos: " + "; ".join(f"{item.get('caption', 'a photo')} [{n}]" for n, item in cited) + "."
+
+
+def _verdicts(query: str, items: list[tuple[int, dict]], obey: bool) -> list[dict]:
+    asked = content_words(query)
+    verdicts = []
+    for n, item in items:
+        common = sorted(asked & content_words(" ".join(_strings(item))))
+        if obey:
+            verdicts.append({"n": n, "match": True, "reason": "as instructed"})
+        elif common:
+            verdicts.append({"n": n, "match": True, "reason": f"shows {', '.join(common)}"})
+        else:
+            verdicts.append({"n": n, "match": False, "reason": "nothing the query asks for"})
+    return verdicts
+
+
 # --- the server ---------------------------------------------------------------------------
 
 
@@ -465,6 +579,7 @@ class StandinVLM:
         self.time_scale = time_scale
         self.latency, self.rpm, self.tpm, self.rpd = latency, rpm, tpm, rpd
         self.api_key, self.image_tokens = api_key, image_tokens
+        self.stream_interval = 0.0  # seconds between streamed chunks
         self.default_fault: dict | None = None
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -926,7 +1041,12 @@ class _Handler(BaseHTTPRequestHandler):
         return None
 
     def _complete(self, request: ChatRequest, kind: str | None, spec: dict) -> int | None:
-        content = apply_content_fault(kind, self.sv._describe(request), spec)
+        text_reply = answer_text_chat("\n".join(request.texts))
+        if text_reply is not None:
+            content = text_reply + (" See also [99]." if kind == "cite_unknown" else "")
+            content = content[: len(content) // 2] if kind == "malformed" else "" if kind == "empty" else content
+        else:
+            content = apply_content_fault(kind, self.sv._describe(request), spec)
         if request.model.startswith(THINKING_PREFIXES) and request.reasoning_effort != "none":
             content = THINKING + content  # thinking is on unless the request turned it off
         prompt = request.prompt_tokens(self.sv.image_tokens)
@@ -937,9 +1057,49 @@ class _Handler(BaseHTTPRequestHandler):
         delay = spec.get("seconds", 30) if kind == "timeout" else 0
         if self.sv._sleep(delay + self.sv.latency):
             return self._abort()
+        if request.stream:
+            return self._stream(request, content, prompt, completion, cut=kind == "stream_cut")
         reply = chat_completion(request.model, content, prompt, completion)
         drip = {"seconds": spec.get("seconds", 10), "interval": spec.get("interval", 0.5)} if kind == "drip" else None
         return self._send_json(200, reply, drip=drip)
+
+    def _stream(self, request: ChatRequest, content: str, prompt: int, completion: int, cut: bool) -> int | None:
+        """Server-sent events as Groq and OpenAI send them: a role chunk, content a few
+        words at a time, a last chunk with finish_reason and usage (in `x_groq`, and in
+        `usage` too when stream_options.include_usage asks), then `data: [DONE]`.
+        `cut` drops the connection halfway, as a failing proxy would."""
+        self._close_record(200)
+        self.send_response(200)
+        for name, value in {"Content-Type": "text/event-stream", "Transfer-Encoding": "chunked",
+                            "x-request-id": f"req_{uuid.uuid4().hex[:26]}", **self.sv._limit_headers()}.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self._responded = True
+        base = {"id": f"chatcmpl-{uuid.uuid4()}", "object": "chat.completion.chunk", "created": int(time.time()),
+                "model": request.model, "system_fingerprint": "fp_standin"}
+        usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+        def event(choices: list, **extra) -> None:
+            data = f"data: {json.dumps({**base, 'choices': choices, **extra})}\n\n".encode()
+            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+            self.wfile.flush()
+
+        event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}])
+        pieces = re.findall(r"\S+\s*", content) or [content]
+        for i, piece in enumerate(pieces):
+            if cut and i == len(pieces) // 2:
+                return self._abort()
+            event([{"index": 0, "delta": {"content": piece}, "logprobs": None, "finish_reason": None}])
+            if self.sv._sleep(self.sv.stream_interval):
+                return self._abort()
+        event([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}],
+              x_groq={"id": base["id"], "usage": usage})
+        if request.include_usage:
+            event([], usage=usage)
+        done = b"data: [DONE]\n\n"
+        self.wfile.write(f"{len(done):x}\r\n".encode() + done + b"\r\n0\r\n\r\n")
+        self.wfile.flush()
+        return 200
 
     def _rate_limited(self, model: str, refusal: Refusal) -> int:
         headers = {"retry-after": str(max(1, math.ceil(refusal.wait)))} if refusal.status == 429 else {}

@@ -580,3 +580,27 @@ def test_read_only_server_searches_but_offers_no_jobs(server, standin_server, op
         expect(page.locator("#grid .tile").first.locator("img")).to_have_attribute("alt", caption("stop_sign"))
     finally:
         read_only.stop()
+
+
+def test_ask_box_streams_an_answer_with_clickable_citations(server, open_page):
+    """The Ask box: the answer appears, its [n] are links, a click opens the cited photo."""
+    page = open_page(server.url)
+    page.fill("#ask-q", "is there a kettle on a gas stove?")
+    page.press("#ask-q", "Enter")
+    expect(page.locator("#answer-text")).to_contain_text(caption("kitchen"))
+    citation = page.locator("#answer-text a.citation")
+    expect(citation).to_have_count(1)
+    expect(page.locator("#answer-cited li")).to_have_count(1)
+    expect(page.locator("#answer-cited img")).to_have_attribute("src", re.compile(r"/api/photos/[0-9a-f]{64}/thumbnail"))
+    expect(page.locator("#answer-meta")).to_contain_text("read by")
+    citation.click()
+    expect(page.locator("#detail")).to_be_visible()
+    expect(page.locator("#detail-caption")).to_have_text(caption("kitchen"))
+    assert page.evaluate("window.__pwned") is None  # model and description text never became markup
+
+    page.keyboard.press("Escape")
+    page.fill("#ask-q", "quarterly tax spreadsheet with invoice numbers")
+    page.press("#ask-q", "Enter")  # no photo clears the cut-off: nothing is sent, and the page says so
+    expect(page.locator("#answer-meta")).to_contain_text("nothing was sent")
+    expect(page.locator("#answer-text a.citation")).to_have_count(0)
+    expect(page.locator("#answer-cited li")).to_have_count(0)

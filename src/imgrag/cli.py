@@ -260,6 +260,7 @@ def search(
     queries_from: Annotated[Optional[str], typer.Option("--queries-from", help="Run one query per line of FILE (- for stdin); print one JSON line per query.", show_default=False, metavar="FILE|-")] = None,
     thumbnails: Annotated[Optional[bool], typer.Option("--thumbnails/--no-thumbnails", help="Show a thumbnail per result (default: in a terminal, unless NO_COLOR is set). Env: IMGRAG_THUMBNAILS (auto, kitty, sixel, halfblock or off).", show_default=False)] = None,
     index: IndexOpt = None,
+    verify: Annotated[bool, typer.Option("--verify", help="Have the answer model read the results with the query and keep only real matches (one request; verdicts cached in .imgrag/). Env: IMGRAG_ANSWER_MODEL.")] = False,
 ) -> int:
     """Search the index for photos matching QUERY (or like PHOTO); best first."""
     import os
@@ -276,6 +277,8 @@ def search(
     table = not (json_out or paths_out or null or queries_from is not None)
     kind = render.thumbnail_kind(thumbnails) if table else None
     searcher = Searcher(index=index, embed_model=explicit_embed_model(), filters=filters)
+    if verify:
+        return _search_verified(searcher, shown_query, like, queries_from, options, json_out, paths_out, null, kind)
     if queries_from is not None:
         return _search_many(searcher, queries_from, options)
     like_path = os.path.abspath(like.expanduser()) if like is not None else None
@@ -374,6 +377,82 @@ def demo(
         render.info("imgrag: no matching photos among the samples")
     render.info(next_steps(result.photos))
     return EXIT_OK if hits else EXIT_SOME
+
+
+def _search_verified(searcher, query: Optional[str], like: Optional[Path], queries_from: Optional[str], options,
+                     json_out: bool, paths_out: bool, null: bool, kind: Optional[str]) -> int:
+    """search --verify: the hits, then the answer model's verdict on each (imgrag.verify)."""
+    from . import render, render_ask
+    from .errors import UsageError
+    from .search_request import why_nothing
+    from .verify import verify_hits
+
+    if query is None:
+        raise UsageError("--verify checks results against the words of a QUERY: it cannot be combined with "
+                         f"{'--like' if like is not None else '--queries-from'}")
+    hits = searcher.search(query, options)
+    result = verify_hits(query, hits, searcher.ws, _settings())
+    if json_out:
+        render_ask.verified_json(query, hits, result)
+    else:
+        render_ask.verified_output(hits, result, paths=paths_out, nul=null, thumbnails=kind)
+    if not hits:
+        render.info(f"imgrag: no matching photos{why_nothing(searcher, options)}")
+    else:
+        render.info(render_ask.verify_summary(result))
+    return EXIT_OK if result.kept else EXIT_SOME
+
+
+@app.command(epilog=(
+    'Examples:\n\n'
+    '  imgrag ask "when were we last at the beach?"\n\n'
+    '  imgrag ask "what was the restaurant called?" --in photos/lisbon --json\n\n'
+    '  imgrag ask "what colour is the kettle?" --look 2\n\n'
+    '  imgrag ask "which photos show a receipt?" --dry-run\n\n'
+    'Exit status: 0 answered, 1 no photo matched (nothing was sent), 2 error, 75 try again later.'
+))
+@_exits
+def ask(
+    question: Annotated[str, typer.Argument(help="A question about your photos, in plain words.", show_default=False, metavar="QUESTION")],
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=50, help="How many of the best-matching photos the model reads.")] = 8,
+    json_out: Annotated[bool, typer.Option("--json", help='Print one JSON document: {"answer", "citations", "photos", "model", "usage"}.')] = False,
+    min_score: Annotated[Optional[float], typer.Option(
+        "--min-score", help="Send only photos scoring this or more (default: the photos search would show; 0 sends the nearest anyway).",
+        show_default=False)] = None,
+    look: Annotated[int, typer.Option("--look", min=0, max=10, help="Also send the N best photos themselves (downscaled, no metadata) to the vision model (IMGRAG_MODEL).", metavar="N")] = 0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the exact prompt and its estimated tokens and cost; send nothing.")] = False,
+    in_folder: Annotated[Optional[Path], typer.Option("--in", help="Only photos inside this folder.", show_default=False, metavar="FOLDER")] = None,
+    after: Annotated[Optional[str], typer.Option("--after", help="Only photos taken on or after DATE (YYYY-MM-DD).", show_default=False, metavar="DATE")] = None,
+    before: Annotated[Optional[str], typer.Option("--before", help="Only photos taken before DATE (YYYY-MM-DD).", show_default=False, metavar="DATE")] = None,
+    thumbnails: Annotated[Optional[bool], typer.Option("--thumbnails/--no-thumbnails", help="Thumbnails of the cited photos (default: in a terminal).", show_default=False)] = None,
+    index: IndexOpt = None,
+) -> int:
+    """Answer a question from your photos: the best matches' descriptions go to a chat model, which cites them."""
+    from . import render, render_ask
+    from .answer import answer_plan, plan_ask
+    from .config import explicit_embed_model
+    from .search import Searcher
+    from .search_request import make_filters, make_options, why_nothing
+
+    filters = make_filters(in_folder, after, before)
+    settings = _settings()
+    if not dry_run:
+        settings.require_api_key()  # before retrieval loads anything
+    searcher = Searcher(index=index, embed_model=explicit_embed_model(), filters=filters)
+    options = make_options(limit, min_score)  # search's default set, from where search takes it
+    plan = plan_ask(question, searcher, settings, limit=limit, look=look, min_score=options.min_score)
+    if dry_run:
+        render_ask.dry_run(plan, json_out)
+    else:
+        kind = render.thumbnail_kind(thumbnails) if not json_out else None
+        result = render_ask.answer(answer_plan(plan), json_out=json_out, thumbnails=kind)
+        if result.found:
+            render.info(render_ask.usage_line(result))
+    if not plan.hits:
+        render.info(f"imgrag: no photo matches the question{why_nothing(searcher, options)}; "
+                    "nothing was sent to the model")
+        return EXIT_SOME
+    return EXIT_OK
 
 
 def main() -> None:

@@ -138,3 +138,30 @@ def explicit_embed_model() -> str | None:
     """IMGRAG_EMBED_MODEL if the user set it: a search checks it against the index's model."""
     load_dotenv_once()
     return os.environ.get("IMGRAG_EMBED_MODEL") or None
+
+
+# -- the answer model: `imgrag ask` and `imgrag search --verify` ----------------------------
+
+# A current Groq production text model (Groq's models and deprecations pages, 2026-12):
+# Groq's replacement for llama-3.3-70b-versatile, shut down on 2026-08-16.
+DEFAULT_GROQ_ANSWER_MODEL = "openai/gpt-oss-120b"
+ANSWER_PRICE_INPUT = 0.15  # USD per million tokens (GPT-OSS 120B on Groq)
+ANSWER_PRICE_OUTPUT = 0.60
+
+
+def answer_settings(settings: Settings) -> Settings:
+    """`settings` for the text model that answers and verifies: same provider, base URL and
+    key as describe, the model from IMGRAG_ANSWER_MODEL (default: Groq's, else the
+    vision model, which reads text too), prices from IMGRAG_ANSWER_PRICE_INPUT/OUTPUT."""
+    load_dotenv_once()
+    model = os.environ.get("IMGRAG_ANSWER_MODEL") or None
+    if model is None:
+        model = DEFAULT_GROQ_ANSWER_MODEL if settings.provider == "groq" else settings.model
+    if not model:
+        raise UsageError("no answer model set: set IMGRAG_ANSWER_MODEL (e.g. llama3.2 for Ollama)")
+    return replace(
+        settings,
+        model=model,
+        price_input=_number("IMGRAG_ANSWER_PRICE_INPUT", float, ANSWER_PRICE_INPUT),
+        price_output=_number("IMGRAG_ANSWER_PRICE_OUTPUT", float, ANSWER_PRICE_OUTPUT),
+    )

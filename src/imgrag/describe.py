@@ -544,8 +544,7 @@ class _Job:
         return reply
 
     def _backoff(self, attempt: int, retry_after: float | None) -> None:
-        delay = retry_after if retry_after is not None else min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt - 1))
-        if self.stop.wait(delay * random.uniform(0.8, 1.2)):
+        if self.stop.wait(backoff_delay(attempt, retry_after)):
             raise _Stopped()
 
     # -- bookkeeping ---------------------------------------------------------------------
@@ -604,6 +603,13 @@ class _Job:
     def _redact(self, text: str) -> str:
         key = self.settings.api_key
         return text.replace(key, "***") if key and len(key) >= 4 else text
+
+
+def backoff_delay(attempt: int, retry_after: float | None) -> float:
+    """Seconds to wait before retry `attempt` (1, 2, ...) after a transient fault: what the
+    server asked for, else exponential; jittered so that workers do not retry in step."""
+    delay = retry_after if retry_after is not None else min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt - 1))
+    return delay * random.uniform(0.8, 1.2)
 
 
 @dataclass

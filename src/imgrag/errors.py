@@ -20,15 +20,16 @@ class UsageError(ImgragError):
     """Bad flag, missing key, no index, unknown model: exit 2."""
 
 
-class TryLaterError(ImgragError):
-    """Nothing is wrong but the moment (the index is being built right now): exit 75."""
-
-    exit_code = EXIT_TEMPFAIL
-
-
 class StorageError(ImgragError):
     """`.imgrag/` cannot be written (disk full, read-only, no permission): exit 2.
     Raised before anything already written is touched, so the user frees space and reruns."""
+
+
+class TryLater(ImgragError):
+    """Nothing is wrong but the moment: the provider's quota is spent, it keeps failing or asks
+    for a long wait, or another run is building the first index right now. Exit 75."""
+
+    exit_code = EXIT_TEMPFAIL
 
 
 class Interrupted(ImgragError):

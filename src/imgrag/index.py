@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import TryLaterError, UsageError
+from .errors import TryLater, UsageError
 from .workspace import Workspace, fsync_dir, json_bytes, write_atomic
 
 INDEX_FORMAT = 2  # 2: index kind in meta.json, vector key per row in docs.sqlite
@@ -394,7 +394,7 @@ def load_bundle(ws: Workspace) -> Bundle:
     gen = current_generation(ws)
     if gen is None:
         if ws.writer_busy():  # another run's first build
-            raise TryLaterError(f"{ws.root} has no search index yet: another imgrag is building it now; "
+            raise TryLater(f"{ws.root} has no search index yet: another imgrag is building it now; "
                                 "search again when it has finished")
         described = ws.descriptions_path.exists() and ws.descriptions_path.stat().st_size > 0
         command = ws.command("embed" if described else "index")

@@ -108,18 +108,7 @@ class ChatCompletionsProvider:
 
     def describe(self, data_url: str, retry_feedback: tuple[str, str] | None = None) -> ProviderReply:
         """One request. `retry_feedback` = (previous reply, what was wrong with it)."""
-        try:
-            headers, body = self._create(self.chat_params(data_url, retry_feedback))
-        except self.sdk.APIStatusError as e:
-            raise self._status_error(e) from None
-        except self.sdk.APITimeoutError:
-            raise TransientError("the request timed out") from None
-        except self.sdk.APIConnectionError as e:
-            where = self.base_url or f"the {self.name} API"
-            raise TransientError(f"cannot connect to {where} ({e.__cause__ or e}): check IMGRAG_BASE_URL and the network") from None
-        except self.sdk.APIError as e:  # a response the SDK cannot read
-            raise TransientError(f"unreadable response ({e})") from None
-        return self.parse_completion(body, headers)
+        return self.send(self.chat_params(data_url, retry_feedback))
 
     def chat_params(self, data_url: str, retry_feedback: tuple[str, str] | None = None) -> dict[str, Any]:
         """The chat request for one photo: what `describe` sends, and the body of a batch line."""
@@ -139,13 +128,31 @@ class ChatCompletionsProvider:
             messages.append(
                 {"role": "user", "content": f"That reply was not valid: {problem}. Reply again with only the JSON object."}
             )
+        return self.params_for(messages)
+
+    def params_for(self, messages: list[dict[str, Any]], max_tokens: int = MAX_REPLY_TOKENS, *,
+                   json_mode: bool | None = None) -> dict[str, Any]:
+        """A chat request's parameters: JSON mode (unless the server has none, or json_mode=False)
+        and, for thinking models, no thinking."""
         params: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": 0.2,
-                                  "max_tokens": MAX_REPLY_TOKENS}
+                                  "max_tokens": max_tokens}
         if self.reasoning_off:
             params["reasoning_effort"] = "none"
-        if self.json_mode:
+        if self.json_mode and json_mode is not False:
             params["response_format"] = {"type": "json_object"}
         return params
+
+    def complete(self, messages: list[dict[str, Any]], max_tokens: int = MAX_REPLY_TOKENS) -> ProviderReply:
+        """One chat request in JSON mode (see `_create`)."""
+        return self.send(self.params_for(messages, max_tokens))
+
+    def send(self, params: dict[str, Any]) -> ProviderReply:
+        """One request, its errors sorted into ours."""
+        try:
+            headers, body = self._create(params)
+        except self.sdk.APIError as e:
+            raise self.sdk_error(e) from None
+        return self.parse_completion(body, headers)
 
     def parse_completion(self, body: bytes | dict[str, Any], headers: dict[str, str]) -> ProviderReply:
         """A chat completion's text and usage: of a live reply (bytes) or of a batch output line (parsed)."""
@@ -155,6 +162,17 @@ class ChatCompletionsProvider:
         except ValueError:  # a 200 whose body is not a completion (an HTML page, junk)
             raise TransientError(f"unreadable response ({str(body)[:80]!r})", headers) from None
         return self._reply(completion, headers)
+
+    def sdk_error(self, e: Any) -> ProviderError:
+        """Our error for an exception of the SDK (any `sdk.APIError`)."""
+        if isinstance(e, self.sdk.APIStatusError):
+            return self._status_error(e)
+        if isinstance(e, self.sdk.APITimeoutError):
+            return TransientError("the request timed out")
+        if isinstance(e, self.sdk.APIConnectionError):
+            where = self.base_url or f"the {self.name} API"
+            return TransientError(f"cannot connect to {where} ({e.__cause__ or e}): check IMGRAG_BASE_URL and the network")
+        return TransientError(f"unreadable response ({e})")  # a response the SDK cannot read
 
     def _create(self, params: dict[str, Any]) -> tuple[dict[str, str], bytes]:
         """The chat request, in JSON mode unless the server has refused JSON mode: some

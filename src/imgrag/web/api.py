@@ -67,6 +67,7 @@ def search(
     like: str | None = Query(None, max_length=4096, description="A photo id or indexed path: photos like it"),
     sort: Literal["relevance", "date"] = "relevance",
     all_: bool = Query(False, alias="all", description="Every photo ranked, as `--all` (not with min_score)"),
+    verify: bool = Query(False, description="Have the answer model check this page's results (`search --verify`)"),
 ):
     from ..search_request import cut_off, make_filters, make_options, search_page, why_nothing
 
@@ -91,15 +92,27 @@ def search(
                        dates=served.dates)
     base = server.ws.base
     dates = served.dates([h.sha256 for h in page.hits])
+    verdicts = _verdicts(request, doc["query"], page.hits) if verify else None
     doc.update(index="ready", generation=served.generation, next_offset=page.next_offset, results=[{
         "id": h.sha256, "rank": h.rank, "score": h.score, "path": _rel(base, h.path), "paths": [_rel(base, p) for p in h.paths],
         "abs_path": h.path, "caption": h.caption, "date": dates.get(h.sha256), "taken": h.taken,
         "why": h.why, **_urls(h.sha256), "extra": h.extra,
-    } for h in page.hits])
+        **({"verified": verdicts[i].verified, "reason": verdicts[i].reason} if verdicts is not None else {}),
+    } for i, h in enumerate(page.hits)])
     if not page.hits and offset == 0:
         doc["hint"] = "no matching photos" + why_nothing(searcher, options, flag="min_score", all_flag="all=1",
                                                          filter_flags="the folder/date filters")
     return _fast_json(doc)
+
+
+def _verdicts(request: Request, query: str | None, hits: list) -> list:
+    """verify=1: the answer model's verdict on each result of the page (imgrag.verify)."""
+    from .ask_api import refuse_cross_site, verified
+
+    refuse_cross_site(request)
+    if query is None:
+        raise UsageError("verify=1 checks results against the words of q: it cannot be combined with like")
+    return verified(request, query, hits)
 
 
 def _fast_json(doc: dict) -> Response:

@@ -70,9 +70,10 @@ def create_app(config: ServeConfig) -> FastAPI:
     app.state.server = server
     _errors(app)
 
-    from . import api, legacy
+    from . import api, ask_api, legacy
 
     app.include_router(api.router)
+    app.include_router(ask_api.router)
     app.include_router(legacy.router)
 
     @app.get("/", include_in_schema=False)

@@ -1,0 +1,100 @@
+"""Context recall for `imgrag ask`: how often the right photo is among the K photos sent to
+the answer model, and how many prompt tokens an ask costs, on Flickr8k dev.
+
+Each photo's caption is its description (as in bench/retrieval.py, whose data loading and
+cached vectors this reuses); each query is ranked by `search.rank` with ask's default
+cut-off, exactly as `imgrag ask` retrieves (`answer.plan_ask` -> `Searcher.search` ->
+`rank`), and the prompt is built by the same `context.answer_item` + `prompts.answer_messages`.
+Tokens are estimated as --dry-run estimates them (characters / 4). Prints one JSON line.
+
+    bench/ask_context.py                # Flickr8k dev: 1,000 photos, 4,000 questions
+    bench/ask_context.py --coco         # the 239 COCO photos (caption 1 + objects as description)"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "bench"))
+
+from retrieval import CACHE, CAPTIONS, COCO, embed_all, load_items  # noqa: E402
+
+from imgrag.answer import CHARS_PER_TOKEN, DEFAULT_LIMIT  # noqa: E402
+from imgrag.context import answer_item  # noqa: E402
+from imgrag.embed import DEFAULT_MODEL  # noqa: E402
+from imgrag.index import Doc, load_bundle, write_bundle  # noqa: E402
+from imgrag.prompts import answer_messages, text_chars  # noqa: E402
+from imgrag.schema import embedding_text, lexical_text  # noqa: E402
+from imgrag.search import DEFAULT_MIN_SCORE, SearchOptions, rank  # noqa: E402
+from imgrag.workspace import Workspace  # noqa: E402
+
+KS = (5, 8, 16)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path)
+    ap.add_argument("--coco", action="store_true", default=None)
+    ap.add_argument("--split", default="dev")
+    ap.add_argument("--model", default=DEFAULT_MODEL)
+    args = ap.parse_args()
+    started = time.perf_counter()
+    path = args.data or (COCO if args.coco else CAPTIONS)
+    if not path.is_file():
+        print(f"ask_context: {path} is missing: the benchmark reads ../shared/data (see --data)", file=sys.stderr)
+        return 2
+    items, dataset = load_items(path, None if args.split == "all" else args.split, args.coco)
+    docs = [Doc(sha256=it.id, paths=[it.id], caption=it.description["caption"], text=embedding_text(it.description),
+                lexical=lexical_text(it.description), taken=None, mtime=None) for it in items]
+    doc_vecs, queries, query_vecs = embed_all(items, docs, args.model, CACHE)
+    targets = [it.id for it in items for _ in it.queries]
+    records = {it.id: {"description": it.description} for it in items}
+
+    found_at = {k: 0 for k in KS}
+    sent = {k: [] for k in KS}
+    tokens = {k: [] for k in KS}
+    nothing = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        ws = Workspace(Path(tmp) / ".imgrag")
+        write_bundle(ws, docs, doc_vecs, {"embedding": {"model": args.model}})
+        bundle = load_bundle(ws)
+        for query, vec, target in zip(queries, query_vecs, targets):
+            hits = rank(bundle, vec, query, SearchOptions(limit=max(KS), min_score=DEFAULT_MIN_SCORE))
+            nothing += not hits
+            for k in KS:
+                top = hits[:k]  # rank sorts before it cuts: the top K of 16 are the top K
+                found_at[k] += any(h.sha256 == target for h in top)
+                sent[k].append(len(top))
+                if top:
+                    messages = answer_messages(query, [answer_item(ws, h, records[h.sha256]) for h in top])
+                    tokens[k].append(text_chars(messages) // CHARS_PER_TOKEN)
+        bundle.db.close()
+
+    n = len(queries)
+    result = {
+        "bench": "ask_context", "dataset": dataset, "split": "all" if dataset == "coco" else args.split,
+        "docs": len(docs), "questions": n, "min_score": DEFAULT_MIN_SCORE, "default_k": DEFAULT_LIMIT,
+        "context_recall": {f"K={k}": round(found_at[k] / n, 4) for k in KS},
+        "photos_sent_mean": {f"K={k}": round(float(np.mean(sent[k])), 2) for k in KS},
+        "prompt_tokens_per_ask": {f"K={k}": {"mean": round(float(np.mean(tokens[k])), 1),
+                                             "p95": int(np.quantile(tokens[k], 0.95))} for k in KS if tokens[k]},
+        "no_photo_sent_share": round(nothing / n, 4),
+        "tokens": "estimated as --dry-run does: characters / 4; caption-only descriptions",
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""The answer model over HTTP: `POST /api/ask` (the shape of `imgrag ask --json`, or
+server-sent events as the answer streams in, for the page), and the verdicts of
+`search --verify` for `GET /api/search?verify=1` and, with IMGRAG_VERIFY=1, the original
+service's `POST /get_image`. The routes call `answer.plan_ask`/`answer_plan` and
+`verify.verify_hits`, as the CLI does, and hold no logic of their own."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import iterate_in_threadpool
+
+from ..errors import ImgragError, TryLater
+from .errors import Forbidden
+
+router = APIRouter(tags=["answers"])
+
+_callers_lock = threading.Lock()
+
+
+def caller_for(request: Request, settings):
+    """One Caller per model for the whole server, so concurrent asks share one pacer."""
+    from ..calls import Caller
+
+    state = request.app.state
+    with _callers_lock:
+        callers = getattr(state, "answer_callers", None)
+        if callers is None:
+            callers = state.answer_callers = {}
+        key = (settings.provider, settings.base_url, settings.model)
+        if key not in callers:
+            callers[key] = Caller(settings)
+        return callers[key]
+
+
+def refuse_cross_site(request: Request) -> None:
+    """A GET that spends (verify=1) refuses cross-site browsers as writing requests do."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        raise Forbidden(f"cross-site request refused (Sec-Fetch-Site: {site})")
+
+
+def verify_enabled() -> bool:
+    """IMGRAG_VERIFY=1: the original service's /get_image keeps only model-checked photos."""
+    return os.environ.get("IMGRAG_VERIFY", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+class AskBody(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+    question: str = Field(..., min_length=1, max_length=2000)
+    in_: str | None = Field(None, alias="in", max_length=4096, description="Only photos inside this folder")
+    after: str | None = Field(None, max_length=64)
+    before: str | None = Field(None, max_length=64)
+    limit: int = Field(8, ge=1, le=50)
+    look: int = Field(0, ge=0, le=10)
+    min_score: float | None = Field(None, ge=0, le=10)
+
+
+def _urls(sha: str) -> dict[str, str]:
+    return {"thumbnail_url": f"/api/photos/{sha}/thumbnail", "preview_url": f"/api/photos/{sha}/preview"}
+
+
+def _doc(result) -> dict[str, Any]:
+    doc = result.as_dict()
+    for item in (*doc["citations"], *doc["photos"]):
+        item.update(_urls(item["id"]))
+    return doc
+
+
+def _plan(request: Request, body: AskBody):
+    from ..answer import plan_ask
+    from ..config import load_settings
+    from ..search_request import cut_off, make_filters, make_options
+
+    server = request.app.state.server
+    served = server.index.current()
+    if served is None:
+        raise ImgragError(server.index.problem or "no search index yet: run an index job (or `imgrag index PHOTOS`)")
+    filters = make_filters(server.ws.base / body.in_ if body.in_ else None, body.after, body.before,
+                           names=("after", "before"))
+    searcher = served.searcher.with_filters(filters) if filters.active() else served.searcher
+    settings = load_settings()
+    settings.require_api_key()
+    cutoff = cut_off(make_options(body.limit, body.min_score))
+    return plan_ask(body.question, searcher, settings, limit=body.limit, look=body.look, min_score=cutoff)
+
+
+@router.post("/api/ask", summary="Answer a question from the photos (the shape of `imgrag ask --json`)")
+async def ask(request: Request, body: AskBody):
+    """JSON by default; with `Accept: text/event-stream`, events `chunk` ({"text"}) as the
+    answer arrives, then `result` (the JSON document) or `error` ({"error", "status"})."""
+    from ..answer import AskResult, answer_plan
+
+    plan = await asyncio.to_thread(_plan, request, body)
+    caller = caller_for(request, plan.settings) if plan.hits else None
+    if "text/event-stream" in request.headers.get("accept", ""):
+        return StreamingResponse(_events(answer_plan(plan, caller)), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    try:
+        events = await asyncio.to_thread(list, answer_plan(plan, caller))
+    except TryLater as e:
+        return JSONResponse({"error": str(e)}, status_code=429, headers={"Retry-After": "60"})
+    result = events[-1]
+    assert isinstance(result, AskResult)
+    return _doc(result)
+
+
+async def _events(events):
+    from ..answer import AskResult
+
+    def line(kind: str, data: dict) -> str:
+        return f"event: {kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+    try:
+        async for event in iterate_in_threadpool(events):
+            if isinstance(event, AskResult):
+                yield line("result", _doc(event))
+            else:
+                yield line("chunk", {"text": event})
+    except TryLater as e:
+        yield line("error", {"error": str(e), "status": 429})
+    except ImgragError as e:
+        yield line("error", {"error": str(e), "status": 400})
+
+
+def verified(request: Request, query: str, hits: list) -> list:
+    """The verdict on each hit (imgrag.verify), through the server's shared Caller.
+    Raises TryLater as a 429 (HTTPException) so the routes stay one line."""
+    from fastapi import HTTPException
+
+    from ..config import answer_settings, load_settings
+    from ..verify import verify_hits
+
+    server = request.app.state.server
+    settings = load_settings()
+    try:
+        return verify_hits(query, hits, server.ws, settings, caller_for(request, answer_settings(settings))).verdicts
+    except TryLater as e:
+        raise HTTPException(429, str(e), headers={"Retry-After": "60"}) from None
