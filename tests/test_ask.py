@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from imgrag.config import DEFAULT_GROQ_MODEL
 from PIL import ExifTags, Image, ImageDraw
 from PIL.TiffImagePlugin import IFDRational
 
@@ -264,7 +266,7 @@ def test_ask_look_sends_the_photo_without_metadata(lib):
     r = lib.run("ask", "a dog running on the beach", "--look", "1", "--json")
     assert r.code == 0, r.stderr
     (chat,) = lib.chats()
-    assert chat["body"]["model"] == "meta-llama/llama-4-scout-17b-16e-instruct"  # the vision model looks
+    assert chat["body"]["model"] == DEFAULT_GROQ_MODEL  # the vision model looks
     (image,) = chat["image_bytes"]
     with Image.open(__import__("io").BytesIO(image)) as img:
         assert img.format == "JPEG" and not img.getexif() and "exif" not in img.info

@@ -68,7 +68,7 @@ def plain_env() -> dict:
     (["search", "dog", "--limit", "0"], "--limit/-n 0: must be at least 1 (see imgrag search --help)"),
     (["search", "dog", "-n", "2.5"], "--limit/-n 2.5: must be a whole number at least 1"),
     (["search", "dog", "--min-score", "high"], "--min-score 'high': must be a number"),
-    (["serch", "dog"], "no such command 'serch'; did you mean 'search'?"),
+    (["serch", "dog"], "no such command 'serch'; did you mean 'search'"),
     (["bogus"], "no such command 'bogus' (commands: describe, embed, index, status, search"),
 ])
 def test_bad_flag_values_are_one_line(tmp_path, args, message):
@@ -117,7 +117,7 @@ def test_help_uses_a_wide_terminal_and_says_everything(tmp_path):
     text = " ".join(r.stdout.split())
     assert r.stdout.startswith("Usage: imgrag describe [OPTIONS] PHOTOS\n") and "{" not in r.stdout
     assert DEFAULT_GROQ_MODEL in text
-    assert f"${Settings.price_input:g} input / ${Settings.price_output:g} output per million tokens" in text
+    assert f"${Settings.price_input:.2f} input / ${Settings.price_output:.2f} output per million tokens" in text
     for name in ("embed", "status"):
         r = run_imgrag(name, "--help", cwd=tmp_path, env=plain_env())
         assert r.stdout.startswith(f"Usage: imgrag {name} [OPTIONS] [PHOTOS]\n"), r.stdout

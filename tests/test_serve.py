@@ -528,6 +528,7 @@ def test_serving_a_folder_not_indexed_yet(lib, tmp_path):
         server.stop()
 
 
-def test_no_index_found_is_a_clear_error(tmp_path, lib):
-    result = run_imgrag("serve", "--port", "0", cwd=tmp_path, env=lib.env, timeout=30)
-    assert result.code == 2 and "imgrag serve PHOTOS" in result.stderr
+def test_an_index_that_is_not_there_is_a_clear_error(tmp_path, lib):
+    # (With neither PHOTOS nor --index and no index found, serve shows the demo: test_demo.py.)
+    result = run_imgrag("serve", "--index", tmp_path / "nowhere", "--port", "0", cwd=tmp_path, env=lib.env, timeout=30)
+    assert result.code == 2 and result.stderr.startswith("imgrag: error: ") and result.stderr.count("\n") == 1

@@ -136,7 +136,7 @@ RefreshOpt = Annotated[bool, typer.Option("--refresh", help="Re-describe photos 
 RetryFailedOpt = Annotated[bool, typer.Option("--retry-failed", help="Try quarantined photos again too (those that failed 3 times in a row for a reason no retry cures).")]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help=(
     "Say what would be sent (count, tokens, time at the known limits, cost); send nothing. Cost at "
-    f"${Settings.price_input:g} input / ${Settings.price_output:g} output per million tokens "
+    f"${Settings.price_input:.2f} input / ${Settings.price_output:.2f} output per million tokens "
     "(IMGRAG_PRICE_INPUT, IMGRAG_PRICE_OUTPUT)."))]
 BatchOpt = Annotated[bool, typer.Option("--batch", help="Use the Batch API: half the price, results within the window. Each run collects finished batches and submits what is left.")]
 WindowOpt = Annotated[str, typer.Option("--window", help="Batch completion window, 24h to 7d.")]
