@@ -115,11 +115,12 @@ def build_workspace(data: Path, count: int) -> Path:
     if meta is not None and meta.get("count") == count and meta.get("bench_code") == code:
         log(f"reusing {ws.root}")
         _ensure_export(ws)
+        _ensure_photo_files(base, count)
         return base
     docs = [
         Doc(
             sha256=hashlib.sha256(f"bench-photo-{i}".encode()).hexdigest(),
-            paths=[f"photos/{i // 1000:03d}/{i:06d}.jpg"],
+            paths=[_photo_path(i)],
             caption=desc["caption"],
             text=text,
             lexical=lexical_text(desc),
@@ -146,7 +147,22 @@ def build_workspace(data: Path, count: int) -> Path:
     log("writing the index")
     write_bundle(ws, docs, cache.get(keys), {"embedding": embedding, "signature": "bench", "bench_code": code})
     _ensure_export(ws)
+    _ensure_photo_files(base, count)
     return base
+
+
+def _photo_path(i: int) -> str:
+    return f"photos/{i // 1000:03d}/{i:06d}.jpg"
+
+
+def _ensure_photo_files(base: Path, count: int) -> None:
+    """An empty file for every indexed photo: search leaves out hits whose file is gone, as
+    it would for a user, so the library's photos must be there (their bytes are never read)."""
+    for i in range(count):
+        path = base / _photo_path(i)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
 
 
 def _bulk_encoder(ws, model):

@@ -189,6 +189,9 @@ for i in range(extra):
     src = docs[i * 97 % n]
     sha = hashlib.sha256(f"bench-new-photo-{{i}}".encode()).hexdigest()
     new.append(Doc(sha, [f"photos/new/{{i:06d}}.jpg"], src.caption, src.text + " (new)", src.lexical, src.taken, src.mtime))
+    path = ws.base / "photos" / "new" / f"{{i:06d}}.jpg"  # search leaves out photos whose file is gone
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()
 meta = read_meta(ws)
 write_bundle(ws, docs + new, np.vstack([vectors, vectors[[i * 97 % n for i in range(extra)]]]),
              {{"embedding": meta["embedding"], "signature": "bench-swap", "bench_code": "swapped"}})
@@ -214,9 +217,9 @@ def thumbnail_grid(url: str, base: Path) -> dict:
     doc = httpx.get(url + "api/search", params={"q": "dog running on the beach", "limit": GRID, "min_score": 0},
                     timeout=30).json()
     hits = doc["results"][:GRID]
-    for i, h in enumerate(hits):  # the library has no photo files: give these 48 real ones
+    for i, h in enumerate(hits):  # the library's photo files are empty: give these 48 real ones
         path = base / h["path"]
-        if not path.exists():
+        if not path.exists() or path.stat().st_size == 0:
             path.parent.mkdir(parents=True, exist_ok=True)
             img = Image.new("RGB", (2000, 1500), (40 + i * 4, 90, 160))
             ImageDraw.Draw(img).ellipse([300, 200, 1700, 1300], fill=(230, 200 - i * 3, 60))

@@ -352,7 +352,10 @@ def test_page_and_docs_are_served(http):
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
     assert http.get("/openapi.json").json()["paths"]["/api/search"]
-    assert http.get("/docs").status_code == 200
+    docs = http.get("/docs")
+    assert docs.status_code == 200 and "cdn" not in docs.text.lower()  # offline: Swagger UI's files come from here
+    scripts = re.findall(r'src="([^"]+\.js)"', docs.text)
+    assert scripts and all(http.get(src).status_code == 200 for src in scripts)
 
 
 # -- jobs: one writer, shared with the CLI ---------------------------------------------------

@@ -65,8 +65,11 @@ def create_app(config: ServeConfig) -> FastAPI:
         yield
         server.jobs.shutdown()  # a running job stops as describe does on Ctrl-C: nothing lost
 
-    app = FastAPI(title="imgrag", summary="Find photos by what is in them", lifespan=lifespan,
-                  version=_version())
+    # fastapi-offline: /docs with Swagger UI's files served from here, not from a CDN (works offline).
+    from fastapi_offline import FastAPIOffline
+
+    app = FastAPIOffline(title="imgrag", summary="Find photos by what is in them", lifespan=lifespan,
+                         version=_version(), redoc_url=None, static_url="/docs-static")
     app.state.server = server
     _errors(app)
 
