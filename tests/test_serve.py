@@ -160,6 +160,16 @@ def test_search_gives_the_cli_ranking(lib, http, cli_args, params):
         assert "all=1 shows the nearest" in api["hint"] or "min_score 0 shows the nearest" in api["hint"]
 
 
+def test_a_filter_asked_again_selects_the_same_photos(http):
+    # The server remembers which rows pass a filter (per index generation): no filter may leak into another.
+    def found(folder):
+        return ids(http.get("/api/search", params={"q": "sign", "min_score": 0, "in": folder}).json())
+
+    trips, everything = found("photos/trips"), found("photos")
+    assert found("photos/trips") == trips and found("photos") == everything
+    assert trips and set(trips) < set(everything)
+
+
 def test_like_by_id_is_like_by_path(http):
     by_path = http.get("/api/search", params={"like": "photos/kitchen.png", "min_score": 0}).json()
     sha = http.get("/api/search", params={"q": "kettle on a stove"}).json()["results"][0]["id"]
