@@ -103,6 +103,13 @@ def _version() -> str:
         return "0"
 
 
+def _as_json(status: int):
+    async def handler(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=status)
+
+    return handler
+
+
 def _errors(app: FastAPI) -> None:
     """Every error is `{"error": "..."}`; a traceback never reaches a client."""
 
@@ -117,21 +124,9 @@ def _errors(app: FastAPI) -> None:
     async def bad_request(request: Request, exc: RequestValidationError):
         return JSONResponse({"error": _validation_message(exc)}, status_code=400)
 
-    @app.exception_handler(NotFound)
-    async def not_found(request: Request, exc: NotFound):
-        return JSONResponse({"error": str(exc)}, status_code=404)
-
-    @app.exception_handler(Forbidden)
-    async def forbidden(request: Request, exc: Forbidden):
-        return JSONResponse({"error": str(exc)}, status_code=403)
-
-    @app.exception_handler(ImgragError)
-    async def usage_error(request: Request, exc: ImgragError):
-        return JSONResponse({"error": str(exc)}, status_code=400)
-
-    @app.exception_handler(Busy)
-    async def busy(request: Request, exc: Busy):
-        return JSONResponse({"error": str(exc)}, status_code=409)
+    # Our own errors: their message as it is, with the status each kind means.
+    for kind, status in ((NotFound, 404), (Forbidden, 403), (ImgragError, 400), (Busy, 409)):
+        app.add_exception_handler(kind, _as_json(status))
 
     @app.exception_handler(BodyTooLarge)
     async def too_large(request: Request, exc: BodyTooLarge):
