@@ -218,14 +218,16 @@ class LexicalIndex:
         terms = query_terms(query, self.stopwords)
         rows = np.asarray(rows, dtype=np.int64)
         present = np.zeros(len(rows), dtype=np.float32)
+        having = np.zeros(self.size, dtype=bool)  # a mask, not np.isin: a common word is in 10^4+ rows
         total = 0.0
         for term in terms:
             column = self.vocab.get(term.stem)
             weight = self._idf(column)
             total += weight
             if column is not None:
-                having = self._indices[int(self._indptr[column]) : int(self._indptr[column + 1])]
-                present += weight * np.isin(rows, having)
+                having[:] = False
+                having[self._indices[int(self._indptr[column]) : int(self._indptr[column + 1])]] = True
+                present += weight * having[rows]
         return present / total if total > 0 else present
 
 

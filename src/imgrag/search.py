@@ -4,6 +4,7 @@ with `candidates()` + `order()`."""
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import re
 import sys
@@ -16,7 +17,7 @@ import numpy as np
 
 from .cutoff import DEFAULT_CUTOFF, Cutoff
 from .errors import UsageError
-from .index import Bundle, load_bundle
+from .index import PHOTO_TIME, Bundle, load_bundle
 from .workspace import Workspace
 
 DEFAULT_LIMIT = 10
@@ -32,6 +33,7 @@ class Hit:
     paths: list[str]  # every copy, absolute
     caption: str
     taken: str | None
+    date: str | None = None  # the time the date filters and sort=date see (index.PHOTO_TIME)
     why: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -201,14 +203,36 @@ def order(found: Candidates, fusion: Fusion) -> tuple[np.ndarray, np.ndarray]:
     return found.rows[best], fused[best]
 
 
+@dataclass
+class Ranked:
+    """The rows one query shows, best first, with their scores and evidence: what `rank`
+    returns before reading the rows from the index (a server reads only the page shown)."""
+
+    rows: np.ndarray
+    scores: np.ndarray
+    found: Candidates | None  # None: nothing could be ranked
+
+    @classmethod
+    def empty(cls) -> Ranked:
+        return cls(np.zeros(0, np.int64), np.zeros(0, np.float32), None)
+
+
 def rank(bundle: Bundle, query_vec: np.ndarray, query: str, options: SearchOptions,
          fusion: Fusion = DEFAULT_FUSION, *, cutoff: Cutoff = DEFAULT_CUTOFF,
          exclude_rows: Iterable[int] = ()) -> list[Hit]:
     """The hits shown for one query (what `imgrag search` shows), best first, paths absolute.
     `exclude_rows` are never shown nor weigh in the default set (--like: the photo itself)."""
+    ranked = rank_rows(bundle, query_vec, query, options, fusion, cutoff=cutoff, exclude_rows=exclude_rows)
+    return read_hits(bundle, ranked, range(len(ranked.rows)))
+
+
+def rank_rows(bundle: Bundle, query_vec: np.ndarray, query: str, options: SearchOptions,
+              fusion: Fusion = DEFAULT_FUSION, *, cutoff: Cutoff = DEFAULT_CUTOFF,
+              exclude_rows: Iterable[int] = ()) -> Ranked:
+    """`rank`'s rows and scores, up to options.limit, not yet read from the index."""
     allowed = None if options.allowed_rows is None else np.fromiter(options.allowed_rows, np.int64)
     if bundle.size == 0 or (allowed is not None and not len(allowed)):
-        return []
+        return Ranked.empty()
     exclude = np.fromiter(exclude_rows, np.int64)
     depth = max(DENSE_CANDIDATES, options.limit) + len(exclude)
     found = candidates(bundle, query_vec, query, depth=depth, allowed=allowed)
@@ -218,28 +242,44 @@ def rank(bundle: Bundle, query_vec: np.ndarray, query: str, options: SearchOptio
         rows, scores = rows[keep], scores[keep]
     keep = shown_set(bundle, query_vec, query, rows, scores, options, cutoff)
     rows, scores = rows[keep], scores[keep]
-    rows, scores = rows[: max(options.limit, 1)], scores[: max(options.limit, 1)]
+    return Ranked(rows[: max(options.limit, 1)], scores[: max(options.limit, 1)], found)
+
+
+def read_hits(bundle: Bundle, ranked: Ranked, picked: Iterable[int], paths: dict[int, list[str]] | None = None) -> list[Hit]:
+    """Hits for the ranked rows at positions `picked`, read from the index and explained,
+    ranked 1, 2, ... in that order; `paths` (by row) replaces a row's stored copies."""
+    picked = list(picked)
+    if ranked.found is None or not picked:
+        return []
+    found = ranked.found
     parts = {"dense": found.dense, "lexical": found.lexical, "visible_text": found.visible_text,
              "crowding": found.crowding}
     at = {row: i for i, row in enumerate(found.rows.tolist())}
-    docs = bundle.docs(rows.tolist())
-    ws_base = bundle.folder.parent.parent.parent  # <base>/.imgrag/index/<gen>
+    rows = ranked.rows[picked].tolist()
+    docs = bundle.docs(rows)
     hits = []
-    for i, (row, score) in enumerate(zip(rows.tolist(), scores.tolist()), start=1):
+    for i, (row, score) in enumerate(zip(rows, ranked.scores[picked].tolist()), start=1):
         d = docs[row]
-        paths = [str(ws_base / p) for p in d.paths]
+        shown = paths[row] if paths is not None else absolute_paths(bundle, d.paths)
         hits.append(Hit(
             rank=i,
             score=round(score, 4),
             sha256=d.sha256,
-            path=paths[0] if paths else "",
-            paths=paths,
+            path=shown[0] if shown else "",
+            paths=shown,
             caption=d.caption,
             taken=d.taken,
+            date=d.date,
             why=why_matched(found.terms, d.lexical, d.caption),
             extra={name: round(float(values[at[row]]), 4) for name, values in parts.items()},
         ))
     return hits
+
+
+def absolute_paths(bundle: Bundle, stored: list[str]) -> list[str]:
+    """A row's copies as absolute paths (stored relative to the folder holding .imgrag/)."""
+    base = str(bundle.folder.parent.parent.parent)  # <base>/.imgrag/index/<gen>
+    return [os.path.join(base, p) for p in stored]
 
 
 def shown_set(bundle: Bundle, query_vec: np.ndarray, query: str, rows: np.ndarray, scores: np.ndarray,
@@ -357,10 +397,6 @@ def parse_date(text: str, flag: str) -> datetime:
     return when
 
 
-# A photo's time as 'YYYY-MM-DDTHH:MM:SS' (sorts as text): the EXIF time without its UTC
-# offset, else the file's mtime in local time. A photo with neither passes no date filter.
-_PHOTO_TIME = "COALESCE(substr(taken, 1, 19), strftime('%Y-%m-%dT%H:%M:%S', mtime, 'unixepoch', 'localtime'))"
-
 
 def allowed_rows(bundle: Bundle, ws: Workspace, filters: Filters) -> set[int] | None:
     """The index rows that pass the filters (None: no filter, every row)."""
@@ -375,10 +411,10 @@ def allowed_rows(bundle: Bundle, ws: Workspace, filters: Filters) -> set[int] | 
             clauses.append("EXISTS (SELECT 1 FROM json_each(docs.paths) WHERE value = ? OR substr(value, 1, ?) = ?)")
             params += [folder, len(prefix), prefix]
     if filters.after is not None:
-        clauses.append(f"{_PHOTO_TIME} >= ?")
+        clauses.append(f"{PHOTO_TIME} >= ?")
         params.append(filters.after.isoformat(timespec="seconds"))
     if filters.before is not None:
-        clauses.append(f"{_PHOTO_TIME} < ?")
+        clauses.append(f"{PHOTO_TIME} < ?")
         params.append(filters.before.isoformat(timespec="seconds"))
     where = " WHERE " + " AND ".join(clauses) if clauses else ""
     return {row for (row,) in bundle.db.execute(f"SELECT row FROM docs{where}", params)}
@@ -396,6 +432,32 @@ def _folder_in_workspace(ws: Workspace, under: Path) -> str:
 
 
 ALLOWED_CACHE_SIZE = 64  # filter sets whose passing rows an open index remembers (web server)
+QUERY_CACHE_SIZE = 1024  # query vectors an open index remembers: 1.5 MB at 384 dimensions
+
+
+@dataclass(frozen=True)
+class Window:
+    """Which of a search's hits to read: [start:stop] of them (their ranks stay those of the
+    whole list), after ordering them newest first when `by_date` (imgrag.search_request)."""
+
+    start: int = 0
+    stop: int | None = None
+    by_date: bool = False
+
+
+class QueryVectors:
+    """Queries' vectors, the last QUERY_CACHE_SIZE remembered: the same query comes back for
+    its next page, another filter or sort, and popular words from many people, and
+    embedding it again costs more than ranking it (lru_cache: safe across threads)."""
+
+    def __init__(self, encoder: QueryEncoder) -> None:
+        self.encoder = encoder
+        self.get = functools.lru_cache(QUERY_CACHE_SIZE)(self._encode)
+
+    def _encode(self, query: str) -> np.ndarray:
+        vector = self.encoder.encode([query])[0]
+        vector.flags.writeable = False  # shared by every search of this query
+        return vector
 
 
 class Searcher:
@@ -408,7 +470,12 @@ class Searcher:
         self.allowed = allowed_rows(self.bundle, self.ws, filters or Filters())
         self._encoder: QueryEncoder | None = None
         self.missing: set[str] = set()  # indexed files found gone while searching (see _rank)
-        self._allowed_by_filters: dict[Filters, set[int] | None] = {}  # see with_filters
+        # A server is asked the same few filters again and again, and the rows that pass them
+        # stay the same for this index generation: select them once (at 100k photos the SQL
+        # takes ~50 ms, several times the search itself). lru_cache: safe across threads.
+        self._allowed_for = functools.lru_cache(ALLOWED_CACHE_SIZE)(
+            lambda filters: allowed_rows(self.bundle, self.ws, filters))
+        self._vectors: QueryVectors | None = None  # made with the encoder
 
     def encoder(self) -> QueryEncoder:
         if self._encoder is None:
@@ -417,49 +484,67 @@ class Searcher:
 
             embedding = self.bundle.meta["embedding"]
             self._encoder = open_encoder(self.ws, embedding["model"], embedding.get("fingerprint"))
+            self._vectors = QueryVectors(self._encoder)
         return self._encoder
 
-    def search(self, query: str, options: SearchOptions) -> list[Hit]:
+    def search(self, query: str, options: SearchOptions, window: Window | None = None) -> list[Hit]:
+        """The hits of `query` still on disk, up to options.limit (`window`: only some of them)."""
         query = clean_query(query)
         if self._nothing_to_find():
             return []
-        return self._rank(self.encoder().encode([query])[0], query, options)
+        self.encoder()
+        return self._rank(self._vectors.get(query), query, options, window=window)
 
-    def like(self, photo: Path, options: SearchOptions) -> list[Hit]:
+    def like(self, photo: Path, options: SearchOptions, window: Window | None = None) -> list[Hit]:
         """Photos whose descriptions are nearest to that of `photo` (an indexed photo), itself left out."""
         row, _, caption = self._indexed_row(photo)
         if self._nothing_to_find():
             return []
         # Its caption stands in for query words, so exact-word evidence and "why" work as
         # for a typed query; the photo itself is left out before the default set is chosen.
-        return self._rank(self._stored_vector(row), caption, options, exclude_rows=[row])
+        return self._rank(self._stored_vector(row), caption, options, exclude_rows=[row], window=window)
 
     def _nothing_to_find(self) -> bool:
         return self.bundle.size == 0 or (self.allowed is not None and not self.allowed)
 
-    def _rank(self, query_vec: np.ndarray, query: str, options: SearchOptions, exclude_rows: Iterable[int] = ()) -> list[Hit]:
-        """The ranked hits whose photo is still on disk. A photo deleted since the last embed
-        is skipped and the next hits fill the limit; only the hits looked at are stat'ed."""
+    def _rank(self, query_vec: np.ndarray, query: str, options: SearchOptions, exclude_rows: Iterable[int] = (),
+              window: Window | None = None) -> list[Hit]:
+        """The ranked hits whose photo is still on disk, up to options.limit, of which only
+        those in `window` are read and explained. A photo deleted since the last embed is
+        skipped and the next rows fill the limit; only the rows looked at are stat'ed."""
+        window = window or Window()
         options = replace(options, allowed_rows=self.allowed)
+        # By relevance, the rows past the window need not be looked at; by date, all are sorted.
+        need = options.limit if window.by_date or window.stop is None else min(window.stop, options.limit)
         asked = options.limit
         while True:
-            hits = rank(self.bundle, query_vec, query, replace(options, limit=asked), exclude_rows=exclude_rows)
-            kept = [h for h in map(self._on_disk, hits) if h is not None]
-            if len(kept) >= options.limit or len(hits) < asked:
+            ranked = rank_rows(self.bundle, query_vec, query, replace(options, limit=asked), exclude_rows=exclude_rows)
+            located = self.bundle.locate(ranked.rows.tolist())
+            kept: list[tuple[int, list[str]]] = []  # (position in `ranked`, copies on disk)
+            for i, row in enumerate(ranked.rows.tolist()):
+                there = self._on_disk(absolute_paths(self.bundle, located[row][0]))
+                if there:
+                    kept.append((i, there))
+                    if len(kept) == need:
+                        break
+            if len(kept) >= need or len(ranked.rows) < asked:
                 break
             asked *= 2  # some were gone: look further down the same ranking
         kept = kept[: options.limit]
-        for i, h in enumerate(kept, start=1):
-            h.rank = i
-        return kept
+        if window.by_date:  # newest first; stable: ties keep relevance order
+            kept.sort(key=lambda k: located[int(ranked.rows[k[0]])][1] or "", reverse=True)
+        kept = kept[window.start : window.stop]
+        hits = read_hits(self.bundle, ranked, [i for i, _ in kept], paths={int(ranked.rows[i]): p for i, p in kept})
+        for h in hits:
+            h.rank += window.start
+        return hits
 
-    def _on_disk(self, hit: Hit) -> Hit | None:
-        """The hit with only the copies that still exist; None when none does."""
-        there = [p for p in hit.paths if p not in self.missing and os.path.exists(p)]
-        self.missing.update(p for p in hit.paths if p not in there)
-        if not there:
-            return None
-        return replace(hit, path=there[0], paths=there) if there != hit.paths else hit
+    def _on_disk(self, paths: list[str]) -> list[str]:
+        """The copies that still exist (each one gone is remembered, for stale_warning)."""
+        there = [p for p in paths if p not in self.missing and os.path.exists(p)]
+        if len(there) < len(paths):
+            self.missing.update(p for p in paths if p not in there)
+        return there
 
     def stale_warning(self) -> str | None:
         """One line for stderr when searching found indexed photos gone, with the command that refreshes it."""
@@ -494,21 +579,15 @@ class Searcher:
 
     def with_filters(self, filters: Filters) -> Searcher:
         """This open index and its loaded encoder, under other filters (one request's)."""
-        other = copy.copy(self)
-        # A server is asked the same few filters again and again, and the rows that pass them
-        # stay the same for this index generation: select them once (at 100k photos the
-        # query takes ~50 ms, several times the search itself).
-        if filters not in self._allowed_by_filters:
-            if len(self._allowed_by_filters) >= ALLOWED_CACHE_SIZE:
-                self._allowed_by_filters.pop(next(iter(self._allowed_by_filters)))
-            self._allowed_by_filters[filters] = allowed_rows(self.bundle, self.ws, filters)
-        other.allowed = self._allowed_by_filters[filters]
+        other = copy.copy(self)  # shares this one's caches
+        other.allowed = self._allowed_for(filters)
         return other
 
     def reuse_encoder(self, previous: Searcher) -> None:
-        """Keep the query encoder of the previous generation when it embeds with the same model."""
+        """Keep the query encoder (and the query vectors it made) of the previous generation
+        when it embeds with the same model."""
         if previous._encoder is not None and previous.bundle.meta.get("embedding") == self.bundle.meta.get("embedding"):
-            self._encoder = previous._encoder
+            self._encoder, self._vectors = previous._encoder, previous._vectors
 
     def _stored_vector(self, row: int) -> np.ndarray:
         try:

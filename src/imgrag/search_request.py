@@ -5,7 +5,6 @@ same order."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,7 +12,6 @@ from typing import TYPE_CHECKING
 from .errors import UsageError
 
 if TYPE_CHECKING:
-    from .index import Bundle
     from .search import Filters, Hit, SearchOptions, Searcher
 
 SORTS = ("relevance", "date")
@@ -63,36 +61,19 @@ class Page:
 
 
 def search_page(searcher: Searcher, options: SearchOptions, *, query: str | None = None, like: Path | None = None,
-                offset: int = 0, sort: str = "relevance",
-                dates: Callable[[list[str]], dict[str, str | None]] | None = None) -> Page:
+                offset: int = 0, sort: str = "relevance") -> Page:
     """One page of results: hits[offset:offset+limit] of the search `--limit offset+limit`
     would make (so page after page is the CLI's list, cut up). sort="date" orders the
-    relevant photos (every one above the cut-off among the nearest candidates) newest first;
-    `dates` gives photos' dates by sha256 (default: read from the index)."""
-    from .search import DENSE_CANDIDATES
+    relevant photos (every one above the cut-off among the nearest candidates) newest first."""
+    from .search import DENSE_CANDIDATES, Window
 
     if sort not in SORTS:
         raise UsageError(f"sort must be one of {', '.join(SORTS)}, not {sort!r}")
-    wanted = offset + options.limit + 1  # one more says whether a next page exists
-    if sort == "date":
-        wanted = max(wanted, DENSE_CANDIDATES)
-    asked = replace(options, limit=wanted)
-    hits = searcher.like(like, asked) if like is not None else searcher.search(query or "", asked)
-    if sort == "date":
-        when = (dates or (lambda shas: photo_dates(searcher.bundle, shas)))([h.sha256 for h in hits])
-        hits.sort(key=lambda h: when.get(h.sha256) or "", reverse=True)  # stable: ties keep relevance order
-    shown = hits[offset : offset + options.limit]
-    for i, h in enumerate(shown, start=offset + 1):
-        h.rank = i
-    more = len(hits) > offset + options.limit
-    return Page(shown, offset + len(shown) if more else None)
+    stop = offset + options.limit + 1  # one more says whether a next page exists
+    asked = replace(options, limit=max(stop, DENSE_CANDIDATES) if sort == "date" else stop)
+    # Only the page (and the one after it) is read and explained, not the rows before it.
+    window = Window(offset, stop, by_date=sort == "date")
+    hits = searcher.like(like, asked, window) if like is not None else searcher.search(query or "", asked, window)
+    shown = hits[: options.limit]
+    return Page(shown, offset + len(shown) if len(hits) > options.limit else None)
 
-
-def photo_dates(bundle: Bundle, shas: list[str]) -> dict[str, str | None]:
-    """Each photo's date as the filters see it (EXIF time, else file mtime in local time)."""
-    from .search import _PHOTO_TIME
-
-    if not shas:
-        return {}
-    marks = ",".join("?" * len(shas))
-    return dict(bundle.db.execute(f"SELECT sha256, {_PHOTO_TIME} FROM docs WHERE sha256 IN ({marks})", shas))

@@ -88,14 +88,12 @@ def search(
         return doc
     searcher = served.searcher.with_filters(filters) if filters.active() else served.searcher
     like_path = _like_path(server, served, like) if like is not None else None
-    page = search_page(searcher, options, query=doc["query"], like=like_path, offset=offset, sort=sort,
-                       dates=served.dates)
+    page = search_page(searcher, options, query=doc["query"], like=like_path, offset=offset, sort=sort)
     base = server.ws.base
-    dates = served.dates([h.sha256 for h in page.hits])
     verdicts = _verdicts(request, doc["query"], page.hits) if verify else None
     doc.update(index="ready", generation=served.generation, next_offset=page.next_offset, results=[{
         "id": h.sha256, "rank": h.rank, "score": h.score, "path": _rel(base, h.path), "paths": [_rel(base, p) for p in h.paths],
-        "abs_path": h.path, "caption": h.caption, "date": dates.get(h.sha256), "taken": h.taken,
+        "abs_path": h.path, "caption": h.caption, "date": h.date, "taken": h.taken,
         "why": h.why, **_urls(h.sha256), "extra": h.extra,
         **({"verified": verdicts[i].verified, "reason": verdicts[i].reason} if verdicts is not None else {}),
     } for i, h in enumerate(page.hits)])
@@ -156,11 +154,12 @@ def photo(request: Request, photo_id: str):
     served = server.index.current()
     record = server.descriptions.get(sha) or {}
     base = server.ws.base
-    paths = [PurePath(p).as_posix() for p in served.paths_of(sha)]
+    indexed = served.doc(sha)
+    paths = [PurePath(p).as_posix() for p in indexed.paths] if indexed else []
     desc = record.get("description") or {}
     return {
         "id": sha, "paths": paths, "abs_paths": [str(base / p) for p in paths], "caption": desc.get("caption", ""),
-        "description": desc, "taken": record.get("taken"), "date": served.photos.date_of.get(sha),
+        "description": desc, "taken": record.get("taken"), "date": indexed.date if indexed else None,
         "camera": record.get("camera"), "gps": record.get("gps"), "width": record.get("width"),
         "height": record.get("height"), "size": record.get("size"), "model": record.get("model"),
         "provider": record.get("provider"), "created": record.get("created"), "file_exists": path is not None,

@@ -26,21 +26,16 @@ class Photos:
 
     row_of: dict[str, int]  # sha256 -> row
     sha_of: dict[str, str]  # indexed name (relative to the workspace base, '/') -> sha256
-    date_of: dict[str, str | None]  # sha256 -> its date as the filters see it
 
     @classmethod
     def read(cls, bundle) -> Photos:
-        from ..search import _PHOTO_TIME
-
         row_of: dict[str, int] = {}
         sha_of: dict[str, str] = {}
-        date_of: dict[str, str | None] = {}
-        for row, sha, paths, date in bundle.db.execute(f"SELECT row, sha256, paths, {_PHOTO_TIME} FROM docs"):
+        for row, sha, paths in bundle.db.execute("SELECT row, sha256, paths FROM docs"):
             row_of[sha] = row
-            date_of[sha] = date
             for p in json.loads(paths):
                 sha_of.setdefault(PurePath(p).as_posix(), sha)
-        return cls(row_of, sha_of, date_of)
+        return cls(row_of, sha_of)
 
 
 class Served:
@@ -69,19 +64,13 @@ class Served:
             self._photos = Photos.read(self.searcher.bundle)
         return self._photos
 
-    def dates(self, shas: list[str]) -> dict[str, str | None]:
-        """Photos' dates by sha256, from the table once read, else from the index itself."""
-        if self._photos is not None:
-            return {s: self._photos.date_of.get(s) for s in shas}
-        from ..search_request import photo_dates
-
-        return photo_dates(self.searcher.bundle, shas)
+    def doc(self, sha: str):
+        """The photo's row of the index (imgrag.index.Doc), None when it has none."""
+        row = self.photos.row_of.get(sha)
+        return None if row is None else self.searcher.bundle.docs([row]).get(row)
 
     def paths_of(self, sha: str) -> list[str]:
-        row = self.photos.row_of.get(sha)
-        if row is None:
-            return []
-        doc = self.searcher.bundle.docs([row]).get(row)
+        doc = self.doc(sha)
         return list(doc.paths) if doc else []
 
 
