@@ -96,12 +96,17 @@ def start_server(base: Path) -> tuple[subprocess.Popen, str, float]:
     sys.exit("serve_load: no answer from imgrag serve in 120 s")
 
 
-def load(url: str, seconds: float, during=None, rate: float | None = None) -> dict:
+SEEN: set[str] = set()  # every query sent so far this run (the server remembers query vectors)
+
+
+def load(url: str, seconds: float, during=None, rate: float | None = None, seed: int = 7) -> dict:
     """CLIENTS threads, each with its own connection, until `seconds` pass (and `during`, a
     thread started with the load, has ended). Without `rate` each client sends its next
     request as soon as it has an answer (the most the server can do); with `rate`, the
     clients together start `rate` requests a second on a fixed schedule, and a request's
-    time counts from when it was due (a slow answer delays the ones after it: they count it)."""
+    time counts from when it was due (a slow answer delays the ones after it: they count it).
+    Each phase draws its own queries (`seed`): popular ones come back, as from real users,
+    and `repeated_queries` says what share of its requests asked a query already asked."""
     import httpx
 
     stop = threading.Event()
@@ -109,7 +114,8 @@ def load(url: str, seconds: float, during=None, rate: float | None = None) -> di
     errors: list[str] = []
     generations: list[tuple[str, list[str]]] = []
     lock = threading.Lock()
-    asks = queries(5000)
+    asks = queries(5000, seed)
+    sent: list[str] = []
 
     def client(n: int) -> None:
         with httpx.Client(base_url=url, timeout=30) as c:
@@ -134,6 +140,7 @@ def load(url: str, seconds: float, during=None, rate: float | None = None) -> di
                     r = e
                 dt = time.perf_counter() - t
                 with lock:
+                    sent.append(params["q"])
                     if ok:
                         latencies.append(dt)
                         generations.append((doc["generation"], [h["id"] for h in doc["results"]]))
@@ -155,6 +162,10 @@ def load(url: str, seconds: float, during=None, rate: float | None = None) -> di
         t.join()
     wall = time.perf_counter() - t0
     ms = sorted(x * 1000 for x in latencies)
+    repeated = 0
+    for q in sent:
+        repeated += q in SEEN
+        SEEN.add(q)
     return {
         "requests": len(ms),
         "errors": len(errors),
@@ -162,6 +173,7 @@ def load(url: str, seconds: float, during=None, rate: float | None = None) -> di
         "p50_ms": round(statistics.median(ms), 2) if ms else None,
         "p95_ms": round(ms[int(len(ms) * 0.95) - 1], 2) if ms else None,
         "req_per_s": round(len(ms) / wall, 1),
+        "repeated_queries": round(repeated / len(sent), 3) if sent else None,
         "generations": generations,
     }
 
@@ -271,15 +283,15 @@ def main() -> None:
     proc, url, first = start_server(base)
     try:
         log(f"serving at {url}; first answer after {first:.2f} s; steady load for {args.duration:g} s")
-        load(url, 2, None)  # warm-up
-        most = load(url, args.duration)
+        load(url, 2, None, seed=1)  # warm-up
+        most = load(url, args.duration, seed=2)
         log(f"{args.rate:g} requests/s for {args.duration:g} s")
-        steady = load(url, args.duration, rate=args.rate)
+        steady = load(url, args.duration, rate=args.rate, seed=3)
         rss_steady, _ = rss_mb(proc.pid)
         new_ids: list[str] = []
         writer = threading.Thread(target=lambda: new_ids.extend(write_generation(base, args.extra)))
         log(f"load for {args.duration:g} s while a new generation (+{args.extra:.0%}) is written and swapped in")
-        swap = load(url, args.duration, during=writer, rate=args.rate)
+        swap = load(url, args.duration, during=writer, rate=args.rate, seed=4)
         if not new_ids:
             sys.exit("serve_load: the new generation was not written (see above)")
         new = set(new_ids)

@@ -397,7 +397,6 @@ def parse_date(text: str, flag: str) -> datetime:
     return when
 
 
-
 def allowed_rows(bundle: Bundle, ws: Workspace, filters: Filters) -> set[int] | None:
     """The index rows that pass the filters (None: no filter, every row)."""
     if not filters.active():

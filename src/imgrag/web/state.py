@@ -4,7 +4,6 @@ comes from one complete generation and no request waits for a reload."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -29,13 +28,17 @@ class Photos:
 
     @classmethod
     def read(cls, bundle) -> Photos:
-        row_of: dict[str, int] = {}
-        sha_of: dict[str, str] = {}
-        for row, sha, paths in bundle.db.execute("SELECT row, sha256, paths FROM docs"):
-            row_of[sha] = row
-            for p in json.loads(paths):
-                sha_of.setdefault(PurePath(p).as_posix(), sha)
-        return cls(row_of, sha_of)
+        # Each column comes whole in one step and is split and zipped in C: read row by row,
+        # 100k photos held the GIL for 0.5 s (seconds under load), stalling every request.
+        rows, shas = bundle.db.execute("SELECT group_concat(row), group_concat(sha256) FROM docs").fetchone()
+        row_of = dict(zip(shas.split(","), map(int, rows.split(",")))) if rows else {}
+        # Rows in descending order: a name two rows claim goes to the first (the last write wins).
+        names, owners = bundle.db.execute(
+            "SELECT group_concat(value, char(0)), group_concat(sha256, char(0)) "
+            "FROM (SELECT value, sha256 FROM docs, json_each(docs.paths) ORDER BY row DESC)").fetchone()
+        if names and os.sep != "/":
+            names = names.replace(os.sep, "/")
+        return cls(row_of, dict(zip(names.split("\0"), owners.split("\0"))) if names else {})
 
 
 class Served:
