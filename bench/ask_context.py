@@ -77,7 +77,7 @@ def main() -> int:
                 if top:
                     messages = answer_messages(query, [answer_item(ws, h, records[h.sha256]) for h in top])
                     tokens[k].append(text_chars(messages) // CHARS_PER_TOKEN)
-        bundle.db.close()
+        bundle.close()
 
     n = len(queries)
     result = {

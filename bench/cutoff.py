@@ -207,7 +207,7 @@ def run(photos: list[Photo], size: int, samples: int, model_name: str, cutoffs: 
                     t = tallies[label]
                     t.offtopic_queries += 1
                     t.offtopic_empty += not _shown(bundle, query_vecs[query], query, cut)
-            bundle.db.close()
+            bundle.close()
         print(f"cutoff: sample {sample + 1}/{samples}: " + json.dumps({k: t.figures() for k, t in tallies.items()}),
               file=sys.stderr)
     return tallies, samples

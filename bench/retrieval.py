@@ -312,7 +312,7 @@ def quality(args, path: Path, dataset: str, items: list[Item], docs: list[Doc], 
         encoder = QueryEncoder(model)
         cutoff = cutoff_figures(bundle, encoder, right_scores, positions)
         default_set = default_set_figures(bundle, encoder, all_found, queries, query_vecs, positions)
-        bundle.db.close()
+        bundle.close()
 
     return {
         "dataset": dataset, "split": "all" if dataset == "coco" else args.split, "model": model, "docs": len(docs),

@@ -95,7 +95,7 @@ def main() -> None:
             figures[f"{name}_select_ms"] = median_ms(lambda f=f: allowed_rows(bundle, ws, f), args.runs)
             figures[f"{name}_rank_ms"] = median_ms(
                 lambda a=allowed: rank(bundle, query, "dog", SearchOptions(limit=10, allowed_rows=a)), args.runs)
-        bundle.db.close()
+        bundle.close()
     print(json.dumps(figures))
 
 

@@ -8,7 +8,8 @@
    which is the latency a user sees at that load.
 3. The paced load while another process writes a new index generation with 1% more photos and
    swaps it in (`write_bundle`, the step `imgrag embed` ends with: the library has no photo
-   files or description log for a real `imgrag embed` to read). Every response names its
+   files or description log for a real `imgrag embed` to read), with no terminal and so at
+   the lower CPU priority a cron `imgrag embed` takes (imgrag.priority). Every response names its
    generation; a response from the old one must hold only old photos, and none may fail.
 4. Server RSS (now and peak), and a grid of 48 thumbnails fetched by 8 clients, cold (no
    cache in .imgrag/thumbs/) and warm, from real 2000x1500 JPEGs written for those photos.
@@ -185,6 +186,8 @@ def write_generation(base: Path, extra_share: float) -> list[str]:
 import hashlib, json, sys
 from pathlib import Path
 import numpy as np
+from imgrag.priority import step_back_when_unattended
+step_back_when_unattended()  # as `imgrag embed` run by cron does (no terminal)
 from imgrag.index import load_bundle, read_meta, write_bundle, Doc
 from imgrag.workspace import Workspace
 ws = Workspace(Path({str(base / '.imgrag')!r}))
@@ -209,7 +212,7 @@ write_bundle(ws, docs + new, np.vstack([vectors, vectors[[i * 97 % n for i in ra
              {{"embedding": meta["embedding"], "signature": "bench-swap", "bench_code": "swapped"}})
 print(json.dumps([d.sha256 for d in new]))
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if out.returncode != 0:
         log(f"writing a new generation failed: {out.stderr[-800:]}")
         return []

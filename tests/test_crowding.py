@@ -76,4 +76,4 @@ def test_each_generation_has_it_and_reuses_it_while_the_rows_stay_the_same(tmp_p
     np.testing.assert_allclose(values, crowding.crowding(v, [d.sha256 for d in added]), atol=1e-6)
     bundle = load_bundle(ws)
     assert len(bundle.crowding) == 21
-    bundle.db.close()
+    bundle.close()

@@ -82,6 +82,9 @@ def _settings(**flags):
 
 def _describe(photos: Path, index: Optional[Path], batch: bool = False, window: str = "24h", cancel: bool = False,
               **kwargs) -> int:
+    from .priority import step_back_when_unattended
+
+    step_back_when_unattended()
     if batch:
         return _describe_batch(photos, index, window, cancel, **kwargs)
     if cancel:
@@ -118,7 +121,9 @@ def _embed(photos: Optional[Path], index: Optional[Path], model: Optional[str], 
     from . import render
     from .config import explicit_embed_model
     from .embed_job import run_embed
+    from .priority import step_back_when_unattended
 
+    step_back_when_unattended()
     # No --model and no IMGRAG_EMBED_MODEL: the index keeps the model it was built with.
     summary = run_embed(photos, model or explicit_embed_model(), rebuild=rebuild, wait=wait, index=index,
                         show_progress=render.is_terminal(sys.stderr))

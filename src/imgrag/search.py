@@ -416,7 +416,9 @@ def allowed_rows(bundle: Bundle, ws: Workspace, filters: Filters) -> set[int] | 
         clauses.append(f"{PHOTO_TIME} < ?")
         params.append(filters.before.isoformat(timespec="seconds"))
     where = " WHERE " + " AND ".join(clauses) if clauses else ""
-    return {row for (row,) in bundle.db.execute(f"SELECT row FROM docs{where}", params)}
+    # One string in one step: row by row, a busy server waited for the GIL at each (index.rows_at_once).
+    (found,) = bundle.scan.execute(f"SELECT group_concat(row) FROM docs{where}", params).fetchone()
+    return set(map(int, found.split(","))) if found else set()
 
 
 def _folder_in_workspace(ws: Workspace, under: Path) -> str:
@@ -564,7 +566,7 @@ class Searcher:
             sha = file_sha256(photo.expanduser())
         except PhotoError as e:
             raise UsageError(f"--like {photo}: cannot read it ({e})") from None
-        found = self.bundle.db.execute("SELECT row, caption FROM docs WHERE sha256 = ?", (sha,)).fetchone()
+        found = self.bundle.scan.execute("SELECT row, caption FROM docs WHERE sha256 = ?", (sha,)).fetchone()
         if found is None and photo.suffix.lower() not in PHOTO_SUFFIXES:
             raise UsageError(f"--like {photo}: not a photo (imgrag finds {', '.join(sorted(PHOTO_SUFFIXES))} files)")
         if found is None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
@@ -30,10 +31,10 @@ class Photos:
     def read(cls, bundle) -> Photos:
         # Each column comes whole in one step and is split and zipped in C: read row by row,
         # 100k photos held the GIL for 0.5 s (seconds under load), stalling every request.
-        rows, shas = bundle.db.execute("SELECT group_concat(row), group_concat(sha256) FROM docs").fetchone()
+        rows, shas = bundle.scan.execute("SELECT group_concat(row), group_concat(sha256) FROM docs").fetchone()
         row_of = dict(zip(shas.split(","), map(int, rows.split(",")))) if rows else {}
         # Rows in descending order: a name two rows claim goes to the first (the last write wins).
-        names, owners = bundle.db.execute(
+        names, owners = bundle.scan.execute(
             "SELECT group_concat(value, char(0)), group_concat(sha256, char(0)) "
             "FROM (SELECT value, sha256 FROM docs, json_each(docs.paths) ORDER BY row DESC)").fetchone()
         if names and os.sep != "/":
@@ -120,6 +121,7 @@ class LiveIndex:
             previous = self._served
             if gen is None or (previous is not None and previous.generation == gen):
                 return
+            started = time.perf_counter()
             try:
                 served = self._open(gen, previous)
             except ImgragError as e:
@@ -132,7 +134,8 @@ class LiveIndex:
             self.problem = None
             self._served = served  # one reference swap: a request holds the old or the new, whole
             if previous is not None:
-                log.info("imgrag: now serving index generation %s (%d photos)", gen, served.searcher.bundle.size)
+                log.info("imgrag: now serving index generation %s (%d photos, opened in %.2f s)", gen,
+                         served.searcher.bundle.size, time.perf_counter() - started)
 
     def _open(self, gen: str, previous: Served | None) -> Served:
         from ..search import Searcher
@@ -146,7 +149,15 @@ class LiveIndex:
             searcher.reuse_encoder(previous.searcher)
         if bundle.size:
             searcher.encoder().encode(["warm up"])  # load the model now, not on a user's first search
-        return Served(bundle.folder.name, searcher)  # the folder CURRENT named when it was opened
+        served = Served(bundle.folder.name, searcher)  # the folder CURRENT named when it was opened
+        if previous is not None and bundle.size:
+            # The old generation answers meanwhile: let one search and the photo tables touch
+            # the new one's pages here, so that no request after the swap waits for them.
+            from ..search import SearchOptions
+
+            searcher.search("warm up", SearchOptions(limit=1, show_all=True))
+            served.photos  # noqa: B018
+        return served
 
 
 def photo_file(ws: Workspace, name: str) -> Path | None:
