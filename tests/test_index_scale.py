@@ -134,6 +134,8 @@ def test_bundle_of_an_ivf_index_searches_with_filters(tmp_path, big):
     bundle = load_bundle(ws)
     meta = json.loads((bundle.folder / "meta.json").read_text())
     assert meta["dense"]["type"] == "ivf-sq8" and bundle.size == N and bundle.index.kind == "ivf-sq8"
+    # no 32 read-ahead threads started by every search of the memory-mapped lists
+    assert faiss.downcast_InvertedLists(bundle.index.invlists).prefetch_nthread == 0
     allowed = np.array([7, 50_000], dtype=np.int64)
     params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
     scores, found = bundle.index.search(vectors[:1], 5, params=params)

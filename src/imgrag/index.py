@@ -21,6 +21,7 @@ import os
 import shutil
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -425,6 +426,11 @@ def open_dense(path: Path, plan: dict[str, Any]) -> DenseIndex:
     return DenseIndex(index)
 
 
+def read_only_uri(path: Path) -> str:
+    """SQLite's URI for opening `path` read-only (a '?', '#' or '%' in a folder name quoted)."""
+    return f"file:{urllib.parse.quote(str(path))}?mode=ro"
+
+
 def load_bundle(ws: Workspace) -> Bundle:
     """Open the current generation. An IVF index is memory-mapped: pages are read as queries touch them."""
     gen = current_generation(ws)
@@ -444,7 +450,7 @@ def load_bundle(ws: Workspace) -> Bundle:
     check_format(ws, meta)
     try:
         index = open_dense(folder / DENSE_FILE, meta.get("dense", {}))
-        db, scan = (sqlite3.connect(f"file:{folder / 'docs.sqlite'}?mode=ro", uri=True, check_same_thread=False)
+        db, scan = (sqlite3.connect(read_only_uri(folder / "docs.sqlite"), uri=True, check_same_thread=False)
                     for _ in range(2))
     except (OSError, RuntimeError, sqlite3.Error) as e:
         raise UsageError(f"the index in {folder} is damaged ({e}): run `{ws.embed_command('--rebuild')}`") from None

@@ -8,6 +8,7 @@ import functools
 import os
 import re
 import sys
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -473,9 +474,10 @@ class Searcher:
         self.missing: set[str] = set()  # indexed files found gone while searching (see _rank)
         # A server is asked the same few filters again and again, and the rows that pass them
         # stay the same for this index generation: select them once (at 100k photos the SQL
-        # takes ~50 ms, several times the search itself). lru_cache: safe across threads.
-        self._allowed_for = functools.lru_cache(ALLOWED_CACHE_SIZE)(
-            lambda filters: allowed_rows(self.bundle, self.ws, filters))
+        # takes ~50 ms, several times the search itself). Not an lru_cache of a closure over
+        # self: that cycle kept a replaced generation open until the garbage collector ran.
+        self._allowed_by_filters: dict[Filters, set[int] | None] = {}
+        self._allowed_lock = threading.Lock()
         self._vectors: QueryVectors | None = None  # made with the encoder
 
     def encoder(self) -> QueryEncoder:
@@ -583,6 +585,17 @@ class Searcher:
         other = copy.copy(self)  # shares this one's caches
         other.allowed = self._allowed_for(filters)
         return other
+
+    def _allowed_for(self, filters: Filters) -> set[int] | None:
+        with self._allowed_lock:
+            if filters in self._allowed_by_filters:
+                return self._allowed_by_filters[filters]
+        rows = allowed_rows(self.bundle, self.ws, filters)  # unlocked: another filter need not wait
+        with self._allowed_lock:
+            if len(self._allowed_by_filters) >= ALLOWED_CACHE_SIZE:
+                self._allowed_by_filters.pop(next(iter(self._allowed_by_filters)))
+            self._allowed_by_filters[filters] = rows
+        return rows
 
     def reuse_encoder(self, previous: Searcher) -> None:
         """Keep the query encoder (and the query vectors it made) of the previous generation

@@ -122,7 +122,7 @@ def _fast_json(doc: dict) -> Response:
 
 def _like_path(server, served: Served, like: str) -> Path:
     """The file of an indexed photo named by id or by indexed path (anything else: not found)."""
-    sha = like if _SHA.fullmatch(like) and like in served.photos.row_of else served.photos.sha_of.get(like)
+    sha = like if _SHA.fullmatch(like) and served.photos.row_of(like) is not None else served.photos.sha_of(like)
     if sha is None:
         raise NotFound(f"like={like}: no such photo in the index")
     for rel in served.paths_of(sha):
@@ -139,7 +139,7 @@ def _indexed(request: Request, photo_id: str) -> tuple[Any, str, Path | None]:
     """(server, sha, its file) for an id of the index being served; raises a 404 otherwise."""
     server = _server(request)
     served = server.index.current()
-    if not _SHA.fullmatch(photo_id) or served is None or photo_id not in served.photos.row_of:
+    if not _SHA.fullmatch(photo_id) or served is None or served.photos.row_of(photo_id) is None:
         raise NotFound(f"no photo {photo_id[:80]!r} in the index")
     for rel in served.paths_of(photo_id):
         found = photo_file(server.ws, PurePath(rel).as_posix())

@@ -122,7 +122,7 @@ def image(request: Request, name: str):
 
     server = request.app.state.server
     served = server.index.current()
-    sha = served.photos.sha_of.get(name) if served is not None else None
+    sha = served.photos.sha_of(name) if served is not None else None
     path = photo_file(server.ws, name) if sha is not None else None
     if path is None:
         raise NotFound(f"no indexed photo named {name[:200]!r}")
