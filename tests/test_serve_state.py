@@ -36,6 +36,7 @@ def test_photos_by_id_and_by_name_in_a_folder_sqlite_uris_would_misread(tmp_path
     assert photos.sha_of("b/x.jpg") == f"{0:064x}", "a name two rows claim goes to the first"
     assert photos.sha_of("c/y.jpg") == f"{1:064x}" and photos.sha_of("d/z.jpg") == f"{2:064x}"
     assert photos.sha_of("d") is None and photos.sha_of("") is None
+    assert Photos(bundle).row_of(f"{2:064x}") == 2, "made again (a retry) from the same open index"
     bundle.close()
 
 

@@ -453,13 +453,13 @@ class QueryVectors:
     embedding it again costs more than ranking it (lru_cache: safe across threads)."""
 
     def __init__(self, encoder: QueryEncoder) -> None:
-        self.encoder = encoder
-        self.get = functools.lru_cache(QUERY_CACHE_SIZE)(self._encode)
+        def encode(query: str) -> np.ndarray:
+            vector = encoder.encode([query])[0]
+            vector.flags.writeable = False  # shared by every search of this query
+            return vector
 
-    def _encode(self, query: str) -> np.ndarray:
-        vector = self.encoder.encode([query])[0]
-        vector.flags.writeable = False  # shared by every search of this query
-        return vector
+        # A closure over the encoder, not a bound method: no cycle keeps a dropped model alive.
+        self.get = functools.lru_cache(QUERY_CACHE_SIZE)(encode)
 
 
 class Searcher:
@@ -495,7 +495,7 @@ class Searcher:
         query = clean_query(query)
         if self._nothing_to_find():
             return []
-        self.encoder()
+        self.encoder()  # made with self._vectors
         return self._rank(self._vectors.get(query), query, options, window=window)
 
     def like(self, photo: Path, options: SearchOptions, window: Window | None = None) -> list[Hit]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sqlite3
 import threading
 import time
 from pathlib import Path, PurePath
@@ -23,32 +22,33 @@ FIRST_LOAD_WAIT = 60.0  # seconds a search waits for the first load before sayin
 class Photos:
     """One generation's photos by id (sha256) and by indexed name, for serving them.
 
-    Two tables in an in-memory SQLite database beside the generation's own: built by one
-    statement each, in C and without the GIL, ~12 MB at 100k photos. Python dicts of the
+    Two tables in an in-memory SQLite database attached to the generation's whole-table
+    connection (Bundle.scan, already open: the folder may be pruned later): built by one
+    statement each, in C and without the GIL, ~13 MB at 100k photos. Python dicts of the
     same took 52 MB per generation (and a server holds two while it swaps them), and
     reading them row by row stalled every request for seconds under load."""
 
     def __init__(self, bundle) -> None:
-        from ..index import read_only_uri
-
-        self.db = sqlite3.connect("file::memory:", uri=True, check_same_thread=False)
-        self.db.execute("ATTACH DATABASE ? AS generation", (read_only_uri(bundle.folder / "docs.sqlite"),))
+        self.db = bundle.scan
         name = "value" if os.sep == "/" else f"replace(value, '{os.sep}', '/')"  # indexed names use '/'
+        if any(db[1] == "lookup" for db in self.db.execute("PRAGMA database_list")):  # a retry
+            self.db.execute("DETACH DATABASE lookup")
         with self.db:
-            self.db.execute("CREATE TABLE by_sha (sha256 TEXT PRIMARY KEY, row INTEGER) WITHOUT ROWID")
-            self.db.execute("INSERT OR REPLACE INTO by_sha SELECT sha256, row FROM generation.docs ORDER BY row")
-            self.db.execute("CREATE TABLE by_name (name TEXT PRIMARY KEY, row INTEGER) WITHOUT ROWID")
+            self.db.execute("ATTACH DATABASE ':memory:' AS lookup")
+            self.db.execute("CREATE TABLE lookup.by_sha (sha256 TEXT PRIMARY KEY, row INTEGER) WITHOUT ROWID")
+            self.db.execute("INSERT OR REPLACE INTO lookup.by_sha SELECT sha256, row FROM main.docs ORDER BY row")
+            self.db.execute("CREATE TABLE lookup.by_name (name TEXT PRIMARY KEY, row INTEGER) WITHOUT ROWID")
             # A name two rows claim goes to the first.
-            self.db.execute(f"INSERT OR IGNORE INTO by_name SELECT {name}, row FROM generation.docs, "
-                            "json_each(generation.docs.paths) ORDER BY row")
+            self.db.execute(f"INSERT OR IGNORE INTO lookup.by_name SELECT {name}, row FROM main.docs, "
+                            "json_each(main.docs.paths) ORDER BY row")
 
     def row_of(self, sha: str) -> int | None:
-        found = self.db.execute("SELECT row FROM by_sha WHERE sha256 = ?", (sha,)).fetchone()
+        found = self.db.execute("SELECT row FROM lookup.by_sha WHERE sha256 = ?", (sha,)).fetchone()
         return found[0] if found else None
 
     def sha_of(self, name: str) -> str | None:
         """The photo an indexed name (relative to the workspace base, with '/') stands for."""
-        found = self.db.execute("SELECT sha256 FROM by_name JOIN generation.docs USING (row) WHERE name = ?",
+        found = self.db.execute("SELECT sha256 FROM lookup.by_name JOIN main.docs USING (row) WHERE name = ?",
                                 (name,)).fetchone()
         return found[0] if found else None
 
