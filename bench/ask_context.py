@@ -33,7 +33,6 @@ from imgrag.context import answer_item  # noqa: E402
 from imgrag.embed import DEFAULT_MODEL  # noqa: E402
 from imgrag.index import Doc, load_bundle, write_bundle  # noqa: E402
 from imgrag.prompts import answer_messages, text_chars  # noqa: E402
-from imgrag.schema import embedding_text, lexical_text  # noqa: E402
 from imgrag.search import DEFAULT_MIN_SCORE, SearchOptions, rank  # noqa: E402
 from imgrag.workspace import Workspace  # noqa: E402
 
@@ -53,8 +52,7 @@ def main() -> int:
         print(f"ask_context: {path} is missing: the benchmark reads ../shared/data (see --data)", file=sys.stderr)
         return 2
     items, dataset = load_items(path, None if args.split == "all" else args.split, args.coco)
-    docs = [Doc(sha256=it.id, paths=[it.id], caption=it.description["caption"], text=embedding_text(it.description),
-                lexical=lexical_text(it.description), taken=None, mtime=None) for it in items]
+    docs = [Doc.described(it.id, [it.id], it.description) for it in items]
     doc_vecs, queries, query_vecs = embed_all(items, docs, args.model, CACHE)
     targets = [it.id for it in items for _ in it.queries]
     records = {it.id: {"description": it.description} for it in items}

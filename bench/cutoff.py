@@ -52,7 +52,6 @@ from imgrag.cutoff import DEFAULT_CUTOFF, Cutoff  # noqa: E402
 from imgrag.embed import DEFAULT_MODEL, VectorCache, cache_dir_name, load_model  # noqa: E402
 from imgrag.index import Doc, load_bundle, write_bundle  # noqa: E402
 from imgrag.lexical import stems, words  # noqa: E402
-from imgrag.schema import embedding_text, lexical_text  # noqa: E402
 from imgrag.search import DEFAULT_LIMIT, QueryEncoder, SearchOptions, rank  # noqa: E402
 from imgrag.workspace import Workspace  # noqa: E402
 
@@ -171,8 +170,7 @@ def run(photos: list[Photo], size: int, samples: int, model_name: str, cutoffs: 
     rng = np.random.default_rng(seed)
     for sample in range(samples):
         chosen = [photos[i] for i in np.sort(rng.choice(len(photos), size, replace=False))]
-        docs = [Doc(sha256=p.id, paths=[p.id], caption=p.described["caption"], text=embedding_text(p.described),
-                    lexical=lexical_text(p.described), taken=None, mtime=None) for p in chosen]
+        docs = [Doc.described(p.id, [p.id], p.described) for p in chosen]
         vecs = cached_vectors([d.text for d in docs], doc_cache, model.encode)
         with tempfile.TemporaryDirectory() as tmp:
             ws = Workspace(Path(tmp) / ".imgrag")

@@ -40,7 +40,6 @@ sys.path.insert(0, str(REPO / "src"))
 
 from imgrag.embed import DEFAULT_MODEL, VectorCache, cache_dir_name, load_model, text_key  # noqa: E402
 from imgrag.index import Doc, load_bundle, write_bundle  # noqa: E402
-from imgrag.schema import embedding_text, lexical_text  # noqa: E402
 from imgrag.search import (  # noqa: E402
     DEFAULT_FUSION, DEFAULT_MIN_SCORE, DENSE_ONLY, Candidates, Fusion, QueryEncoder, SearchOptions, candidates, order,
     shown_set,
@@ -274,8 +273,7 @@ def main() -> int:
     if not items:
         print(f"retrieval: no items in {path} for split {args.split!r}", file=sys.stderr)
         return 2
-    docs = [Doc(sha256=it.id, paths=[it.id], caption=it.description["caption"], text=embedding_text(it.description),
-                lexical=lexical_text(it.description), taken=None, mtime=None) for it in items]
+    docs = [Doc.described(it.id, [it.id], it.description) for it in items]
     models = [str(Path(m).expanduser()) if m.startswith("~") else m for m in (args.model or [DEFAULT_MODEL])]
     if args.tune and len(models) > 1:
         print("retrieval: --tune takes one --model", file=sys.stderr)

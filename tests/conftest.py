@@ -55,6 +55,15 @@ def scene_catalog(folder: Path) -> list[tuple[Path, dict]]:
 
 
 @pytest.fixture
+def photos(tmp_path) -> Path:
+    """A folder of the SCENES as JPEGs (test_standin.py has photos of its own)."""
+    folder = tmp_path / "photos"
+    for name in SCENES:
+        draw_scene(folder / f"{name}.jpg", name, quality=92)
+    return folder
+
+
+@pytest.fixture
 def standin(tmp_path_factory):
     """The stand-in vision server, knowing every scene in SCENES."""
     refs = tmp_path_factory.mktemp("standin-refs")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SCENES, draw_scene, run_imgrag, scene_catalog
+from conftest import draw_scene, run_imgrag, scene_catalog
 from imgrag.batch import BatchOptions, run_batch
 from imgrag.batch_log import BatchLog
 from imgrag.config import Settings
@@ -32,14 +32,6 @@ def server(tmp_path_factory):
     refs = tmp_path_factory.mktemp("refs")
     with StandinVLM(catalog=scene_catalog(refs), api_key=KEY) as s:
         yield s
-
-
-@pytest.fixture
-def photos(tmp_path) -> Path:
-    folder = tmp_path / "photos"
-    for name in SCENES:
-        draw_scene(folder / f"{name}.jpg", name, quality=92)
-    return folder
 
 
 def env_for(server: StandinVLM, **extra) -> dict:

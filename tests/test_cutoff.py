@@ -14,7 +14,6 @@ import pytest
 from imgrag.cutoff import BACKGROUND_FILE, BACKGROUND_MIN, DEFAULT_CUTOFF, background_for, shown
 from imgrag.embed import DEFAULT_MODEL, load_model
 from imgrag.index import Doc, load_bundle, write_bundle
-from imgrag.schema import embedding_text, lexical_text
 from imgrag.search import SearchOptions, rank
 from imgrag.workspace import Workspace
 from test_search_cli import library, one_line  # noqa: F401  (the shared drawn library fixture)
@@ -74,8 +73,7 @@ def model():
 def bundle(model, tmp_path_factory):
     ws = Workspace(tmp_path_factory.mktemp("cutoff") / ".imgrag")
     descriptions = {name: {"caption": caption} for name, caption in CAPTIONS.items()}
-    docs = [Doc(sha256=name, paths=[f"photos/{name}.jpg"], caption=d["caption"], text=embedding_text(d),
-                lexical=lexical_text(d), taken=None, mtime=None) for name, d in descriptions.items()]
+    docs = [Doc.described(name, [f"photos/{name}.jpg"], d) for name, d in descriptions.items()]
     write_bundle(ws, docs, model.encode([d.text for d in docs]), {"embedding": {"model": DEFAULT_MODEL}})
     b = load_bundle(ws)
     yield b

@@ -44,14 +44,6 @@ class Recorder(Progress):
         self.warnings.append(message)
 
 
-@pytest.fixture
-def photos(tmp_path) -> Path:
-    folder = tmp_path / "photos"
-    for name in SCENES:
-        draw_scene(folder / f"{name}.jpg", name, quality=92)
-    return folder
-
-
 def settings_for(server: StandinVLM, **changes) -> Settings:
     base = Settings(api_key=KEY, base_url=server.url, timeout=10.0, max_retries=2)
     return base.with_flags(**changes)

@@ -15,7 +15,7 @@ from imgrag.crowding import CROWDING_FILE
 from imgrag.lexical import (
     LEXICAL_DIR, VISIBLE_TEXT_DIR, LexicalIndex, field_lines, indexed_text, query_terms, visible_text,
 )
-from imgrag.schema import embedding_text, lexical_text
+from imgrag.schema import lexical_text
 from imgrag.search import (
     DEFAULT_FUSION, DEFAULT_MIN_SCORE, DENSE_ONLY, Candidates, Fusion, SearchOptions, candidates, order, rank,
 )
@@ -59,8 +59,7 @@ def model():
 @pytest.fixture(scope="module")
 def bundle(model, tmp_path_factory):
     ws = Workspace(tmp_path_factory.mktemp("ranking") / ".imgrag")
-    docs = [Doc(sha256=name, paths=[f"photos/{name}.jpg"], caption=d["caption"], text=embedding_text(d),
-                lexical=lexical_text(d), taken=None, mtime=None) for name, d in PHOTOS.items()]
+    docs = [Doc.described(name, [f"photos/{name}.jpg"], d) for name, d in PHOTOS.items()]
     vectors = model.encode([d.text for d in docs])
     write_bundle(ws, docs, vectors, {"embedding": {"model": DEFAULT_MODEL}})
     b = load_bundle(ws)

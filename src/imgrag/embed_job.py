@@ -22,7 +22,6 @@ from .index import (
 )
 from .records import load_descriptions
 from .scan import PhotoFile, by_content, scan
-from .schema import embedding_text, lexical_text
 from .workspace import Workspace, json_bytes, storage_errors
 
 
@@ -60,20 +59,11 @@ def docs_for(groups: dict[str, list[PhotoFile]], described: dict[str, dict]) -> 
         record = described.get(sha)
         if record is None:
             continue
-        desc = record["description"]
         try:
-            text, lexical = embedding_text(desc), lexical_text(desc)
+            docs.append(Doc.described(sha, [f.rel for f in files], record["description"], taken=record.get("taken"),
+                                      mtime=files[0].mtime_ns // 1_000_000_000))
         except ValueError:
             continue  # a record this version cannot read: describe --force fixes it
-        docs.append(Doc(
-            sha256=sha,
-            paths=[f.rel for f in files],
-            caption=str(desc.get("caption", "")),
-            text=text,
-            lexical=lexical,
-            taken=record.get("taken"),
-            mtime=files[0].mtime_ns // 1_000_000_000,
-        ))
     return docs
 
 

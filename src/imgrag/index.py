@@ -59,6 +59,16 @@ class Doc:
     mtime: int | None
     date: str | None = None  # read back only: PHOTO_TIME, the time the date filters and sort see
 
+    @classmethod
+    def described(cls, sha256: str, paths: list[str], description: dict[str, Any], *,
+                  taken: str | None = None, mtime: int | None = None) -> Doc:
+        """The row of a photo with this description: what is embedded and every word of it
+        (ValueError for a description this version cannot read)."""
+        from .schema import embedding_text, lexical_text
+
+        return cls(sha256, paths, str(description.get("caption", "")), embedding_text(description),
+                   lexical_text(description), taken, mtime)
+
 
 # A photo's time as 'YYYY-MM-DDTHH:MM:SS' (sorts as text): the EXIF time without its UTC
 # offset, else the file's mtime in local time. A photo with neither passes no date filter.
