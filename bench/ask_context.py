@@ -28,13 +28,13 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from retrieval import CACHE, CAPTIONS, COCO, embed_all, load_items  # noqa: E402
 
-from imgrag.answer import CHARS_PER_TOKEN, DEFAULT_LIMIT  # noqa: E402
-from imgrag.context import answer_item  # noqa: E402
-from imgrag.embed import DEFAULT_MODEL  # noqa: E402
-from imgrag.index import Doc, load_bundle, write_bundle  # noqa: E402
-from imgrag.prompts import answer_messages, text_chars  # noqa: E402
-from imgrag.search import DEFAULT_MIN_SCORE, SearchOptions, rank  # noqa: E402
-from imgrag.workspace import Workspace  # noqa: E402
+from imgrag.ask.answer import CHARS_PER_TOKEN, DEFAULT_LIMIT  # noqa: E402
+from imgrag.ask.photo_briefs import answer_item  # noqa: E402
+from imgrag.index.embedding import DEFAULT_MODEL  # noqa: E402
+from imgrag.index.generations import Doc, load_bundle, write_bundle  # noqa: E402
+from imgrag.ask.prompts import answer_messages, text_chars  # noqa: E402
+from imgrag.search.ranking import DEFAULT_MIN_SCORE, SearchOptions, rank  # noqa: E402
+from imgrag.store.workspace import Workspace  # noqa: E402
 
 KS = (5, 8, 16)
 

@@ -48,12 +48,12 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from retrieval import CACHE, CAPTIONS, OFF_TOPIC, cached_vectors, load_items  # noqa: E402
 
-from imgrag.cutoff import DEFAULT_CUTOFF, Cutoff  # noqa: E402
-from imgrag.embed import DEFAULT_MODEL, VectorCache, cache_dir_name, load_model  # noqa: E402
-from imgrag.index import Doc, load_bundle, write_bundle  # noqa: E402
-from imgrag.lexical import stems, words  # noqa: E402
-from imgrag.search import DEFAULT_LIMIT, QueryEncoder, SearchOptions, rank  # noqa: E402
-from imgrag.workspace import Workspace  # noqa: E402
+from imgrag.search.cutoff import DEFAULT_CUTOFF, Cutoff  # noqa: E402
+from imgrag.index.embedding import DEFAULT_MODEL, VectorCache, cache_dir_name, load_model  # noqa: E402
+from imgrag.index.generations import Doc, load_bundle, write_bundle  # noqa: E402
+from imgrag.index.lexical import stems, words  # noqa: E402
+from imgrag.search.ranking import DEFAULT_LIMIT, QueryEncoder, SearchOptions, rank  # noqa: E402
+from imgrag.store.workspace import Workspace  # noqa: E402
 
 FIXED = 0.25  # the cut-off imgrag shipped before the default set fitted the query
 CAPTION_QUERIES = 40  # per collection: photos whose other caption is run as a query
@@ -236,7 +236,7 @@ def main() -> int:
     ap.add_argument("--samples", type=int, default=10, help="collections cut (default 10; 1 when --size covers the file)")
     ap.add_argument("--model", default=DEFAULT_MODEL, help="embedding model")
     ap.add_argument("--seed", type=int, default=0, help="which collections are cut")
-    ap.add_argument("--tune", action="store_true", help="grid over the default set's settings (imgrag.cutoff.Cutoff)")
+    ap.add_argument("--tune", action="store_true", help="grid over the default set's settings (imgrag.search.cutoff.Cutoff)")
     args = ap.parse_args()
     started = time.perf_counter()
     if not args.data.is_file():

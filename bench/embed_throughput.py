@@ -7,7 +7,7 @@ would write them) and stored as records in `.imgrag/descriptions.jsonl` beside a
 of small stand-in photo files (the embed job reads only their bytes' hash).
 
 1. Throughput, in process, same loaded model, same texts, in alternating rounds:
-   `imgrag.embed_job.run_embed` on a fresh workspace (scan, hashing, records, cache
+   `imgrag.index.build.run_embed` on a fresh workspace (scan, hashing, records, cache
    writes, FAISS + docs + BM25 index) vs `SentenceTransformer.encode` alone.
 2. Incremental, through the real CLI (`python -m imgrag embed`, a fresh process each, so
    model loading counts): the full run of N texts, a run with 1% new texts, a run with
@@ -56,7 +56,7 @@ def add_photos(base: Path, descs: list[dict], start: int) -> None:
     """Photo files numbered from `start`, each with a description record of its content hash."""
     import hashlib
 
-    from imgrag.workspace import JsonlAppender
+    from imgrag.store.files import JsonlAppender
 
     folder = base / "photos" / f"batch{start}"
     folder.mkdir(parents=True)
@@ -87,9 +87,9 @@ def bare_encode(model, texts: list[str]) -> float:
 
 
 def throughput(descs: list[dict], rounds: int) -> dict:
-    from imgrag.embed import load_model
-    from imgrag.embed_job import run_embed
-    from imgrag.schema import embedding_text
+    from imgrag.index.embedding import load_model
+    from imgrag.index.build import run_embed
+    from imgrag.describe.schema import embedding_text
 
     model = load_model(MODEL)
     texts = [embedding_text(d) for d in descs]

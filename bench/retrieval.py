@@ -38,13 +38,21 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
-from imgrag.embed import DEFAULT_MODEL, VectorCache, cache_dir_name, load_model, text_key  # noqa: E402
-from imgrag.index import Doc, load_bundle, write_bundle  # noqa: E402
-from imgrag.search import (  # noqa: E402
-    DEFAULT_FUSION, DEFAULT_MIN_SCORE, DENSE_ONLY, Candidates, Fusion, QueryEncoder, SearchOptions, candidates, order,
+from imgrag.index.embedding import DEFAULT_MODEL, VectorCache, cache_dir_name, load_model, text_key  # noqa: E402
+from imgrag.index.generations import Doc, load_bundle, write_bundle  # noqa: E402
+from imgrag.search.ranking import (  # noqa: E402
+    DEFAULT_FUSION,
+    DEFAULT_MIN_SCORE,
+    DENSE_ONLY,
+    Candidates,
+    Fusion,
+    QueryEncoder,
+    SearchOptions,
+    candidates,
+    order,
     shown_set,
 )
-from imgrag.workspace import Workspace  # noqa: E402
+from imgrag.store.workspace import Workspace  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
 CAPTIONS = DATA / "captions" / "flickr8k_traindev.jsonl"
@@ -139,7 +147,7 @@ def tune(all_found: list[Candidates], targets: list[int]) -> dict:
 
 
 def cutoff_figures(bundle, encoder: QueryEncoder, right_scores: np.ndarray, positions: np.ndarray) -> dict:
-    """How a fixed cut-off (DEFAULT_MIN_SCORE, the default before imgrag.cutoff) treats right answers found in the top 10, and off-topic queries."""
+    """How a fixed cut-off (DEFAULT_MIN_SCORE, the default before imgrag.search.cutoff) treats right answers found in the top 10, and off-topic queries."""
     in_top10 = (positions >= 0) & (positions < 10)
     right = right_scores[in_top10]
     kept = float(np.mean(right >= DEFAULT_MIN_SCORE)) if len(right) else float("nan")
@@ -167,7 +175,7 @@ def cutoff_figures(bundle, encoder: QueryEncoder, right_scores: np.ndarray, posi
 
 def default_set_figures(bundle, encoder: QueryEncoder, all_found: list[Candidates], queries: list[str],
                         query_vecs: np.ndarray, positions: np.ndarray) -> dict:
-    """How the default result set (imgrag.cutoff) treats right answers found in the top 10,
+    """How the default result set (imgrag.search.cutoff) treats right answers found in the top 10,
     and off-topic queries (bench/cutoff.py measures it on one-concept queries)."""
     kept = []
     for found, query, vec, at in zip(all_found, queries, query_vecs, positions):
@@ -195,7 +203,7 @@ def speed_figures(models: list[str], docs: list[Doc], queries: list[str], rounds
     import os
     import statistics
 
-    from imgrag.query_encoder import OnnxQueryEncoder, export
+    from imgrag.index.query_encoder import OnnxQueryEncoder, export
 
     texts = [d.text for d in docs[:sample]]
     probe = queries[:: max(1, len(queries) // 100)][:100]
@@ -235,7 +243,7 @@ def speed_figures(models: list[str], docs: list[Doc], queries: list[str], rounds
         for name, model in loaded.items():
             ws = setup[name]["ws"]
             setup[name]["bundle"].db.close()
-            dense = next(ws.index_dir.rglob("dense.faiss"))
+            dense = next(ws.paths.index.rglob("dense.faiss"))
             out[name] = {
                 "dim": model.dim,
                 "max_seq_length": int(model.model.max_seq_length),
@@ -243,7 +251,7 @@ def speed_figures(models: list[str], docs: list[Doc], queries: list[str], rounds
                 "embed_texts": len(texts),
                 "query_ms": round(statistics.median(query_ms[name]), 2) if query_ms[name] else None,
                 "query_encoder": "onnx" if setup[name]["encoder"] else f"refused: {setup[name]['record'].get('reason')}",
-                "index_bytes": folder_bytes(ws.index_dir),
+                "index_bytes": folder_bytes(ws.paths.index),
                 "dense_bytes_per_photo": round(dense.stat().st_size / len(docs), 1),
                 "onnx_export_bytes": folder_bytes(ws.root / "models"),
                 "rounds": rounds,

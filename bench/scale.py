@@ -2,13 +2,13 @@
 
 The vectors are real sentence embeddings: every caption in ../shared/data (Flickr8k
 descriptions and queries, COCO captions: ~36k distinct sentences) embedded with the
-packaged all-MiniLM-L6-v2 through `imgrag.embed`. A collection of N photos is made by
+packaged all-MiniLM-L6-v2 through `imgrag.index.embedding`. A collection of N photos is made by
 mixing each sentence with a second random one (weight 0.2-0.5) plus small Gaussian
 noise, then normalising, so near neighbours look like those of real descriptions (same
 topic, different details) rather than random points. Queries are 500 held-out sentences
 (never mixed into the collection).
 
-Per size, the index is built with `imgrag.index`'s own choice of kind (`plan_for`) and
+Per size, the index is built with `imgrag.index.generations`'s own choice of kind (`plan_for`) and
 written to disk; then a SEPARATE process opens it the way `imgrag search` does
 (`index.open_dense`: IVF memory-mapped) and runs the queries one at a time, asking for
 200 candidates as search does. That process reports its latency and its peak RSS (it
@@ -67,7 +67,7 @@ def sentence_vectors(data: Path) -> np.ndarray:
     path = CACHE / f"scale-sentences-{len(texts)}.npy"
     if path.exists():
         return np.load(path)
-    from imgrag.embed import DEFAULT_MODEL, load_model
+    from imgrag.index.embedding import DEFAULT_MODEL, load_model
 
     log(f"embedding {len(texts)} sentences once (cached in {path})")
     vecs = load_model(DEFAULT_MODEL).encode(texts, show_progress=sys.stderr.isatty())
@@ -101,8 +101,9 @@ def exact_top10(vectors: np.ndarray, queries: np.ndarray) -> np.ndarray:
 
 
 def measure_size(n: int, base: np.ndarray, queries: np.ndarray, work: Path) -> dict:
-    from imgrag.crowding import crowding
-    from imgrag.index import DENSE_FILE, write_dense
+    from imgrag.index.crowding import crowding
+    from imgrag.index.generations import write_dense
+    from imgrag.store.paths import DENSE_FILE
 
     vectors = collection(base, n)
     truth = exact_top10(vectors, queries)
@@ -130,7 +131,8 @@ def measure_size(n: int, base: np.ndarray, queries: np.ndarray, work: Path) -> d
 
 def search_child(folder: Path) -> None:
     """The search side alone: open the index as `imgrag search` does, query, report."""
-    from imgrag.index import DENSE_FILE, open_dense
+    from imgrag.index.generations import open_dense
+    from imgrag.store.paths import DENSE_FILE
 
     plan = json.loads((folder / "plan.json").read_text())
     queries, truth = np.load(folder / "queries.npy"), np.load(folder / "truth.npy")

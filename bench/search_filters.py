@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from imgrag.index import Doc, load_bundle, write_bundle
-from imgrag.search import Filters, SearchOptions, allowed_rows, parse_date, rank
-from imgrag.workspace import Workspace
+from imgrag.index.generations import Doc, load_bundle, write_bundle
+from imgrag.search.ranking import Filters, SearchOptions, allowed_rows, parse_date, rank
+from imgrag.store.workspace import Workspace
 
 DIM = 384
 

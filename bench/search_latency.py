@@ -103,10 +103,10 @@ def descriptions(data: Path, count: int) -> list[dict]:
 def build_workspace(data: Path, count: int) -> Path:
     """A real `.imgrag/` for `count` photos. The embedded texts and their vectors are cached;
     the index itself is rewritten whenever the code that writes it has changed."""
-    from imgrag.embed import VectorCache, cache_dir_name, load_model, text_key
-    from imgrag.index import Doc, read_meta, write_bundle
-    from imgrag.schema import lexical_text
-    from imgrag.workspace import Workspace
+    from imgrag.index.embedding import VectorCache, cache_dir_name, load_model, text_key
+    from imgrag.index.generations import Doc, read_meta, write_bundle
+    from imgrag.describe.schema import lexical_text
+    from imgrag.store.workspace import Workspace
 
     base = CACHE / f"library-{count}"
     ws = Workspace(base / ".imgrag")
@@ -133,7 +133,7 @@ def build_workspace(data: Path, count: int) -> Path:
     embedding = {"model": model.name, "fingerprint": model.fingerprint, "dim": model.dim}
     ws.update_manifest(embedding=embedding, roots=["photos"])
     encoder = _bulk_encoder(ws, model)
-    cache = VectorCache(ws.vectors_dir / cache_dir_name(model.name, model.fingerprint), model.dim)
+    cache = VectorCache(ws.paths.vectors / cache_dir_name(model.name, model.fingerprint), model.dim)
     keys = [text_key(d.text) for d in docs]
     todo = list(dict((k, d.text) for k, d in zip(keys, docs) if k not in cache).items())
     log(f"embedding {len(todo)} texts ({len(docs) - len(todo)} cached) with {type(encoder).__name__}")
@@ -168,7 +168,7 @@ def _ensure_photo_files(base: Path, count: int) -> None:
 def _bulk_encoder(ws, model):
     """The verified ONNX export when it can be made: the same vectors (cosine >= 0.9999 with
     sentence-transformers) for about half the CPU, which matters for 100k texts on 2 cores."""
-    from imgrag.query_encoder import ensure_export, open_encoder
+    from imgrag.index.query_encoder import ensure_export, open_encoder
 
     status = ensure_export(ws, model.name, model.fingerprint, model)
     log(f"query encoder export: {status}")
@@ -193,7 +193,7 @@ def encode_sorted(encoder, texts: list[str], batch: int = 64) -> "np.ndarray":
 def cached_texts(data: Path, count: int) -> list[tuple[dict, str]]:
     """(description, embedded text) pairs, made once: later changes to how imgrag builds the
     embedded text must not cost a re-embedding of 100k texts just to time a search."""
-    from imgrag.schema import embedding_text
+    from imgrag.describe.schema import embedding_text
 
     path = CACHE / f"texts-{count}.jsonl"
     if path.exists():
@@ -217,8 +217,8 @@ def _index_code_hash() -> str:
 
 
 def _ensure_export(ws) -> None:
-    from imgrag.index import read_meta
-    from imgrag.query_encoder import ensure_export
+    from imgrag.index.generations import read_meta
+    from imgrag.index.query_encoder import ensure_export
 
     embedding = read_meta(ws)["embedding"]
     status = ensure_export(ws, embedding["model"], embedding["fingerprint"])

@@ -188,8 +188,8 @@ from pathlib import Path
 import numpy as np
 from imgrag.priority import step_back_when_unattended
 step_back_when_unattended()  # as `imgrag embed` run by cron does (no terminal)
-from imgrag.index import load_bundle, read_meta, write_bundle, Doc
-from imgrag.workspace import Workspace
+from imgrag.index.generations import load_bundle, read_meta, write_bundle, Doc
+from imgrag.store.workspace import Workspace
 ws = Workspace(Path({str(base / '.imgrag')!r}))
 b = load_bundle(ws)
 n = b.size

@@ -84,7 +84,7 @@ def described(ws: Path) -> list[dict]:
 def export_problems(ws: Path) -> list[str]:
     """A query-encoder export that claims to be complete must have every file intact."""
     try:
-        from imgrag.query_encoder import _files_intact, read_record
+        from imgrag.index.query_encoder import _files_intact, read_record
     except ImportError:  # an imgrag without query-encoder exports
         return []
     problems = []
@@ -303,8 +303,8 @@ class BatchTorture:
             self.phases["other"] += 1
 
     def finish(self) -> dict:
-        from imgrag.batch_log import BatchLog
-        from imgrag.workspace import Workspace
+        from imgrag.store.batch_log import BatchLog
+        from imgrag.store.workspace import Workspace
 
         exits = []
         for _ in range(60):

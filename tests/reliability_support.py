@@ -167,15 +167,14 @@ def seed_query_encoder(ws_root: Path) -> None:
     photos, and embed checks it file by file before trusting it."""
     global _EXPORT_SOURCE
     try:
-        from imgrag.query_encoder import models_dir
-        from imgrag.workspace import Workspace
+        from imgrag.store.workspace import Workspace
     except ImportError:
         return
     if _EXPORT_SOURCE is None:
         import tempfile
 
         from imgrag.config import DEFAULT_EMBED_MODEL
-        from imgrag.embed_job import run_embed
+        from imgrag.index.build import run_embed
 
         base = Path(tempfile.mkdtemp(prefix="imgrag-export-"))
         draw_photo(base / "photos" / "one.jpg", 1)
@@ -184,11 +183,11 @@ def seed_query_encoder(ws_root: Path) -> None:
                   "description": {"caption": "a photo"}}
         (base / ".imgrag" / "descriptions.jsonl").write_text(json.dumps(record) + "\n")
         run_embed(base / "photos", DEFAULT_EMBED_MODEL, index=base / ".imgrag")
-        _EXPORT_SOURCE = models_dir(Workspace(base / ".imgrag"))
+        _EXPORT_SOURCE = Workspace(base / ".imgrag").paths.models
     if _EXPORT_SOURCE.is_dir():
         import shutil
 
-        shutil.copytree(_EXPORT_SOURCE, models_dir(Workspace(ws_root)), dirs_exist_ok=True)
+        shutil.copytree(_EXPORT_SOURCE, Workspace(ws_root).paths.models, dirs_exist_ok=True)
 
 
 def _sha256(path: Path) -> str:

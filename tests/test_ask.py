@@ -192,9 +192,9 @@ def test_ask_openai_sdk_and_piped_output(lib):
 @pytest.mark.parametrize("provider", ["groq", "openai"])
 def test_ask_streams_through_both_sdks(lib, provider, monkeypatch):
     """The library function a web route calls: text chunks as they arrive, then the result."""
-    from imgrag.answer import AskResult, ask
+    from imgrag.ask.answer import AskResult, ask
     from imgrag.config import load_settings
-    from imgrag.search import Searcher
+    from imgrag.search.ranking import Searcher
 
     env = lib.env if provider == "groq" else openai_env(lib)
     for name in [k for k in os.environ if k.startswith(("IMGRAG_", "GROQ_", "OPENAI_"))]:

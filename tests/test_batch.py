@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 
 from conftest import draw_scene, run_imgrag, scene_catalog
-from imgrag.batch import BatchOptions, run_batch
-from imgrag.batch_log import BatchLog
+from imgrag.describe.batch import BatchOptions, run_batch
+from imgrag.store.batch_log import BatchLog
 from imgrag.config import Settings
-from imgrag.describe import DescribeOptions, Progress, run_describe
-from imgrag.workspace import Workspace, read_jsonl
+from imgrag.describe.live import DescribeOptions, Progress, run_describe
+from imgrag.store.workspace import Workspace
+from imgrag.store.files import read_jsonl
 from reliability_support import seed_query_encoder
 from standin_vlm import StandinVLM
 
@@ -256,9 +257,9 @@ def test_kill_during_collect_writes_the_rest_once(photos, server):
     # a torn last line, and the batch's files still on the server (they are deleted after "closed").
     server.batch.files.update(on_server)
     ws = ws_of(photos)
-    lines = ws.descriptions_path.read_bytes().splitlines(keepends=True)
-    ws.descriptions_path.write_bytes(b"".join(lines[:2]) + lines[2][:40])
-    log = ws.root / "batches.jsonl"
+    lines = ws.paths.descriptions.read_bytes().splitlines(keepends=True)
+    ws.paths.descriptions.write_bytes(b"".join(lines[:2]) + lines[2][:40])
+    log = ws.paths.batches
     log.write_bytes(b"".join(log.read_bytes().splitlines(keepends=True)[:-1]))
     before = server.stats()["images"]
     r = cli(photos, server, "describe", "photos", "--batch")

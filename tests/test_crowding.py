@@ -1,4 +1,4 @@
-"""Crowding (imgrag.crowding): each photo's mean cosine to its nearest other photos, centred
+"""Crowding (imgrag.index.crowding): each photo's mean cosine to its nearest other photos, centred
 on the median, written with each index generation and reused when its rows are unchanged."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from imgrag import crowding
-from imgrag.index import Doc, load_bundle, previous_rows, write_bundle
-from imgrag.workspace import Workspace
+from imgrag.index import crowding
+from imgrag.index.generations import Doc, load_bundle, previous_rows, write_bundle
+from imgrag.store.workspace import Workspace
 
 
 def unit_vectors(count: int, dim: int = 16, seed: int = 0) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The default result set (imgrag.cutoff): a one-concept query shows the photos of that
+"""The default result set (imgrag.search.cutoff): a one-concept query shows the photos of that
 concept and not the near misses, an off-topic query shows nothing, and --all, --min-score
 and --limit override it. In process on a 40-photo index (enough for the background
 sample), then through the real CLI on the drawn library of tests/test_search_cli.py."""
@@ -11,11 +11,12 @@ import shutil
 import numpy as np
 import pytest
 
-from imgrag.cutoff import BACKGROUND_FILE, BACKGROUND_MIN, DEFAULT_CUTOFF, background_for, shown
-from imgrag.embed import DEFAULT_MODEL, load_model
-from imgrag.index import Doc, load_bundle, write_bundle
-from imgrag.search import SearchOptions, rank
-from imgrag.workspace import Workspace
+from imgrag.search.cutoff import BACKGROUND_MIN, DEFAULT_CUTOFF, background_for, shown
+from imgrag.store.paths import BACKGROUND_FILE
+from imgrag.index.embedding import DEFAULT_MODEL, load_model
+from imgrag.index.generations import Doc, load_bundle, write_bundle
+from imgrag.search.ranking import SearchOptions, rank
+from imgrag.store.workspace import Workspace
 from test_search_cli import library, one_line  # noqa: F401  (the shared drawn library fixture)
 
 CAPTIONS = {

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import run_imgrag
 from imgrag import demo as demo_module
-from imgrag.schema import PhotoDescription
+from imgrag.describe.schema import PhotoDescription
 
 SAMPLES = Path(demo_module.__file__).parent / "sample_photos"
 

@@ -21,12 +21,13 @@ import pytest
 from PIL import ExifTags, Image
 
 from conftest import SCENES, draw_scene, run_imgrag, scene_catalog
-from imgrag import render
+from imgrag.cli import render
 from imgrag.config import DEFAULT_GROQ_MODEL, Settings
-from imgrag.describe import DescribeOptions, DescribeSummary, Progress, run_describe
+from imgrag.describe.live import DescribeOptions, DescribeSummary, Progress, run_describe
 from imgrag.errors import UsageError
-from imgrag.records import load_descriptions
-from imgrag.workspace import Workspace, read_jsonl
+from imgrag.store.descriptions import load_descriptions
+from imgrag.store.workspace import Workspace
+from imgrag.store.files import read_jsonl
 from standin_vlm import INJECTION, StandinVLM
 
 KEY = "gsk_test_secret_key_1234567890"
@@ -465,7 +466,7 @@ def test_cli_index_on_spent_quota_embeds_what_it_has_then_exits_75(home, tmp_pat
     # In-process (typer's runner): the embedding model is loaded once per test process.
     from typer.testing import CliRunner
 
-    from imgrag.cli import app
+    from imgrag.cli.commands import app
 
     cwd, photos, env = home
     with StandinVLM(catalog=scene_catalog(tmp_path / "refs"), rpd=2) as server:
@@ -554,7 +555,7 @@ def test_kill_9_loses_at_most_what_was_in_flight(home, standin):
 
 
 def test_average_usage_reads_the_newest_records_by_time_not_by_first_position():
-    from imgrag.records import average_usage
+    from imgrag.store.descriptions import average_usage
 
     def rec(hour: int, prompt: int) -> dict:
         return {"time": f"2026-11-24T{hour:02d}:00:00+00:00", "usage": {"prompt_tokens": prompt, "completion_tokens": 10}}

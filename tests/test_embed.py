@@ -17,13 +17,13 @@ from PIL import Image
 
 from conftest import SCENES, draw_scene, run_imgrag, scene_catalog
 from standin_vlm import StandinVLM
-from imgrag.embed import DEFAULT_MODEL, load_model
-from imgrag.embed_job import run_embed
+from imgrag.index.embedding import DEFAULT_MODEL, load_model
+from imgrag.index.build import run_embed
 from imgrag.errors import UsageError
-from imgrag.index import load_bundle
-from imgrag.render import status_text
+from imgrag.index.generations import load_bundle
+from imgrag.cli.render import status_text
 from imgrag.status import Status, collect_status, next_step
-from imgrag.workspace import Workspace
+from imgrag.store.workspace import Workspace
 
 
 def index_rows(ws: Path) -> dict[str, list[str]]:
@@ -188,7 +188,7 @@ def test_a_few_new_texts_are_encoded_with_the_verified_export_not_torch(indexed)
     Image.new("RGB", (320, 240), (20, 160, 40)).save(photos / "new" / "green.jpg", quality=92)
     assert run_imgrag("describe", photos, cwd=cwd, env=env).code == 0
     probe = (
-        "import sys, json; from pathlib import Path; from imgrag.embed_job import run_embed; "
+        "import sys, json; from pathlib import Path; from imgrag.index.build import run_embed; "
         f"s = run_embed(Path({str(photos)!r}), 'all-MiniLM-L6-v2'); "
         "print(json.dumps([s.encoded, 'torch' in sys.modules, 'sentence_transformers' in sys.modules]))"
     )
@@ -199,14 +199,14 @@ def test_a_few_new_texts_are_encoded_with_the_verified_export_not_torch(indexed)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.splitlines()[-1]) == [2, False, False]  # two new texts, no torch
 
-    from imgrag.embed import VectorCache, text_key
-    from imgrag.schema import embedding_text
+    from imgrag.index.embedding import VectorCache, text_key
+    from imgrag.describe.schema import embedding_text
 
     ws = Workspace(cwd / ".imgrag")
     manifest = ws.read_manifest()["embedding"]
     [folder] = (cwd / ".imgrag" / "vectors").iterdir()
     cache = VectorCache(folder, manifest["dim"], manifest["fingerprint"])
-    records = [json.loads(line) for line in ws.descriptions_path.read_text().splitlines()]
+    records = [json.loads(line) for line in ws.paths.descriptions.read_text().splitlines()]
     green = next(r for r in records if r["paths"] == ["photos/new/green.jpg"])
     text = embedding_text(green["description"])
     reference = load_model(DEFAULT_MODEL).encode([text])[0]

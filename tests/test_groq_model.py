@@ -12,7 +12,7 @@ import pytest
 
 from conftest import SCENES, run_imgrag
 from imgrag.config import DEFAULT_GROQ_MODEL, thinks_by_default
-from imgrag.workspace import read_jsonl
+from imgrag.store.files import read_jsonl
 from standin_vlm import RETIRED_MODELS
 
 

@@ -93,9 +93,9 @@ def test_a_model_folder_end_to_end(home, tiny_models):
 def test_the_fast_encoder_reproduces_other_pipelines(tmp_path, pooling, dense):
     """Pooling modes and Dense layers read from the model's own files, checked against
     sentence-transformers itself (the same check `imgrag embed` makes before using it)."""
-    from imgrag.embed import load_model
-    from imgrag.query_encoder import SAMPLE_TEXTS, OnnxQueryEncoder, export
-    from imgrag.workspace import Workspace
+    from imgrag.index.embedding import load_model
+    from imgrag.index.query_encoder import SAMPLE_TEXTS, OnnxQueryEncoder, export
+    from imgrag.store.workspace import Workspace
 
     folder = make_tiny_model(tmp_path / f"tiny-{pooling}", seed=3, pooling=pooling, max_seq_length=24, dense=dense)
     loaded = load_model(str(folder))

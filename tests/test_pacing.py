@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from imgrag.pacing import EDGE_MARGIN, Pacer, parse_duration
+from imgrag.providers.pacing import EDGE_MARGIN, Pacer, parse_duration
 from standin_vlm import Window, groq_duration
 
 

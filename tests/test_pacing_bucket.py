@@ -10,7 +10,7 @@ import itertools
 
 import pytest
 
-from imgrag.pacing import Pacer
+from imgrag.providers.pacing import Pacer
 from standin_vlm import Bucket, Window, groq_duration
 from test_pacing import Clock, headers
 
@@ -102,7 +102,7 @@ def test_a_real_run_against_the_stand_ins_bucket_takes_the_burst_then_the_refill
     import time
 
     from imgrag.config import Settings
-    from imgrag.describe import DescribeOptions, Progress, run_describe
+    from imgrag.describe.live import DescribeOptions, Progress, run_describe
     from reliability_support import draw_photos
     from standin_vlm import StandinVLM
 
@@ -149,7 +149,7 @@ def test_the_stand_ins_bucket_headers_say_what_is_left_and_the_time_until_full()
     import groq
     from PIL import Image
 
-    from imgrag.pacing import parse_duration
+    from imgrag.providers.pacing import parse_duration
     from standin_vlm import StandinVLM
 
     png = io.BytesIO()

@@ -1,4 +1,4 @@
-"""Tests for imgrag.photos; every fixture is drawn with Pillow in tmp_path."""
+"""Tests for imgrag.photos.files; every fixture is drawn with Pillow in tmp_path."""
 
 from __future__ import annotations
 
@@ -19,18 +19,8 @@ import pytest
 from PIL import ExifTags, Image, ImageFile, ImageDraw
 from PIL.TiffImagePlugin import IFDRational
 
-from imgrag import photos
-from imgrag.photos import (
-    PHOTO_SUFFIXES,
-    PhotoError,
-    PhotoMeta,
-    PreparedImage,
-    Skipped,
-    discover,
-    file_sha256,
-    prepare_image,
-    read_metadata,
-)
+from imgrag.photos import files as photos
+from imgrag.photos.files import PHOTO_SUFFIXES, PhotoError, PhotoMeta, PreparedImage, Skipped, discover, file_sha256, prepare_image, read_metadata
 
 RED = (255, 0, 0)
 
@@ -782,6 +772,6 @@ def test_heic_with_wrong_suffix_is_still_read(heic_file):
 
 
 def test_pillow_heif_is_imported_lazily():
-    code = "import sys, imgrag.photos; assert 'pillow_heif' not in sys.modules"
+    code = "import sys, imgrag.photos.files; assert 'pillow_heif' not in sys.modules"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)

@@ -11,7 +11,7 @@ import json
 import pytest
 
 from conftest import SCENES, draw_scene, run_imgrag, scene_catalog
-from imgrag.quarantine import QUARANTINE_AFTER, permanent_reason, strikes
+from imgrag.describe.quarantine import QUARANTINE_AFTER, permanent_reason, strikes
 from test_reliability_input import _broken
 
 

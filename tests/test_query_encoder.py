@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from conftest import run_imgrag
-from imgrag import query_encoder as qe
-from imgrag.embed import LoadedModel, load_model
+from imgrag.index import query_encoder as qe
+from imgrag.index.embedding import LoadedModel, load_model
 from imgrag.errors import UsageError
-from imgrag.search import QueryEncoder
-from imgrag.workspace import Workspace
+from imgrag.search.ranking import QueryEncoder
+from imgrag.store.workspace import Workspace
 
 MODEL = "all-MiniLM-L6-v2"
 HEAVY = ("torch", "sentence_transformers", "transformers", "onnxruntime", "faiss", "tokenizers")
@@ -66,7 +66,7 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def test_export_is_complete_and_verified(exported, loaded):
     ws, folder = exported
     assert sorted(p.name for p in folder.iterdir()) == ["encoder.json", "model.onnx", "model.onnx.data", "tokenizer.json"]
-    assert [p.name for p in qe.models_dir(ws).iterdir()] == [folder.name], "no temporary folders left behind"
+    assert [p.name for p in ws.paths.models.iterdir()] == [folder.name], "no temporary folders left behind"
     record = qe.read_record(folder)
     assert record["verified"] is True and record["fingerprint"] == loaded.fingerprint
     assert record["verification"]["texts"] == len(qe.SAMPLE_TEXTS) >= 32

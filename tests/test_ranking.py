@@ -9,17 +9,15 @@ import shutil
 import numpy as np
 import pytest
 
-from imgrag.embed import DEFAULT_MODEL, load_model
-from imgrag.index import Doc, load_bundle, write_bundle
-from imgrag.crowding import CROWDING_FILE
-from imgrag.lexical import (
-    LEXICAL_DIR, VISIBLE_TEXT_DIR, LexicalIndex, field_lines, indexed_text, query_terms, visible_text,
-)
-from imgrag.schema import lexical_text
-from imgrag.search import (
-    DEFAULT_FUSION, DEFAULT_MIN_SCORE, DENSE_ONLY, Candidates, Fusion, SearchOptions, candidates, order, rank,
-)
-from imgrag.workspace import Workspace
+from imgrag.index.embedding import DEFAULT_MODEL, load_model
+from imgrag.index.generations import Doc, load_bundle, write_bundle
+from imgrag.store.paths import CROWDING_FILE
+from imgrag.index.lexical import LexicalIndex, field_lines, indexed_text, query_terms, visible_text
+from imgrag.store.paths import VISIBLE_TEXT_DIR
+from imgrag.store.paths import LEXICAL_DIR
+from imgrag.describe.schema import lexical_text
+from imgrag.search.ranking import DEFAULT_FUSION, DEFAULT_MIN_SCORE, DENSE_ONLY, Candidates, Fusion, SearchOptions, candidates, order, rank
+from imgrag.store.workspace import Workspace
 
 PHOTOS = {
     "stop": {"caption": "A red octagonal road sign at a street corner.", "objects": ["road sign", "pole", "street"],

@@ -14,15 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_imgrag
-from reliability_support import (
-    TRACEBACK,
-    check_readable,
-    draw_photos,
-    jsonl_lines,
-    seed_query_encoder,
-    spawn_imgrag,
-    wait_for_requests,
-)
+from reliability_support import (TRACEBACK, check_readable, draw_photos, jsonl_lines, seed_query_encoder, spawn_imgrag, wait_for_requests)
 
 
 # --------------------------------------------------------------------------- kill -9
@@ -80,8 +72,8 @@ def test_second_writer_is_told_busy_or_waits(home, standin):
 def test_search_during_embeds_sees_a_consistent_index(home):
     """Readers race index rebuilds: every search opens one whole generation."""
     from imgrag.config import DEFAULT_EMBED_MODEL
-    from imgrag.embed_job import run_embed
-    from imgrag.search import SearchOptions, run_search
+    from imgrag.index.build import run_embed
+    from imgrag.search.ranking import SearchOptions, run_search
 
     cwd, photos, env = home
     assert run_imgrag("describe", photos, cwd=cwd, env=env).code == 0
@@ -205,9 +197,9 @@ def test_file_size_limit_mid_append_needs_no_root(home, standin):
 def test_disk_full_during_embed(home, standin, tmp_path):
     """embed writes vectors and a new index generation: a full disk must leave the old index searchable."""
     from imgrag.config import DEFAULT_EMBED_MODEL
-    from imgrag.embed_job import run_embed
+    from imgrag.index.build import run_embed
     from imgrag.errors import ImgragError
-    from imgrag.search import SearchOptions, run_search
+    from imgrag.search.ranking import SearchOptions, run_search
 
     cwd, photos, env = home
     disk = tmp_path / "disk"
@@ -230,8 +222,8 @@ def test_disk_full_during_embed(home, standin, tmp_path):
 def test_read_only_state_folder(home, standin, tmp_path):
     """.imgrag/ on a read-only bind mount (chmod does not stop root): writers fail clearly, search works."""
     from imgrag.config import DEFAULT_EMBED_MODEL
-    from imgrag.embed_job import run_embed
-    from imgrag.search import SearchOptions, run_search
+    from imgrag.index.build import run_embed
+    from imgrag.search.ranking import SearchOptions, run_search
 
     cwd, photos, env = home
     assert run_imgrag("describe", photos, "--limit", "2", cwd=cwd, env=env).code == 0

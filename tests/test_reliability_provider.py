@@ -12,7 +12,7 @@ from conftest import run_imgrag
 from reliability_support import TRACEBACK, jsonl_lines
 from standin_vlm import INJECTION
 
-from imgrag.schema import PhotoDescription
+from imgrag.describe.schema import PhotoDescription
 
 FAST_TIMEOUT = {"IMGRAG_TIMEOUT": "1.5"}
 

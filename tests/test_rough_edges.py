@@ -81,7 +81,7 @@ def test_bad_flag_values_are_one_line(tmp_path, args, message):
 def registered_commands() -> list[str]:
     from typer.main import get_command
 
-    from imgrag.cli import app
+    from imgrag.cli.commands import app
 
     group = get_command(app)
     return group.list_commands(None)
@@ -98,7 +98,7 @@ def test_every_command_answers_an_unknown_flag_in_one_line(tmp_path):
 
 
 def test_help_uses_a_wide_terminal_and_says_everything(tmp_path):
-    from imgrag.cli_format import HELP_MAX_WIDTH
+    from imgrag.cli.help_format import HELP_MAX_WIDTH
     from imgrag.config import DEFAULT_GROQ_MODEL, Settings
 
     r = run_imgrag("--help", cwd=tmp_path, env=plain_env())  # COLUMNS=160

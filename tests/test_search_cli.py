@@ -348,8 +348,8 @@ def test_odd_file_names_stay_one_line_and_exact(capsysbinary):
     """A file name holding a tab, a newline and a byte that is not UTF-8 (an old Latin-1
     drive): one line per hit in the tab-separated output, the exact bytes with -0, and
     JSON that reads back to the same name."""
-    from imgrag import render
-    from imgrag.search import Hit
+    from imgrag.cli import render
+    from imgrag.search.ranking import Hit
 
     name = "/photos/" + os.fsdecode(b"caf\xe9") + "\tnew\nline.jpg"
     hit = Hit(rank=1, score=0.5, sha256="0" * 64, path=name, paths=[name], caption="A cafe\nterrace.", taken=None)

@@ -1,4 +1,4 @@
-"""What a long-lived server keeps of an index generation (imgrag.web.state, imgrag.search):
+"""What a long-lived server keeps of an index generation (imgrag.web.state, imgrag.search.ranking):
 photo lookups by id and by name, filters remembered, and nothing that outlives a swap."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ import weakref
 
 import numpy as np
 
-from imgrag.index import Doc, load_bundle, write_bundle
-from imgrag.search import Filters, Searcher
+from imgrag.index.generations import Doc, load_bundle, write_bundle
+from imgrag.search.ranking import Filters, Searcher
 from imgrag.web.state import Photos
-from imgrag.workspace import Workspace
+from imgrag.store.workspace import Workspace
 
 
 def make_index(base, docs):

@@ -7,10 +7,11 @@ from __future__ import annotations
 import json
 
 from imgrag.config import Settings
-from imgrag.context import load_records
-from imgrag.search import Hit
-from imgrag.verify import verify_hits
-from imgrag.workspace import Workspace, json_line
+from imgrag.ask.photo_briefs import load_records
+from imgrag.search.ranking import Hit
+from imgrag.ask.verify import verify_hits
+from imgrag.store.workspace import Workspace
+from imgrag.store.files import json_line
 from standin_vlm import StandinVLM
 
 A, B, C = "a" * 64, "b" * 64, "c" * 64
@@ -25,7 +26,7 @@ def workspace(tmp_path) -> Workspace:
         json_line({"sha256": A, "paths": ["p/a.jpg"], "description": {"caption": "a red kettle on a stove"}}),
         json_line({"sha256": C, "paths": ["p/c.jpg"], "reason": "no description here"}),
     ]
-    ws.descriptions_path.write_bytes(b"".join(lines) + b'{"sha256": "' + C.encode() + b'", "descr')  # torn tail
+    ws.paths.descriptions.write_bytes(b"".join(lines) + b'{"sha256": "' + C.encode() + b'", "descr')  # torn tail
     return ws
 
 
@@ -48,7 +49,7 @@ def test_verdict_cache_survives_a_torn_write(tmp_path):
         settings = Settings(provider="groq", base_url=server.url, api_key="test-key-cache")
         first = verify_hits("kettle", hits, ws, settings)
         assert [v.verified for v in first.verdicts] == [True, False] and first.requests == 1
-        cache = ws.root / "verdicts.jsonl"
+        cache = ws.paths.verdicts
         with cache.open("ab") as f:
             f.write(b'{"key": "torn mid-wr')  # a crash in the middle of an append
 

@@ -1,3 +1,3 @@
-from imgrag.cli import main
+from imgrag.cli.commands import main
 
 main()

@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
+from imgrag.errors import UsageError
 
 # Groq's current vision model (preview; checked against Groq's model and deprecations pages,
 # 2026-12). Groq retires vision models every few months: Llama 4 Scout went on 2026-07-17,

@@ -21,10 +21,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .embed import DEFAULT_MODEL
-from .records import load_descriptions, now_iso
-from .schema import PROMPT_VERSION, PhotoDescription
-from .workspace import JsonlAppender, Workspace, fsync_dir
+from imgrag.index.embedding import DEFAULT_MODEL
+from imgrag.store.descriptions import load_descriptions, now_iso
+from imgrag.describe.schema import PROMPT_VERSION, PhotoDescription
+from imgrag.store.files import JsonlAppender, fsync_dir
+from imgrag.store.workspace import Workspace
 
 SAMPLE_PROVIDER = "sample"
 SAMPLE_MODEL = "imgrag-sample-descriptions"
@@ -53,7 +54,7 @@ def demo_photos(progress: Callable[[str], None] | None = None) -> Path:
 
 
 def build_demo(progress: Callable[[str], None] | None = None) -> DemoResult:
-    from .embed_job import run_embed
+    from imgrag.index.build import run_embed
 
     photos = demo_home() / "photos"
     photos.mkdir(parents=True, exist_ok=True)
@@ -76,7 +77,7 @@ def build_demo(progress: Callable[[str], None] | None = None) -> DemoResult:
 
 def run_demo(query: str | None, progress: Callable[[str], None] | None = None) -> tuple[DemoResult, str, list]:
     """Build (or reuse) the demo index and search it: (what was built, the query, the hits)."""
-    from .search import DEFAULT_MIN_SCORE, SearchOptions, Searcher
+    from imgrag.search.ranking import DEFAULT_MIN_SCORE, SearchOptions, Searcher
 
     result = build_demo(progress)
     query = query if query is not None else DEFAULT_QUERY
@@ -157,7 +158,7 @@ def _record_descriptions(ws: Workspace, photos: Path, samples: list[_Sample]) ->
             todo.append((sha, sample))
     if not todo:
         return 0
-    with JsonlAppender(ws.descriptions_path) as log:
+    with JsonlAppender(ws.paths.descriptions) as log:
         for sha, sample in todo:
             path = photos / sample.name
             st = path.stat()

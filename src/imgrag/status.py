@@ -11,13 +11,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .embed import VectorCache, cache_dir_name, text_key
-from .embed_job import docs_for, index_signature
-from .index import INDEX_FORMAT, read_meta
-from .quarantine import load_quarantine
-from .records import load_descriptions, load_failures
-from .scan import by_content, scan
-from .workspace import Workspace
+from imgrag.index.embedding import VectorCache, cache_dir_name, text_key
+from imgrag.index.build import docs_for, index_signature
+from imgrag.index.generations import INDEX_FORMAT, read_meta
+from imgrag.describe.quarantine import load_quarantine
+from imgrag.store.descriptions import load_descriptions, load_failures
+from imgrag.store.scan import by_content, scan
+from imgrag.store.workspace import Workspace
 
 
 @dataclass
@@ -84,7 +84,7 @@ def _quarantine_status(status: Status, groups: dict, held: dict[str, dict[str, A
 
 
 def _batch_status(ws: Workspace, status: Status, groups: dict, described: dict) -> None:
-    from .batch_log import BatchLog
+    from imgrag.store.batch_log import BatchLog
 
     entries = BatchLog(ws).open_entries()
     status.batches = [e.summary() for e in entries]
@@ -102,7 +102,7 @@ def _embedding_status(ws: Workspace, manifest: dict, status: Status, groups: dic
     keys = [text_key(d.text) for d in docs]
     cached: set[str] = set()
     if status.embed_fingerprint and status.dim:
-        cache = VectorCache(ws.vectors_dir / cache_dir_name(status.embed_model, status.embed_fingerprint), status.dim)
+        cache = VectorCache(ws.paths.vectors / cache_dir_name(status.embed_model, status.embed_fingerprint), status.dim)
         cached = {k for k in keys if k in cache}
     status.embedded = sum(1 for k in keys if k in cached)
     status.next_embed = len(set(keys) - cached)

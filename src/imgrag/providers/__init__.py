@@ -1,20 +1,12 @@
-"""Vision providers: image + prompt in, text + usage + rate-limit headers out.
+"""Providers: image + prompt in, text + usage + rate-limit headers out (groq and any
+OpenAI-compatible server), the Batch API, the chat model of `ask`, pacing and the one retry policy.
 
 Pacing, retries, validation and storage live above this, in `describe`."""
 
 from __future__ import annotations
 
-from ..config import Settings
-from .base import (
-    FatalProviderError,
-    InvalidReply,
-    PhotoRejected,
-    ProviderReply,
-    QuotaExhausted,
-    RateLimited,
-    TransientError,
-    VisionProvider,
-)
+from imgrag.config import Settings
+from imgrag.providers.base import FatalProviderError, InvalidReply, PhotoRejected, ProviderReply, QuotaExhausted, RateLimited, TransientError, VisionProvider
 
 __all__ = [
     "FatalProviderError",
@@ -31,9 +23,9 @@ __all__ = [
 
 def make_provider(settings: Settings) -> VisionProvider:
     if settings.provider == "groq":
-        from .groq import make_groq
+        from imgrag.providers.groq import make_groq
 
         return make_groq(settings)
-    from .openai_compat import make_openai_compat
+    from imgrag.providers.openai_compat import make_openai_compat
 
     return make_openai_compat(settings)

@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..config import DEFAULT_GROQ_MODEL, thinks_by_default
-from ..schema import SYSTEM_PROMPT, USER_PROMPT
+from imgrag.config import DEFAULT_GROQ_MODEL, thinks_by_default
+from imgrag.describe.schema import SYSTEM_PROMPT, USER_PROMPT
 
 if TYPE_CHECKING:
-    from ..config import Settings
+    from imgrag.config import Settings
 
 
 @dataclass

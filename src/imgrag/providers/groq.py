@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..config import Settings
-from .base import ChatCompletionsProvider, make_chat_provider
+from imgrag.config import Settings
+from imgrag.providers.base import ChatCompletionsProvider, make_chat_provider
 
 
 def make_groq(settings: Settings) -> ChatCompletionsProvider:

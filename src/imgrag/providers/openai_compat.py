@@ -3,8 +3,8 @@ through the official `openai` SDK and --base-url (e.g. http://localhost:11434/v1
 
 from __future__ import annotations
 
-from ..config import Settings
-from .base import ChatCompletionsProvider, make_chat_provider
+from imgrag.config import Settings
+from imgrag.providers.base import ChatCompletionsProvider, make_chat_provider
 
 
 def make_openai_compat(settings: Settings) -> ChatCompletionsProvider:

@@ -16,11 +16,11 @@ from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
-from ..errors import UsageError
-from .errors import Forbidden, NotFound
-from .images import DEFAULT_THUMBNAIL, MAX_SIZE, MIN_SIZE, PREVIEW_SIZE, cached_jpeg
-from .security import SESSION_COOKIE, session_value
-from .state import Served, photo_file
+from imgrag.errors import UsageError
+from imgrag.web.http_errors import Forbidden, NotFound
+from imgrag.web.thumbnails import DEFAULT_THUMBNAIL, MAX_SIZE, MIN_SIZE, PREVIEW_SIZE, cached_jpeg
+from imgrag.web.security import SESSION_COOKIE, session_value
+from imgrag.web.state import Served, photo_file
 
 router = APIRouter()
 
@@ -69,7 +69,7 @@ def search(
     all_: bool = Query(False, alias="all", description="Every photo ranked, as `--all` (not with min_score)"),
     verify: bool = Query(False, description="Have the answer model check this page's results (`search --verify`)"),
 ):
-    from ..search_request import cut_off, make_filters, make_options, search_page, why_nothing
+    from imgrag.search.request import cut_off, make_filters, make_options, search_page, why_nothing
 
     server = _server(request)
     if (q is None) == (like is None):
@@ -78,7 +78,7 @@ def search(
     doc: dict[str, Any] = {"query": None, "like": like, "results": [], "next_offset": None,
                            "min_score": cut_off(options), "sort": sort, "hint": None, "generation": None}
     if q is not None:
-        from ..search import clean_query
+        from imgrag.search.ranking import clean_query
 
         doc["query"] = clean_query(q)
     filters = make_filters(server.ws.base / in_ if in_ else None, after, before, names=("after", "before"))
@@ -104,8 +104,8 @@ def search(
 
 
 def _verdicts(request: Request, query: str | None, hits: list) -> list:
-    """verify=1: the answer model's verdict on each result of the page (imgrag.verify)."""
-    from .ask_api import refuse_cross_site, verified
+    """verify=1: the answer model's verdict on each result of the page (imgrag.ask.verify)."""
+    from imgrag.web.ask_api import refuse_cross_site, verified
 
     refuse_cross_site(request)
     if query is None:
@@ -115,7 +115,7 @@ def _verdicts(request: Request, query: str | None, hits: list) -> list:
 
 def _fast_json(doc: dict) -> Response:
     """Plain json.dumps: FastAPI's generic encoder costs more than the search on a busy server."""
-    from ..workspace import json_bytes
+    from imgrag.store.files import json_bytes
 
     return Response(json_bytes(doc), media_type="application/json")
 
@@ -179,7 +179,7 @@ def _jpeg(request: Request, photo_id: str, size: int) -> Response:
         return Response(status_code=304, headers=headers)
     if path is None:
         raise NotFound(f"the file of photo {sha} is gone")
-    from ..photos import PhotoError
+    from imgrag.photos.files import PhotoError
 
     try:
         made = cached_jpeg(server.ws, sha, path, size)
@@ -225,7 +225,7 @@ _status_lock = threading.Lock()
 
 @router.get("/api/status", summary="The fields of `imgrag status --json`, and the server's own")
 def status(request: Request):
-    from ..status import collect_status, next_step
+    from imgrag.status import collect_status, next_step
 
     server = _server(request)
     job = server.jobs.running()
@@ -244,7 +244,7 @@ def status(request: Request):
 
 def _log_size(ws) -> int:
     try:
-        return ws.descriptions_path.stat().st_size
+        return ws.paths.descriptions.stat().st_size
     except OSError:
         return -1
 

@@ -1,5 +1,5 @@
 """The FastAPI app of `imgrag serve`: the native API (api.py), the original service's
-endpoints (legacy.py), the page (static/), and errors as `{"error": ...}` with a 4xx status."""
+endpoints (original_service.py), the page (static/), and errors as `{"error": ...}` with a 4xx status."""
 
 from __future__ import annotations
 
@@ -15,13 +15,13 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import ImgragError
-from ..workspace import Workspace
-from .errors import Forbidden, NotFound
-from .jobs import Busy, Jobs
-from .records import Descriptions
-from .security import BodyTooLarge, Guard, Rules
-from .state import LiveIndex
+from imgrag.errors import ImgragError
+from imgrag.store.workspace import Workspace
+from imgrag.web.http_errors import Forbidden, NotFound
+from imgrag.web.jobs import Busy, Jobs
+from imgrag.store.description_lookup import Descriptions
+from imgrag.web.security import BodyTooLarge, Guard, Rules
+from imgrag.web.state import LiveIndex
 
 STATIC = Path(__file__).parent / "static"
 log = logging.getLogger("imgrag.serve")
@@ -73,11 +73,11 @@ def create_app(config: ServeConfig) -> FastAPI:
     app.state.server = server
     _errors(app)
 
-    from . import api, ask_api, legacy
+    from imgrag.web import api, ask_api, original_service
 
     app.include_router(api.router)
     app.include_router(ask_api.router)
-    app.include_router(legacy.router)
+    app.include_router(original_service.router)
 
     @app.get("/", include_in_schema=False)
     def page():

@@ -17,8 +17,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import iterate_in_threadpool
 
-from ..errors import ImgragError, TryLater
-from .errors import Forbidden
+from imgrag.errors import ImgragError, TryLater
+from imgrag.web.http_errors import Forbidden
 
 router = APIRouter(tags=["answers"])
 
@@ -27,7 +27,7 @@ _callers_lock = threading.Lock()
 
 def caller_for(request: Request, settings):
     """One Caller per model for the whole server, so concurrent asks share one pacer."""
-    from ..calls import Caller
+    from imgrag.providers.retry import Caller
 
     state = request.app.state
     with _callers_lock:
@@ -76,9 +76,9 @@ def _doc(result) -> dict[str, Any]:
 
 
 def _plan(request: Request, body: AskBody):
-    from ..answer import plan_ask
-    from ..config import load_settings
-    from ..search_request import cut_off, make_filters, make_options
+    from imgrag.ask.answer import plan_ask
+    from imgrag.config import load_settings
+    from imgrag.search.request import cut_off, make_filters, make_options
 
     server = request.app.state.server
     served = server.index.current()
@@ -97,7 +97,7 @@ def _plan(request: Request, body: AskBody):
 async def ask(request: Request, body: AskBody):
     """JSON by default; with `Accept: text/event-stream`, events `chunk` ({"text"}) as the
     answer arrives, then `result` (the JSON document) or `error` ({"error", "status"})."""
-    from ..answer import AskResult, answer_plan
+    from imgrag.ask.answer import AskResult, answer_plan
 
     plan = await asyncio.to_thread(_plan, request, body)
     caller = caller_for(request, plan.settings) if plan.hits else None
@@ -114,7 +114,7 @@ async def ask(request: Request, body: AskBody):
 
 
 async def _events(events):
-    from ..answer import AskResult
+    from imgrag.ask.answer import AskResult
 
     def line(kind: str, data: dict) -> str:
         return f"event: {kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
@@ -132,12 +132,12 @@ async def _events(events):
 
 
 def verified(request: Request, query: str, hits: list) -> list:
-    """The verdict on each hit (imgrag.verify), through the server's shared Caller.
+    """The verdict on each hit (imgrag.ask.verify), through the server's shared Caller.
     Raises TryLater as a 429 (HTTPException) so the routes stay one line."""
     from fastapi import HTTPException
 
-    from ..config import answer_settings, load_settings
-    from ..verify import verify_hits
+    from imgrag.config import answer_settings, load_settings
+    from imgrag.ask.verify import verify_hits
 
     server = request.app.state.server
     settings = load_settings()

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..describe import DescribeOptions, Progress
-from ..errors import ImgragError, Interrupted
-from ..records import now_iso
-from ..workspace import Workspace
+from imgrag.describe.live import DescribeOptions, Progress
+from imgrag.errors import ImgragError, Interrupted
+from imgrag.store.descriptions import now_iso
+from imgrag.store.workspace import Workspace
 
 log = logging.getLogger("imgrag.serve")
 
@@ -176,8 +176,8 @@ class Jobs:
         return roots
 
     def _describe(self, job: Job) -> None:
-        from ..config import load_settings
-        from ..describe import run_describe
+        from imgrag.config import load_settings
+        from imgrag.describe.live import run_describe
 
         settings = load_settings()
         job.changed(phase="describe")
@@ -204,12 +204,12 @@ class Jobs:
             job.changed(message=f"stopped: {totals.get('stop_reason')}; run it again later")
 
     def _embed(self, job: Job) -> None:
-        from ..config import explicit_embed_model
-        from ..embed_job import run_embed
+        from imgrag.config import explicit_embed_model
+        from imgrag.index.build import run_embed
 
         job.changed(phase="embed", done=0, total=0, failed=0)
         if job.dry_run:
-            from ..status import collect_status
+            from imgrag.status import collect_status
 
             status = collect_status(self.ws, self.photos)
             job.changed(estimate={**(job.estimate or {}), "embed": status.next_embed,
@@ -225,7 +225,7 @@ class Jobs:
 
 def _estimate_json(summaries: list) -> dict[str, Any]:
     """The dry-run estimate of each folder, summed, with the CLI's line for each."""
-    from ..render import _dry_run_line
+    from imgrag.cli.render import _dry_run_line
 
     found = [s.estimate for s in summaries]
     minutes = [e.minutes for e in found]

@@ -11,9 +11,9 @@ import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from ..errors import UsageError
-from ..workspace import DIR_NAME, Workspace
-from .security import is_loopback
+from imgrag.errors import UsageError
+from imgrag.store.workspace import DIR_NAME, Workspace
+from imgrag.web.security import is_loopback
 
 TOKEN_ENV = "IMGRAG_SERVE_TOKEN"
 MAX_HEADER_BYTES = 2 * 1024 * 1024  # h11's limit: past our own (security.MAX_URL_QUERY), so ours answers in JSON
@@ -37,7 +37,7 @@ def resolve_workspace(photos: Path | None, index: Path | None) -> tuple[Workspac
 def _no_workspace_found() -> tuple[Workspace, Path | None]:
     """No PHOTOS and no index found: serve the demo photos (made once, offline), so a new
     user sees the page working, and say how to serve their own."""
-    from ..demo import demo_photos
+    from imgrag.demo import demo_photos
 
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
@@ -95,10 +95,10 @@ def run_serve(photos: Path | None, *, index: Path | None, host: str, port: int, 
               open_browser: bool, read_only: bool, token_file: Path | None, cors: str | None) -> int:
     import uvicorn
 
-    from ..config import explicit_embed_model
-    from .app import ServeConfig, create_app
+    from imgrag.config import explicit_embed_model
+    from imgrag.web.app import ServeConfig, create_app
 
-    from ..config import load_dotenv_once
+    from imgrag.config import load_dotenv_once
 
     load_dotenv_once()  # IMGRAG_SERVE_TOKEN may come from .env, as every other setting
     ws, folder = resolve_workspace(photos, index)

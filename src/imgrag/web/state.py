@@ -10,9 +10,9 @@ import threading
 import time
 from pathlib import Path, PurePath
 
-from ..errors import ImgragError
-from ..index import current_generation
-from ..workspace import Workspace
+from imgrag.errors import ImgragError
+from imgrag.index.generations import current_generation
+from imgrag.store.workspace import Workspace
 
 log = logging.getLogger("imgrag.serve")
 
@@ -59,7 +59,7 @@ class Served:
 
     def __init__(self, generation: str, searcher) -> None:
         self.generation = generation
-        self.searcher = searcher  # imgrag.search.Searcher
+        self.searcher = searcher  # imgrag.search.ranking.Searcher
         self._photos: Photos | None = None
         self._read = threading.Event()
         threading.Thread(target=self._read_photos, name="imgrag-photos", daemon=True).start()
@@ -80,7 +80,7 @@ class Served:
         return self._photos
 
     def doc(self, sha: str):
-        """The photo's row of the index (imgrag.index.Doc), None when it has none."""
+        """The photo's row of the index (imgrag.index.generations.Doc), None when it has none."""
         row = self.photos.row_of(sha)
         return None if row is None else self.searcher.bundle.docs([row]).get(row)
 
@@ -149,7 +149,7 @@ class LiveIndex:
                          served.searcher.bundle.size, time.perf_counter() - started)
 
     def _open(self, gen: str, previous: Served | None) -> Served:
-        from ..search import Searcher
+        from imgrag.search.ranking import Searcher
 
         searcher = Searcher(index=self.ws.root, embed_model=self.embed_model)
         bundle = searcher.bundle
@@ -164,7 +164,7 @@ class LiveIndex:
         if previous is not None and bundle.size:
             # The old generation answers meanwhile: let one search and the photo tables touch
             # the new one's pages here, so that no request after the swap waits for them.
-            from ..search import SearchOptions
+            from imgrag.search.ranking import SearchOptions
 
             searcher.search("warm up", SearchOptions(limit=1, show_all=True))
             served.photos  # noqa: B018

@@ -1,0 +1,464 @@
+"""The `imgrag` command: parse, call one function, render. No logic lives here.
+
+Heavy modules (torch, sentence-transformers, faiss, the SDKs) are imported inside the
+commands that need them, so `imgrag --help` answers at once."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from imgrag.cli.help_format import App, typed
+from imgrag.config import DEFAULT_GROQ_MODEL, Settings
+from imgrag.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME, EXIT_TEMPFAIL, ImgragError
+
+app = App(
+    name="imgrag",
+    help=(
+        "Find photos by what is in them.\n\n"
+        "A vision model describes each photo once; the descriptions are embedded into a local index "
+        "in .imgrag/ beside your photo folder.\n\n"
+        "  imgrag demo                           # try it on sample photos: no key, no network\n\n"
+        "  imgrag index ~/Pictures/2024          # describe + embed (safe to run from cron)\n\n"
+        "  imgrag search \"dog on the beach\"      # from anywhere under ~/Pictures"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+PhotosArg = Annotated[Path, typer.Argument(help="Folder of photos (searched recursively).", show_default=False, metavar="PHOTOS")]
+IndexOpt = Annotated[
+    Optional[Path],
+    typer.Option("--index", envvar="IMGRAG_INDEX", help="The .imgrag/ folder to use (or the folder holding it).", show_default=False),
+]
+WaitOpt = Annotated[bool, typer.Option("--wait", help="If another imgrag is writing the index, wait for it instead of exiting.")]
+
+
+def _exits(fn: Callable) -> Callable:
+    """Turn our errors and Ctrl-C into one line on stderr and the documented exit code."""
+
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        from imgrag.cli import render
+
+        try:
+            code = fn(*args, **kwargs)
+        except ImgragError as e:
+            render.error(str(e))
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            render.error("interrupted")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except OSError as e:
+            # A full or read-only disk anywhere under .imgrag/: one line, not a traceback.
+            from imgrag.store.files import as_storage_error
+
+            storage = as_storage_error(e)
+            if storage is None:
+                raise
+            render.error(str(storage))
+            raise typer.Exit(storage.exit_code) from None
+        raise typer.Exit(code or EXIT_OK)
+
+    return wrapper
+
+
+def _settings(**flags):
+    from imgrag.config import api_key_for, load_settings
+
+    settings = load_settings()
+    if flags.get("provider") and flags["provider"] != settings.provider:
+        flags.setdefault("api_key", api_key_for(flags["provider"]))
+    return settings.with_flags(**flags)
+
+
+def _describe(photos: Path, index: Optional[Path], batch: bool = False, window: str = "24h", cancel: bool = False,
+              **kwargs) -> int:
+    from imgrag.priority import step_back_when_unattended
+
+    step_back_when_unattended()
+    if batch:
+        return _describe_batch(photos, index, window, cancel, **kwargs)
+    if cancel:
+        from imgrag.errors import UsageError
+
+        raise UsageError("--cancel cancels the open batches: give it with --batch")
+    from imgrag.cli import render
+    from imgrag.describe.live import DescribeOptions, run_describe
+
+    options = DescribeOptions(**{k: kwargs.pop(k) for k in ("jobs", "limit", "force", "refresh", "dry_run", "wait")})
+    options.retry_failed = kwargs.pop("retry_failed", False)
+    settings = _settings(**kwargs)
+    if options.jobs is None:
+        options.jobs = settings.jobs
+    summary = run_describe(photos, settings, options, render.DescribeProgress(), index=index)
+    render.describe_summary(summary)
+    return summary.exit_code
+
+
+def _describe_batch(photos: Path, index: Optional[Path], window: str, cancel: bool, **kwargs) -> int:
+    from imgrag.cli import render
+    from imgrag.describe.batch import BatchOptions, run_batch
+
+    options = BatchOptions(window=window, cancel=cancel,
+                           **{k: kwargs.pop(k) for k in ("limit", "force", "refresh", "dry_run", "wait")})
+    kwargs.pop("jobs", None)  # a batch has no requests in flight to pace
+    kwargs.pop("retry_failed", None)  # quarantined photos are retried by a live run
+    summary = run_batch(photos, _settings(**kwargs), options, render.DescribeProgress(), index=index)
+    render.batch_summary(summary)
+    return summary.exit_code
+
+
+def _embed(photos: Optional[Path], index: Optional[Path], model: Optional[str], rebuild: bool, wait: bool) -> int:
+    from imgrag.cli import render
+    from imgrag.config import explicit_embed_model
+    from imgrag.index.build import run_embed
+    from imgrag.priority import step_back_when_unattended
+
+    step_back_when_unattended()
+    # No --model and no IMGRAG_EMBED_MODEL: the index keeps the model it was built with.
+    summary = run_embed(photos, model or explicit_embed_model(), rebuild=rebuild, wait=wait, index=index,
+                        show_progress=render.is_terminal(sys.stderr))
+    render.embed_summary(summary)
+    return EXIT_OK
+
+
+ProviderOpt = Annotated[Optional[str], typer.Option("--provider", help="groq (default) or openai (any OpenAI-compatible server). Env: IMGRAG_PROVIDER.", show_default=False)]
+ModelOpt = Annotated[Optional[str], typer.Option("--model", help=f"Vision model id (default on groq: {DEFAULT_GROQ_MODEL}). Env: IMGRAG_MODEL.", show_default=False)]
+BaseUrlOpt = Annotated[Optional[str], typer.Option("--base-url", help="Server URL, e.g. http://localhost:11434/v1 for Ollama. Env: IMGRAG_BASE_URL.", show_default=False)]
+JobsOpt = Annotated[Optional[int], typer.Option("--jobs", "-j", min=1, max=64, help="Requests in flight at once. Env: IMGRAG_JOBS (default 4).", show_default=False)]
+LimitOpt = Annotated[Optional[int], typer.Option("--limit", min=0, help="Describe at most N photos this run.", show_default=False)]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Describe again even photos already described.")]
+RefreshOpt = Annotated[bool, typer.Option("--refresh", help="Re-describe photos described by another model or prompt version.")]
+RetryFailedOpt = Annotated[bool, typer.Option("--retry-failed", help="Try quarantined photos again too (those that failed 3 times in a row for a reason no retry cures).")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help=(
+    "Say what would be sent (count, tokens, time at the known limits, cost); send nothing. Cost at "
+    f"${Settings.price_input:.2f} input / ${Settings.price_output:.2f} output per million tokens "
+    "(IMGRAG_PRICE_INPUT, IMGRAG_PRICE_OUTPUT)."))]
+BatchOpt = Annotated[bool, typer.Option("--batch", help="Use the Batch API: half the price, results within the window. Each run collects finished batches and submits what is left.")]
+WindowOpt = Annotated[str, typer.Option("--window", help="Batch completion window, 24h to 7d.")]
+CancelOpt = Annotated[bool, typer.Option("--cancel", help="With --batch: cancel the open batches (what they finished is collected next run).")]
+
+
+@app.command(epilog="Examples: imgrag describe ~/Pictures/2024 --jobs 4\n\n  imgrag describe ~/Pictures --batch --window 48h")
+@_exits
+def describe(
+    photos: PhotosArg,
+    provider: ProviderOpt = None,
+    model: ModelOpt = None,
+    base_url: BaseUrlOpt = None,
+    jobs: JobsOpt = None,
+    limit: LimitOpt = None,
+    force: ForceOpt = False,
+    refresh: RefreshOpt = False,
+    dry_run: DryRunOpt = False,
+    index: IndexOpt = None,
+    wait: WaitOpt = False,
+    retry_failed: RetryFailedOpt = False,
+    batch: BatchOpt = False,
+    window: WindowOpt = "24h",
+    cancel: CancelOpt = False,
+) -> int:
+    """Describe new photos with the vision model into .imgrag/descriptions.jsonl (resumable)."""
+    return _describe(photos, index, provider=provider, model=model, base_url=base_url, jobs=jobs, limit=limit,
+                     force=force, refresh=refresh, dry_run=dry_run, wait=wait, retry_failed=retry_failed,
+                     batch=batch, window=window, cancel=cancel)
+
+
+EmbedModelOpt = Annotated[Optional[str], typer.Option("--model", help="Sentence-transformers model: a hub name or a model folder. Env: IMGRAG_EMBED_MODEL (default: the index's own model; all-MiniLM-L6-v2 for a new index, works offline).", show_default=False)]
+RebuildOpt = Annotated[bool, typer.Option("--rebuild", help="Rebuild the index from scratch (e.g. after changing the embedding model).")]
+
+
+@app.command(epilog="Example: imgrag embed ~/Pictures/2024")
+@_exits
+def embed(
+    photos: Annotated[Optional[Path], typer.Argument(help="Photo folder (default: every folder the index knows).", show_default=False, metavar="PHOTOS")] = None,
+    model: EmbedModelOpt = None,
+    rebuild: RebuildOpt = False,
+    index: IndexOpt = None,
+    wait: WaitOpt = False,
+) -> int:
+    """Embed the descriptions and write the search index (only new texts are encoded)."""
+    return _embed(photos, index, model, rebuild, wait)
+
+
+@app.command("index", epilog=("Example (crontab): 0 3 * * *  imgrag index ~/Pictures >> ~/imgrag.log 2>&1\n\n"
+                              "  with the Batch API (half the price): 0 3 * * *  imgrag index ~/Pictures --batch"))
+@_exits
+def index_cmd(
+    photos: PhotosArg,
+    provider: ProviderOpt = None,
+    model: ModelOpt = None,
+    base_url: BaseUrlOpt = None,
+    jobs: JobsOpt = None,
+    limit: LimitOpt = None,
+    embed_model: Annotated[Optional[str], typer.Option("--embed-model", help="Env: IMGRAG_EMBED_MODEL.", show_default=False)] = None,
+    index: IndexOpt = None,
+    wait: WaitOpt = False,
+    batch: BatchOpt = False,
+    window: WindowOpt = "24h",
+) -> int:
+    """Describe new photos, then embed: the one command for cron."""
+    code = _describe(photos, index, provider=provider, model=model, base_url=base_url, jobs=jobs, limit=limit,
+                     force=False, refresh=False, dry_run=False, wait=wait, batch=batch, window=window)
+    if code in (EXIT_OK, EXIT_SOME, EXIT_TEMPFAIL):
+        # Embed what was described, even when some photos failed or the quota ran out.
+        _embed(photos, index, embed_model, False, wait)
+    return code
+
+
+@app.command(epilog="Example: imgrag status ~/Pictures/2024 --json")
+@_exits
+def status(
+    photos: Annotated[Optional[Path], typer.Argument(help="Photo folder (default: the index found from here).", show_default=False, metavar="PHOTOS")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document (for scripts).")] = False,
+    index: IndexOpt = None,
+) -> int:
+    """Show photos found, described, failed, embedded, the index, and what a run would do next."""
+    from imgrag.cli import render
+    from imgrag.index.build import workspace_for
+    from imgrag.status import collect_status, next_step
+
+    state = collect_status(workspace_for(photos, index), photos)
+    if json_out:
+        import json
+
+        print(json.dumps({**state.as_dict(), "next": next_step(state)}, ensure_ascii=False))
+    else:
+        print(render.status_text(state))
+    return EXIT_OK
+
+
+@app.command(epilog=(
+    'Examples:\n\n'
+    '  imgrag search "dog on the beach"\n\n'
+    '  imgrag search "receipt" --json --limit 3\n\n'
+    '  imgrag search giraffe --all --limit 30\n\n'
+    '  imgrag search "birthday cake" --in photos/2024 --after 2024-06-01 --paths\n\n'
+    '  imgrag search --like photos/beach.jpg -0 | xargs -0 ls -l\n\n'
+    '  imgrag search --queries-from queries.txt > results.jsonl\n\n'
+    'Exit status: 0 found, 1 nothing matched (or scored --min-score), 2 error.'
+))
+@_exits
+def search(
+    query: Annotated[Optional[str], typer.Argument(help="What to look for, in plain words.", show_default=False, metavar="QUERY")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", "-n", min=1, help="Show at most N results (per query; default 10).", show_default=False)] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document (for scripts).")] = False,
+    paths_out: Annotated[bool, typer.Option("--paths", help="Print one absolute path per line.")] = False,
+    null: Annotated[bool, typer.Option("-0", "--null", help="Print paths ended by NUL, for xargs -0.")] = False,
+    min_score: Annotated[Optional[float], typer.Option(
+        "--min-score", help="Show the results scoring this or more (default: those that stand out as matches for this query; 0 shows the nearest anyway).",
+        show_default=False)] = None,
+    show_all: Annotated[bool, typer.Option("--all", help="Show every photo, best first, however weak the match (with --limit N: the best N).")] = False,
+    in_folder: Annotated[Optional[Path], typer.Option("--in", help="Only photos inside this folder.", show_default=False, metavar="FOLDER")] = None,
+    after: Annotated[Optional[str], typer.Option("--after", help="Only photos taken on or after DATE (YYYY-MM-DD; EXIF date, else file time).", show_default=False, metavar="DATE")] = None,
+    before: Annotated[Optional[str], typer.Option("--before", help="Only photos taken before DATE (YYYY-MM-DD).", show_default=False, metavar="DATE")] = None,
+    like: Annotated[Optional[Path], typer.Option("--like", help="Find photos similar to this one (it must be indexed) instead of QUERY.", show_default=False, metavar="PHOTO")] = None,
+    queries_from: Annotated[Optional[str], typer.Option("--queries-from", help="Run one query per line of FILE (- for stdin); print one JSON line per query.", show_default=False, metavar="FILE|-")] = None,
+    thumbnails: Annotated[Optional[bool], typer.Option("--thumbnails/--no-thumbnails", help="Show a thumbnail per result (default: in a terminal, unless NO_COLOR is set). Env: IMGRAG_THUMBNAILS (auto, kitty, sixel, halfblock or off).", show_default=False)] = None,
+    index: IndexOpt = None,
+    verify: Annotated[bool, typer.Option("--verify", help="Have the answer model read the results with the query and keep only real matches (one request; verdicts cached in .imgrag/). Env: IMGRAG_ANSWER_MODEL.")] = False,
+) -> int:
+    """Search the index for photos matching QUERY (or like PHOTO); best first."""
+    import os
+
+    from imgrag.cli import render
+    from imgrag.config import explicit_embed_model
+    from imgrag.search.ranking import Searcher, clean_query
+    from imgrag.search.request import make_filters, make_options, why_nothing
+
+    _check_search_flags(query, like, queries_from, json_out, paths_out, null)
+    shown_query = clean_query(query) if query is not None else None
+    filters = make_filters(in_folder, after, before)
+    options = make_options(limit, min_score, show_all)
+    table = not (json_out or paths_out or null or queries_from is not None)
+    kind = render.thumbnail_kind(thumbnails) if table else None
+    searcher = Searcher(index=index, embed_model=explicit_embed_model(), filters=filters)
+    if verify:
+        return _search_verified(searcher, shown_query, like, queries_from, options, json_out, paths_out, null, kind)
+    if queries_from is not None:
+        return _search_many(searcher, queries_from, options)
+    like_path = os.path.abspath(like.expanduser()) if like is not None else None
+    hits = searcher.like(like, options) if like is not None else searcher.search(shown_query or "", options)
+    if json_out:
+        print(render.hits_json(shown_query, hits, like=like_path))
+    elif paths_out or null:
+        render.hits_paths(hits, nul=null)
+    elif hits:
+        render.hits_table(hits, kind, fit_screen=not typed("limit"))
+    _warn_stale(searcher)
+    if not hits:
+        render.info(f"imgrag: no matching photos{why_nothing(searcher, options)}")
+    return EXIT_OK if hits else EXIT_SOME
+
+
+def _check_search_flags(query: Optional[str], like: Optional[Path], queries_from: Optional[str],
+                        json_out: bool, paths_out: bool, null: bool) -> None:
+    from imgrag.errors import UsageError
+
+    given = [name for name, value in (("QUERY", query), ("--like", like), ("--queries-from", queries_from)) if value is not None]
+    if not given:
+        raise UsageError('say what to look for: imgrag search "dog on beach" (or --like PHOTO, or --queries-from FILE)')
+    if len(given) > 1:
+        raise UsageError(f"{' and '.join(given)} cannot be combined: give one of QUERY, --like PHOTO, --queries-from FILE")
+    if json_out and (paths_out or null):
+        raise UsageError("--json and --paths/-0 cannot be combined: choose one output")
+    if queries_from is not None and (paths_out or null):
+        raise UsageError("--queries-from prints one JSON line per query; it cannot be combined with --paths or -0")
+
+
+def _search_many(searcher, source: str, options) -> int:
+    """--queries-from: one JSON line per query, flushed at once; found is any query finding anything."""
+    from imgrag.cli import render
+    from imgrag.search.ranking import queries_from
+
+    found = False
+    for query in queries_from(source):
+        hits = searcher.search(query, options)
+        found = found or bool(hits)
+        print(render.hits_json(query, hits), flush=True)
+    _warn_stale(searcher)
+    if not found:
+        render.info("imgrag: no query found a matching photo")
+    return EXIT_OK if found else EXIT_SOME
+
+
+@app.command(epilog=(
+    "Examples:\n\n"
+    "  imgrag serve ~/Pictures            # then open http://127.0.0.1:8000/\n\n"
+    "  IMGRAG_SERVE_TOKEN=... imgrag serve ~/Pictures --host 0.0.0.0 --allow-host photos.lan\n\n"
+    "  imgrag serve --read-only --port 8080"
+))
+@_exits
+def serve(
+    photos: Annotated[Optional[Path], typer.Argument(help="Photo folder to serve (its index need not exist yet). Default: the index found from here.", show_default=False)] = None,
+    index: IndexOpt = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on. Anything but loopback needs a token (IMGRAG_SERVE_TOKEN or --token-file).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on (0: any free one).")] = 8000,
+    allow_host: Annotated[Optional[list[str]], typer.Option("--allow-host", help="Another name clients reach this server by (Host header); repeatable.", show_default=False, metavar="NAME")] = None,
+    open_browser: Annotated[bool, typer.Option("--open", help="Open the page in a browser.")] = False,
+    read_only: Annotated[bool, typer.Option("--read-only", help="Search and browse only: no describe/embed jobs.")] = False,
+    token_file: Annotated[Optional[Path], typer.Option("--token-file", help="Read the access token from FILE (else IMGRAG_SERVE_TOKEN).", show_default=False, metavar="FILE")] = None,
+    cors: Annotated[Optional[str], typer.Option("--cors", help="Let pages from ORIGIN (e.g. https://app.example.org) call the API.", show_default=False, metavar="ORIGIN")] = None,
+) -> int:
+    """Serve your photos in a browser, and an HTTP API (OpenAPI at /docs)."""
+    from imgrag.web.serve import run_serve
+
+    return run_serve(photos, index=index, host=host, port=port, allow_hosts=allow_host or [], open_browser=open_browser,
+                     read_only=read_only, token_file=token_file, cors=cors)
+
+
+def _warn_stale(searcher) -> None:
+    from imgrag.cli import render
+
+    warning = searcher.stale_warning()
+    if warning:
+        render.info(warning)
+
+
+@app.command(epilog='Examples:\n\n  imgrag demo\n\n  imgrag demo "rocket at night"')
+@_exits
+def demo(
+    query: Annotated[Optional[str], typer.Argument(help='What to look for in the sample photos (default "a cup of coffee").', show_default=False, metavar="QUERY")] = None,
+) -> int:
+    """Index six sample photos shipped with imgrag and search them: no API key, no network."""
+    from imgrag.cli import render
+    from imgrag.demo import next_steps, run_demo
+
+    result, query, hits = run_demo(query, progress=render.info)
+    render.embed_summary(result.embed)
+    render.info(f'imgrag: demo: imgrag search "{query}" in {result.photos}:')
+    if hits:
+        render.hits_table(hits, render.thumbnail_kind(None))
+    else:
+        render.info("imgrag: no matching photos among the samples")
+    render.info(next_steps(result.photos))
+    return EXIT_OK if hits else EXIT_SOME
+
+
+def _search_verified(searcher, query: Optional[str], like: Optional[Path], queries_from: Optional[str], options,
+                     json_out: bool, paths_out: bool, null: bool, kind: Optional[str]) -> int:
+    """search --verify: the hits, then the answer model's verdict on each (imgrag.ask.verify)."""
+    from imgrag.cli import render, render_ask
+    from imgrag.errors import UsageError
+    from imgrag.search.request import why_nothing
+    from imgrag.ask.verify import verify_hits
+
+    if query is None:
+        raise UsageError("--verify checks results against the words of a QUERY: it cannot be combined with "
+                         f"{'--like' if like is not None else '--queries-from'}")
+    hits = searcher.search(query, options)
+    result = verify_hits(query, hits, searcher.ws, _settings())
+    if json_out:
+        render_ask.verified_json(query, hits, result)
+    else:
+        render_ask.verified_output(hits, result, paths=paths_out, nul=null, thumbnails=kind)
+    if not hits:
+        render.info(f"imgrag: no matching photos{why_nothing(searcher, options)}")
+    else:
+        render.info(render_ask.verify_summary(result))
+    return EXIT_OK if result.kept else EXIT_SOME
+
+
+@app.command(epilog=(
+    'Examples:\n\n'
+    '  imgrag ask "when were we last at the beach?"\n\n'
+    '  imgrag ask "what was the restaurant called?" --in photos/lisbon --json\n\n'
+    '  imgrag ask "what colour is the kettle?" --look 2\n\n'
+    '  imgrag ask "which photos show a receipt?" --dry-run\n\n'
+    'Exit status: 0 answered, 1 no photo matched (nothing was sent), 2 error, 75 try again later.'
+))
+@_exits
+def ask(
+    question: Annotated[str, typer.Argument(help="A question about your photos, in plain words.", show_default=False, metavar="QUESTION")],
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=50, help="How many of the best-matching photos the model reads.")] = 8,
+    json_out: Annotated[bool, typer.Option("--json", help='Print one JSON document: {"answer", "citations", "photos", "model", "usage"}.')] = False,
+    min_score: Annotated[Optional[float], typer.Option(
+        "--min-score", help="Send only photos scoring this or more (default: the photos search would show; 0 sends the nearest anyway).",
+        show_default=False)] = None,
+    look: Annotated[int, typer.Option("--look", min=0, max=10, help="Also send the N best photos themselves (downscaled, no metadata) to the vision model (IMGRAG_MODEL).", metavar="N")] = 0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the exact prompt and its estimated tokens and cost; send nothing.")] = False,
+    in_folder: Annotated[Optional[Path], typer.Option("--in", help="Only photos inside this folder.", show_default=False, metavar="FOLDER")] = None,
+    after: Annotated[Optional[str], typer.Option("--after", help="Only photos taken on or after DATE (YYYY-MM-DD).", show_default=False, metavar="DATE")] = None,
+    before: Annotated[Optional[str], typer.Option("--before", help="Only photos taken before DATE (YYYY-MM-DD).", show_default=False, metavar="DATE")] = None,
+    thumbnails: Annotated[Optional[bool], typer.Option("--thumbnails/--no-thumbnails", help="Thumbnails of the cited photos (default: in a terminal).", show_default=False)] = None,
+    index: IndexOpt = None,
+) -> int:
+    """Answer a question from your photos: the best matches' descriptions go to a chat model, which cites them."""
+    from imgrag.cli import render, render_ask
+    from imgrag.ask.answer import answer_plan, plan_ask
+    from imgrag.config import explicit_embed_model
+    from imgrag.search.ranking import Searcher
+    from imgrag.search.request import make_filters, make_options, why_nothing
+
+    filters = make_filters(in_folder, after, before)
+    settings = _settings()
+    if not dry_run:
+        settings.require_api_key()  # before retrieval loads anything
+    searcher = Searcher(index=index, embed_model=explicit_embed_model(), filters=filters)
+    options = make_options(limit, min_score)  # search's default set, from where search takes it
+    plan = plan_ask(question, searcher, settings, limit=limit, look=look, min_score=options.min_score)
+    if dry_run:
+        render_ask.dry_run(plan, json_out)
+    else:
+        kind = render.thumbnail_kind(thumbnails) if not json_out else None
+        result = render_ask.answer(answer_plan(plan), json_out=json_out, thumbnails=kind)
+        if result.found:
+            render.info(render_ask.usage_line(result))
+    if not plan.hits:
+        render.info(f"imgrag: no photo matches the question{why_nothing(searcher, options)}; "
+                    "nothing was sent to the model")
+        return EXIT_SOME
+    return EXIT_OK
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,154 @@
+"""How the command line itself reads: help laid out to the terminal's width with whole
+command summaries, and a bad flag or argument as one `imgrag: error: ...` line (exit 2)
+instead of Click's three-line usage block, like every other error imgrag prints."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import typer
+from typer.core import TyperCommand, TyperGroup
+
+try:  # typer >= 0.22 carries its own copy of Click
+    from typer._click.globals import get_current_context
+    from typer._click.exceptions import (BadParameter, ClickException, MissingParameter, NoArgsIsHelpError, NoSuchOption, UsageError)
+except ImportError:  # older typer uses Click itself
+    from click import get_current_context
+    from click.exceptions import (BadParameter, ClickException, MissingParameter, NoArgsIsHelpError, NoSuchOption, UsageError)
+
+from imgrag.errors import EXIT_USAGE
+
+# Help fills the terminal up to this many columns (past it, lines get hard to read).
+HELP_MAX_WIDTH = 120
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": HELP_MAX_WIDTH}
+
+
+class Command(TyperCommand):
+    """A command whose usage line spells a required argument PHOTOS, not {PHOTOS}."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        return [p[1:-1] if p.startswith("{") and p.endswith("}") else p for p in super().collect_usage_pieces(ctx)]
+
+
+class Group(TyperGroup):
+    """The `imgrag` group: whole command summaries, and usage errors as one line."""
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        rows = [(name, cmd.get_short_help_str(limit=1_000)) for name in self.list_commands(ctx)
+                if (cmd := self.get_command(ctx, name)) is not None and not cmd.hidden]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        prog_name = prog_name or "imgrag"  # also under `python -m imgrag`: the name users type
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except NoArgsIsHelpError as e:  # plain `imgrag`: the help, as Click shows it
+            e.show()
+            sys.exit(e.exit_code)
+        except UsageError as e:
+            command = next((a for a in (sys.argv[1:] if args is None else args) if a in self.commands), None)
+            where = f"{prog_name} {command}" if command else prog_name
+            print(f"imgrag: error: {usage_error_line(e, where)}", file=sys.stderr, flush=True)
+            sys.exit(EXIT_USAGE)
+        except ClickException as e:  # any other error Click would show
+            print(f"imgrag: error: {_sentence(e.format_message())}", file=sys.stderr, flush=True)
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            print("imgrag: error: aborted", file=sys.stderr, flush=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def typed(option: str) -> bool:
+    """Whether the running command's `option` (its parameter name) was given, not defaulted."""
+    ctx = get_current_context(silent=True)
+    source = ctx.get_parameter_source(option) if ctx is not None else None
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+def usage_error_line(e: Any, command_path: str = "imgrag") -> str:
+    """Click's usage error as one line: the flag, what it allows, and where help is
+    (`command_path`'s, when the error does not say which command it came from)."""
+    ctx = getattr(e, "ctx", None)
+    help_hint = f" (see {ctx.command_path if ctx is not None else command_path} --help)"
+    param = getattr(e, "param", None)
+    if isinstance(e, MissingParameter) and param is not None:
+        usage = " ".join([ctx.command_path, *ctx.command.collect_usage_pieces(ctx)]) if ctx else ""
+        return f"missing {_param_name(param)}" + (f": {usage}" if usage else "")
+    if isinstance(e, BadParameter) and param is not None:
+        given = _given(e)
+        shown = "" if not given else f" {given}" if _is_number(given) else f" {given!r}"
+        return f"{_param_name(param)}{shown}: {_allowed(param, e, given)}{help_hint}"
+    if isinstance(e, NoSuchOption) and ctx is not None:
+        return _sentence(e.format_message()) + help_hint
+    text = _sentence(e.format_message())
+    if text.startswith("no such command") and "did you mean" not in text.lower() and ctx is not None:
+        return f"{text} (commands: {', '.join(ctx.command.list_commands(ctx))})"
+    return text + help_hint
+
+
+def _param_name(param: Any) -> str:
+    opts = [*getattr(param, "opts", []), *getattr(param, "secondary_opts", [])]
+    if getattr(param, "param_type_name", "") == "argument" or not opts:
+        return param.metavar or param.name.upper()
+    return "/".join(sorted(opts, key=lambda o: (not o.startswith("--"), o)))
+
+
+def _given(e: Any) -> str:
+    """The value as typed, when the error carries it (Typer keeps pydantic's error as cause)."""
+    try:
+        value = e.__cause__.errors()[0]["input"]
+    except (AttributeError, IndexError, KeyError, TypeError):
+        return ""
+    return value if isinstance(value, str) else str(value)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _allowed(param: Any, e: Any, given: str) -> str:
+    """What the flag takes: 'must be at least 1', 'must be a whole number from 1 to 64'."""
+    low, high = getattr(param, "min", None), getattr(param, "max", None)
+    kind = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+    wanted = {int: "a whole number", float: "a number"}.get(kind)
+    right_kind = given != "" and _is_number(given) and (kind is not int or given.lstrip("+-").isdigit())
+    words = [] if right_kind or wanted is None else [wanted]
+    if low is not None and high is not None:
+        words.append(f"from {low} to {high}")
+    elif low is not None:
+        words.append(f"at least {low}")
+    elif high is not None:
+        words.append(f"at most {high}")
+    if words:
+        return "must be " + " ".join(words)
+    return _sentence(getattr(e, "message", "") or e.format_message())
+
+
+def _sentence(text: str) -> str:
+    """Click's sentence as part of our line: one line, lower-case start, no final stop."""
+    text = " ".join(text.split()).rstrip(".").replace(". Did you mean", "; did you mean")
+    return text[:1].lower() + text[1:]
+
+
+class App(typer.Typer):
+    """typer.Typer with the group and command classes above (for commands added later too)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("cls", Group)
+        kwargs["context_settings"] = {**CONTEXT_SETTINGS, **kwargs.get("context_settings", {})}
+        super().__init__(**kwargs)
+
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("cls", Command)
+        return super().command(*args, **kwargs)

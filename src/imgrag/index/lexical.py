@@ -1,0 +1,246 @@
+"""Exact-word evidence: BM25 indexes (bm25s, English stemming and stopwords) written into
+the index generation folder beside the FAISS index: `lexical/` over every word of each
+photo's description, `visible-text/` over only the words seen written in the photo.
+
+A photo's lexical text is a few labelled fields, one per line (`label<TAB>words`, see
+`schema.lexical_text`); the labels are not indexed, they only pick out the visible text and
+let a hit say which field matched. Loading memory-maps the score arrays and imports neither
+bm25s nor scipy, so opening even a 100k-photo index costs a few tens of milliseconds
+(mostly its vocabulary)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from imgrag.store.paths import LEXICAL_DIR, VISIBLE_TEXT_DIR
+
+VISIBLE_TEXT_LABEL = "visible text"
+FORMAT = 1
+_K1, _B = 1.5, 0.75  # the usual BM25 constants; the fusion weight, not these, was tuned
+_TOKEN = re.compile(r"(?u)\b\w\w+\b")  # bm25s' default pattern: words of two or more characters
+_FIELD_SEP = "\t"
+# A query word counts as exact evidence only when at most this share of the photos (or this
+# many) have it: tuned with the fusion weight on Flickr8k train (bench/retrieval.py --tune).
+RARE_SHARE = 0.01
+RARE_MIN_DOCS = 3
+
+
+@dataclass(frozen=True)
+class QueryTerm:
+    word: str  # as the user typed it (lower case)
+    stem: str
+
+
+@dataclass
+class LexicalScores:
+    """One query's BM25 evidence against every document."""
+
+    terms: list[QueryTerm]  # the query's content words, in query order, stems unique
+    raw: np.ndarray  # BM25 score per row (zeros when nothing matched)
+    ideal: float  # what a description naming every query word once would score
+
+    def normalised(self, rows: np.ndarray) -> np.ndarray:
+        """0..1: roughly the share of the query's (idf-weighted) words found in each row."""
+        if self.ideal <= 0:
+            return np.zeros(len(rows), dtype=np.float32)
+        return np.minimum(1.0, self.raw[rows] / self.ideal).astype(np.float32)
+
+    def top(self, k: int) -> np.ndarray:
+        """Rows with any match, best first, at most k."""
+        matched = np.flatnonzero(self.raw > 0)
+        if len(matched) > k:
+            matched = matched[np.argpartition(-self.raw[matched], k - 1)[:k]]
+        return matched[np.argsort(-self.raw[matched], kind="stable")]
+
+
+@functools.cache
+def _stemmer() -> Any:
+    import Stemmer
+
+    return Stemmer.Stemmer("english")
+
+
+@functools.cache
+def default_stopwords() -> frozenset[str]:
+    """bm25s' English list; an index stores the list it was built with, for its queries."""
+    from bm25s.stopwords import STOPWORDS_EN
+
+    return frozenset(STOPWORDS_EN)
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased words of two or more characters."""
+    return _TOKEN.findall(text.lower())
+
+
+def content_words(text: str, stopwords: frozenset[str] | None = None) -> list[str]:
+    """Words that carry meaning (stopwords dropped)."""
+    stop = default_stopwords() if stopwords is None else stopwords
+    return [w for w in words(text) if w not in stop]
+
+
+def stems(words: list[str]) -> list[str]:
+    return _stemmer().stemWords(words) if words else []
+
+
+def query_terms(query: str, stopwords: frozenset[str] | None = None) -> list[QueryTerm]:
+    found = content_words(query, stopwords)
+    seen: set[str] = set()
+    terms = []
+    for word, stem in zip(found, stems(found)):
+        if stem not in seen:
+            seen.add(stem)
+            terms.append(QueryTerm(word, stem))
+    return terms
+
+
+def field_lines(lexical: str) -> list[tuple[str, str]]:
+    """(label, words) pairs of a lexical text; an unlabelled line is plain description."""
+    pairs = []
+    for line in lexical.splitlines():
+        label, sep, words = line.partition(_FIELD_SEP)
+        pairs.append((label, words) if sep else ("description", line))
+    return pairs
+
+
+def indexed_text(lexical: str) -> str:
+    """The words BM25 sees: every field's words, without the labels."""
+    return "\n".join(words for _, words in field_lines(lexical))
+
+
+def visible_text(lexical: str) -> str:
+    """Only the words seen written in the photo (signs, labels, shop names, numbers)."""
+    return "\n".join(words for label, words in field_lines(lexical) if label == VISIBLE_TEXT_LABEL)
+
+
+def write_lexical(folder: Path, lexical_texts: list[str]) -> None:
+    """Both BM25 indexes of a generation (row i = lexical_texts[i]), each left out when it has no word."""
+    LexicalIndex.build([indexed_text(t) for t in lexical_texts]).save(folder / LEXICAL_DIR)
+    LexicalIndex.build([visible_text(t) for t in lexical_texts]).save(folder / VISIBLE_TEXT_DIR)
+
+
+class LexicalIndex:
+    """BM25 over the rows of one index generation (row i = FAISS row i).
+
+    Built and saved by bm25s, whose saved form is the BM25 score of every (word, photo)
+    pair as a sparse column-per-word matrix. Searching only sums the columns of the
+    query's words, so it reads those files straight with numpy (memory-mapped) instead
+    of importing bm25s, whose import (scipy) would cost every search ~0.13 s."""
+
+    def __init__(self, vocab: dict[str, int], data: np.ndarray, indices: np.ndarray, indptr: np.ndarray,
+                 size: int, stopwords: frozenset[str]) -> None:
+        self.vocab = vocab  # stem -> column
+        self._data, self._indices, self._indptr = data, indices, indptr
+        self.size = size
+        self.stopwords = stopwords
+
+    @staticmethod
+    def build(texts: list[str]) -> _Built:
+        tokens = [stems(content_words(t)) for t in texts]
+        if not any(tokens):  # not one word to index (bm25s cannot): the generation goes without
+            return _Built(None)
+        import bm25s
+
+        retriever = bm25s.BM25(k1=_K1, b=_B, method="lucene")
+        retriever.index(tokens, show_progress=False)
+        return _Built(retriever)
+
+    @classmethod
+    def load(cls, folder: Path) -> LexicalIndex | None:
+        """The saved index, or None when the generation has none (built by an older imgrag)."""
+        try:
+            about = json.loads((folder / "format.json").read_text())
+            if about.get("format") != FORMAT:
+                return None
+            params = json.loads((folder / "params.index.json").read_text())
+            vocab = json.loads((folder / "vocab.index.json").read_text(encoding="utf-8"))
+            arrays = [np.load(folder / f"{name}.csc.index.npy", mmap_mode="r") for name in ("data", "indices", "indptr")]
+            size, stopwords = int(params["num_docs"]), frozenset(about["stopwords"])
+        except (OSError, ValueError, KeyError):
+            return None
+        return cls(vocab, *arrays, size=size, stopwords=stopwords)
+
+    def _doc_freq(self, column: int | None) -> int:
+        """How many descriptions have the word (its column's entries); 0 for an unknown word."""
+        return 0 if column is None else int(self._indptr[column + 1] - self._indptr[column])
+
+    def _idf(self, column: int | None) -> float:
+        df = self._doc_freq(column)
+        return math.log(1 + (self.size - df + 0.5) / (df + 0.5))
+
+    def rare(self, column: int) -> bool:
+        """A word few descriptions share: exact evidence the meaning alone may miss."""
+        return self._doc_freq(column) <= max(RARE_SHARE * self.size, RARE_MIN_DOCS)
+
+    def scores(self, query: str) -> LexicalScores:
+        """BM25 of the query's rare words; its common words are left to the dense score
+        (counting them too made Flickr8k train rankings worse), but still weigh in `ideal`."""
+        terms = query_terms(query, self.stopwords)
+        raw = np.zeros(self.size, dtype=np.float32)
+        for column in {self.vocab[t.stem] for t in terms if t.stem in self.vocab}:
+            if not self.rare(column):
+                continue
+            start, end = int(self._indptr[column]), int(self._indptr[column + 1])
+            raw += np.bincount(self._indices[start:end], weights=self._data[start:end], minlength=self.size).astype(np.float32)
+        # Words no description has count as unmatched evidence: "red xyzzy" is not fully matched by "red".
+        idf_total = sum(self._idf(self.vocab.get(t.stem)) for t in terms)
+        return LexicalScores(terms=terms, raw=raw, ideal=idf_total / (1 + _K1))
+
+
+    def written_share(self, query: str, descriptions: LexicalIndex) -> LexicalScores:
+        """For the visible-text index: per row, the share of the query's words written in the
+        photo, each weighted by its idf among whole descriptions (`descriptions`), so that
+        words naming the scene ("car", "sign") weigh little and names and numbers much.
+        Presence, not BM25: a sign says its word once, and most photos have no text at all,
+        which would make BM25's length normalisation punish the ones that do."""
+        terms = query_terms(query, self.stopwords)
+        raw = np.zeros(self.size, dtype=np.float32)
+        total = 0.0
+        for term in terms:
+            weight = descriptions._idf(descriptions.vocab.get(term.stem))
+            total += weight
+            column = self.vocab.get(term.stem)
+            if column is not None:
+                raw[self._indices[int(self._indptr[column]) : int(self._indptr[column + 1])]] += weight
+        return LexicalScores(terms=terms, raw=raw, ideal=total)
+
+    def words_present(self, query: str, rows: np.ndarray) -> np.ndarray:
+        """Per row, the idf-weighted share (0..1) of the query's words its text has, common
+        words too (for `cutoff`: "dog" written in a description says the photo shows one)."""
+        terms = query_terms(query, self.stopwords)
+        rows = np.asarray(rows, dtype=np.int64)
+        present = np.zeros(len(rows), dtype=np.float32)
+        having = np.zeros(self.size, dtype=bool)  # a mask, not np.isin: a common word is in 10^4+ rows
+        total = 0.0
+        for term in terms:
+            column = self.vocab.get(term.stem)
+            weight = self._idf(column)
+            total += weight
+            if column is not None:
+                having[:] = False
+                having[self._indices[int(self._indptr[column]) : int(self._indptr[column + 1])]] = True
+                present += weight * having[rows]
+        return present / total if total > 0 else present
+
+
+class _Built:
+    """A freshly built index, to be saved into a generation folder."""
+
+    def __init__(self, retriever: Any | None) -> None:
+        self._bm25 = retriever
+        self.size = 0 if retriever is None else int(retriever.scores["num_docs"])
+
+    def save(self, folder: Path) -> None:
+        if self._bm25 is None:
+            return  # nothing to save: searches of this generation rank by meaning alone
+        folder.mkdir(parents=True, exist_ok=True)
+        self._bm25.save(str(folder), show_progress=False)
+        about = {"format": FORMAT, "docs": self.size, "stopwords": sorted(default_stopwords())}
+        (folder / "format.json").write_text(json.dumps(about))

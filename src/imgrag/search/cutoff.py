@@ -1,0 +1,107 @@
+"""Which of the ranked hits a search shows by default: the ones that stand out.
+
+A fixed score cut-off cannot fit every query: "giraffe" scores ~0.32 against zebras, cows and
+a panda, while a paraphrase of the right photo may score 0.35. So the default set is chosen
+per query, from what imgrag knows about it:
+
+- how this query scores against photos in general: its cosine with a fixed sample of the
+  collection's own photos (`background.npy`, written into the index generation at embed
+  time), summarised by a robust centre and spread, so a hit's *standing* is how many
+  spreads it scores above that centre (a z-score; unrelated text stands low in any
+  collection and with any query wording);
+- the gap below the best hit: a hit far below the best one is a weaker kind of match
+  (it half matches a query that others match in full);
+- exact-word evidence: every word of the query written in a description (any field)
+  is strong evidence that the photo shows it, so such a hit needs less standing.
+
+`--min-score X` (a fixed cut-off), `--limit N` and `--all` override it
+(`search.SearchOptions`). Chosen with bench/cutoff.py on Flickr8k train; reported on
+Flickr8k dev and COCO (README)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from imgrag.store.paths import BACKGROUND_FILE
+
+BACKGROUND_MAX = 1024  # sampled photos: enough for a stable median and spread, 0.8 MB at 384-d (float16)
+
+
+def background_sample(vectors: np.ndarray, sha256s: list[str]) -> np.ndarray:
+    """A fixed sample of the collection's vectors (those with the smallest content hashes,
+    whatever order rows are in), float16."""
+    if not len(vectors):
+        return np.zeros((0, vectors.shape[1] if vectors.ndim == 2 else 0), np.float16)
+    chosen = np.sort(np.argsort(np.asarray(sha256s), kind="stable")[:BACKGROUND_MAX])
+    return np.asarray(vectors, dtype=np.float32)[chosen].astype(np.float16)
+
+
+def save(folder: Path, sample: np.ndarray) -> None:
+    np.save(folder / BACKGROUND_FILE, np.asarray(sample, dtype=np.float16))
+
+
+def load(folder: Path) -> np.ndarray | None:
+    """The generation's background sample as float32 (1.5 MB at most: every query multiplies
+    it, and converting float16 each time cost a server more than the product); None for an
+    index built without it."""
+    try:
+        return np.load(folder / BACKGROUND_FILE).astype(np.float32)
+    except (OSError, ValueError):
+        return None
+
+
+EVERY_WORD = 0.999  # a words share this high is every query word (the share is a float sum)
+BACKGROUND_MIN = 30  # fewer sampled photos than this say too little: the score rule alone then
+
+
+@dataclass(frozen=True)
+class Cutoff:
+    """A hit is shown when it stands out from what the query scores against the collection's
+    photos in general, or when its score is high in itself; each bar is lowered the more of
+    the query's words the description has (linearly, from the first value of each pair with
+    no word to the second with every word); a hit far below the best one needs every word.
+    Chosen with bench/cutoff.py on Flickr8k train (README): unrelated queries' best hits
+    stand up to ~6 spreads out and score up to ~0.44."""
+
+    standing: float = 7.0  # spreads above the query's background centre, no query word present
+    worded_standing: float = 2.0  # ... every query word present
+    score: float = 0.45  # a fused score shown whatever the background, no query word present
+    worded_score: float = 0.25  # ... every query word present (the fixed cut-off imgrag had)
+    gap: float = 0.25  # a hit scoring this much below the best one needs every query word
+    spread_floor: float = 0.02  # a spread below this (near-identical photos) is not trusted
+
+
+DEFAULT_CUTOFF = Cutoff()
+
+
+@dataclass(frozen=True)
+class Background:
+    """How one query scores against photos in general: a robust centre and spread."""
+
+    centre: float
+    spread: float
+
+
+def background_for(sample: np.ndarray | None, query_vec: np.ndarray, cutoff: Cutoff) -> Background | None:
+    """None when the collection is too small to tell."""
+    if sample is None or len(sample) < BACKGROUND_MIN:
+        return None
+    sims = np.asarray(sample, dtype=np.float32) @ np.asarray(query_vec, dtype=np.float32)
+    centre = float(np.median(sims))
+    spread = 1.4826 * float(np.median(np.abs(sims - centre)))  # MAD: the query's own photos barely move it
+    return Background(centre, max(spread, cutoff.spread_floor))
+
+
+def shown(scores: np.ndarray, words: np.ndarray, background: Background | None, cutoff: Cutoff) -> np.ndarray:
+    """Which hits (fused scores; `words`: the share of the query's words each has) to show."""
+    if not len(scores):
+        return np.zeros(0, dtype=bool)
+    words = np.clip(np.asarray(words, dtype=np.float32), 0.0, 1.0)
+    keep = scores >= cutoff.score - (cutoff.score - cutoff.worded_score) * words
+    if background is not None:
+        standing = (scores - background.centre) / background.spread
+        keep |= standing >= cutoff.standing - (cutoff.standing - cutoff.worded_standing) * words
+    # "zebra in the snow": the zebras, not every snowy photo that half matches
+    return keep & ((scores >= scores[0] - cutoff.gap) | (words >= EVERY_WORD))

@@ -1,0 +1,79 @@
+"""A search as a person asks for it (flags on the command line, parameters in a URL) turned
+into what the ranking takes, and the answer cut into pages. `imgrag search` and
+`imgrag serve` both call these, so the CLI and the HTTP API find the same photos in the
+same order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from imgrag.errors import UsageError
+
+if TYPE_CHECKING:
+    from imgrag.search.ranking import Filters, Hit, SearchOptions, Searcher
+
+SORTS = ("relevance", "date")
+
+
+def make_filters(in_folder: Path | None, after: str | None, before: str | None, *,
+                 names: tuple[str, str] = ("--after", "--before")) -> Filters:
+    """`--in/--after/--before` (or the `in/after/before` URL parameters) as Filters."""
+    from imgrag.search.ranking import Filters, parse_date
+
+    return Filters(
+        under=in_folder,
+        after=parse_date(after, names[0]) if after is not None else None,
+        before=parse_date(before, names[1]) if before is not None else None,
+    )
+
+
+def make_options(limit: int | None, min_score: float | None, show_all: bool = False) -> SearchOptions:
+    """`--limit/--min-score/--all` (or the URL's limit/min_score/all) as SearchOptions. No
+    min_score means the default result set, fitted to each query (see cutoff.py)."""
+    from imgrag.search.ranking import search_options
+
+    return search_options(limit=limit, min_score=min_score, show_all=show_all)
+
+
+def cut_off(options: SearchOptions) -> float | None:
+    """The fixed cut-off a search applied, for messages; None: the default set fitted to the query."""
+    return None if options.show_all else options.min_score
+
+
+def why_nothing(searcher: Searcher, options: SearchOptions, *, flag: str = "--min-score", all_flag: str = "--all",
+                filter_flags: str = "--in/--after/--before") -> str:
+    """Why a search found nothing and what to try: the CLI's hint, also the page's."""
+    if searcher.bundle.size == 0:
+        return " (the index is empty)"
+    if searcher.allowed is not None and not searcher.allowed:
+        return f" (no indexed photo passes {filter_flags})"
+    if options.min_score is not None:
+        return f" (none scored {options.min_score:g} or more; {flag} 0 or {all_flag} shows the nearest anyway)"
+    return f" (none stands out as a match for this query; {all_flag} or {flag} 0 shows the nearest anyway)"
+
+
+@dataclass
+class Page:
+    hits: list[Hit]
+    next_offset: int | None  # where the next page starts; None: this is the last
+
+
+def search_page(searcher: Searcher, options: SearchOptions, *, query: str | None = None, like: Path | None = None,
+                offset: int = 0, sort: str = "relevance") -> Page:
+    """One page of results: hits[offset:offset+limit] of the search `--limit offset+limit`
+    would make (so page after page is the CLI's list, cut up). sort="date" orders the
+    relevant photos (every one above the cut-off among the nearest candidates) newest first."""
+    from imgrag.search.ranking import DENSE_CANDIDATES, Window
+
+    if sort not in SORTS:
+        raise UsageError(f"sort must be one of {', '.join(SORTS)}, not {sort!r}")
+    stop = offset + options.limit + 1  # one more says whether a next page exists
+    asked = replace(options, limit=max(stop, DENSE_CANDIDATES) if sort == "date" else stop)
+    # Only the page (and the one after it) is read and explained, not the rows before it.
+    window = Window(offset, stop, by_date=sort == "date")
+    hits = searcher.like(like, asked, window) if like is not None else searcher.search(query or "", asked, window)
+    shown = hits[: options.limit]
+    return Page(shown, offset + len(shown) if len(hits) > options.limit else None)
+

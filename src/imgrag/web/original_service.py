@@ -1,0 +1,129 @@
+"""The original imgrag service's endpoints, same contract, as thin adapters over the code
+the native API uses (jobs for describe/embed, the live index for search):
+
+    GET  /healthcheck                      -> {"is_alive": true}
+    POST /generate_description             -> [{"page_content": text, "metadata": {"image_path": abs}}, ...]
+    POST /generate_description_embeddings  {"descriptions": [...]} -> {"embedded": N}
+    POST /get_image {"query": "..."}       -> a JSON *string* holding {"image_name": [names...]}
+    GET  /images/{name}                    -> the photo's bytes, for the names /get_image returns"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import PurePath
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
+
+from imgrag.errors import UsageError
+from imgrag.web.http_errors import Forbidden, NotFound
+from imgrag.web.jobs import wait
+from imgrag.web.state import photo_file
+
+router = APIRouter(tags=["original service"])
+
+GET_IMAGE_LIMIT = 5
+
+
+@router.get("/healthcheck", summary="Liveness probe (no token needed)")
+def healthcheck():
+    return {"is_alive": True}
+
+
+def _writable(server) -> None:
+    if server.config.read_only:
+        raise Forbidden("this server is read-only (--read-only): it does not describe or embed")
+
+
+async def _run_job(server, kind: str):
+    """Start a job as POST /api/jobs does and answer when it has ended."""
+    job = server.jobs.start(kind)
+    await asyncio.to_thread(wait, job)
+    if job.state == "failed":
+        raise UsageError(job.error or "the job failed")
+    return job
+
+
+@router.post("/generate_description", summary="Describe the photos not described yet; list every description")
+async def generate_description(request: Request):
+    server = request.app.state.server
+    _writable(server)
+    await _run_job(server, "describe")
+    return await asyncio.to_thread(_descriptions_list, server)
+
+
+def _descriptions_list(server) -> list[dict]:
+    """One item per photo file under the served folders that has a description."""
+    from imgrag.store.descriptions import load_descriptions
+    from imgrag.store.scan import scan
+    from imgrag.describe.schema import embedding_text
+
+    ws = server.ws
+    folders = [server.config.photos] if server.config.photos else [r for r in ws.roots() if r.is_dir()]
+    described = load_descriptions(ws)
+    items = []
+    for f in scan(ws, folders, save=False):
+        record = described.get(f.sha256)
+        if record is None:
+            continue
+        try:
+            text = embedding_text(record["description"])
+        except ValueError:
+            continue
+        items.append({"page_content": text, "metadata": {"image_path": str(ws.absolute(f.rel))}})
+    return items
+
+
+class _Item(BaseModel):
+    page_content: str = ""
+    metadata: dict = Field(default_factory=dict)
+
+
+class EmbedRequest(BaseModel):
+    descriptions: list[_Item] = Field(default_factory=list)
+
+
+@router.post("/generate_description_embeddings", summary="Embed the descriptions (incremental)")
+async def generate_description_embeddings(request: Request, body: EmbedRequest):
+    # The descriptions sent back are the ones /generate_description listed: the index is
+    # built from imgrag's own records of them, so a client cannot plant text in it.
+    server = request.app.state.server
+    _writable(server)
+    job = await _run_job(server, "embed")
+    return {"embedded": job.result.get("embedded", 0)}
+
+
+class ImageQuery(BaseModel):
+    query: str = Field(..., max_length=4096)
+
+
+@router.post("/get_image", summary="Up to 5 photo names for a query, as a JSON string")
+def get_image(request: Request, body: ImageQuery) -> str:
+    from imgrag.search.request import make_options
+
+    server = request.app.state.server
+    served = server.index.current()
+    names: list[str] = []
+    if served is not None and body.query.strip():
+        hits = served.searcher.search(body.query, make_options(GET_IMAGE_LIMIT, None))
+        from imgrag.web.ask_api import verified, verify_enabled
+
+        if verify_enabled() and hits:  # IMGRAG_VERIFY=1: the model keeps the real matches, as the original did
+            hits = [h for h, v in zip(hits, verified(request, body.query, hits)) if v.verified]
+        names = [PurePath(os.path.relpath(h.path, server.ws.base)).as_posix() for h in hits]
+    return json.dumps({"image_name": names})
+
+
+@router.get("/images/{name:path}", summary="A photo by the name /get_image gave")
+def image(request: Request, name: str):
+    from imgrag.web.api import photo_response
+
+    server = request.app.state.server
+    served = server.index.current()
+    sha = served.photos.sha_of(name) if served is not None else None
+    path = photo_file(server.ws, name) if sha is not None else None
+    if path is None:
+        raise NotFound(f"no indexed photo named {name[:200]!r}")
+    return photo_response(request, sha, path)
