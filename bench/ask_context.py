@@ -26,15 +26,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from retrieval import CACHE, CAPTIONS, COCO, embed_all, load_items  # noqa: E402
-
-from imgrag.ask.answer import CHARS_PER_TOKEN, DEFAULT_LIMIT  # noqa: E402
-from imgrag.ask.photo_briefs import answer_item  # noqa: E402
-from imgrag.index.embedding import DEFAULT_MODEL  # noqa: E402
-from imgrag.index.generations import Doc, load_bundle, write_bundle  # noqa: E402
-from imgrag.ask.prompts import answer_messages, text_chars  # noqa: E402
-from imgrag.search.ranking import DEFAULT_MIN_SCORE, SearchOptions, rank  # noqa: E402
-from imgrag.store.workspace import Workspace  # noqa: E402
+from imgrag.ask.answer import CHARS_PER_TOKEN, DEFAULT_LIMIT
+from imgrag.ask.photo_briefs import answer_item
+from imgrag.ask.prompts import answer_messages, text_chars
+from imgrag.index.embedding import DEFAULT_MODEL
+from imgrag.index.generations import Doc, load_bundle, write_bundle
+from imgrag.search.ranking import DEFAULT_MIN_SCORE, SearchOptions, rank
+from imgrag.store.workspace import Workspace
+from retrieval import CACHE, CAPTIONS, COCO, embed_all, load_items
 
 KS = (5, 8, 16)
 

@@ -46,14 +46,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from retrieval import CACHE, CAPTIONS, OFF_TOPIC, cached_vectors, load_items  # noqa: E402
-
-from imgrag.search.cutoff import DEFAULT_CUTOFF, Cutoff  # noqa: E402
-from imgrag.index.embedding import DEFAULT_MODEL, VectorCache, cache_dir_name, load_model  # noqa: E402
-from imgrag.index.generations import Doc, load_bundle, write_bundle  # noqa: E402
-from imgrag.index.lexical import stems, words  # noqa: E402
-from imgrag.search.ranking import DEFAULT_LIMIT, QueryEncoder, SearchOptions, rank  # noqa: E402
-from imgrag.store.workspace import Workspace  # noqa: E402
+from imgrag.index.embedding import DEFAULT_MODEL, VectorCache, cache_dir_name, load_model
+from imgrag.index.generations import Doc, load_bundle, write_bundle
+from imgrag.index.lexical import stems, words
+from imgrag.search.cutoff import DEFAULT_CUTOFF, Cutoff
+from imgrag.search.ranking import DEFAULT_LIMIT, QueryEncoder, SearchOptions, rank
+from imgrag.store.workspace import Workspace
+from retrieval import CACHE, CAPTIONS, OFF_TOPIC, cached_vectors, load_items
 
 FIXED = 0.25  # the cut-off imgrag shipped before the default set fitted the query
 CAPTION_QUERIES = 40  # per collection: photos whose other caption is run as a query

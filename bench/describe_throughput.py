@@ -44,8 +44,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
-from imgrag.config import Settings  # noqa: E402
-from imgrag.describe.live import DescribeOptions, Progress, run_describe  # noqa: E402
+from imgrag.config import Settings
+from imgrag.describe.live import DescribeOptions, Progress, run_describe
 
 TIERS = {
     "paid": {"rpm": 300, "tpm": None, "rpd": None, "latency": 1.5, "jobs": 8, "photos": 239, "time_scale": 1.0},

@@ -87,9 +87,9 @@ def bare_encode(model, texts: list[str]) -> float:
 
 
 def throughput(descs: list[dict], rounds: int) -> dict:
-    from imgrag.index.embedding import load_model
-    from imgrag.index.build import run_embed
     from imgrag.describe.schema import embedding_text
+    from imgrag.index.build import run_embed
+    from imgrag.index.embedding import load_model
 
     model = load_model(MODEL)
     texts = [embedding_text(d) for d in descs]

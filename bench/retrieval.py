@@ -38,9 +38,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
-from imgrag.index.embedding import DEFAULT_MODEL, VectorCache, cache_dir_name, load_model, text_key  # noqa: E402
-from imgrag.index.generations import Doc, load_bundle, write_bundle  # noqa: E402
-from imgrag.search.ranking import (  # noqa: E402
+from imgrag.index.embedding import DEFAULT_MODEL, VectorCache, cache_dir_name, load_model, text_key
+from imgrag.index.generations import Doc, load_bundle, write_bundle
+from imgrag.search.ranking import (
     DEFAULT_FUSION,
     DEFAULT_MIN_SCORE,
     DENSE_ONLY,
@@ -52,7 +52,7 @@ from imgrag.search.ranking import (  # noqa: E402
     order,
     shown_set,
 )
-from imgrag.store.workspace import Workspace  # noqa: E402
+from imgrag.store.workspace import Workspace
 
 DATA = REPO.parent / "shared" / "data"
 CAPTIONS = DATA / "captions" / "flickr8k_traindev.jsonl"
@@ -158,7 +158,7 @@ def cutoff_figures(bundle, encoder: QueryEncoder, right_scores: np.ndarray, posi
         off_scores.append(scores)
         tops.append(float(scores[0]))
         shown.append(int(np.sum(scores[:10] >= DEFAULT_MIN_SCORE)))
-    q = lambda a, p: round(float(np.quantile(a, p)), 3)  # noqa: E731
+    q = lambda a, p: round(float(np.quantile(a, p)), 3)
     sweep = {}
     for cut in (0.15, 0.2, 0.25, 0.3, 0.35):
         sweep[str(cut)] = [round(float(np.mean(right >= cut)), 4),

@@ -103,9 +103,9 @@ def descriptions(data: Path, count: int) -> list[dict]:
 def build_workspace(data: Path, count: int) -> Path:
     """A real `.imgrag/` for `count` photos. The embedded texts and their vectors are cached;
     the index itself is rewritten whenever the code that writes it has changed."""
+    from imgrag.describe.schema import lexical_text
     from imgrag.index.embedding import VectorCache, cache_dir_name, load_model, text_key
     from imgrag.index.generations import Doc, read_meta, write_bundle
-    from imgrag.describe.schema import lexical_text
     from imgrag.store.workspace import Workspace
 
     base = CACHE / f"library-{count}"
@@ -175,7 +175,7 @@ def _bulk_encoder(ws, model):
     return open_encoder(ws, model.name, model.fingerprint) if status in ("exported", "ready") else model
 
 
-def encode_sorted(encoder, texts: list[str], batch: int = 64) -> "np.ndarray":
+def encode_sorted(encoder, texts: list[str], batch: int = 64) -> np.ndarray:
     """Batches of similar length (as sentence-transformers does), so padding costs little."""
     import numpy as np
 

@@ -37,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import search_latency  # noqa: E402  (the library builder)
+import search_latency
 
 CLIENTS = 8
 SETTLE = 3.0  # seconds of load after the new generation is written

@@ -51,8 +51,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from reliability_support import check_readable, clean_env, draw_photos, index_rows, jsonl_lines  # noqa: E402
-from standin_vlm import StandinVLM  # noqa: E402
+from reliability_support import check_readable, clean_env, draw_photos, index_rows, jsonl_lines
+from standin_vlm import StandinVLM
 
 
 def log(message: str) -> None:

@@ -458,10 +458,8 @@ def chat_completion(model: str, content: str, prompt: int, completion: int) -> d
 # the blocks the stand-in is a naive model: an "ignore ... instructions" there is obeyed,
 # so a prompt that lets photo text out of its block fails the injection tests.
 
-_STOPWORDS = set("""a an and are as at be by for from has have how i in is it its of on or our photo photos
-picture pictures show shows that the their there this to was we were what when where which who with you your
-did do does any some my me all""".split())
-_INJECTED = re.compile(r"ignore (?:\w+ ){0,3}instructions\W+(?:and\s+)?(?:say|reply|answer)?\s*([^\n]*)", re.I)
+_STOPWORDS = set(["a", "an", "and", "are", "as", "at", "be", "by", "for", "from", "has", "have", "how", "i", "in", "is", "it", "its", "of", "on", "or", "our", "photo", "photos", "picture", "pictures", "show", "shows", "that", "the", "their", "there", "this", "to", "was", "we", "were", "what", "when", "where", "which", "who", "with", "you", "your", "did", "do", "does", "any", "some", "my", "me", "all"])
+_INJECTED = re.compile(r"ignore (?:\w+ ){0,3}instructions\W+(?:and\s+)?(?:say|reply|answer)?\s*([^\n]*)", re.IGNORECASE)
 
 
 def content_words(text: str) -> set[str]:
@@ -488,7 +486,7 @@ def split_blocks(text: str, tag: str) -> tuple[list[tuple[int, dict]], str] | No
     """(numbered items inside the first <tag> block, all the text outside it), or None.
     The block opens on a line of its own and, as a naive model reads it, ends at the first
     </tag> anywhere: a description holding an unescaped </tag> would end it early."""
-    opening = re.search(rf"^<{tag}>$", text, re.M)
+    opening = re.search(rf"^<{tag}>$", text, re.MULTILINE)
     if opening is None:
         return None
     start = opening.start()
@@ -508,7 +506,7 @@ def split_blocks(text: str, tag: str) -> tuple[list[tuple[int, dict]], str] | No
 
 
 def _asked(outside: str, label: str) -> str:
-    m = re.search(rf"^{label}:\s*(.*)$", outside, re.M)
+    m = re.search(rf"^{label}:\s*(.*)$", outside, re.MULTILINE)
     if not m:
         return ""
     try:

@@ -17,12 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from imgrag.config import DEFAULT_GROQ_MODEL
 from PIL import ExifTags, Image, ImageDraw
 from PIL.TiffImagePlugin import IFDRational
 
 from conftest import draw_scene, run_imgrag, scene_catalog
+from imgrag.config import DEFAULT_GROQ_MODEL
 from standin_vlm import StandinVLM
 
 KEY = "test-key-ask-4242"

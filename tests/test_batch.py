@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 
 from conftest import draw_scene, run_imgrag, scene_catalog
-from imgrag.describe.batch import BatchOptions, run_batch
-from imgrag.store.batch_log import BatchLog
 from imgrag.config import Settings
+from imgrag.describe.batch import BatchOptions, run_batch
 from imgrag.describe.live import DescribeOptions, Progress, run_describe
-from imgrag.store.workspace import Workspace
+from imgrag.store.batch_log import BatchLog
 from imgrag.store.files import read_jsonl
+from imgrag.store.workspace import Workspace
 from reliability_support import seed_query_encoder
 from standin_vlm import StandinVLM
 

@@ -11,11 +11,11 @@ import shutil
 import numpy as np
 import pytest
 
-from imgrag.search.cutoff import BACKGROUND_MIN, DEFAULT_CUTOFF, background_for, shown
-from imgrag.store.paths import BACKGROUND_FILE
 from imgrag.index.embedding import DEFAULT_MODEL, load_model
 from imgrag.index.generations import Doc, load_bundle, write_bundle
+from imgrag.search.cutoff import BACKGROUND_MIN, DEFAULT_CUTOFF, background_for, shown
 from imgrag.search.ranking import SearchOptions, rank
+from imgrag.store.paths import BACKGROUND_FILE
 from imgrag.store.workspace import Workspace
 from test_search_cli import library, one_line  # noqa: F401  (the shared drawn library fixture)
 

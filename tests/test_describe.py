@@ -26,8 +26,8 @@ from imgrag.config import DEFAULT_GROQ_MODEL, Settings
 from imgrag.describe.live import DescribeOptions, DescribeSummary, Progress, run_describe
 from imgrag.errors import UsageError
 from imgrag.store.descriptions import load_descriptions
-from imgrag.store.workspace import Workspace
 from imgrag.store.files import read_jsonl
+from imgrag.store.workspace import Workspace
 from standin_vlm import INJECTION, StandinVLM
 
 KEY = "gsk_test_secret_key_1234567890"

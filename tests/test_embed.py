@@ -11,19 +11,18 @@ import shutil
 import sqlite3
 from pathlib import Path
 
-
 import pytest
 from PIL import Image
 
 from conftest import SCENES, draw_scene, run_imgrag, scene_catalog
-from standin_vlm import StandinVLM
-from imgrag.index.embedding import DEFAULT_MODEL, load_model
-from imgrag.index.build import run_embed
-from imgrag.errors import UsageError
-from imgrag.index.generations import load_bundle
 from imgrag.cli.render import status_text
+from imgrag.errors import UsageError
+from imgrag.index.build import run_embed
+from imgrag.index.embedding import DEFAULT_MODEL, load_model
+from imgrag.index.generations import load_bundle
 from imgrag.status import Status, collect_status, next_step
 from imgrag.store.workspace import Workspace
+from standin_vlm import StandinVLM
 
 
 def index_rows(ws: Path) -> dict[str, list[str]]:
@@ -199,8 +198,8 @@ def test_a_few_new_texts_are_encoded_with_the_verified_export_not_torch(indexed)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.splitlines()[-1]) == [2, False, False]  # two new texts, no torch
 
-    from imgrag.index.embedding import VectorCache, text_key
     from imgrag.describe.schema import embedding_text
+    from imgrag.index.embedding import VectorCache, text_key
 
     ws = Workspace(cwd / ".imgrag")
     manifest = ws.read_manifest()["embedding"]

@@ -11,7 +11,17 @@ import faiss
 import numpy as np
 import pytest
 
-from imgrag.index.generations import FLAT_MAX, Doc, Previous, build_faiss, load_bundle, plan_for, stable_order, write_bundle, write_dense
+from imgrag.index.generations import (
+    FLAT_MAX,
+    Doc,
+    Previous,
+    build_faiss,
+    load_bundle,
+    plan_for,
+    stable_order,
+    write_bundle,
+    write_dense,
+)
 from imgrag.store.paths import DENSE_FILE
 from imgrag.store.workspace import Workspace
 

@@ -16,11 +16,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import ExifTags, Image, ImageFile, ImageDraw
+from PIL import ExifTags, Image, ImageDraw, ImageFile
 from PIL.TiffImagePlugin import IFDRational
 
 from imgrag.photos import files as photos
-from imgrag.photos.files import PHOTO_SUFFIXES, PhotoError, PhotoMeta, PreparedImage, Skipped, discover, file_sha256, prepare_image, read_metadata
+from imgrag.photos.files import (
+    PHOTO_SUFFIXES,
+    PhotoError,
+    PhotoMeta,
+    PreparedImage,
+    Skipped,
+    discover,
+    file_sha256,
+    prepare_image,
+    read_metadata,
+)
 
 RED = (255, 0, 0)
 

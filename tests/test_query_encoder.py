@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from conftest import run_imgrag
+from imgrag.errors import UsageError
 from imgrag.index import query_encoder as qe
 from imgrag.index.embedding import LoadedModel, load_model
-from imgrag.errors import UsageError
 from imgrag.search.ranking import QueryEncoder
 from imgrag.store.workspace import Workspace
 

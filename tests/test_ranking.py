@@ -9,14 +9,22 @@ import shutil
 import numpy as np
 import pytest
 
+from imgrag.describe.schema import lexical_text
 from imgrag.index.embedding import DEFAULT_MODEL, load_model
 from imgrag.index.generations import Doc, load_bundle, write_bundle
-from imgrag.store.paths import CROWDING_FILE
 from imgrag.index.lexical import LexicalIndex, field_lines, indexed_text, query_terms, visible_text
-from imgrag.store.paths import VISIBLE_TEXT_DIR
-from imgrag.store.paths import LEXICAL_DIR
-from imgrag.describe.schema import lexical_text
-from imgrag.search.ranking import DEFAULT_FUSION, DEFAULT_MIN_SCORE, DENSE_ONLY, Candidates, Fusion, SearchOptions, candidates, order, rank
+from imgrag.search.ranking import (
+    DEFAULT_FUSION,
+    DEFAULT_MIN_SCORE,
+    DENSE_ONLY,
+    Candidates,
+    Fusion,
+    SearchOptions,
+    candidates,
+    order,
+    rank,
+)
+from imgrag.store.paths import CROWDING_FILE, LEXICAL_DIR, VISIBLE_TEXT_DIR
 from imgrag.store.workspace import Workspace
 
 PHOTOS = {
@@ -188,7 +196,7 @@ def test_rows_only_exact_words_find_enter_with_their_true_dense_score(bundle, mo
     full = candidates(bundle, vec, query, depth=len(PHOTOS))
     cafe = rows_by_name(bundle)["cafe"]
     assert cafe in shallow.rows.tolist(), "BM25's best rows join the dense candidates"
-    at = lambda found: float(found.dense[found.rows.tolist().index(cafe)])  # noqa: E731
+    at = lambda found: float(found.dense[found.rows.tolist().index(cafe)])
     assert at(shallow) == pytest.approx(at(full), abs=1e-5)
 
 

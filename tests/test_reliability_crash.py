@@ -14,8 +14,15 @@ from pathlib import Path
 import pytest
 
 from conftest import run_imgrag
-from reliability_support import (TRACEBACK, check_readable, draw_photos, jsonl_lines, seed_query_encoder, spawn_imgrag, wait_for_requests)
-
+from reliability_support import (
+    TRACEBACK,
+    check_readable,
+    draw_photos,
+    jsonl_lines,
+    seed_query_encoder,
+    spawn_imgrag,
+    wait_for_requests,
+)
 
 # --------------------------------------------------------------------------- kill -9
 
@@ -197,8 +204,8 @@ def test_file_size_limit_mid_append_needs_no_root(home, standin):
 def test_disk_full_during_embed(home, standin, tmp_path):
     """embed writes vectors and a new index generation: a full disk must leave the old index searchable."""
     from imgrag.config import DEFAULT_EMBED_MODEL
-    from imgrag.index.build import run_embed
     from imgrag.errors import ImgragError
+    from imgrag.index.build import run_embed
     from imgrag.search.ranking import SearchOptions, run_search
 
     cwd, photos, env = home

@@ -256,10 +256,9 @@ def test_future_manifest_is_refused_untouched(home, standin):
 @pytest.fixture(scope="module")
 def built_index(tmp_path_factory):
     """A described and embedded folder, made once; tests copy it before damaging it."""
-    from standin_vlm import StandinVLM
-
     from conftest import SCENES, draw_scene, scene_catalog
     from reliability_support import clean_env
+    from standin_vlm import StandinVLM
 
     base = tmp_path_factory.mktemp("built")
     photos = base / "photos"

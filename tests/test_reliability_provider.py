@@ -9,10 +9,9 @@ import time
 import pytest
 
 from conftest import run_imgrag
+from imgrag.describe.schema import PhotoDescription
 from reliability_support import TRACEBACK, jsonl_lines
 from standin_vlm import INJECTION
-
-from imgrag.describe.schema import PhotoDescription
 
 FAST_TIMEOUT = {"IMGRAG_TIMEOUT": "1.5"}
 

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import socket
-from pathlib import Path
 
 import pytest
 
@@ -125,7 +124,7 @@ def test_help_uses_a_wide_terminal_and_says_everything(tmp_path):
 
 # -- search: photos deleted since the last index; hints that name the real folder -------
 
-from test_search_cli import Library, library  # noqa: E402,F401  (the shared, indexed library)
+from test_search_cli import Library, library  # noqa: F401  (the shared, indexed library)
 
 
 @pytest.fixture

@@ -8,6 +8,8 @@ and one server serves it; tests that need other settings start their own short-l
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import re
@@ -17,11 +19,8 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
-
-import hashlib
-import io
 from http.client import HTTPConnection
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx

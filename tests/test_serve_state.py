@@ -10,8 +10,8 @@ import numpy as np
 
 from imgrag.index.generations import Doc, load_bundle, write_bundle
 from imgrag.search.ranking import Filters, Searcher
-from imgrag.web.state import Photos
 from imgrag.store.workspace import Workspace
+from imgrag.web.state import Photos
 
 
 def make_index(base, docs):

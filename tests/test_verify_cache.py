@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 
-from imgrag.config import Settings
 from imgrag.ask.photo_briefs import load_records
-from imgrag.search.ranking import Hit
 from imgrag.ask.verify import verify_hits
-from imgrag.store.workspace import Workspace
+from imgrag.config import Settings
+from imgrag.search.ranking import Hit
 from imgrag.store.files import json_line
+from imgrag.store.workspace import Workspace
 from standin_vlm import StandinVLM
 
 A, B, C = "a" * 64, "b" * 64, "c" * 64

@@ -21,9 +21,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from imgrag.describe.schema import PROMPT_VERSION, PhotoDescription
 from imgrag.index.embedding import DEFAULT_MODEL
 from imgrag.store.descriptions import load_descriptions, now_iso
-from imgrag.describe.schema import PROMPT_VERSION, PhotoDescription
 from imgrag.store.files import JsonlAppender, fsync_dir
 from imgrag.store.workspace import Workspace
 
@@ -77,7 +77,7 @@ def build_demo(progress: Callable[[str], None] | None = None) -> DemoResult:
 
 def run_demo(query: str | None, progress: Callable[[str], None] | None = None) -> tuple[DemoResult, str, list]:
     """Build (or reuse) the demo index and search it: (what was built, the query, the hits)."""
-    from imgrag.search.ranking import DEFAULT_MIN_SCORE, SearchOptions, Searcher
+    from imgrag.search.ranking import DEFAULT_MIN_SCORE, Searcher, SearchOptions
 
     result = build_demo(progress)
     query = query if query is not None else DEFAULT_QUERY

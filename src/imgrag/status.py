@@ -11,10 +11,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imgrag.index.embedding import VectorCache, cache_dir_name, text_key
-from imgrag.index.build import docs_for, index_signature
-from imgrag.index.generations import INDEX_FORMAT, read_meta
 from imgrag.describe.quarantine import load_quarantine
+from imgrag.index.build import docs_for, index_signature
+from imgrag.index.embedding import VectorCache, cache_dir_name, text_key
+from imgrag.index.generations import INDEX_FORMAT, read_meta
 from imgrag.store.descriptions import load_descriptions, load_failures
 from imgrag.store.scan import by_content, scan
 from imgrag.store.workspace import Workspace

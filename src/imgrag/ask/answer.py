@@ -14,12 +14,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from imgrag.providers.retry import Caller
-from imgrag.config import Settings, answer_settings
 from imgrag.ask.photo_briefs import answer_item, load_records
-from imgrag.errors import TryLater, UsageError
 from imgrag.ask.prompts import answer_messages, prompt_text, text_chars
+from imgrag.config import Settings, answer_settings
+from imgrag.errors import TryLater, UsageError
 from imgrag.providers import TransientError
+from imgrag.providers.retry import Caller
 from imgrag.search.ranking import Hit, Searcher, SearchOptions, clean_query
 
 DEFAULT_LIMIT = 8

@@ -16,14 +16,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from imgrag.providers.retry import Caller
-from imgrag.config import Settings, answer_settings
 from imgrag.ask.photo_briefs import load_records, verify_item
-from imgrag.errors import StorageError, TryLater
 from imgrag.ask.prompts import VERIFY_PROMPT_VERSION, data_json, verify_messages
+from imgrag.config import Settings, answer_settings
+from imgrag.errors import StorageError, TryLater
 from imgrag.providers import InvalidReply
-from imgrag.store.descriptions import now_iso
+from imgrag.providers.retry import Caller
 from imgrag.search.ranking import Hit
+from imgrag.store.descriptions import now_iso
 from imgrag.store.files import JsonlAppender, read_jsonl
 from imgrag.store.workspace import Workspace
 
@@ -105,10 +105,9 @@ class VerdictCache:
         from filelock import FileLock
 
         try:
-            with FileLock(str(self.ws.paths.verdicts_lock), timeout=10):
-                with JsonlAppender(self.path) as log:
-                    for record in records:
-                        log.append(record)
+            with FileLock(str(self.ws.paths.verdicts_lock), timeout=10), JsonlAppender(self.path) as log:
+                for record in records:
+                    log.append(record)
         except (StorageError, OSError, TimeoutError) as e:
             print(f"imgrag: warning: verdicts not cached ({e})", file=sys.stderr)
 

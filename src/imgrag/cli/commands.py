@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -36,7 +36,7 @@ app = App(
 
 PhotosArg = Annotated[Path, typer.Argument(help="Folder of photos (searched recursively).", show_default=False, metavar="PHOTOS")]
 IndexOpt = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option("--index", envvar="IMGRAG_INDEX", help="The .imgrag/ folder to use (or the folder holding it).", show_default=False),
 ]
 WaitOpt = Annotated[bool, typer.Option("--wait", help="If another imgrag is writing the index, wait for it instead of exiting.")]
@@ -80,7 +80,7 @@ def _settings(**flags):
     return settings.with_flags(**flags)
 
 
-def _describe(photos: Path, index: Optional[Path], batch: bool = False, window: str = "24h", cancel: bool = False,
+def _describe(photos: Path, index: Path | None, batch: bool = False, window: str = "24h", cancel: bool = False,
               **kwargs) -> int:
     from imgrag.priority import step_back_when_unattended
 
@@ -104,7 +104,7 @@ def _describe(photos: Path, index: Optional[Path], batch: bool = False, window: 
     return summary.exit_code
 
 
-def _describe_batch(photos: Path, index: Optional[Path], window: str, cancel: bool, **kwargs) -> int:
+def _describe_batch(photos: Path, index: Path | None, window: str, cancel: bool, **kwargs) -> int:
     from imgrag.cli import render
     from imgrag.describe.batch import BatchOptions, run_batch
 
@@ -117,7 +117,7 @@ def _describe_batch(photos: Path, index: Optional[Path], window: str, cancel: bo
     return summary.exit_code
 
 
-def _embed(photos: Optional[Path], index: Optional[Path], model: Optional[str], rebuild: bool, wait: bool) -> int:
+def _embed(photos: Path | None, index: Path | None, model: str | None, rebuild: bool, wait: bool) -> int:
     from imgrag.cli import render
     from imgrag.config import explicit_embed_model
     from imgrag.index.build import run_embed
@@ -131,11 +131,11 @@ def _embed(photos: Optional[Path], index: Optional[Path], model: Optional[str], 
     return EXIT_OK
 
 
-ProviderOpt = Annotated[Optional[str], typer.Option("--provider", help="groq (default) or openai (any OpenAI-compatible server). Env: IMGRAG_PROVIDER.", show_default=False)]
-ModelOpt = Annotated[Optional[str], typer.Option("--model", help=f"Vision model id (default on groq: {DEFAULT_GROQ_MODEL}). Env: IMGRAG_MODEL.", show_default=False)]
-BaseUrlOpt = Annotated[Optional[str], typer.Option("--base-url", help="Server URL, e.g. http://localhost:11434/v1 for Ollama. Env: IMGRAG_BASE_URL.", show_default=False)]
-JobsOpt = Annotated[Optional[int], typer.Option("--jobs", "-j", min=1, max=64, help="Requests in flight at once. Env: IMGRAG_JOBS (default 4).", show_default=False)]
-LimitOpt = Annotated[Optional[int], typer.Option("--limit", min=0, help="Describe at most N photos this run.", show_default=False)]
+ProviderOpt = Annotated[str | None, typer.Option("--provider", help="groq (default) or openai (any OpenAI-compatible server). Env: IMGRAG_PROVIDER.", show_default=False)]
+ModelOpt = Annotated[str | None, typer.Option("--model", help=f"Vision model id (default on groq: {DEFAULT_GROQ_MODEL}). Env: IMGRAG_MODEL.", show_default=False)]
+BaseUrlOpt = Annotated[str | None, typer.Option("--base-url", help="Server URL, e.g. http://localhost:11434/v1 for Ollama. Env: IMGRAG_BASE_URL.", show_default=False)]
+JobsOpt = Annotated[int | None, typer.Option("--jobs", "-j", min=1, max=64, help="Requests in flight at once. Env: IMGRAG_JOBS (default 4).", show_default=False)]
+LimitOpt = Annotated[int | None, typer.Option("--limit", min=0, help="Describe at most N photos this run.", show_default=False)]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Describe again even photos already described.")]
 RefreshOpt = Annotated[bool, typer.Option("--refresh", help="Re-describe photos described by another model or prompt version.")]
 RetryFailedOpt = Annotated[bool, typer.Option("--retry-failed", help="Try quarantined photos again too (those that failed 3 times in a row for a reason no retry cures).")]
@@ -173,14 +173,14 @@ def describe(
                      batch=batch, window=window, cancel=cancel)
 
 
-EmbedModelOpt = Annotated[Optional[str], typer.Option("--model", help="Sentence-transformers model: a hub name or a model folder. Env: IMGRAG_EMBED_MODEL (default: the index's own model; all-MiniLM-L6-v2 for a new index, works offline).", show_default=False)]
+EmbedModelOpt = Annotated[str | None, typer.Option("--model", help="Sentence-transformers model: a hub name or a model folder. Env: IMGRAG_EMBED_MODEL (default: the index's own model; all-MiniLM-L6-v2 for a new index, works offline).", show_default=False)]
 RebuildOpt = Annotated[bool, typer.Option("--rebuild", help="Rebuild the index from scratch (e.g. after changing the embedding model).")]
 
 
 @app.command(epilog="Example: imgrag embed ~/Pictures/2024")
 @_exits
 def embed(
-    photos: Annotated[Optional[Path], typer.Argument(help="Photo folder (default: every folder the index knows).", show_default=False, metavar="PHOTOS")] = None,
+    photos: Annotated[Path | None, typer.Argument(help="Photo folder (default: every folder the index knows).", show_default=False, metavar="PHOTOS")] = None,
     model: EmbedModelOpt = None,
     rebuild: RebuildOpt = False,
     index: IndexOpt = None,
@@ -200,7 +200,7 @@ def index_cmd(
     base_url: BaseUrlOpt = None,
     jobs: JobsOpt = None,
     limit: LimitOpt = None,
-    embed_model: Annotated[Optional[str], typer.Option("--embed-model", help="Env: IMGRAG_EMBED_MODEL.", show_default=False)] = None,
+    embed_model: Annotated[str | None, typer.Option("--embed-model", help="Env: IMGRAG_EMBED_MODEL.", show_default=False)] = None,
     index: IndexOpt = None,
     wait: WaitOpt = False,
     batch: BatchOpt = False,
@@ -218,7 +218,7 @@ def index_cmd(
 @app.command(epilog="Example: imgrag status ~/Pictures/2024 --json")
 @_exits
 def status(
-    photos: Annotated[Optional[Path], typer.Argument(help="Photo folder (default: the index found from here).", show_default=False, metavar="PHOTOS")] = None,
+    photos: Annotated[Path | None, typer.Argument(help="Photo folder (default: the index found from here).", show_default=False, metavar="PHOTOS")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document (for scripts).")] = False,
     index: IndexOpt = None,
 ) -> int:
@@ -249,21 +249,21 @@ def status(
 ))
 @_exits
 def search(
-    query: Annotated[Optional[str], typer.Argument(help="What to look for, in plain words.", show_default=False, metavar="QUERY")] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", "-n", min=1, help="Show at most N results (per query; default 10).", show_default=False)] = None,
+    query: Annotated[str | None, typer.Argument(help="What to look for, in plain words.", show_default=False, metavar="QUERY")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", "-n", min=1, help="Show at most N results (per query; default 10).", show_default=False)] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document (for scripts).")] = False,
     paths_out: Annotated[bool, typer.Option("--paths", help="Print one absolute path per line.")] = False,
     null: Annotated[bool, typer.Option("-0", "--null", help="Print paths ended by NUL, for xargs -0.")] = False,
-    min_score: Annotated[Optional[float], typer.Option(
+    min_score: Annotated[float | None, typer.Option(
         "--min-score", help="Show the results scoring this or more (default: those that stand out as matches for this query; 0 shows the nearest anyway).",
         show_default=False)] = None,
     show_all: Annotated[bool, typer.Option("--all", help="Show every photo, best first, however weak the match (with --limit N: the best N).")] = False,
-    in_folder: Annotated[Optional[Path], typer.Option("--in", help="Only photos inside this folder.", show_default=False, metavar="FOLDER")] = None,
-    after: Annotated[Optional[str], typer.Option("--after", help="Only photos taken on or after DATE (YYYY-MM-DD; EXIF date, else file time).", show_default=False, metavar="DATE")] = None,
-    before: Annotated[Optional[str], typer.Option("--before", help="Only photos taken before DATE (YYYY-MM-DD).", show_default=False, metavar="DATE")] = None,
-    like: Annotated[Optional[Path], typer.Option("--like", help="Find photos similar to this one (it must be indexed) instead of QUERY.", show_default=False, metavar="PHOTO")] = None,
-    queries_from: Annotated[Optional[str], typer.Option("--queries-from", help="Run one query per line of FILE (- for stdin); print one JSON line per query.", show_default=False, metavar="FILE|-")] = None,
-    thumbnails: Annotated[Optional[bool], typer.Option("--thumbnails/--no-thumbnails", help="Show a thumbnail per result (default: in a terminal, unless NO_COLOR is set). Env: IMGRAG_THUMBNAILS (auto, kitty, sixel, halfblock or off).", show_default=False)] = None,
+    in_folder: Annotated[Path | None, typer.Option("--in", help="Only photos inside this folder.", show_default=False, metavar="FOLDER")] = None,
+    after: Annotated[str | None, typer.Option("--after", help="Only photos taken on or after DATE (YYYY-MM-DD; EXIF date, else file time).", show_default=False, metavar="DATE")] = None,
+    before: Annotated[str | None, typer.Option("--before", help="Only photos taken before DATE (YYYY-MM-DD).", show_default=False, metavar="DATE")] = None,
+    like: Annotated[Path | None, typer.Option("--like", help="Find photos similar to this one (it must be indexed) instead of QUERY.", show_default=False, metavar="PHOTO")] = None,
+    queries_from: Annotated[str | None, typer.Option("--queries-from", help="Run one query per line of FILE (- for stdin); print one JSON line per query.", show_default=False, metavar="FILE|-")] = None,
+    thumbnails: Annotated[bool | None, typer.Option("--thumbnails/--no-thumbnails", help="Show a thumbnail per result (default: in a terminal, unless NO_COLOR is set). Env: IMGRAG_THUMBNAILS (auto, kitty, sixel, halfblock or off).", show_default=False)] = None,
     index: IndexOpt = None,
     verify: Annotated[bool, typer.Option("--verify", help="Have the answer model read the results with the query and keep only real matches (one request; verdicts cached in .imgrag/). Env: IMGRAG_ANSWER_MODEL.")] = False,
 ) -> int:
@@ -300,7 +300,7 @@ def search(
     return EXIT_OK if hits else EXIT_SOME
 
 
-def _check_search_flags(query: Optional[str], like: Optional[Path], queries_from: Optional[str],
+def _check_search_flags(query: str | None, like: Path | None, queries_from: str | None,
                         json_out: bool, paths_out: bool, null: bool) -> None:
     from imgrag.errors import UsageError
 
@@ -339,15 +339,15 @@ def _search_many(searcher, source: str, options) -> int:
 ))
 @_exits
 def serve(
-    photos: Annotated[Optional[Path], typer.Argument(help="Photo folder to serve (its index need not exist yet). Default: the index found from here.", show_default=False)] = None,
+    photos: Annotated[Path | None, typer.Argument(help="Photo folder to serve (its index need not exist yet). Default: the index found from here.", show_default=False)] = None,
     index: IndexOpt = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on. Anything but loopback needs a token (IMGRAG_SERVE_TOKEN or --token-file).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on (0: any free one).")] = 8000,
-    allow_host: Annotated[Optional[list[str]], typer.Option("--allow-host", help="Another name clients reach this server by (Host header); repeatable.", show_default=False, metavar="NAME")] = None,
+    allow_host: Annotated[list[str] | None, typer.Option("--allow-host", help="Another name clients reach this server by (Host header); repeatable.", show_default=False, metavar="NAME")] = None,
     open_browser: Annotated[bool, typer.Option("--open", help="Open the page in a browser.")] = False,
     read_only: Annotated[bool, typer.Option("--read-only", help="Search and browse only: no describe/embed jobs.")] = False,
-    token_file: Annotated[Optional[Path], typer.Option("--token-file", help="Read the access token from FILE (else IMGRAG_SERVE_TOKEN).", show_default=False, metavar="FILE")] = None,
-    cors: Annotated[Optional[str], typer.Option("--cors", help="Let pages from ORIGIN (e.g. https://app.example.org) call the API.", show_default=False, metavar="ORIGIN")] = None,
+    token_file: Annotated[Path | None, typer.Option("--token-file", help="Read the access token from FILE (else IMGRAG_SERVE_TOKEN).", show_default=False, metavar="FILE")] = None,
+    cors: Annotated[str | None, typer.Option("--cors", help="Let pages from ORIGIN (e.g. https://app.example.org) call the API.", show_default=False, metavar="ORIGIN")] = None,
 ) -> int:
     """Serve your photos in a browser, and an HTTP API (OpenAPI at /docs)."""
     from imgrag.web.serve import run_serve
@@ -367,7 +367,7 @@ def _warn_stale(searcher) -> None:
 @app.command(epilog='Examples:\n\n  imgrag demo\n\n  imgrag demo "rocket at night"')
 @_exits
 def demo(
-    query: Annotated[Optional[str], typer.Argument(help='What to look for in the sample photos (default "a cup of coffee").', show_default=False, metavar="QUERY")] = None,
+    query: Annotated[str | None, typer.Argument(help='What to look for in the sample photos (default "a cup of coffee").', show_default=False, metavar="QUERY")] = None,
 ) -> int:
     """Index six sample photos shipped with imgrag and search them: no API key, no network."""
     from imgrag.cli import render
@@ -384,13 +384,13 @@ def demo(
     return EXIT_OK if hits else EXIT_SOME
 
 
-def _search_verified(searcher, query: Optional[str], like: Optional[Path], queries_from: Optional[str], options,
-                     json_out: bool, paths_out: bool, null: bool, kind: Optional[str]) -> int:
+def _search_verified(searcher, query: str | None, like: Path | None, queries_from: str | None, options,
+                     json_out: bool, paths_out: bool, null: bool, kind: str | None) -> int:
     """search --verify: the hits, then the answer model's verdict on each (imgrag.ask.verify)."""
+    from imgrag.ask.verify import verify_hits
     from imgrag.cli import render, render_ask
     from imgrag.errors import UsageError
     from imgrag.search.request import why_nothing
-    from imgrag.ask.verify import verify_hits
 
     if query is None:
         raise UsageError("--verify checks results against the words of a QUERY: it cannot be combined with "
@@ -421,20 +421,20 @@ def ask(
     question: Annotated[str, typer.Argument(help="A question about your photos, in plain words.", show_default=False, metavar="QUESTION")],
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=50, help="How many of the best-matching photos the model reads.")] = 8,
     json_out: Annotated[bool, typer.Option("--json", help='Print one JSON document: {"answer", "citations", "photos", "model", "usage"}.')] = False,
-    min_score: Annotated[Optional[float], typer.Option(
+    min_score: Annotated[float | None, typer.Option(
         "--min-score", help="Send only photos scoring this or more (default: the photos search would show; 0 sends the nearest anyway).",
         show_default=False)] = None,
     look: Annotated[int, typer.Option("--look", min=0, max=10, help="Also send the N best photos themselves (downscaled, no metadata) to the vision model (IMGRAG_MODEL).", metavar="N")] = 0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the exact prompt and its estimated tokens and cost; send nothing.")] = False,
-    in_folder: Annotated[Optional[Path], typer.Option("--in", help="Only photos inside this folder.", show_default=False, metavar="FOLDER")] = None,
-    after: Annotated[Optional[str], typer.Option("--after", help="Only photos taken on or after DATE (YYYY-MM-DD).", show_default=False, metavar="DATE")] = None,
-    before: Annotated[Optional[str], typer.Option("--before", help="Only photos taken before DATE (YYYY-MM-DD).", show_default=False, metavar="DATE")] = None,
-    thumbnails: Annotated[Optional[bool], typer.Option("--thumbnails/--no-thumbnails", help="Thumbnails of the cited photos (default: in a terminal).", show_default=False)] = None,
+    in_folder: Annotated[Path | None, typer.Option("--in", help="Only photos inside this folder.", show_default=False, metavar="FOLDER")] = None,
+    after: Annotated[str | None, typer.Option("--after", help="Only photos taken on or after DATE (YYYY-MM-DD).", show_default=False, metavar="DATE")] = None,
+    before: Annotated[str | None, typer.Option("--before", help="Only photos taken before DATE (YYYY-MM-DD).", show_default=False, metavar="DATE")] = None,
+    thumbnails: Annotated[bool | None, typer.Option("--thumbnails/--no-thumbnails", help="Thumbnails of the cited photos (default: in a terminal).", show_default=False)] = None,
     index: IndexOpt = None,
 ) -> int:
     """Answer a question from your photos: the best matches' descriptions go to a chat model, which cites them."""
-    from imgrag.cli import render, render_ask
     from imgrag.ask.answer import answer_plan, plan_ask
+    from imgrag.cli import render, render_ask
     from imgrag.config import explicit_embed_model
     from imgrag.search.ranking import Searcher
     from imgrag.search.request import make_filters, make_options, why_nothing

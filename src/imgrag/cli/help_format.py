@@ -11,11 +11,25 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 try:  # typer >= 0.22 carries its own copy of Click
+    from typer._click.exceptions import (
+        BadParameter,
+        ClickException,
+        MissingParameter,
+        NoArgsIsHelpError,
+        NoSuchOption,
+        UsageError,
+    )
     from typer._click.globals import get_current_context
-    from typer._click.exceptions import (BadParameter, ClickException, MissingParameter, NoArgsIsHelpError, NoSuchOption, UsageError)
 except ImportError:  # older typer uses Click itself
     from click import get_current_context
-    from click.exceptions import (BadParameter, ClickException, MissingParameter, NoArgsIsHelpError, NoSuchOption, UsageError)
+    from click.exceptions import (
+        BadParameter,
+        ClickException,
+        MissingParameter,
+        NoArgsIsHelpError,
+        NoSuchOption,
+        UsageError,
+    )
 
 from imgrag.errors import EXIT_USAGE
 

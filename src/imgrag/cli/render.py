@@ -154,8 +154,8 @@ def _thumbnail(path: str, kind: str, rows: int) -> tuple[Any, int]:
     from PIL import Image
     from rich.text import Text
 
-    from imgrag.photos.files import PhotoError, prepare_image
     from imgrag.cli.terminal import thumbnail_cells
+    from imgrag.photos.files import PhotoError, prepare_image
 
     renderable = _textual_image()
     draw = {"kitty": renderable.TGPImage, "sixel": renderable.SixelImage, "halfblock": renderable.HalfcellImage}[kind]

@@ -13,8 +13,8 @@ from imgrag.store.files import json_bytes
 
 if TYPE_CHECKING:
     from imgrag.ask.answer import AskPlan, AskResult
-    from imgrag.search.ranking import Hit
     from imgrag.ask.verify import VerifyResult
+    from imgrag.search.ranking import Hit
 
 
 def _json(doc: dict[str, Any]) -> None:

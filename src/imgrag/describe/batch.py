@@ -27,18 +27,27 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from imgrag.store.batch_log import METADATA_KEY, TERMINAL, BatchEntry, BatchLog
 from imgrag.config import Settings
-from imgrag.describe.live import PREPARERS, DescribeOptions, Estimate, Progress, description_record, estimate, failure_record, plan
+from imgrag.describe.live import (
+    PREPARERS,
+    DescribeOptions,
+    Estimate,
+    Progress,
+    description_record,
+    estimate,
+    failure_record,
+    plan,
+)
+from imgrag.describe.schema import ReplyError, parse_reply
 from imgrag.errors import EXIT_OK, EXIT_SOME, EXIT_TEMPFAIL, UsageError
 from imgrag.photos.files import PhotoError, PhotoMeta, prepare_image, read_metadata
 from imgrag.providers import FatalProviderError, QuotaExhausted, TransientError, make_provider
 from imgrag.providers.base import ProviderError
+from imgrag.store.batch_log import METADATA_KEY, TERMINAL, BatchEntry, BatchLog
 from imgrag.store.descriptions import RecordWriter
-from imgrag.store.scan import PhotoFile, by_content, scan
-from imgrag.describe.schema import ReplyError, parse_reply
-from imgrag.store.workspace import Workspace
 from imgrag.store.files import json_line, read_jsonl
+from imgrag.store.scan import PhotoFile, by_content, scan
+from imgrag.store.workspace import Workspace
 
 BATCH_DISCOUNT = 0.5  # Groq bills batch tokens at half the on-demand price
 MAX_LINES = 50_000  # Groq's limits for one batch input file

@@ -24,15 +24,25 @@ from pathlib import Path
 from typing import Any
 
 from imgrag.config import Settings
-from imgrag.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME, EXIT_TEMPFAIL, UsageError
-from imgrag.providers.pacing import Pacer
-from imgrag.photos.files import PhotoError, PhotoMeta, Skipped, prepare_image, read_metadata
-from imgrag.providers import FatalProviderError, InvalidReply, PhotoRejected, ProviderReply, QuotaExhausted, RateLimited, TransientError, VisionProvider, make_provider
-from imgrag.providers.base import MAX_REPLY_TOKENS
 from imgrag.describe.quarantine import QUARANTINE_AFTER, load_quarantine, permanent_reason, strikes
+from imgrag.describe.schema import PROMPT_VERSION, ReplyError, parse_reply
+from imgrag.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME, EXIT_TEMPFAIL, UsageError
+from imgrag.photos.files import PhotoError, PhotoMeta, Skipped, prepare_image, read_metadata
+from imgrag.providers import (
+    FatalProviderError,
+    InvalidReply,
+    PhotoRejected,
+    ProviderReply,
+    QuotaExhausted,
+    RateLimited,
+    TransientError,
+    VisionProvider,
+    make_provider,
+)
+from imgrag.providers.base import MAX_REPLY_TOKENS
+from imgrag.providers.pacing import Pacer
 from imgrag.store.descriptions import RecordWriter, average_usage, load_descriptions, load_failures, now_iso
 from imgrag.store.scan import PhotoFile, by_content, scan
-from imgrag.describe.schema import PROMPT_VERSION, ReplyError, parse_reply
 from imgrag.store.workspace import Workspace
 
 # What one photo costs before a run has measured it: the image (Qwen 3.8 on Groq counts

@@ -13,13 +13,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imgrag.index.embedding import DEFAULT_MODEL, LoadedModel, VectorCache, cache_dir_name, is_local_model, load_model, resolve_model_name, text_key
 from imgrag.errors import Interrupted, UsageError
-from imgrag.index.generations import GENERATION_CONTENTS, INDEX_FORMAT, Doc, current_generation, previous_rows, read_meta, stable_order, write_bundle
+from imgrag.index.embedding import (
+    DEFAULT_MODEL,
+    LoadedModel,
+    VectorCache,
+    cache_dir_name,
+    is_local_model,
+    load_model,
+    resolve_model_name,
+    text_key,
+)
+from imgrag.index.generations import (
+    GENERATION_CONTENTS,
+    INDEX_FORMAT,
+    Doc,
+    current_generation,
+    previous_rows,
+    read_meta,
+    stable_order,
+    write_bundle,
+)
 from imgrag.store.descriptions import load_descriptions
+from imgrag.store.files import json_bytes, storage_errors
 from imgrag.store.scan import PhotoFile, by_content, scan
 from imgrag.store.workspace import Workspace
-from imgrag.store.files import json_bytes, storage_errors
 
 
 @dataclass

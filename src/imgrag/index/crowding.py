@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from imgrag.store.paths import CROWDING_FILE
 
 NEIGHBOURS = 10

@@ -30,9 +30,16 @@ from typing import Any
 import numpy as np
 
 from imgrag.errors import TryLater, UsageError
-from imgrag.store.workspace import Workspace
 from imgrag.store.files import fsync_dir, json_bytes, write_atomic
-from imgrag.store.paths import CROWDING_FILE, DENSE_FILE, GENERATION_DOCS, GENERATION_META, LEXICAL_DIR, VISIBLE_TEXT_DIR
+from imgrag.store.paths import (
+    CROWDING_FILE,
+    DENSE_FILE,
+    GENERATION_DOCS,
+    GENERATION_META,
+    LEXICAL_DIR,
+    VISIBLE_TEXT_DIR,
+)
+from imgrag.store.workspace import Workspace
 
 INDEX_FORMAT = 2  # 2: index kind in meta.json, vector key per row in docs.sqlite
 # What a generation holds beside what the format needs: searches use whatever is there, and

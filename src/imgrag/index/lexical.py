@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from imgrag.store.paths import LEXICAL_DIR, VISIBLE_TEXT_DIR
 
 VISIBLE_TEXT_LABEL = "visible text"

@@ -40,8 +40,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from imgrag.errors import UsageError
-from imgrag.store.workspace import Workspace
 from imgrag.store.files import fsync_dir
+from imgrag.store.workspace import Workspace
 
 if TYPE_CHECKING:
     from imgrag.index.embedding import LoadedModel
@@ -493,7 +493,6 @@ def _export_transformer(model: Any, pipeline: dict[str, Any], folder: Path) -> N
 
     import onnx
     import torch
-
     from tokenizers import Tokenizer
 
     names = pipeline["inputs"]

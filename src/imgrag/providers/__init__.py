@@ -6,7 +6,16 @@ Pacing, retries, validation and storage live above this, in `describe`."""
 from __future__ import annotations
 
 from imgrag.config import Settings
-from imgrag.providers.base import FatalProviderError, InvalidReply, PhotoRejected, ProviderReply, QuotaExhausted, RateLimited, TransientError, VisionProvider
+from imgrag.providers.base import (
+    FatalProviderError,
+    InvalidReply,
+    PhotoRejected,
+    ProviderReply,
+    QuotaExhausted,
+    RateLimited,
+    TransientError,
+    VisionProvider,
+)
 
 __all__ = [
     "FatalProviderError",

@@ -9,7 +9,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, TypeVar
 
-from imgrag.providers.base import ChatCompletionsProvider, FatalProviderError, ProviderError, TransientError, _error_code_and_message
+from imgrag.providers.base import (
+    ChatCompletionsProvider,
+    FatalProviderError,
+    ProviderError,
+    TransientError,
+    _error_code_and_message,
+)
 
 CHAT_ENDPOINT = "/v1/chat/completions"
 # Uploads and downloads of up to 200 MB get longer than a chat request.

@@ -10,7 +10,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imgrag.config import Settings
-from imgrag.providers.base import ChatCompletionsProvider, FatalProviderError, ProviderError, TransientError, _error_code_and_message
+from imgrag.providers.base import (
+    ChatCompletionsProvider,
+    FatalProviderError,
+    ProviderError,
+    TransientError,
+    _error_code_and_message,
+)
 
 
 @dataclass

@@ -12,8 +12,15 @@ from typing import Protocol, TypeVar
 from imgrag.config import Settings
 from imgrag.describe.live import MAX_RATE_LIMITED, backoff_delay
 from imgrag.errors import TryLater, UsageError
+from imgrag.providers import (
+    FatalProviderError,
+    InvalidReply,
+    PhotoRejected,
+    QuotaExhausted,
+    RateLimited,
+    TransientError,
+)
 from imgrag.providers.pacing import Pacer
-from imgrag.providers import FatalProviderError, InvalidReply, PhotoRejected, QuotaExhausted, RateLimited, TransientError
 
 # A question with 8 photos' descriptions is ~2,000 tokens: the pacer's guess until replies say.
 EST_TOKENS = 2500

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from imgrag.store.paths import BACKGROUND_FILE
 
 BACKGROUND_MAX = 1024  # sampled photos: enough for a stable median and spread, 0.8 MB at 384-d (float16)

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from imgrag.search.cutoff import DEFAULT_CUTOFF, Cutoff
 from imgrag.errors import UsageError
 from imgrag.index.generations import PHOTO_TIME, Bundle, load_bundle
+from imgrag.search.cutoff import DEFAULT_CUTOFF, Cutoff
 from imgrag.store.workspace import Workspace
 
 DEFAULT_LIMIT = 10
@@ -306,7 +306,8 @@ def why_matched(terms: list, lexical: str, caption: str) -> str:
     """One short line: the query words found in the description, the fields holding them
     and a snippet of the best such field (visible text first; the caption is shown anyway),
     or, with no word in common, that the match is by meaning and what else the photo holds."""
-    from imgrag.index.lexical import VISIBLE_TEXT_LABEL, field_lines, stems, words as words_of
+    from imgrag.index.lexical import VISIBLE_TEXT_LABEL, field_lines, stems
+    from imgrag.index.lexical import words as words_of
 
     query_stems = {t.stem for t in terms}
     matched: set[str] = set()  # query words found in some field

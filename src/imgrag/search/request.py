@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from imgrag.errors import UsageError
 
 if TYPE_CHECKING:
-    from imgrag.search.ranking import Filters, Hit, SearchOptions, Searcher
+    from imgrag.search.ranking import Filters, Hit, Searcher, SearchOptions
 
 SORTS = ("relevance", "date")
 

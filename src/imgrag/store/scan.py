@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imgrag.photos.files import PhotoError, Skipped, discover, file_sha256
-from imgrag.store.workspace import Workspace
 from imgrag.store.files import write_atomic
+from imgrag.store.workspace import Workspace
 
 
 @dataclass(frozen=True)

@@ -8,18 +8,16 @@ something readable.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imgrag.errors import StorageError, UsageError
-from imgrag.store.files import JsonlAppender, json_bytes, storage_errors, write_atomic
+from imgrag.errors import UsageError
+from imgrag.store.files import json_bytes, storage_errors, write_atomic
 from imgrag.store.paths import DIR_NAME, StorePaths
 
 FORMAT_VERSION = 1

@@ -18,9 +18,9 @@ from pydantic import BaseModel, Field
 
 from imgrag.errors import UsageError
 from imgrag.web.http_errors import Forbidden, NotFound
-from imgrag.web.thumbnails import DEFAULT_THUMBNAIL, MAX_SIZE, MIN_SIZE, PREVIEW_SIZE, cached_jpeg
 from imgrag.web.security import SESSION_COOKIE, session_value
 from imgrag.web.state import Served, photo_file
+from imgrag.web.thumbnails import DEFAULT_THUMBNAIL, MAX_SIZE, MIN_SIZE, PREVIEW_SIZE, cached_jpeg
 
 router = APIRouter()
 

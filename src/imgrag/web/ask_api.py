@@ -136,8 +136,8 @@ def verified(request: Request, query: str, hits: list) -> list:
     Raises TryLater as a 429 (HTTPException) so the routes stay one line."""
     from fastapi import HTTPException
 
-    from imgrag.config import answer_settings, load_settings
     from imgrag.ask.verify import verify_hits
+    from imgrag.config import answer_settings, load_settings
 
     server = request.app.state.server
     settings = load_settings()

@@ -95,10 +95,8 @@ def run_serve(photos: Path | None, *, index: Path | None, host: str, port: int, 
               open_browser: bool, read_only: bool, token_file: Path | None, cors: str | None) -> int:
     import uvicorn
 
-    from imgrag.config import explicit_embed_model
+    from imgrag.config import explicit_embed_model, load_dotenv_once
     from imgrag.web.app import ServeConfig, create_app
-
-    from imgrag.config import load_dotenv_once
 
     load_dotenv_once()  # IMGRAG_SERVE_TOKEN may come from .env, as every other setting
     ws, folder = resolve_workspace(photos, index)

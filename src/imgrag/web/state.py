@@ -67,7 +67,7 @@ class Served:
     def _read_photos(self) -> None:
         try:
             self._photos = Photos(self.searcher.bundle)
-        except Exception:  # noqa: BLE001 - `photos` reads again on first use and then says why
+        except Exception:
             log.exception("imgrag: reading the index's photo table failed")
         finally:
             self._read.set()

@@ -4,10 +4,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import os
 import tempfile
+from pathlib import Path
 
 from imgrag.photos.files import prepare_image
 from imgrag.store.workspace import Workspace
