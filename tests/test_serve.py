@@ -367,6 +367,32 @@ def test_page_and_docs_are_served(http):
     assert scripts and all(http.get(src).status_code == 200 for src in scripts)
 
 
+JS_TYPES = {"text/javascript", "application/javascript", "application/x-javascript"}  # as mimetypes may say
+
+
+def test_page_modules_are_served_as_javascript_and_packaged(http):
+    """The page is ES modules: a browser refuses one served with another type (and nosniff).
+    Every module main.js imports, directly or not, is served; package-data ships them all."""
+    entry = re.findall(r'<script type="module" src="([^"]+)"', http.get("/").text)
+    assert entry == ["static/js/main.js"]
+    seen, todo = set(), ["/static/js/main.js"]
+    while todo:
+        path = todo.pop()
+        seen.add(path)
+        r = http.get(path)
+        assert r.status_code == 200 and r.headers["content-type"].split(";")[0] in JS_TYPES, (path, r.headers)
+        imported = re.findall(r'^import .* from "\./([\w-]+\.js)";$', r.text, re.M)
+        todo += [f"/static/js/{name}" for name in imported if f"/static/js/{name}" not in seen]
+    web = Path(__file__).parents[1] / "src" / "imgrag" / "web"
+    assert seen == {f"/static/js/{p.name}" for p in (web / "static" / "js").glob("*.js")}  # none left unused
+    # A non-editable install ships what [tool.setuptools.package-data] names ("static/*" is not recursive).
+    line = re.search(r'^"imgrag\.web" = \[(.*)\]$', (web.parents[2] / "pyproject.toml").read_text(), re.M)
+    patterns = re.findall(r'"([^"]+)"', line.group(1))
+    for file in (f for f in (web / "static").rglob("*") if f.is_file()):
+        rel = file.relative_to(web)
+        assert any(len(rel.parts) == len(Path(p).parts) and rel.match(p) for p in patterns), rel
+
+
 # -- jobs: one writer, shared with the CLI ---------------------------------------------------
 
 

@@ -1,0 +1,66 @@
+// The Ask box: POST api/ask with the page's filters, the answer streamed in as server-sent
+// events, then its citations as links that open the photo in the detail view. The answer is
+// model output: like every description it only ever goes into text nodes, never into HTML.
+
+import { postEvents } from "./api.js";
+import { $, clear, h, show } from "./dom.js";
+import { openPhoto, readUrl } from "./url-state.js";
+
+const ui = {
+  form: $("ask-form"), input: $("ask-q"), box: $("answer"),
+  text: $("answer-text"), cited: $("answer-cited"), meta: $("answer-meta"),
+};
+
+async function askQuestion(event) {
+  event.preventDefault();
+  const question = ui.input.value.trim();
+  if (!question) return;
+  const body = { question };
+  const params = readUrl();
+  for (const key of ["in", "after", "before"]) if (params[key]) body[key] = params[key];
+  if (params.min_score) body.min_score = Number(params.min_score);
+  show(ui.box, true);
+  ui.text.textContent = "";
+  clear(ui.cited);
+  ui.meta.textContent = "Asking…";
+  for await (const [kind, payload] of postEvents("api/ask", body)) {
+    if (kind === "chunk") ui.text.append(payload.text);
+    else if (kind === "result") showAnswer(payload);
+    else if (kind === "error") ui.meta.textContent = payload.error;
+  }
+}
+
+/** A citation opens its photo in the page's detail view. */
+function openCited(event, id) {
+  event.preventDefault();
+  openPhoto(id);
+}
+
+/** The answer again, each [n] a link to the photo it cites; the cited photos below it. */
+function showAnswer(doc) {
+  if (doc.answer === null) {
+    ui.text.textContent = "";
+    ui.meta.textContent = "No photo matches the question well enough; nothing was sent to the model.";
+    return;
+  }
+  const byN = new Map(doc.citations.map((c) => [c.n, c]));
+  const parts = doc.answer.split(/(\[\d{1,3}\])/);
+  ui.text.replaceChildren(...parts.map((part) => {
+    const cited = byN.get(Number((part.match(/^\[(\d+)\]$/) || [])[1]));
+    return cited ? h("a", { href: `?photo=${cited.id}`, class: "citation", onclick: (e) => openCited(e, cited.id) }, part)
+                 : document.createTextNode(part);
+  }));
+  ui.cited.replaceChildren(...doc.citations.map((c) => h("li", {},
+    h("a", { href: `?photo=${c.id}`, onclick: (e) => openCited(e, c.id) },
+      h("img", { src: c.thumbnail_url, alt: "", width: 64, height: 64, loading: "lazy" }),
+      h("span", { text: `[${c.n}] ${c.path}` })))));
+  const u = doc.usage;
+  const photos = doc.photos.length === 1 ? "1 photo" : `${doc.photos.length} photos`;
+  ui.meta.textContent = `${photos} read by ${doc.model}; ${u.prompt_tokens + u.completion_tokens} tokens`;
+}
+
+export function initAsk() {
+  ui.form.addEventListener("submit", (event) => {
+    askQuestion(event).catch((err) => { ui.meta.textContent = err.message; });
+  });
+}
