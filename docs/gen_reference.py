@@ -27,6 +27,11 @@ def cell(text: object) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
+def code_cell(text: object) -> str:
+    """`text` as code in a table cell (a pipe inside a code span does not split the cell)."""
+    return "`" + " ".join(str(text).split()) + "`"
+
+
 # -- the commands --------------------------------------------------------------------
 
 
@@ -54,11 +59,10 @@ def command_section(command, parent) -> str:
     ctx = command.make_context(command.name, [], parent=parent, resilient_parsing=True)
     usage = " ".join(["imgrag", command.name, *command.collect_usage_pieces(ctx)])
     out = [f"\n## imgrag {command.name}\n", (command.help or "").strip() + "\n", f"```text\n{usage}\n```\n"]
-    rows = [(p.param_type_name, p.get_help_record(ctx)) for p in command.get_params(ctx)]
-    rows = [(kind, record) for kind, record in rows if record is not None]
-    if rows:
+    records = [r for r in (p.get_help_record(ctx) for p in command.get_params(ctx)) if r is not None]
+    if records:  # Click's own (name, help) pair of each argument and option, as --help shows it
         out += ["| argument or option | what it does |", "|---|---|"]
-        out += [f"| `{cell(name)}` | {cell(text)} |" for kind, (name, text) in rows]
+        out += [f"| {code_cell(name)} | {cell(text)} |" for name, text in records]
     if command.epilog:
         out.append("\n```text\n" + command.epilog.strip().replace("\n\n", "\n") + "\n```")
     return "\n".join(out)
@@ -79,10 +83,13 @@ def schema_type(schema: dict, spec: dict) -> str:
     return schema.get("type", "any")
 
 
+def number(value: float) -> str:
+    return f"{int(value):,}" if float(value).is_integer() else f"{value:g}"
+
+
 def limits(schema: dict) -> str:
     found = {**schema, **next((s for s in schema.get("anyOf", []) if s.get("type") != "null"), {})}
     words = {"minimum": "≥", "maximum": "≤", "minLength": "length ≥", "maxLength": "length ≤"}
-    number = lambda v: f"{int(v):,}" if float(v).is_integer() else f"{v:g}"  # noqa: E731
     parts = [f"{words[k]} {number(found[k])}" for k in words if k in found]
     if "default" in schema:
         parts.insert(0, f"default `{json.dumps(schema['default'])}`")
@@ -106,10 +113,11 @@ def http_page() -> str:
     workspace = typing.get_type_hints(ServeConfig)["ws"]  # the .imgrag/ folder's class, wherever it lives
     with tempfile.TemporaryDirectory() as tmp:
         spec = create_app(ServeConfig(ws=workspace(Path(tmp) / ".imgrag"))).openapi()
+    title = f"{spec['info']['title']} {spec['info']['version']}"
     out = ["\n## Routes\n",
-           f"Generated from the server's OpenAPI schema (`/openapi.json`, {spec['info']['title']} "
-           f"{spec['info']['version']}). Bad parameters are answered `400 {{\"error\": ...}}` (see [Conventions](#conventions)), "
-           "not with the 422 FastAPI lists by default, so 422 is left out here."]
+           (f"Generated from the server's OpenAPI schema (`/openapi.json`, {title}). Bad parameters are "
+            "answered `400 {\"error\": ...}` (see [Conventions](#conventions)), not with the 422 FastAPI "
+            "lists by default, so 422 is left out here.")]
     for path, operations in spec["paths"].items():
         for method, op in operations.items():
             out.append(f"\n### {method.upper()} `{path}`\n")
