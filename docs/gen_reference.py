@@ -110,7 +110,10 @@ def body_rows(schema: dict, spec: dict) -> list[str]:
 def http_page() -> str:
     from imgrag.web.app import ServeConfig, create_app
 
-    workspace = typing.get_type_hints(ServeConfig)["ws"]  # the .imgrag/ folder's class, wherever it lives
+    try:  # the .imgrag/ folder's class, wherever it lives
+        workspace = typing.get_type_hints(ServeConfig)["ws"]
+    except NameError:  # imported for type checking only
+        from imgrag.store.workspace import Workspace as workspace
     with tempfile.TemporaryDirectory() as tmp:
         spec = create_app(ServeConfig(ws=workspace(Path(tmp) / ".imgrag"))).openapi()
     title = f"{spec['info']['title']} {spec['info']['version']}"
