@@ -45,7 +45,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
 from imgrag.config import Settings
-from imgrag.describe.live import DescribeOptions, Progress, run_describe
+from imgrag.describe.live import run_describe
+from imgrag.describe.plan import DescribeOptions
+from imgrag.describe.progress import NoProgress
 
 TIERS = {
     "paid": {"rpm": 300, "tpm": None, "rpd": None, "latency": 1.5, "jobs": 8, "photos": 239, "time_scale": 1.0},
@@ -56,7 +58,7 @@ TIERS = {
 IMAGE_TOKENS = 2048
 
 
-class StderrProgress(Progress):
+class StderrProgress(NoProgress):
     def __init__(self, label: str) -> None:
         self.label, self.done, self.total = label, 0, 0
 

@@ -37,11 +37,13 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 from urllib.parse import urlsplit
 
 import imagehash
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from typing_extensions import Self
 
 from standin_batch import BatchAPI
 
@@ -98,8 +100,8 @@ ERROR_FAULTS = {
     ),
     "decommissioned": (
         400,
-        "The model `{model}` has been decommissioned and is no longer supported. Please refer to "
-        "https://console.groq.com/docs/deprecations for a recommendation on which model to use instead.",
+        ("The model `{model}` has been decommissioned and is no longer supported. Please refer to "
+         "https://console.groq.com/docs/deprecations for a recommendation on which model to use instead."),
         "invalid_request_error",
         "model_decommissioned",
     ),
@@ -458,7 +460,7 @@ def chat_completion(model: str, content: str, prompt: int, completion: int) -> d
 # the blocks the stand-in is a naive model: an "ignore ... instructions" there is obeyed,
 # so a prompt that lets photo text out of its block fails the injection tests.
 
-_STOPWORDS = set(["a", "an", "and", "are", "as", "at", "be", "by", "for", "from", "has", "have", "how", "i", "in", "is", "it", "its", "of", "on", "or", "our", "photo", "photos", "picture", "pictures", "show", "shows", "that", "the", "their", "there", "this", "to", "was", "we", "were", "what", "when", "where", "which", "who", "with", "you", "your", "did", "do", "does", "any", "some", "my", "me", "all"])
+_STOPWORDS = {"a", "an", "and", "are", "as", "at", "be", "by", "for", "from", "has", "have", "how", "i", "in", "is", "it", "its", "of", "on", "or", "our", "photo", "photos", "picture", "pictures", "show", "shows", "that", "the", "their", "there", "this", "to", "was", "we", "were", "what", "when", "where", "which", "who", "with", "you", "your", "did", "do", "does", "any", "some", "my", "me", "all"}
 _INJECTED = re.compile(r"ignore (?:\w+ ){0,3}instructions\W+(?:and\s+)?(?:say|reply|answer)?\s*([^\n]*)", re.IGNORECASE)
 
 
@@ -613,8 +615,9 @@ class StandinVLM:
         self._thread.join()
         self._server = None
 
-    def __enter__(self) -> StandinVLM:
-        return self.start()
+    def __enter__(self) -> Self:
+        self.start()
+        return self
 
     def __exit__(self, *exc) -> None:
         self.stop()
@@ -676,7 +679,7 @@ class StandinVLM:
 
     def reject_images(self, images) -> None:
         """Refuse these photos (images or paths, matched as the catalog matches) with Groq's
-        400 for an image it cannot decode, every time they are sent."""
+        400 for an image it cannot decode, every time they are sent (live or in a batch)."""
         entries = Catalog.load([(image, {}) for image in images]).entries
         with self._lock:
             self.rejected = Catalog(self.rejected.entries + entries)
@@ -758,6 +761,9 @@ class StandinVLM:
             self._images.update(hashlib.sha256(data).hexdigest() for data in images)
             if request.model not in self._models:
                 self._models.append(request.model)
+        if any(self.rejected.match(image) for _, image in request.images):  # as a live request is refused
+            return 400, {"error": {"message": INVALID_IMAGE, "type": "invalid_request_error",
+                                   "code": "invalid_request"}}, images
         kind = fault["kind"] if fault else None
         if kind in ERROR_FAULTS:
             status, message, type_, code = ERROR_FAULTS[kind]
@@ -834,7 +840,7 @@ class StandinVLM:
 
     def _control(self, body) -> None:
         if not isinstance(body, dict):
-            raise ValueError("control body must be a JSON object")
+            raise TypeError("control body must be a JSON object")
         if "set" in body:
             self.set_default(**body["set"])
         self.enqueue(*body.get("enqueue", []))
@@ -843,7 +849,7 @@ class StandinVLM:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "standin-vlm/1.0"
-    ROUTES = {
+    ROUTES: ClassVar[dict[tuple[str, str], str]] = {
         ("POST", "/openai/v1/chat/completions"): "_chat",
         ("POST", "/v1/chat/completions"): "_chat",
         ("GET", "/openai/v1/models"): "_models",
@@ -892,7 +898,7 @@ class _Handler(BaseHTTPRequestHandler):
                 getattr(self, route)()
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True  # the client gave up, e.g. after its own timeout
-        except Exception as exc:  # never let a bad request take the server down
+        except Exception as exc:  # noqa: BLE001 - never let a bad request take the server down
             if self._responded:
                 self.close_connection = True
             else:

@@ -17,7 +17,9 @@ import pytest
 from conftest import draw_scene, run_imgrag, scene_catalog
 from imgrag.config import Settings
 from imgrag.describe.batch import BatchOptions, run_batch
-from imgrag.describe.live import DescribeOptions, Progress, run_describe
+from imgrag.describe.live import run_describe
+from imgrag.describe.plan import DescribeOptions
+from imgrag.describe.progress import NoProgress
 from imgrag.store.batch_log import BatchLog
 from imgrag.store.files import read_jsonl
 from imgrag.store.workspace import Workspace
@@ -191,8 +193,8 @@ def test_free_plan_key_gets_one_line(photos, server):
     r = cli(photos, server, "describe", "photos", "--batch")
     assert r.code == 2
     assert r.stderr.strip().splitlines() == [
-        "imgrag: error: the groq Batch API needs a paid plan, and this key's organization is on the free plan: "
-        "upgrade at https://console.groq.com/settings/billing, or describe without --batch"
+        ("imgrag: error: the groq Batch API needs a paid plan, and this key's organization is on the free plan: "
+         "upgrade at https://console.groq.com/settings/billing, or describe without --batch")
     ]
     assert server.batch.stats()["calls"] == {"list": 1}, "refused before any photo was prepared"
     assert BatchLog(ws_of(photos)).held_photos() == set()
@@ -201,9 +203,10 @@ def test_free_plan_key_gets_one_line(photos, server):
 def test_bad_window_and_unreachable_server(photos, server):
     r = cli(photos, server, "describe", "photos", "--batch", "--window", "2h")
     assert r.code == 2 and r.stderr.startswith("imgrag: error: --window '2h': give a completion window from 24h to 7d")
-    r = run_imgrag("describe", "photos", "--batch", cwd=photos.parent,
-                   env={**env_for(server), "IMGRAG_BASE_URL": "http://127.0.0.1:9"})
+    r = run_imgrag("describe", "photos", "--batch", cwd=photos.parent,  # its reads retried once (see below)
+                   env={**env_for(server), "IMGRAG_BASE_URL": "http://127.0.0.1:9", "IMGRAG_MAX_RETRIES": "1"})
     assert r.code == 75 and "run again later" in r.stderr and "Traceback" not in r.stderr
+    assert "stopped: no answer from http://127.0.0.1:9" in r.stderr, r.stderr
 
 
 def test_window_is_sent_and_dry_run_shows_the_batch_price(photos, server):
@@ -237,6 +240,22 @@ def test_batch_created_but_its_reply_lost_is_adopted_not_paid_twice(photos, serv
     assert f"batch {batch_id} of 4 photo(s), submitted by an interrupted run, is recorded now" in r.stderr
     assert f"collected batch {batch_id} (completed): 4 described" in r.stderr
     assert len(server.batch.batches) == 1 and paid_twice(server) == {} and len(records(photos)) == 4
+
+
+def test_reads_whose_reply_is_lost_are_retried_as_live_requests_are(photos, server):
+    """Listing, polling and downloading change nothing on the server: retried with backoff."""
+    server.batch.drop_reply("list", times=2)
+    r = cli(photos, server, "describe", "photos", "--batch")
+    assert r.code == 0 and "submitted 4 photo(s)" in r.stderr, r.stderr
+    wait_until_done(server)
+    server.batch.drop_reply("retrieve")
+    server.batch.drop_reply("content")
+    r = cli(photos, server, "describe", "photos", "--batch")
+    assert r.code == 0 and "(completed): 4 described" in r.stderr, r.stderr
+    assert server.batch.stats()["calls"]["list"] == 2 + 1 + 1 and len(server.batch.batches) == 1
+    server.batch.drop_reply("list", times=2)  # more than IMGRAG_MAX_RETRIES allows: try again later
+    r = cli(photos, server, "describe", "photos", "--batch", IMGRAG_MAX_RETRIES="1")
+    assert r.code == 75 and "stopped: no answer from" in r.stderr, r.stderr
 
 
 def test_upload_lost_before_the_batch_is_abandoned_and_resubmitted(photos, server):
@@ -273,7 +292,7 @@ def test_kill_during_collect_writes_the_rest_once(photos, server):
 # -- in-process: split files, the openai SDK ---------------------------------------------------------
 
 
-class Quiet(Progress):
+class Quiet(NoProgress):
     def __init__(self) -> None:
         self.warnings: list[str] = []
 

@@ -23,7 +23,9 @@ from PIL import ExifTags, Image
 from conftest import SCENES, draw_scene, run_imgrag, scene_catalog
 from imgrag.cli import render
 from imgrag.config import DEFAULT_GROQ_MODEL, Settings
-from imgrag.describe.live import DescribeOptions, DescribeSummary, Progress, run_describe
+from imgrag.describe.live import DescribeSummary, run_describe
+from imgrag.describe.plan import DescribeOptions
+from imgrag.describe.progress import NoProgress, Progress
 from imgrag.errors import UsageError
 from imgrag.store.descriptions import load_descriptions
 from imgrag.store.files import read_jsonl
@@ -33,7 +35,7 @@ from standin_vlm import INJECTION, StandinVLM
 KEY = "gsk_test_secret_key_1234567890"
 
 
-class Recorder(Progress):
+class Recorder(NoProgress):
     def __init__(self) -> None:
         self.warnings: list[str] = []
         self.advanced: list[bool] = []
@@ -393,7 +395,7 @@ def test_odd_photos_are_converted_or_rejected_with_a_reason(photos, standin):
 
         pillow_heif.from_pillow(Image.new("RGB", (200, 100), "orange")).save(odd / "phone.heic")
         expected_ok = 11
-    except Exception:  # no HEVC encoder in this build of libheif
+    except Exception:  # noqa: BLE001 - no HEVC encoder in this build of libheif
         expected_ok = 10
 
     s = describe(photos, settings_for(standin, max_side=800))
@@ -468,7 +470,7 @@ def test_cli_index_on_spent_quota_embeds_what_it_has_then_exits_75(home, tmp_pat
 
     from imgrag.cli.commands import app
 
-    cwd, photos, env = home
+    _, photos, env = home
     with StandinVLM(catalog=scene_catalog(tmp_path / "refs"), rpd=2) as server:
         r = CliRunner().invoke(app, ["index", str(photos), "--jobs", "1"],
                                env=env_for(env, IMGRAG_BASE_URL=server.url, HF_HUB_OFFLINE="1"))
@@ -527,7 +529,7 @@ def test_second_ctrl_c_abandons_at_once(home, standin):
     time.sleep(0.3)
     began = time.monotonic()
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=10)
+    _, err = proc.communicate(timeout=10)
     assert proc.returncode == 130 and time.monotonic() - began < 3
     assert "abandoned" in err
     assert records(photos) == []

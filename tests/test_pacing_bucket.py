@@ -102,7 +102,9 @@ def test_a_real_run_against_the_stand_ins_bucket_takes_the_burst_then_the_refill
     import time
 
     from imgrag.config import Settings
-    from imgrag.describe.live import DescribeOptions, Progress, run_describe
+    from imgrag.describe.live import run_describe
+    from imgrag.describe.plan import DescribeOptions
+    from imgrag.describe.progress import NoProgress
     from reliability_support import draw_photos
     from standin_vlm import StandinVLM
 
@@ -110,9 +112,9 @@ def test_a_real_run_against_the_stand_ins_bucket_takes_the_burst_then_the_refill
     draw_photos(photos, 8)
     with StandinVLM(tpm=FREE_TPM, rpd=1000, image_tokens=2048, time_scale=scale, limit_mode="bucket") as server:
         settings = Settings(api_key="k", base_url=server.url)
-        run_describe(photos, settings, DescribeOptions(dry_run=True), Progress())  # hash first
+        run_describe(photos, settings, DescribeOptions(dry_run=True), NoProgress())  # hash first
         began = time.monotonic()
-        summary = run_describe(photos, settings, DescribeOptions(jobs=4, rate_window=60 * scale), Progress())
+        summary = run_describe(photos, settings, DescribeOptions(jobs=4, rate_window=60 * scale), NoProgress())
         elapsed = time.monotonic() - began
         stats = server.stats()
     assert (summary.described, summary.rate_limited, stats["rate_limited"]) == (8, 0, 0)

@@ -18,7 +18,8 @@ from imgrag.ask.photo_briefs import answer_item, load_records
 from imgrag.ask.prompts import answer_messages, prompt_text, text_chars
 from imgrag.config import Settings, answer_settings
 from imgrag.errors import TryLater, UsageError
-from imgrag.providers import TransientError
+from imgrag.providers import TransientError, redact
+from imgrag.providers.chat import make_text_provider
 from imgrag.providers.retry import Caller
 from imgrag.search.ranking import Hit, Searcher, SearchOptions, clean_query
 
@@ -174,10 +175,10 @@ def answer_plan(plan: AskPlan, caller: Caller | None = None) -> Iterator[str | A
     if not plan.hits:
         yield AskResult(plan.question, None, [], [], None, usage)
         return
-    from imgrag.providers.chat import make_text_provider
-
-    provider = make_text_provider(plan.settings, plan.model_setting)
-    caller = caller or Caller(plan.settings)
+    settings = plan.settings
+    assert settings is not None  # a plan with photos says who answers
+    provider = make_text_provider(settings, plan.model_setting)
+    caller = caller or Caller(settings)
     sent = [0]
     reply = caller.call(lambda: provider.stream(plan.messages, MAX_ANSWER_TOKENS), sent)
     parts: list[str] = []
@@ -186,11 +187,11 @@ def answer_plan(plan: AskPlan, caller: Caller | None = None) -> Iterator[str | A
             parts.append(text)
             yield text
     except TransientError as e:  # mid-answer: what was shown cannot be taken back, so no retry
-        raise TryLater(caller.redact(f"the answer was cut off: {e}")) from None
+        raise TryLater(redact(f"the answer was cut off: {e}", caller.settings.api_key)) from None
     caller.learn(reply.prompt_tokens, reply.completion_tokens)
     answer = "".join(parts).strip()
     if not answer:  # e.g. a reasoning model that spent its tokens thinking
-        raise TryLater(f"the model {plan.settings.model} returned an empty answer: try again")
+        raise TryLater(f"the model {settings.model} returned an empty answer: try again")
     usage.update(requests=sent[0], prompt_tokens=reply.prompt_tokens,
                  completion_tokens=reply.completion_tokens)
-    yield AskResult(plan.question, answer, citations(answer, plan.hits), plan.hits, plan.settings.model, usage)
+    yield AskResult(plan.question, answer, citations(answer, plan.hits), plan.hits, settings.model, usage)

@@ -12,6 +12,7 @@ import hashlib
 import json
 import sys
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -21,6 +22,7 @@ from imgrag.ask.prompts import VERIFY_PROMPT_VERSION, data_json, verify_messages
 from imgrag.config import Settings, answer_settings
 from imgrag.errors import StorageError, TryLater
 from imgrag.providers import InvalidReply
+from imgrag.providers.chat import make_text_provider
 from imgrag.providers.retry import Caller
 from imgrag.search.ranking import Hit
 from imgrag.store.descriptions import now_iso
@@ -121,13 +123,13 @@ def verify_hits(query: str, hits: list[Hit], ws: Workspace, settings: Settings,
         return result
     records = load_records(ws, [h.sha256 for h in hits])
     items = [verify_item(h, records.get(h.sha256)) for h in hits]
-    keys = [verdict_key(query, h.sha256, item, result.model) for h, item in zip(hits, items)]
+    keys = [verdict_key(query, h.sha256, item, result.model) for h, item in zip(hits, items, strict=True)]
     cache = VerdictCache(ws)
     known = cache.load()
     todo = [i for i, key in enumerate(keys) if key not in known]
     fresh = _ask(query, [items[i] for i in todo], answering, caller, result) if todo else {}
     new_records = []
-    for i, (hit, key) in enumerate(zip(hits, keys)):
+    for i, (hit, key) in enumerate(zip(hits, keys, strict=True)):
         if key in known:
             result.verdicts.append(Verdict(bool(known[key].get("verified")), str(known[key].get("reason", "")), True))
             continue
@@ -144,8 +146,6 @@ def verify_hits(query: str, hits: list[Hit], ws: Workspace, settings: Settings,
 def _ask(query: str, items: list[dict[str, Any]], settings: Settings, caller: Caller | None,
          result: VerifyResult) -> dict[int, _OneVerdict]:
     """One request for the candidates; a reply that is not valid is asked again once."""
-    from imgrag.providers.chat import make_text_provider
-
     provider = make_text_provider(settings)
     caller = caller or Caller(settings)
     messages = verify_messages(query, items)
@@ -153,7 +153,7 @@ def _ask(query: str, items: list[dict[str, Any]], settings: Settings, caller: Ca
     for _ in range(2):
         sent = [0]
         try:
-            reply = caller.call(lambda: provider.complete(messages, MAX_VERIFY_TOKENS), sent)
+            reply = caller.call(partial(provider.complete, messages, MAX_VERIFY_TOKENS), sent)
         except InvalidReply as e:  # the server itself found the JSON invalid (Groq's json_validate_failed)
             result.requests += sent[0]
             problem = str(e)

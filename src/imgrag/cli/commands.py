@@ -92,7 +92,8 @@ def _describe(photos: Path, index: Path | None, batch: bool = False, window: str
 
         raise UsageError("--cancel cancels the open batches: give it with --batch")
     from imgrag.cli import render
-    from imgrag.describe.live import DescribeOptions, run_describe
+    from imgrag.describe.live import run_describe
+    from imgrag.describe.plan import DescribeOptions
 
     options = DescribeOptions(**{k: kwargs.pop(k) for k in ("jobs", "limit", "force", "refresh", "dry_run", "wait")})
     options.retry_failed = kwargs.pop("retry_failed", False)

@@ -287,7 +287,7 @@ def describe_summary(s: DescribeSummary) -> None:
     _quarantine_lines(s)
 
 
-def _quarantine_lines(s: DescribeSummary) -> None:
+def _quarantine_lines(s: DescribeSummary | BatchSummary) -> None:
     """Photos set aside: said once when it happens, then counted in one short line."""
     for path, reason, strikes in s.newly_quarantined[:10]:
         info(f"imgrag: quarantined: {path}: {reason} ({strikes} times in a row; "
@@ -382,6 +382,7 @@ def batch_summary(s: BatchSummary) -> None:
     """What a `describe --batch` run did, on stderr."""
     for line in _batch_lines(s):
         info(line)
+    _quarantine_lines(s)
 
 
 def _batch_lines(s: BatchSummary) -> list[str]:

@@ -5,13 +5,16 @@ One run does, in order:
    server holds under the intent's token, or free the photos if there is none;
 2. poll every open batch; collect a finished one: each output line is validated exactly as
    a live reply is (same completion parsing, same pydantic model, same record), failures are
-   recorded, and the photos it never reached (expired, cancelled) are left for the next batch;
-3. submit what still has no description and is in no open batch: one JSONL line per photo
-   (custom_id = content hash, body = the request live describe sends), split into files of at
-   most 50,000 lines and 200 MB, each uploaded and made a batch.
+   recorded with their strikes towards quarantine (records.py, as for a live run), and the
+   photos it never reached (expired, cancelled) are left for the next batch;
+3. submit what still has no description, is in no open batch and is not quarantined: one
+   JSONL line per photo (custom_id = content hash, body = the request live describe sends),
+   split into files of at most 50,000 lines and 200 MB, each uploaded and made a batch.
 
 `--cancel` cancels the open batches instead of step 3; `--dry-run` sends nothing and says
-what would be submitted and what it costs at the batch price."""
+what would be submitted and what it costs at the batch price. Requests to the Batch API follow
+the one retry policy (providers/retry.py, batch_api.py): a server that keeps failing, or a
+spent quota, ends the run with 75; a bad key or a plan without the Batch API with 2."""
 
 from __future__ import annotations
 
@@ -28,23 +31,25 @@ from pathlib import Path
 from typing import IO, Any
 
 from imgrag.config import Settings
-from imgrag.describe.live import (
-    PREPARERS,
-    DescribeOptions,
-    Estimate,
-    Progress,
-    description_record,
-    estimate,
-    failure_record,
-    plan,
-)
-from imgrag.describe.schema import ReplyError, parse_reply
+from imgrag.describe.live import PREPARERS
+from imgrag.describe.plan import DescribeOptions, Estimate, estimate, plan
+from imgrag.describe.progress import Progress
+from imgrag.describe.records import Recorder, description_record
+from imgrag.describe.schema import ReplyError, parse_reply, request_messages
 from imgrag.errors import EXIT_OK, EXIT_SOME, EXIT_TEMPFAIL, UsageError
 from imgrag.photos.files import PhotoError, PhotoMeta, prepare_image, read_metadata
-from imgrag.providers import FatalProviderError, QuotaExhausted, TransientError, make_provider
-from imgrag.providers.base import ProviderError
+from imgrag.providers import (
+    FatalProviderError,
+    ProviderError,
+    QuotaExhausted,
+    TransientError,
+    VisionProvider,
+    make_provider,
+    redact,
+)
+from imgrag.providers.batch_api import BatchAPI, BatchRefused, RemoteBatch, Uncertain
+from imgrag.providers.retry import GaveUp, Stopped
 from imgrag.store.batch_log import METADATA_KEY, TERMINAL, BatchEntry, BatchLog
-from imgrag.store.descriptions import RecordWriter
 from imgrag.store.files import json_line, read_jsonl
 from imgrag.store.scan import PhotoFile, by_content, scan
 from imgrag.store.workspace import Workspace
@@ -94,7 +99,9 @@ class BatchSummary:
     cancelled: list[str] = field(default_factory=list)
     described: int = 0
     failed: int = 0
-    failures: list[tuple[str, str]] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    quarantined: int = 0  # photos skipped as quarantined (not failures of this run)
+    newly_quarantined: list[tuple[str, str, int]] = field(default_factory=list)  # (path, reason, strikes), this run
     window: str = "24h"
     estimate: Estimate | None = None
     stopped_by: str | None = None  # "unavailable" when the server could not be reached
@@ -118,7 +125,7 @@ def window_hours(window: str) -> int:
 
 
 def run_batch(photos: Path, settings: Settings, options: BatchOptions, progress: Progress,
-              index: Path | None = None, provider: Any = None) -> BatchSummary:
+              index: Path | None = None, provider: VisionProvider | None = None) -> BatchSummary:
     ws = Workspace.for_photos(photos, index)
     if not photos.is_dir():
         raise UsageError(f"not a folder: {photos}")
@@ -127,11 +134,10 @@ def run_batch(photos: Path, settings: Settings, options: BatchOptions, progress:
     summary = BatchSummary(workspace=ws.root, window=options.window)
     with ws.writer_lock(wait=options.wait):
         manifest = ws.read_manifest()
-        groups, todo, summary.already, described = plan(
-            ws, photos, DescribeOptions(force=options.force, refresh=options.refresh), settings,
-            on_skip=lambda s: progress.warn(f"skipped {s.path}: {s.reason}"),
-        )
-        summary.found = len(groups)
+        chosen = plan(ws, photos, DescribeOptions(force=options.force, refresh=options.refresh), settings,
+                      on_skip=lambda s: progress.warn(f"skipped {s.path}: {s.reason}"))
+        groups, todo = chosen.groups, chosen.todo
+        summary.found, summary.already, summary.quarantined = len(groups), chosen.already, chosen.quarantined
         if not groups:
             raise UsageError(f"no photos found under {photos} (looked for jpg, png, webp, gif, bmp, tiff, heic)")
         log = BatchLog(ws)
@@ -140,17 +146,20 @@ def run_batch(photos: Path, settings: Settings, options: BatchOptions, progress:
             todo = [sha for sha in todo if sha not in held]
             todo = todo if options.limit is None else todo[: options.limit]
             summary.held, summary.todo = len(held & set(groups)), len(todo)
-            summary.estimate = batch_estimate(len(todo), settings, manifest, described)
+            summary.estimate = batch_estimate(len(todo), settings, manifest, chosen.described)
             summary.open = [e.summary() for e in log.open_entries()]
             return summary
         ws.add_root(photos)
         job = _BatchJob(ws, log, provider or make_provider(settings), settings, groups, options, summary, progress)
+        key = settings.api_key
         try:
             job.run(todo)
-        except (TransientError, QuotaExhausted) as e:
-            summary.stopped_by, summary.stop_reason = "unavailable", job.redact(str(e))
+        except GaveUp as e:  # the server kept failing: said as when it fails at once
+            summary.stopped_by, summary.stop_reason = "unavailable", redact(e.fault or str(e), key)
+        except (TransientError, QuotaExhausted, Stopped) as e:
+            summary.stopped_by, summary.stop_reason = "unavailable", redact(str(e), key)
         except FatalProviderError as e:
-            raise UsageError(job.redact(str(e))) from None
+            raise UsageError(redact(str(e), key)) from None
         finally:
             job.close()
             summary.held = len(log.held_photos() & set(groups))
@@ -168,27 +177,21 @@ def batch_estimate(count: int, settings: Settings, manifest: dict[str, Any],
 
 
 class _BatchJob:
-    def __init__(self, ws: Workspace, log: BatchLog, provider: Any, settings: Settings,
+    def __init__(self, ws: Workspace, log: BatchLog, provider: VisionProvider, settings: Settings,
                  groups: dict[str, list[PhotoFile]], options: BatchOptions, summary: BatchSummary,
                  progress: Progress) -> None:
-        from imgrag.providers.batch_api import BatchAPI
-
         self.ws, self.log, self.provider, self.settings = ws, log, provider, settings
-        self.api = BatchAPI(provider)
+        self.api = BatchAPI(provider, settings.max_retries)
         self.groups = groups
         self.options, self.summary, self.progress = options, summary, progress
-        self.writer = RecordWriter(ws)
+        self.recorder = Recorder(ws, provider.name, provider.model, settings.api_key, summary)
         self.just_described: set[str] = set()
         self._all_groups: dict[str, list[PhotoFile]] | None = None
         self._written: dict[str, set[str]] | None = None
 
     def close(self) -> None:
-        self.writer.close()
+        self.recorder.close()
         self.log.close()
-
-    def redact(self, text: str) -> str:
-        key = self.settings.api_key
-        return text.replace(key, "***") if key and len(key) >= 4 else text
 
     def run(self, todo: list[str]) -> None:
         remote = self.api.batches()
@@ -200,8 +203,9 @@ class _BatchJob:
         if self.options.cancel:
             self.cancel_open()
             return
-        held = self.log.held_photos()
-        todo = [sha for sha in todo if sha not in held and sha not in self.just_described]
+        # Neither what an open batch holds, nor what this run collected or quarantined.
+        done = self.log.held_photos() | self.just_described | self.recorder.quarantined
+        todo = [sha for sha in todo if sha not in done]
         todo = todo if self.options.limit is None else todo[: self.options.limit]
         self.summary.todo = len(todo)
         if todo:
@@ -209,7 +213,7 @@ class _BatchJob:
 
     # -- 1. submissions a killed run left half-done --------------------------------------
 
-    def settle(self, remote: Iterator[Any]) -> None:
+    def settle(self, remote: Iterator[RemoteBatch]) -> None:
         """An intent not followed by its batch: adopt the batch holding its token, or, once the
         list has gone back past the intent (newest first, an hour's margin for clocks), free it."""
         pending = {e.token: e for e in self.log.entries() if not e.settled}
@@ -235,8 +239,6 @@ class _BatchJob:
     # -- 2. poll and collect ---------------------------------------------------------------
 
     def poll(self, entry: BatchEntry) -> None:
-        from imgrag.providers.batch_api import BatchRefused
-
         try:
             remote = self.api.retrieve(str(entry.batch_id))
         except BatchRefused as e:
@@ -253,7 +255,7 @@ class _BatchJob:
             return
         self.collect(entry, remote)
 
-    def collect(self, entry: BatchEntry, remote: Any) -> None:
+    def collect(self, entry: BatchEntry, remote: RemoteBatch) -> None:
         """Write every result of a finished batch, then close it. Killed half-way, the next run
         downloads the files again and writes only what this batch has not written yet."""
         done = self._written_by(remote.id)
@@ -290,42 +292,34 @@ class _BatchJob:
         files = self._files(sha)
         if kind == "ok":
             record = self._description(sha, files, value, usage)
-            self.writer.add_description({**record, "batch": batch_id})
+            self.recorder.description({**record, "batch": batch_id})
             self.just_described.add(sha)
             outcome.described += 1
             self.summary.described += 1
             return
-        reason = self.redact(value)
-        record = failure_record(sha, files or [], reason, kind, self.provider.name, self.provider.model)
-        self.writer.add_failure({**record, "batch": batch_id})
+        self.recorder.failure(sha, files or [], value, kind, batch=batch_id)
         outcome.failed += 1
-        self.summary.failed += 1
-        self.summary.failures.append((files[0].rel if files else sha, reason))
 
     def _result(self, line: dict[str, Any]) -> tuple[str, Any, dict[str, int]] | None:
         """("ok", description, usage), (failure kind, reason, {}), or None: not reached, try again."""
-        response, error = line.get("response"), line.get("error")
+        response, error = line.get("response"), _object(line.get("error"))
         if isinstance(response, dict) and response.get("status_code") == 200:
             try:
-                reply = self.provider.parse_completion(response.get("body") or {}, {})
+                reply = self.provider.parse_completion(_object(response.get("body")), {})
                 description = parse_reply(reply.text)
-            except TransientError as e:
-                return "reply", f"the reply did not validate: {e}", {}
-            except ReplyError as e:
+            except (TransientError, ReplyError) as e:
                 return "reply", f"the reply did not validate: {e}", {}
             usage = {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens}
             return "ok", description.model_dump(), usage
         if isinstance(response, dict):
             status = int(response.get("status_code") or 0)
-            body = response.get("body") if isinstance(response.get("body"), dict) else {}
-            err = body.get("error") if isinstance(body.get("error"), dict) else {}
-            message = str(err.get("message") or "")[:300]
+            message = str(_object(_object(response.get("body")).get("error")).get("message") or "")[:300]
             if status == 429 or status >= 500:
-                return None  # the server's trouble, not the photo's
+                return None  # the server's trouble, not the photo's: as a transient fault, tried again
             if status in (400, 413, 415, 422):
                 return "rejected", f"rejected by the model ({status}: {message})", {}
             return "provider", f"batch request failed ({status}: {message})", {}
-        code = str(error.get("code") or "") if isinstance(error, dict) else ""
+        code = str(error.get("code") or "")
         if code in UNFINISHED_CODES or not code:
             return None
         return "provider", f"batch request failed ({code}: {str(error.get('message') or '')[:300]})", {}
@@ -377,12 +371,12 @@ class _BatchJob:
         self.progress.start(len(todo))
         try:
             chunk: list[str] = []
-            content = tempfile.TemporaryFile(dir=self.ws.root, prefix=".batch-")  # gone with the process
+            content = self._request_file()
             for sha, line in self._lines(todo):
                 if chunk and (len(chunk) >= self.options.max_lines
                               or content.tell() + len(line) > self.options.max_bytes):
                     self._submit_file(chunk, content)
-                    chunk, content = [], tempfile.TemporaryFile(dir=self.ws.root, prefix=".batch-")
+                    chunk, content = [], self._request_file()
                 content.write(line)
                 chunk.append(sha)
                 self.progress.advance(True)
@@ -390,6 +384,10 @@ class _BatchJob:
                 self._submit_file(chunk, content)
         finally:
             self.progress.stop()
+
+    def _request_file(self) -> IO[bytes]:
+        """A file for one batch's request lines (closed by _submit_file), gone with the process."""
+        return tempfile.TemporaryFile(dir=self.ws.root, prefix=".batch-")
 
     def _lines(self, todo: list[str]) -> Iterator[tuple[str, bytes]]:
         """(content hash, JSONL request line) per readable photo, prepared a few ahead in threads."""
@@ -409,14 +407,10 @@ class _BatchJob:
         try:
             data_url = future.result()
         except (PhotoError, OSError) as e:
-            reason = f"unreadable photo: {e}"
-            files = self.groups[sha]
-            self.writer.add_failure(failure_record(sha, files, reason, "photo", self.provider.name, self.provider.model))
-            self.summary.failed += 1
-            self.summary.failures.append((files[0].rel, reason))
+            self.recorder.failure(sha, self.groups[sha], f"unreadable photo: {e}", "photo")
             self.progress.advance(False)
             return
-        body = self.provider.chat_params(data_url)
+        body = self.provider.params_for(request_messages(data_url))
         yield sha, json_line({"custom_id": sha, "method": "POST", "url": CHAT_URL, "body": body})
 
     def _data_url(self, sha: str) -> str:
@@ -425,8 +419,6 @@ class _BatchJob:
     def _submit_file(self, photos: list[str], content: IO[bytes]) -> None:
         """intent -> upload -> uploaded -> create (token in its metadata) -> submitted: a kill
         between any two steps is settled by the next run, never paid twice."""
-        from imgrag.providers.batch_api import Uncertain
-
         with content:
             token = self.log.intent(photos, self.provider.model, self.options.window)
             content.seek(0)
@@ -453,6 +445,11 @@ def _epoch(iso: str) -> float:
         return datetime.fromisoformat(iso).timestamp()
     except ValueError:
         return 0.0
+
+
+def _object(value: Any) -> dict[str, Any]:
+    """A JSON object of a result line, or {} for whatever else is there."""
+    return value if isinstance(value, dict) else {}
 
 
 def _jsonl(data: bytes) -> Iterator[dict[str, Any]]:

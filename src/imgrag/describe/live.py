@@ -1,4 +1,5 @@
-"""The describe job: which photos need a description, then ask, pace, retry, validate, append.
+"""The describe job: the photos plan.py chose, each asked for, paced, retried (retry.py),
+validated and appended.
 
 Each finished description is fsynced to descriptions.jsonl before it is counted, so a
 crash or Ctrl-C loses at most the requests in flight, and the next run resumes.
@@ -13,82 +14,52 @@ A bad key or an unknown/retired model stops at once with exit 2."""
 
 from __future__ import annotations
 
-import math
 import queue
-import random
 import threading
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from imgrag.config import Settings
-from imgrag.describe.quarantine import QUARANTINE_AFTER, load_quarantine, permanent_reason, strikes
-from imgrag.describe.schema import PROMPT_VERSION, ReplyError, parse_reply
+from imgrag.describe.plan import (
+    EST_TOKENS_PER_PHOTO,
+    DescribeOptions,
+    Estimate,
+    estimate,
+    plan,
+    remember_limits,
+    skip_photos_in_open_batches,
+)
+from imgrag.describe.progress import Progress
+from imgrag.describe.records import Recorder, description_record
+from imgrag.describe.schema import ReplyError, parse_reply, request_messages
 from imgrag.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME, EXIT_TEMPFAIL, UsageError
-from imgrag.photos.files import PhotoError, PhotoMeta, Skipped, prepare_image, read_metadata
+from imgrag.photos.files import PhotoError, PhotoMeta, prepare_image, read_metadata
 from imgrag.providers import (
     FatalProviderError,
     InvalidReply,
     PhotoRejected,
+    ProviderError,
     ProviderReply,
     QuotaExhausted,
     RateLimited,
-    TransientError,
     VisionProvider,
     make_provider,
+    redact,
 )
 from imgrag.providers.base import MAX_REPLY_TOKENS
 from imgrag.providers.pacing import Pacer
-from imgrag.store.descriptions import RecordWriter, average_usage, load_descriptions, load_failures, now_iso
-from imgrag.store.scan import PhotoFile, by_content, scan
+from imgrag.providers.retry import QUOTA_SPENT, GaveUp, Stopped, Tries, send_with_retries
+from imgrag.store.descriptions import average_usage
+from imgrag.store.scan import PhotoFile
 from imgrag.store.workspace import Workspace
 
-# What one photo costs before a run has measured it: the image (Qwen 3.8 on Groq counts
-# 2,048 tokens an image) + the prompt (~300) in, the JSON description out.
-EST_IMAGE_TOKENS = 2048
-EST_PROMPT_TOKENS = EST_IMAGE_TOKENS + 300
-EST_COMPLETION_TOKENS = 250
-EST_TOKENS_PER_PHOTO = EST_PROMPT_TOKENS + EST_COMPLETION_TOKENS
-# Groq's free tier for its vision models: the --dry-run estimate until a run has learned better.
-GROQ_FREE_TIER = {"requests_per_minute": 30, "tokens_per_minute": 8000, "requests_per_day": 1000}
-BACKOFF_BASE = 0.5
-BACKOFF_CAP = 30.0
-MAX_RATE_LIMITED = 30  # 429s for one photo before it is recorded as a failure
 # This many photos in a row giving up on transient faults: the server is down, stop (exit 75).
 UNAVAILABLE_STREAK = 3
 # Threads reading and encoding photos ahead of the requests (Pillow decodes without the GIL).
 PREPARERS = 2
-
-
-@dataclass
-class DescribeOptions:
-    jobs: int = 4
-    limit: int | None = None
-    force: bool = False
-    refresh: bool = False
-    dry_run: bool = False
-    wait: bool = False
-    # Seconds in a rate-limit "minute": only a time-scaled stand-in server (benchmarks) differs.
-    rate_window: float = 60.0
-    retry_failed: bool = False  # try quarantined photos again too
-    # Set from another thread (imgrag serve's cancel) to stop as Ctrl-C does: what is in flight is written.
-    cancel: threading.Event | None = None
-
-
-@dataclass
-class Estimate:
-    """What --dry-run says a run would cost and take."""
-
-    photos: int
-    prompt_tokens: int
-    completion_tokens: int
-    cost: float  # USD at the configured prices
-    minutes: float | None  # at the limits below; None when no limits are known
-    runs: int  # daily runs needed (1 unless a daily limit is known and too small)
-    limits: dict[str, Any]
-    limits_source: str
 
 
 @dataclass
@@ -120,43 +91,6 @@ class DescribeSummary:
         return EXIT_SOME if self.failed else EXIT_OK
 
 
-class Progress:
-    """What describe reports while it runs; the CLI supplies a renderer."""
-
-    def start(self, total: int) -> None: ...
-    def advance(self, ok: bool) -> None: ...
-    def warn(self, message: str) -> None: ...
-    def stop(self) -> None: ...
-
-
-def plan(ws: Workspace, photos: Path, options: DescribeOptions, settings: Settings,
-         on_skip: Callable[[Skipped], None] | None = None
-         ) -> tuple[dict[str, list[PhotoFile]], list[str], int, dict[str, dict[str, Any]]]:
-    """(photos by content hash, hashes to describe in order, how many are done, the records).
-
-    A photo is done when some record has its content hash, whichever model or prompt
-    wrote it: a new model re-describes only with --refresh, and the old description stays
-    searchable until the new one replaces it."""
-    groups = by_content(scan(ws, [photos], on_skip=on_skip))
-    described = load_descriptions(ws)
-    held = {} if options.retry_failed else load_quarantine(ws, described)
-    model = settings.vision_model
-    todo: list[str] = []
-    already = 0
-    for sha in groups:
-        if sha in held:
-            continue  # can never be described: skipped until --retry-failed
-        record = described.get(sha)
-        stale = record is not None and (
-            record.get("model") != model or record.get("prompt_version") != PROMPT_VERSION
-        )
-        if record is None or options.force or (options.refresh and stale):
-            todo.append(sha)
-        else:
-            already += 1
-    return groups, todo, already, described
-
-
 def run_describe(photos: Path, settings: Settings, options: DescribeOptions, progress: Progress,
                  index: Path | None = None, provider: VisionProvider | None = None) -> DescribeSummary:
     ws = Workspace.for_photos(photos, index)
@@ -167,135 +101,30 @@ def run_describe(photos: Path, settings: Settings, options: DescribeOptions, pro
     summary = DescribeSummary(workspace=ws.root)
     with ws.writer_lock(wait=options.wait):
         manifest = ws.read_manifest()  # refuse a manifest from a newer version before writing anything
-        groups, todo, summary.already, described = plan(
-            ws, photos, options, settings, on_skip=lambda s: progress.warn(f"skipped {s.path}: {s.reason}")
-        )
-        summary.found = len(groups)
-        if not options.retry_failed:
-            summary.quarantined = len(load_quarantine(ws, described).keys() & groups.keys())
-        if not groups:
+        chosen = plan(ws, photos, options, settings, on_skip=lambda s: progress.warn(f"skipped {s.path}: {s.reason}"))
+        summary.found, summary.already, summary.quarantined = len(chosen.groups), chosen.already, chosen.quarantined
+        if not chosen.groups:
             raise UsageError(f"no photos found under {photos} (looked for jpg, png, webp, gif, bmp, tiff, heic)")
-        todo = _skip_photos_in_open_batches(ws, todo, progress)
+        todo = skip_photos_in_open_batches(ws, chosen.todo, progress)
         todo_now = todo if options.limit is None else todo[: options.limit]
         summary.todo = len(todo_now)
         summary.remaining = len(todo)
         if options.dry_run:
-            summary.estimate = estimate(len(todo_now), settings, manifest, described)
+            summary.estimate = estimate(len(todo_now), settings, manifest, chosen.described)
             return summary
         ws.add_root(photos)
         if not todo_now:
             return summary
         provider = provider or make_provider(settings)
-        usage = average_usage(described)
+        usage = average_usage(chosen.described)
         pacer = Pacer(est_tokens=sum(usage) if usage else EST_TOKENS_PER_PHOTO, window=options.rate_window)
-        job = _Job(ws, provider, pacer, settings, groups, options.jobs, summary, progress, cancel=options.cancel)
+        job = _Job(ws, provider, pacer, settings, chosen.groups, options.jobs, summary, progress, cancel=options.cancel)
         try:
             job.run(todo_now)
         finally:
             summary.remaining = len(todo) - summary.described
-            _remember_limits(ws, settings, pacer)
+            remember_limits(ws, settings, pacer)
     return summary
-
-
-def _skip_photos_in_open_batches(ws: Workspace, todo: list[str], progress: Progress) -> list[str]:
-    """A photo in an open batch is paid for there: never send it again until that batch ends."""
-    from imgrag.store.batch_log import BatchLog
-
-    held = BatchLog(ws).held_photos()
-    if not held:
-        return todo
-    kept = [sha for sha in todo if sha not in held]
-    if len(kept) < len(todo):
-        progress.warn(f"{len(todo) - len(kept)} photo(s) are in an open batch and are left to it: "
-                      "`imgrag describe --batch` collects them")
-    return kept
-
-
-def description_record(sha: str, files: list[PhotoFile], meta: PhotoMeta, provider: str, model: str,
-                       usage: dict[str, int], description: dict[str, Any]) -> dict[str, Any]:
-    """The line written to descriptions.jsonl for a validated description (live or batch)."""
-    first = files[0]
-    return {
-        "sha256": sha,
-        "paths": [f.rel for f in files],
-        "size": first.size,
-        "mtime": first.mtime_ns // 1_000_000_000,
-        "width": meta.width,
-        "height": meta.height,
-        # Metadata stays here, on this machine: the image sent was re-encoded without it.
-        "taken": meta.taken,
-        "camera": meta.camera,
-        "gps": list(meta.gps) if meta.gps else None,
-        "provider": provider,
-        "model": model,
-        "prompt_version": PROMPT_VERSION,
-        "created": now_iso(),
-        "usage": usage,
-        "description": description,
-    }
-
-
-def failure_record(sha: str, files: list[PhotoFile], reason: str, kind: str, provider: str,
-                   model: str, previous: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The line written to failures.jsonl for a photo that could not be described (live or batch);
-    `previous` is the photo's last failure, for the strikes towards quarantine."""
-    permanent = permanent_reason(kind, reason)
-    return {
-        "sha256": sha,
-        "paths": [f.rel for f in files],
-        "reason": reason,
-        "kind": kind,
-        "permanent": permanent,
-        "strikes": strikes(previous, permanent),
-        "provider": provider,
-        "model": model,
-        "time": now_iso(),
-    }
-
-
-# -- --dry-run and the limits it estimates with ---------------------------------------------
-
-
-def _limits_key(settings: Settings) -> str:
-    return f"{settings.provider} {settings.base_url or 'default'} {settings.vision_model}"
-
-
-def _remember_limits(ws: Workspace, settings: Settings, pacer: Pacer) -> None:
-    """Keep what this run learned about the server's limits for the next --dry-run."""
-    if not pacer.calibrated:
-        return
-    known = dict(ws.read_manifest().get("provider_limits") or {})
-    known[_limits_key(settings)] = {**pacer.limits(), "learned": now_iso()}
-    ws.update_manifest(provider_limits=known)
-
-
-def estimate(count: int, settings: Settings, manifest: dict[str, Any],
-             described: dict[str, dict[str, Any]]) -> Estimate:
-    """Tokens, cost and time to describe `count` photos at the limits last seen."""
-    prompt, completion = average_usage(described) or (EST_PROMPT_TOKENS, EST_COMPLETION_TOKENS)
-    limits = (manifest.get("provider_limits") or {}).get(_limits_key(settings))
-    if limits:
-        source = f"as measured by the last run, {limits.get('learned', 'earlier')}"
-    elif settings.provider == "groq":
-        limits, source = GROQ_FREE_TIER, "Groq's free tier; no run has measured yours yet"
-    else:
-        limits, source = {}, "no run has measured this server's limits yet"
-    rates = []  # photos per minute each limit allows
-    if limits.get("requests_per_minute"):
-        rates.append(float(limits["requests_per_minute"]))
-    if limits.get("tokens_per_minute"):
-        rates.append(limits["tokens_per_minute"] / (prompt + completion))
-    per_day = limits.get("requests_per_day")
-    return Estimate(
-        photos=count,
-        prompt_tokens=count * prompt,
-        completion_tokens=count * completion,
-        cost=count * (prompt * settings.price_input + completion * settings.price_output) / 1e6,
-        minutes=count / min(rates) if rates else None,
-        runs=max(1, math.ceil(count / per_day)) if per_day else 1,
-        limits={k: v for k, v in limits.items() if k != "learned"},
-        limits_source=source,
-    )
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -328,8 +157,7 @@ class _Job:
 
     def run(self, todo: list[str]) -> None:
         self.queue.extend(todo)
-        self.previous_failures = load_failures(self.ws)  # for the strikes towards quarantine
-        self.writer = RecordWriter(self.ws)
+        self.recorder = Recorder(self.ws, self.provider.name, self.provider.model, self.settings.api_key, self.summary)
         self.progress.start(len(todo))
         # Photos are read, downscaled and encoded ahead of their request slot, so a slow
         # decode (a 24 MP HEIC) never leaves a slot idle. Daemon threads, so that a second
@@ -352,16 +180,16 @@ class _Job:
                 self._interrupted()
         finally:
             self.stop.set()
-            self.writer.close()  # from here on, late records of abandoned requests are dropped
+            self.recorder.close()  # from here on, late records of abandoned requests are dropped
             self.progress.stop()
         if self.crash is not None:
             raise self.crash  # a bug, not a provider fault: let it show
         if self.unblamed and self.summary.stopped_by is None:
             # No photo was described after these gave up: the server, not they, is at fault.
             self.summary.stopped_by = "unavailable"
-            self.summary.stop_reason = self._redact(self.unblamed[-1][2])
+            self.summary.stop_reason = redact(self.unblamed[-1][2], self.settings.api_key)
         if self.fatal is not None:
-            raise UsageError(self._redact(str(self.fatal)))
+            raise UsageError(redact(str(self.fatal), self.settings.api_key))
 
     def _wait_for_workers(self) -> None:
         # An Event, not Thread.join: a join interrupted by Ctrl-C can mark a live thread
@@ -449,16 +277,16 @@ class _Job:
         files = self.groups[sha]
         try:
             desc, usage = self._ask(photo.data_url)
-        except _GiveUp as e:
-            if e.transient:
-                self._hold(sha, str(e), e.reason)
+        except _Failed as e:
+            if e.fault is not None:
+                self._hold(sha, str(e), e.fault)
             else:
                 self._fail(sha, str(e), e.kind)
             return
         except _Stopped:
             return
         record = description_record(sha, files, meta, self.provider.name, self.provider.model, usage, desc)
-        if not self.writer.add_description(record):
+        if not self.recorder.description(record):
             return  # abandoned by a second Ctrl-C
         with self.lock:  # counted only once it is on disk
             self.summary.described += 1
@@ -469,32 +297,29 @@ class _Job:
         self.progress.advance(True)
 
     def _ask(self, data_url: str) -> tuple[dict[str, Any], dict[str, int]]:
-        """Ask until a valid description comes back: transient faults are retried with
-        backoff, 429s after the pause the server asked for; a reply that does not
-        validate is retried once, with what was wrong with it."""
+        """Ask until a valid description comes back, as retry.py says; a reply that does not
+        validate is asked for once more, with what was wrong with it."""
         feedback: tuple[str, str] | None = None
-        faults = rate_limited = 0
+        tries = Tries()  # the photo's, across both chances
         while True:
             try:
-                reply = self._request(data_url, feedback)
-                text = reply.text
-            except RateLimited as e:
-                rate_limited += 1
-                if rate_limited > MAX_RATE_LIMITED:
-                    raise _GiveUp(f"still rate limited after {rate_limited} tries: {e}", "provider") from None
-                continue
+                reply: ProviderReply | None = send_with_retries(
+                    partial(self._send, data_url, feedback), pacer=self.pacer, stop=self.stop,
+                    max_retries=self.settings.max_retries, tries=tries)
             except InvalidReply as e:
-                text, reply = e.reply, None
-                problem = str(e)
-            except TransientError as e:
-                faults += 1
-                if faults > self.settings.max_retries:
-                    raise _GiveUp(f"gave up after {faults} attempts: {e}", "provider", reason=str(e)) from None
-                self._backoff(faults, e.retry_after)
-                continue
+                text, reply, problem = e.reply, None, str(e)
+            except GaveUp as e:
+                raise _Failed(str(e), "provider", fault=e.fault) from None
             except PhotoRejected as e:
-                raise _GiveUp(str(e), "rejected") from None
+                raise _Failed(str(e), "rejected") from None
+            except Stopped as e:
+                if e.quota_spent:
+                    self._halt("quota", QUOTA_SPENT)
+                raise _Stopped() from None
             if reply is not None:
+                # A reply cannot have cost more than was asked for, whatever its usage claims.
+                self.pacer.learn_tokens(reply.prompt_tokens + min(reply.completion_tokens, MAX_REPLY_TOKENS))
+                text = reply.text
                 try:
                     desc = parse_reply(text)
                 except ReplyError as e:
@@ -503,22 +328,17 @@ class _Job:
                     usage = {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens}
                     return desc.model_dump(), usage
             if feedback is not None:
-                raise _GiveUp(f"the reply did not validate twice: {problem}", "reply")
+                raise _Failed(f"the reply did not validate twice: {problem}", "reply")
             if self.stop.is_set():
                 raise _Stopped()  # stopping: no second try, the photo stays to do
             feedback = (text, problem)
 
-    def _request(self, data_url: str, feedback: tuple[str, str] | None) -> ProviderReply:
-        """One paced request; stops the run on a spent quota or a fatal error."""
-        if not self.pacer.acquire(self.stop):
-            if self.pacer.quota_spent:
-                self._halt("quota", "the daily request quota is spent (x-ratelimit-remaining-requests: 0)")
-            raise _Stopped()
+    def _send(self, data_url: str, feedback: tuple[str, str] | None) -> ProviderReply:
+        """One request, in its pacer slot: counted; a spent quota or a fatal error stops the run."""
         try:
-            reply = self.provider.describe(data_url, feedback)
-        except RateLimited as e:
+            reply = self.provider.complete(request_messages(data_url, feedback))
+        except RateLimited:
             self._count(rate_limited=1)
-            self.pacer.rate_limited(str(e), e.retry_after, e.headers)
             raise
         except QuotaExhausted as e:
             self._count()
@@ -530,22 +350,11 @@ class _Job:
                 self.fatal = self.fatal or e
             self.stop.set()
             raise _Stopped() from None
-        except (TransientError, PhotoRejected, InvalidReply) as e:
+        except ProviderError:
             self._count()
-            if e.headers:
-                self.pacer.observe(e.headers)
             raise
-        finally:
-            self.pacer.release()
         self._count(reply.prompt_tokens, reply.completion_tokens)
-        self.pacer.observe(reply.headers)
-        # A reply cannot have cost more than was asked for, whatever its usage claims.
-        self.pacer.learn_tokens(reply.prompt_tokens + min(reply.completion_tokens, MAX_REPLY_TOKENS))
         return reply
-
-    def _backoff(self, attempt: int, retry_after: float | None) -> None:
-        if self.stop.wait(backoff_delay(attempt, retry_after)):
-            raise _Stopped()
 
     # -- bookkeeping ---------------------------------------------------------------------
 
@@ -559,7 +368,7 @@ class _Job:
     def _halt(self, why: str, reason: str, mine_in_flight: int = 0) -> None:
         """Start nothing new; what is in flight finishes and is written. The reason is
         said once, in the summary; here only what is still being waited for."""
-        reason = self._redact(reason)
+        reason = redact(reason, self.settings.api_key)
         with self.lock:
             first = self.summary.stopped_by is None
             if first:
@@ -580,36 +389,8 @@ class _Job:
             self._halt("unavailable", fault)
 
     def _fail(self, sha: str, reason: str, kind: str) -> None:
-        files = self.groups[sha]
-        reason = self._redact(reason)
-        record = failure_record(sha, files, reason, kind, self.provider.name, self.provider.model,
-                                self.previous_failures.get(sha))
-        if not self.writer.add_failure(record):
-            return
-        with self.lock:
-            self.summary.failed += 1
-            self.summary.failures.append((files[0].rel, reason))
-        if record["strikes"] >= QUARANTINE_AFTER:
-            self._quarantine(record)
-        self.progress.advance(False)
-
-    def _quarantine(self, failure: dict[str, Any]) -> None:
-        """The same permanent reason again and again: set the photo aside (see quarantine.py)."""
-        fields = ("sha256", "paths", "reason", "kind", "permanent", "strikes", "time")
-        if self.writer.add_quarantine({k: failure[k] for k in fields}):
-            with self.lock:
-                self.summary.newly_quarantined.append((failure["paths"][0], failure["reason"], failure["strikes"]))
-
-    def _redact(self, text: str) -> str:
-        key = self.settings.api_key
-        return text.replace(key, "***") if key and len(key) >= 4 else text
-
-
-def backoff_delay(attempt: int, retry_after: float | None) -> float:
-    """Seconds to wait before retry `attempt` (1, 2, ...) after a transient fault: what the
-    server asked for, else exponential; jittered so that workers do not retry in step."""
-    delay = retry_after if retry_after is not None else min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt - 1))
-    return delay * random.uniform(0.8, 1.2)
+        if self.recorder.failure(sha, self.groups[sha], reason, kind) is not None:
+            self.progress.advance(False)
 
 
 @dataclass
@@ -622,14 +403,14 @@ class _Prepared:
 _STOP_WORDS = {"quota": "quota spent", "unavailable": "the server is failing"}
 
 
-class _GiveUp(Exception):
-    """`reason`: set when the photo gave up on transient faults (the fault, without the count)."""
+class _Failed(Exception):
+    """The photo could not be described: `kind` of failure (see failures.jsonl); `fault` is
+    set when it gave up on transient faults (the last fault, without the count)."""
 
-    def __init__(self, message: str, kind: str, reason: str | None = None) -> None:
+    def __init__(self, message: str, kind: str, fault: str | None = None) -> None:
         super().__init__(message)
         self.kind = kind
-        self.reason = reason
-        self.transient = reason is not None
+        self.fault = fault
 
 
 class _Stopped(Exception):

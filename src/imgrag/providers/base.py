@@ -9,13 +9,19 @@ import json
 import time
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-from imgrag.config import DEFAULT_GROQ_MODEL, thinks_by_default
-from imgrag.describe.schema import SYSTEM_PROMPT, USER_PROMPT
-
-if TYPE_CHECKING:
-    from imgrag.config import Settings
+from imgrag.config import DEFAULT_GROQ_MODEL, Settings, thinks_by_default
+from imgrag.providers.errors import (
+    FatalProviderError,
+    InvalidReply,
+    PhotoRejected,
+    ProviderError,
+    QuotaExhausted,
+    RateLimited,
+    TransientError,
+)
+from imgrag.providers.retry import LONG_WAIT
 
 
 @dataclass
@@ -26,55 +32,29 @@ class ProviderReply:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-class ProviderError(Exception):
-    def __init__(self, message: str, headers: dict[str, str] | None = None, retry_after: float | None = None):
-        super().__init__(message)
-        self.headers = headers or {}
-        self.retry_after = retry_after
-
-
-class TransientError(ProviderError):
-    """5xx, timeouts, connection resets, garbled 200s: worth retrying after a pause."""
-
-
-class RateLimited(TransientError):
-    """429 on a per-minute limit: wait `retry_after` and go on."""
-
-
-class QuotaExhausted(ProviderError):
-    """429 on a daily limit: stop the run cleanly, try again tomorrow (exit 75)."""
-
-
-class PhotoRejected(ProviderError):
-    """The server refused this photo (400/413/422): record a failure, go on with the rest."""
-
-
-class InvalidReply(ProviderError):
-    """The server itself found the model's reply not to be valid JSON (Groq's 400
-    `json_validate_failed` in JSON mode): retried once with the problem, like any bad reply."""
-
-    def __init__(self, message: str, reply: str, headers: dict[str, str] | None = None):
-        super().__init__(message, headers)
-        self.reply = reply
-
-
-class FatalProviderError(ProviderError):
-    """Bad key, unknown or retired model: nothing will work until a setting changes."""
-
-
 class VisionProvider(Protocol):
+    """What describe, the Batch API (batch_api.py) and the chat model (chat.py) use of a
+    provider; `ChatCompletionsProvider` is the one there is."""
+
     name: str
     model: str
+    key_setting: str  # the setting that holds its API key, for messages
+    base_url: str | None
+    timeout: float
+    client: Any  # the SDK's client: the Batch API and the chat model send through it too
+    sdk: ModuleType
 
-    def describe(self, data_url: str, retry_feedback: tuple[str, str] | None = None) -> ProviderReply: ...
+    def params_for(self, messages: list[dict[str, Any]], max_tokens: int = ..., *,
+                   json_mode: bool | None = None) -> dict[str, Any]: ...
+    def complete(self, messages: list[dict[str, Any]], max_tokens: int = ...) -> ProviderReply: ...
+    def parse_completion(self, body: bytes | dict[str, Any], headers: dict[str, str]) -> ProviderReply: ...
+    def sdk_error(self, e: Any) -> ProviderError: ...
 
 
 # The longest reply asked for; a description takes ~150-400 tokens.
 MAX_REPLY_TOKENS = 1024
 
 _DAILY_MARKERS = ("per day", "(rpd)", "(tpd)")
-# A 429 asking to wait longer than this ends the run for later (exit 75) instead of sleeping.
-LONG_WAIT = 600.0
 
 
 def make_chat_provider(settings: Settings, sdk: ModuleType, client_class: Any, *, name: str,
@@ -106,30 +86,6 @@ class ChatCompletionsProvider:
         self.reasoning_off = thinks_by_default(model)
         self.timeout = timeout  # seconds for a whole request, reply included
 
-    def describe(self, data_url: str, retry_feedback: tuple[str, str] | None = None) -> ProviderReply:
-        """One request. `retry_feedback` = (previous reply, what was wrong with it)."""
-        return self.send(self.chat_params(data_url, retry_feedback))
-
-    def chat_params(self, data_url: str, retry_feedback: tuple[str, str] | None = None) -> dict[str, Any]:
-        """The chat request for one photo: what `describe` sends, and the body of a batch line."""
-        # Instructions go in the user turn: some vision models refuse a system prompt next to an image.
-        messages: list[dict[str, Any]] = [
-            {
-                "role": "user",
-                "content": [
-                    {"type": "text", "text": f"{SYSTEM_PROMPT}\n\n{USER_PROMPT}"},
-                    {"type": "image_url", "image_url": {"url": data_url}},
-                ],
-            }
-        ]
-        if retry_feedback:
-            previous, problem = retry_feedback
-            messages.append({"role": "assistant", "content": previous[:4000]})
-            messages.append(
-                {"role": "user", "content": f"That reply was not valid: {problem}. Reply again with only the JSON object."}
-            )
-        return self.params_for(messages)
-
     def params_for(self, messages: list[dict[str, Any]], max_tokens: int = MAX_REPLY_TOKENS, *,
                    json_mode: bool | None = None) -> dict[str, Any]:
         """A chat request's parameters: JSON mode (unless the server has none, or json_mode=False)
@@ -143,7 +99,7 @@ class ChatCompletionsProvider:
         return params
 
     def complete(self, messages: list[dict[str, Any]], max_tokens: int = MAX_REPLY_TOKENS) -> ProviderReply:
-        """One chat request in JSON mode (see `_create`)."""
+        """One chat request in JSON mode (see `_create`): what describe sends for a photo."""
         return self.send(self.params_for(messages, max_tokens))
 
     def send(self, params: dict[str, Any]) -> ProviderReply:
@@ -181,7 +137,7 @@ class ChatCompletionsProvider:
         try:
             return self._send(params)
         except self.sdk.BadRequestError as e:
-            if "response_format" not in params or "response_format" not in _error_code_and_message(e)[1].lower():
+            if "response_format" not in params or "response_format" not in error_code_and_message(e)[1].lower():
                 raise
             self.json_mode = False
             return self._send({k: v for k, v in params.items() if k != "response_format"})
@@ -216,7 +172,7 @@ class ChatCompletionsProvider:
     def _status_error(self, e: Any) -> ProviderError:
         status = e.status_code
         headers = {k.lower(): v for k, v in e.response.headers.items()}
-        code, message = _error_code_and_message(e)
+        code, message = error_code_and_message(e)
         retry_after = _retry_after(headers)
         if status == 429:
             if any(m in message.lower() for m in _DAILY_MARKERS):
@@ -262,7 +218,7 @@ def _retired_message(provider: str, model: str) -> str:
     return f"the vision model {model!r} has been retired by {provider}: {fix}"
 
 
-def _error_code_and_message(e: Any) -> tuple[str, str]:
+def error_code_and_message(e: Any) -> tuple[str, str]:
     body = e.body
     if isinstance(body, str):
         try:

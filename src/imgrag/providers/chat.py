@@ -10,13 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imgrag.config import Settings
-from imgrag.providers.base import (
-    ChatCompletionsProvider,
-    FatalProviderError,
-    ProviderError,
-    TransientError,
-    _error_code_and_message,
-)
+from imgrag.providers import make_provider
+from imgrag.providers.base import ChatCompletionsProvider, error_code_and_message
+from imgrag.providers.errors import FatalProviderError, ProviderError, TransientError
 
 
 @dataclass
@@ -71,7 +67,7 @@ class TextChatProvider(ChatCompletionsProvider):
             sdk_stream.close()
 
     def _status_error(self, e: Any) -> ProviderError:
-        code, message = _error_code_and_message(e)
+        code, message = error_code_and_message(e)
         if code == "model_decommissioned":
             return FatalProviderError(
                 f"the model {self.model!r} has been retired by {self.name}: set {self.model_setting} to a current "
@@ -87,8 +83,6 @@ class TextChatProvider(ChatCompletionsProvider):
 
 def make_text_provider(settings: Settings, model_setting: str = "IMGRAG_ANSWER_MODEL") -> TextChatProvider:
     """The provider for `settings.model`, its client built as describe builds its own."""
-    from imgrag.providers import make_provider
-
     base = make_provider(settings)
     provider = TextChatProvider(name=base.name, client=base.client, sdk=base.sdk, model=base.model,
                                 key_setting=base.key_setting, base_url=base.base_url, timeout=base.timeout)

@@ -18,25 +18,22 @@ def now_iso() -> str:
 
 def load_descriptions(ws: Workspace) -> dict[str, dict[str, Any]]:
     """sha256 -> newest valid description record."""
-    return _newest_per_photo(ws.paths.descriptions, lambda record: isinstance(record.get("description"), dict))
+    return newest_per_photo(ws.paths.descriptions, lambda record: isinstance(record.get("description"), dict))
 
 
 def load_failures(ws: Workspace) -> dict[str, dict[str, Any]]:
     """sha256 -> newest failure record (a later success makes it moot)."""
-    return _newest_per_photo(ws.paths.failures, lambda record: True)
+    return newest_per_photo(ws.paths.failures, lambda record: True)
 
 
-def _newest_per_photo(path: Path, valid: Callable[[dict[str, Any]], bool]) -> dict[str, dict[str, Any]]:
+def newest_per_photo(path: Path, valid: Callable[[dict[str, Any]], bool]) -> dict[str, dict[str, Any]]:
+    """sha256 -> the newest `valid` record of an append-only per-photo log (also quarantine.jsonl)."""
     latest: dict[str, dict[str, Any]] = {}
     for record in read_jsonl(path):
         sha = record.get("sha256")
         if isinstance(sha, str) and valid(record):
             latest[sha] = record
     return latest
-
-
-# For the other per-photo logs (quarantine.jsonl).
-newest_per_photo = _newest_per_photo
 
 
 def average_usage(records: dict[str, dict[str, Any]], recent: int = 200) -> tuple[int, int] | None:

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imgrag.describe.live import DescribeOptions, Progress
+from imgrag.describe.plan import DescribeOptions
+from imgrag.describe.progress import NoProgress
 from imgrag.errors import ImgragError, Interrupted
 from imgrag.store.descriptions import now_iso
 from imgrag.store.workspace import Workspace
@@ -63,7 +64,7 @@ class Job:
         return self.state == "running"
 
 
-class _JobProgress(Progress):
+class _JobProgress(NoProgress):
     """describe's progress, as the job's counters."""
 
     def __init__(self, job: Job) -> None:
