@@ -1,6 +1,7 @@
 """`imgrag describe --batch` through the real groq (and openai) SDK against the stand-in's
 files and batches endpoints: submit, collect, expire, cancel, failures, free plan, the
-crash windows of a submission and of a collection, split files, status, dry run.
+crash windows of a submission and of a collection, status, dry run, cron. (Split files and
+the openai SDK's path, in process: tests/unit/test_batch.py.)
 
 The stand-in's batch clock runs on real seconds (validation, per request) and its completion
 window on `time_scale` (24h lasts 24 h * scale), so a whole batch life takes a second or two."""
@@ -15,9 +16,6 @@ from pathlib import Path
 import pytest
 
 from conftest import draw_scene, run_imgrag, scene_catalog
-from imgrag.config import Settings
-from imgrag.describe.batch import BatchOptions, run_batch
-from imgrag.describe.live import DescribeOptions, Progress, run_describe
 from imgrag.store.batch_log import BatchLog
 from imgrag.store.files import read_jsonl
 from imgrag.store.workspace import Workspace
@@ -71,10 +69,6 @@ def wait_until_done(server: StandinVLM, timeout: float = 10) -> None:
     while any(s not in ("completed", "failed", "expired", "cancelled") for s in server.batch.stats()["batches"].values()):
         assert time.monotonic() < deadline, server.batch.stats()
         time.sleep(0.05)
-
-
-def settings_for(server: StandinVLM, **changes) -> Settings:
-    return Settings(api_key=KEY, base_url=server.url, timeout=10.0, max_retries=1).with_flags(**changes)
 
 
 # -- the workflow through the CLI -------------------------------------------------------------
@@ -270,46 +264,7 @@ def test_kill_during_collect_writes_the_rest_once(photos, server):
     assert server.stats()["images"] == before, "collecting again downloads; it asks for nothing"
 
 
-# -- in-process: split files, the openai SDK ---------------------------------------------------------
-
-
-class Quiet(Progress):
-    def __init__(self) -> None:
-        self.warnings: list[str] = []
-
-    def warn(self, message: str) -> None:
-        self.warnings.append(message)
-
-
-def test_files_over_the_line_or_size_limit_are_split(photos, server):
-    server.batch.set(max_lines=2)
-    s = run_batch(photos, settings_for(server), BatchOptions(max_lines=2), Quiet())
-    assert [n for _, n in s.submitted] == [2, 2]
-    longest = max(len(line) for b in server.batch.batches.values()
-                  for line in server.batch.files[b.input_file_id].data.splitlines(keepends=True))
-    wait_until_done(server)
-    s = run_batch(photos, settings_for(server), BatchOptions(), Quiet())
-    assert sum(c.described for c in s.collected) == 4 and s.submitted == []
-
-    # By size: the same photos into another index, at most one line's worth of bytes a file.
-    server.batch.set(max_lines=50_000)
-    s = run_batch(photos, settings_for(server), BatchOptions(max_bytes=longest + 1), Quiet(),
-                  index=photos.parent / "other")
-    assert [n for _, n in s.submitted] == [1, 1, 1, 1]
-    assert all(len(server.batch.files[server.batch.batches[i].input_file_id].data) <= longest + 1
-               for i, _ in s.submitted)
-
-
-def test_openai_sdk_path(photos, server):
-    settings = settings_for(server, provider="openai", base_url=server.openai_base_url, model="standin-vision")
-    s = run_batch(photos, settings, BatchOptions(), Quiet())
-    assert [n for _, n in s.submitted] == [4]
-    wait_until_done(server)
-    s = run_batch(photos, settings, BatchOptions(), Quiet())
-    assert [(c.status, c.described) for c in s.collected] == [("completed", 4)]
-    assert {r["provider"] for r in records(photos)} == {"openai"}
-    live = run_describe(photos, settings, DescribeOptions(), Quiet())
-    assert live.already == 4 and live.requests == 0
+# -- cron ---------------------------------------------------------------------------------------------
 
 
 def test_index_batch_for_cron(photos, server):

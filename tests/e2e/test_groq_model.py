@@ -13,7 +13,6 @@ import pytest
 from conftest import SCENES, run_imgrag
 from imgrag.config import DEFAULT_GROQ_MODEL, thinks_by_default
 from imgrag.store.files import read_jsonl
-from standin_vlm import RETIRED_MODELS
 
 
 def descriptions(root) -> list[dict]:
@@ -39,19 +38,6 @@ def test_a_retired_model_in_dotenv_gives_one_line_naming_the_setting_and_the_cur
     (root / ".env").write_text("")  # the user follows the advice: the default works
     result = run_imgrag("describe", photos, cwd=root, env=env)
     assert result.code == 0 and f"described {len(SCENES)}" in result.stderr, result.stderr
-
-
-def test_the_stand_in_refuses_every_retired_vision_model_with_groqs_body(standin):
-    import groq
-
-    client = groq.Groq(api_key="k", base_url=standin.url, max_retries=0)
-    for model in sorted(RETIRED_MODELS):
-        with pytest.raises(groq.BadRequestError) as info:
-            client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
-        error = info.value.response.json()["error"]
-        assert error["code"] == "model_decommissioned" and error["type"] == "invalid_request_error"
-        assert error["message"].startswith(f"The model `{model}` has been decommissioned and is no longer supported.")
-        assert "https://console.groq.com/docs/deprecations" in error["message"]
 
 
 def test_the_default_model_is_asked_not_to_think_and_a_think_block_still_validates(home, standin):
@@ -87,25 +73,3 @@ def test_dry_run_prices_and_help_name_the_default_model(home):
     assert status["next_describe"] == len(SCENES)
 
 
-def test_the_stand_in_thinks_first_unless_asked_not_to(standin):
-    import base64
-    import io
-
-    import groq
-    from PIL import Image
-
-    png = io.BytesIO()
-    Image.new("RGB", (64, 48), "blue").save(png, "PNG")
-    content = [{"type": "text", "text": "Describe."},
-               {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()}}]
-    client = groq.Groq(api_key="k", base_url=standin.url, max_retries=0)
-
-    def reply(**extra) -> str:
-        completion = client.chat.completions.create(model=DEFAULT_GROQ_MODEL, messages=[{"role": "user", "content": content}], **extra)
-        return completion.choices[0].message.content
-
-    assert reply().startswith("<think>")
-    assert reply(reasoning_effort="none").startswith("{")
-    with pytest.raises(groq.BadRequestError):
-        client.chat.completions.with_raw_response.create(model=DEFAULT_GROQ_MODEL, messages=[{"role": "user", "content": content}],
-                                                         extra_body={"reasoning_effort": "maximal"})

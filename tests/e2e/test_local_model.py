@@ -84,28 +84,3 @@ def test_a_model_folder_end_to_end(home, tiny_models):
     assert r.code == 2 and "imgrag embed --rebuild" in r.stderr and str(model_b) in r.stderr
 
 
-@pytest.mark.parametrize("pooling, dense", [
-    ("weightedmean", []),
-    ("lasttoken", []),
-    ("max", [(24, "Tanh")]),
-    ("mean", [(48, "ReLU"), (16, "Identity")]),
-])
-def test_the_fast_encoder_reproduces_other_pipelines(tmp_path, pooling, dense):
-    """Pooling modes and Dense layers read from the model's own files, checked against
-    sentence-transformers itself (the same check `imgrag embed` makes before using it)."""
-    from imgrag.index.embedding import load_model
-    from imgrag.index.query_encoder import SAMPLE_TEXTS, OnnxQueryEncoder, export
-    from imgrag.store.workspace import Workspace
-
-    folder = make_tiny_model(tmp_path / f"tiny-{pooling}", seed=3, pooling=pooling, max_seq_length=24, dense=dense)
-    loaded = load_model(str(folder))
-    ws = Workspace(tmp_path / ".imgrag")
-    ws.root.mkdir()
-    record = export(ws, loaded)
-    assert record["verified"], record.get("reason")
-    assert record["pipeline"]["pooling"] == [pooling] and len(record["pipeline"]["dense"]) == len(dense)
-    assert record["pipeline"]["dim"] == (dense[-1][0] if dense else 32) and record["pipeline"]["max_seq_length"] == 24
-    [export_folder] = (ws.root / "models").iterdir()
-    fast = OnnxQueryEncoder(export_folder, record)
-    texts = SAMPLE_TEXTS[:6]  # a padded batch: short and long texts together
-    assert (fast.encode(texts) * loaded.encode(texts)).sum(axis=1).min() > 0.9999
