@@ -1132,20 +1132,6 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(200, {"ok": True})
 
 
-try:  # a fixture for pytest users; the script itself runs without pytest
-    import pytest
-except ImportError:  # pragma: no cover
-    pytest = None
-
-if pytest is not None:
-
-    @pytest.fixture
-    def standin():
-        """A running StandinVLM with no catalog."""
-        with StandinVLM() as server:
-            yield server
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")

@@ -1,4 +1,4 @@
-"""`imgrag describe --batch` through the real groq (and openai) SDK against the stand-in's
+"""`imgrag describe --batch` (in process) through the real groq (and openai) SDK against the stand-in's
 files and batches endpoints: submit, collect, expire, cancel, failures, free plan, the
 crash windows of a submission and of a collection, status, dry run, cron. (Split files and
 the openai SDK's path, in process: tests/unit/test_batch.py.)
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import draw_scene, run_imgrag, scene_catalog
+from conftest import draw_scene, invoke, run_imgrag, scene_catalog
 from imgrag.store.batch_log import BatchLog
 from imgrag.store.files import read_jsonl
 from imgrag.store.workspace import Workspace
@@ -40,7 +40,7 @@ def env_for(server: StandinVLM, **extra) -> dict:
 
 
 def cli(photos: Path, server: StandinVLM, *args: str, **env):
-    return run_imgrag(*args, cwd=photos.parent, env=env_for(server, **env), timeout=60)
+    return invoke(*args, cwd=photos.parent, env=env_for(server, **env))
 
 
 def ws_of(photos: Path) -> Workspace:
@@ -92,7 +92,7 @@ def test_submit_then_collect_gives_the_live_records(photos, server, tmp_path):
     assert {(line["method"], line["url"]) for line in lines} == {("POST", "/v1/chat/completions")}
     live_home = tmp_path / "live"
     draw_scene(live_home / "photos" / "beach_dog.jpg", "beach_dog", quality=92)
-    assert run_imgrag("describe", "photos", cwd=live_home, env=env_for(server)).code == 0
+    assert invoke("describe", "photos", cwd=live_home, env=env_for(server)).code == 0
     live_body = server.requests[-1]["body"]
     live_sha = json.loads((live_home / ".imgrag" / "descriptions.jsonl").read_text())["sha256"]
     assert next(line["body"] for line in lines if line["custom_id"] == live_sha) == live_body
@@ -195,7 +195,7 @@ def test_free_plan_key_gets_one_line(photos, server):
 def test_bad_window_and_unreachable_server(photos, server):
     r = cli(photos, server, "describe", "photos", "--batch", "--window", "2h")
     assert r.code == 2 and r.stderr.startswith("imgrag: error: --window '2h': give a completion window from 24h to 7d")
-    r = run_imgrag("describe", "photos", "--batch", cwd=photos.parent,
+    r = invoke("describe", "photos", "--batch", cwd=photos.parent,
                    env={**env_for(server), "IMGRAG_BASE_URL": "http://127.0.0.1:9"})
     assert r.code == 75 and "run again later" in r.stderr and "Traceback" not in r.stderr
 
@@ -268,7 +268,8 @@ def test_kill_during_collect_writes_the_rest_once(photos, server):
 
 
 def test_index_batch_for_cron(photos, server):
-    """The crontab line: each night collects what finished, embeds it, submits what is new."""
+    """The crontab line: each night collects what finished, embeds it, submits what is new
+    (the installed `imgrag` in a real process with no terminal, as cron runs it)."""
     assert cli(photos, server, "describe", "photos", "--batch").code == 0
     wait_until_done(server)
     draw_scene(photos / "new" / "kitchen.png", "kitchen", size=(500, 400))  # arrived since

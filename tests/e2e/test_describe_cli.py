@@ -1,5 +1,5 @@
-"""`imgrag describe` as a user or cron sees it: one-line errors and exit codes, and what
-Ctrl-C and kill -9 leave behind (real processes: signals are the point).
+"""`imgrag describe` as a user or cron sees it: one-line errors and exit codes (in process),
+and what Ctrl-C and kill -9 leave behind (real processes: signals are the point).
 The describe loop itself is tested in process in tests/unit/test_describe.py."""
 
 from __future__ import annotations
@@ -8,14 +8,14 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from conftest import SCENES, draw_scene, run_imgrag, scene_catalog
+from conftest import IMGRAG, SCENES, draw_scene, invoke, scene_catalog
 from imgrag.store.descriptions import load_descriptions
 from imgrag.store.files import read_jsonl
 from imgrag.store.workspace import Workspace
+from reliability_support import seed_query_encoder
 from standin_vlm import StandinVLM
 
 KEY = "gsk_test_secret_key_1234567890"
@@ -44,7 +44,7 @@ def env_for(home_env: dict, **extra: str) -> dict:
 def test_cli_fatal_error_is_one_line_exit_2_without_the_key(home, standin):
     cwd, photos, env = home
     standin.set_default(fault="decommissioned")
-    r = run_imgrag("describe", photos, cwd=cwd, env=env_for(env))
+    r = invoke("describe", photos, cwd=cwd, env=env_for(env))
     assert r.code == 2 and r.stdout == ""
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "IMGRAG_MODEL" in lines[0] and "retired" in lines[0]
@@ -52,23 +52,18 @@ def test_cli_fatal_error_is_one_line_exit_2_without_the_key(home, standin):
 
 
 def test_cli_index_on_spent_quota_embeds_what_it_has_then_exits_75(home, tmp_path):
-    # In-process (typer's runner): the embedding model is loaded once per test process.
-    from typer.testing import CliRunner
-
-    from imgrag.cli.commands import app
-
     cwd, photos, env = home
+    seed_query_encoder(cwd / ".imgrag")  # the query-encoder export is not what this is about
     with StandinVLM(catalog=scene_catalog(tmp_path / "refs"), rpd=2) as server:
-        r = CliRunner().invoke(app, ["index", str(photos), "--jobs", "1"],
-                               env=env_for(env, IMGRAG_BASE_URL=server.url, HF_HUB_OFFLINE="1"))
-    assert r.exit_code == 75, r.stderr
+        r = invoke("index", photos, "--jobs", "1", cwd=cwd, env=env_for(env, IMGRAG_BASE_URL=server.url))
+    assert r.code == 75, r.stderr
     assert "2 left" in r.stderr and "quota" in r.stderr
     assert "indexed 2 of 4" in r.stderr, "embed still ran"
 
 
 def _start(photos: Path, cwd: Path, env: dict, *args: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "imgrag", "describe", str(photos), *args],
+        [str(IMGRAG), "describe", str(photos), *args],
         cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
@@ -101,7 +96,7 @@ def test_ctrl_c_finishes_what_is_in_flight_then_resumes_without_duplicates(home,
     assert sent_before == len(done), "what was in flight was finished and written"
 
     standin.set_default(latency=0)
-    r = run_imgrag("describe", photos, cwd=cwd, env=env_for(env))
+    r = invoke("describe", photos, cwd=cwd, env=env_for(env))
     assert r.code == 0 and f"already done {len(done)}" in r.stderr
     assert len(records(photos)) == 8
     assert sorted(images_sent(standin).values()) == [1] * 8, "no photo was sent twice"
@@ -134,7 +129,7 @@ def test_kill_9_loses_at_most_what_was_in_flight(home, standin):
     assert written >= 3
 
     standin.set_default(latency=0)
-    r = run_imgrag("describe", photos, cwd=cwd, env=env_for(env))
+    r = invoke("describe", photos, cwd=cwd, env=env_for(env))
     assert r.code == 0, r.stderr
     assert len(load_descriptions(Workspace(cwd / ".imgrag"))) == 8
     resent = sum(count - 1 for count in images_sent(standin).values())

@@ -6,14 +6,12 @@ The export itself is tested in process in tests/unit/test_query_encoder.py."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import run_imgrag
+from conftest import IMGRAG, invoke, user_env
 from imgrag.index import query_encoder as qe
 from imgrag.store.workspace import Workspace
 
@@ -22,15 +20,15 @@ HEAVY = ("torch", "sentence_transformers", "transformers", "onnxruntime", "faiss
 
 
 def imported_modules(args: list[str], cwd: Path, env: dict) -> tuple[subprocess.CompletedProcess, set[str]]:
-    """Run imgrag with -X importtime; the top-level packages it imported."""
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "imgrag", *args],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
+    """Run the installed imgrag with Python's import timing on; the top-level packages it imported."""
+    proc = subprocess.run([str(IMGRAG), *args], cwd=cwd, env={**env, "PYTHONPROFILEIMPORTTIME": "1"},
+                          capture_output=True, text=True, timeout=180, check=False)
     names = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines() if line.startswith("import time:")}
     return proc, names
 
 
 def test_help_imports_nothing_heavy(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGRAG_")}
+    env = user_env()
     for args in (["--help"], ["search", "--help"]):
         proc, names = imported_modules(args, tmp_path, env)
         assert proc.returncode == 0 and "Usage" in proc.stdout
@@ -39,9 +37,11 @@ def test_help_imports_nothing_heavy(tmp_path):
 
 
 def test_cli_fast_path_ranks_exactly_like_sentence_transformers(home):
+    """The first embed exports the query encoder (in process; the one test that pays for a
+    fresh export through the command); a search in a fresh process then needs no torch."""
     cwd, photos, env = home
-    assert run_imgrag("describe", photos, cwd=cwd, env=env).code == 0
-    r = run_imgrag("embed", photos, cwd=cwd, env=env)
+    assert invoke("describe", photos, cwd=cwd, env=env).code == 0
+    r = invoke("embed", photos, cwd=cwd, env=env)
     assert r.code == 0, r.stderr
     manifest = json.loads((cwd / ".imgrag" / "manifest.json").read_text())
     folder = qe.export_dir(Workspace(cwd / ".imgrag"), MODEL, manifest["embedding"]["fingerprint"])
@@ -51,7 +51,7 @@ def test_cli_fast_path_ranks_exactly_like_sentence_transformers(home):
     fast, names = imported_modules(query, cwd, {**env, qe.ENV_VAR: "onnx"})
     assert fast.returncode == 0, fast.stderr
     assert "onnxruntime" in names and not names & {"torch", "sentence_transformers", "transformers"}
-    slow = run_imgrag(*query, cwd=cwd, env={**env, qe.ENV_VAR: "torch"})
+    slow = invoke(*query, cwd=cwd, env={**env, qe.ENV_VAR: "torch"})
     assert slow.code == 0, slow.stderr
     fast_hits, slow_hits = json.loads(fast.stdout)["results"], json.loads(slow.stdout)["results"]
     assert len(fast_hits) == 4 and fast_hits[0]["path"].endswith("beach_dog.jpg")

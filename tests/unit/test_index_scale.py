@@ -27,6 +27,7 @@ from imgrag.store.workspace import Workspace
 
 DIM = 32
 N = FLAT_MAX + 5_000
+pytestmark = pytest.mark.xdist_group("index_scale")  # one worker builds the big index, once
 
 
 def clustered(n: int, seed: int) -> np.ndarray:

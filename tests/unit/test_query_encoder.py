@@ -18,6 +18,7 @@ from imgrag.store.workspace import Workspace
 from tiny_model import make_tiny_model
 
 MODEL = "all-MiniLM-L6-v2"
+pytestmark = pytest.mark.xdist_group("query_encoder")  # one worker makes the module's export
 
 # Not the texts the export was verified on.
 TEXTS = [

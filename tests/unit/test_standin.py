@@ -18,9 +18,9 @@ import pytest
 from PIL import Image, ImageDraw, ImageOps
 
 from imgrag.config import DEFAULT_GROQ_MODEL
-from standin_vlm import RETIRED_MODELS, SCHEMA_DEFAULTS, StandinVLM, standin  # noqa: F401  (standin is a fixture)
+from standin_vlm import RETIRED_MODELS, SCHEMA_DEFAULTS, StandinVLM
 
-SCRIPT = Path(__file__).with_name("standin_vlm.py")
+SCRIPT = Path(__file__).resolve().parent.parent / "standin_vlm.py"
 MODEL = "qwen/qwen3.8-27b"
 EXIF_ORIENTATION = 0x0112
 
@@ -63,6 +63,13 @@ def draw_sign(size=(1200, 800)) -> Image.Image:
 BEACH = {"caption": "a red hut on a sunny beach", "objects": ["hut", "sun", "sand"], "colors": ["blue", "yellow"]}
 FOREST = {"caption": "pine trees under a white sky", "setting": "forest", "people": {"count": 2}}
 SIGN = {"caption": "an orange sign and a blue ball", "text": ["EXIT 12"], "time_of_day": "night"}
+
+
+@pytest.fixture
+def standin():
+    """A running StandinVLM with no catalog (tests/conftest.py's knows the drawn scenes)."""
+    with StandinVLM() as server:
+        yield server
 
 
 @pytest.fixture
