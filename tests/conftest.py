@@ -26,11 +26,11 @@ from typing import NoReturn
 # (Read by huggingface_hub when it is imported, so before anything imports it.)
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-import pytest  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
-from typer.testing import CliRunner  # noqa: E402
+import pytest
+from PIL import Image, ImageDraw
+from typer.testing import CliRunner
 
-from standin_vlm import StandinVLM  # noqa: E402
+from standin_vlm import StandinVLM
 
 REPO = Path(__file__).resolve().parent.parent
 IMGRAG = Path(sys.executable).parent / "imgrag"  # the entry point `pip install` wrote

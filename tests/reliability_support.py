@@ -123,7 +123,7 @@ def _check_generation(folder: Path) -> list[str]:
             rows = db.execute("SELECT count(*) FROM docs").fetchone()[0]
         finally:
             db.close()
-    except Exception as e:  # any failure to load is what we are looking for
+    except Exception as e:  # noqa: BLE001 - any failure to load is what we are looking for
         return [f"index generation {folder.name}: {type(e).__name__}: {e}"]
     if not (index.ntotal == rows == meta.get("count")):
         return [f"index generation {folder.name}: faiss {index.ntotal} rows, sqlite {rows}, meta {meta.get('count')}"]

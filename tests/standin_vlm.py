@@ -37,6 +37,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 from urllib.parse import urlsplit
 
 import imagehash
@@ -98,8 +99,8 @@ ERROR_FAULTS = {
     ),
     "decommissioned": (
         400,
-        "The model `{model}` has been decommissioned and is no longer supported. Please refer to "
-        "https://console.groq.com/docs/deprecations for a recommendation on which model to use instead.",
+        ("The model `{model}` has been decommissioned and is no longer supported. Please refer to "
+         "https://console.groq.com/docs/deprecations for a recommendation on which model to use instead."),
         "invalid_request_error",
         "model_decommissioned",
     ),
@@ -458,7 +459,7 @@ def chat_completion(model: str, content: str, prompt: int, completion: int) -> d
 # the blocks the stand-in is a naive model: an "ignore ... instructions" there is obeyed,
 # so a prompt that lets photo text out of its block fails the injection tests.
 
-_STOPWORDS = set(["a", "an", "and", "are", "as", "at", "be", "by", "for", "from", "has", "have", "how", "i", "in", "is", "it", "its", "of", "on", "or", "our", "photo", "photos", "picture", "pictures", "show", "shows", "that", "the", "their", "there", "this", "to", "was", "we", "were", "what", "when", "where", "which", "who", "with", "you", "your", "did", "do", "does", "any", "some", "my", "me", "all"])
+_STOPWORDS = {"a", "an", "and", "are", "as", "at", "be", "by", "for", "from", "has", "have", "how", "i", "in", "is", "it", "its", "of", "on", "or", "our", "photo", "photos", "picture", "pictures", "show", "shows", "that", "the", "their", "there", "this", "to", "was", "we", "were", "what", "when", "where", "which", "who", "with", "you", "your", "did", "do", "does", "any", "some", "my", "me", "all"}
 _INJECTED = re.compile(r"ignore (?:\w+ ){0,3}instructions\W+(?:and\s+)?(?:say|reply|answer)?\s*([^\n]*)", re.IGNORECASE)
 
 
@@ -613,7 +614,7 @@ class StandinVLM:
         self._thread.join()
         self._server = None
 
-    def __enter__(self) -> StandinVLM:
+    def __enter__(self) -> StandinVLM:  # noqa: PYI034 - typing.Self is Python 3.11+
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -834,7 +835,7 @@ class StandinVLM:
 
     def _control(self, body) -> None:
         if not isinstance(body, dict):
-            raise ValueError("control body must be a JSON object")
+            raise ValueError("control body must be a JSON object")  # noqa: TRY004 - answered as a 400
         if "set" in body:
             self.set_default(**body["set"])
         self.enqueue(*body.get("enqueue", []))
@@ -843,7 +844,7 @@ class StandinVLM:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "standin-vlm/1.0"
-    ROUTES = {
+    ROUTES: ClassVar[dict[tuple[str, str], str]] = {
         ("POST", "/openai/v1/chat/completions"): "_chat",
         ("POST", "/v1/chat/completions"): "_chat",
         ("GET", "/openai/v1/models"): "_models",
@@ -892,7 +893,7 @@ class _Handler(BaseHTTPRequestHandler):
                 getattr(self, route)()
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True  # the client gave up, e.g. after its own timeout
-        except Exception as exc:  # never let a bad request take the server down
+        except Exception as exc:  # noqa: BLE001 - never let a bad request take the server down
             if self._responded:
                 self.close_connection = True
             else:

@@ -40,5 +40,5 @@ def tmux_screen(command: str, env: dict, lines: int = 50, config: str = "") -> t
                               check=True).stdout
         return text, ansi
     finally:
-        subprocess.run([*tmux, "kill-server"], capture_output=True, timeout=30)
+        subprocess.run([*tmux, "kill-server"], capture_output=True, timeout=30, check=False)
         shutil.rmtree(folder, ignore_errors=True)

@@ -185,8 +185,8 @@ def test_free_plan_key_gets_one_line(photos, server):
     r = cli(photos, server, "describe", "photos", "--batch")
     assert r.code == 2
     assert r.stderr.strip().splitlines() == [
-        "imgrag: error: the groq Batch API needs a paid plan, and this key's organization is on the free plan: "
-        "upgrade at https://console.groq.com/settings/billing, or describe without --batch"
+        ("imgrag: error: the groq Batch API needs a paid plan, and this key's organization is on the free plan: "
+         "upgrade at https://console.groq.com/settings/billing, or describe without --batch")
     ]
     assert server.batch.stats()["calls"] == {"list": 1}, "refused before any photo was prepared"
     assert BatchLog(ws_of(photos)).held_photos() == set()

@@ -14,7 +14,6 @@ from conftest import IMGRAG, invoke, user_env
 from imgrag import demo as demo_module
 
 SAMPLES = Path(demo_module.__file__).parent / "sample_photos"
-pytestmark = pytest.mark.xdist_group("demo")  # one worker makes the demo, once
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +76,7 @@ def test_rerun_reuses_and_repairs_the_demo(first_run, fresh_user):
 def test_library_function_returns_the_indexed_folder(first_run, fresh_user, monkeypatch):
     """What `imgrag serve` calls to show the demo when nothing is indexed: no model load when built."""
     _, demo_dir = first_run
-    home, env = fresh_user
+    _home, env = fresh_user
     monkeypatch.setenv("XDG_DATA_HOME", env["XDG_DATA_HOME"])
     assert demo_module.demo_photos() == demo_dir / "photos"
     assert (demo_dir / ".imgrag" / "index" / "CURRENT").is_file()

@@ -111,7 +111,7 @@ def test_second_ctrl_c_abandons_at_once(home, standin):
     time.sleep(0.3)
     began = time.monotonic()
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=10)
+    _out, err = proc.communicate(timeout=10)
     assert proc.returncode == 130 and time.monotonic() - began < 3
     assert "abandoned" in err
     assert records(photos) == []

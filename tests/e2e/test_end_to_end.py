@@ -46,7 +46,7 @@ def test_describe_embed_search(home, standin):
 
     r = run_imgrag("search", "kettle on the stove", cwd=cwd, env=env)
     assert r.code == 0
-    rank, score, path, caption = r.stdout.splitlines()[0].split("\t")
+    rank, _score, path, caption = r.stdout.splitlines()[0].split("\t")
     assert rank == "1" and path.endswith("kitchen.jpg") and "kettle" in caption
 
 

@@ -55,7 +55,7 @@ def test_a_model_folder_end_to_end(home, tiny_models):
     env_a = {**env, "IMGRAG_EMBED_MODEL": str(cwd / "models" / "tiny-a")}
     fast, slow = search_json(cwd, env_a, "onnx"), search_json(cwd, env_a, "torch")
     assert [p for p, _ in fast] == [p for p, _ in slow] and len(fast) == 4
-    assert all(abs(a - b) < 1e-4 for (_, a), (_, b) in zip(fast, slow))
+    assert all(abs(a - b) < 1e-4 for (_, a), (_, b) in zip(fast, slow, strict=True))
 
     # The same weights in another folder (moved, copied) are the same model: nothing re-embedded.
     moved = shutil.copytree(model_a, cwd / "elsewhere" / "tiny-a")

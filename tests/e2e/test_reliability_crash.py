@@ -68,8 +68,8 @@ def test_second_writer_is_told_busy_or_waits(home, standin):
     assert first.poll() is None, "the first run was still writing during the checks"
 
     second = spawn_imgrag("describe", photos, "--jobs", "4", "--wait", cwd=cwd, env=env)
-    out1, err1 = first.communicate(timeout=120)
-    out2, err2 = second.communicate(timeout=120)
+    _out1, err1 = first.communicate(timeout=120)
+    _out2, err2 = second.communicate(timeout=120)
     assert first.returncode == 0 and second.returncode == 0, err1 + err2
     assert "described 3" in err2, "the waiting run went on where the first stopped"
     records, torn = jsonl_lines(cwd / ".imgrag" / "descriptions.jsonl")
@@ -134,7 +134,7 @@ def _mount(target: Path, *options: str):
     try:
         yield target
     finally:
-        subprocess.run(["umount", "-l", str(target)], capture_output=True)
+        subprocess.run(["umount", "-l", str(target)], capture_output=True, check=False)
 
 
 def _fill(folder: Path) -> None:
@@ -194,7 +194,7 @@ def test_file_size_limit_mid_append_needs_no_root(home, standin):
         resource.setrlimit(resource.RLIMIT_FSIZE, (len(before) + 200, len(before) + 200))
 
     proc = subprocess.run([str(IMGRAG), "describe", str(photos)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120, preexec_fn=limit_file_size)
+                          capture_output=True, text=True, timeout=120, preexec_fn=limit_file_size, check=False)
     assert proc.returncode == 2 and TRACEBACK not in proc.stderr, proc.stderr
     assert "file too large" in proc.stderr and str(log) in proc.stderr
     assert log.read_bytes() == before, "the partial record was cut back off"

@@ -205,7 +205,7 @@ def test_forced_half_block_thumbnails(library):
     # the beach photo's sand (240, 220, 160) and the stop sign photo's grey (90, 90, 90) are
     # drawn, up to JPEG noise
     for expected in ((240, 220, 160), (90, 90, 90)):
-        assert any(max(abs(a - b) for a, b in zip(c, expected)) <= 12 for c in fg + bg), expected
+        assert any(max(abs(a - b) for a, b in zip(c, expected, strict=True)) <= 12 for c in fg + bg), expected
 
     r = library.search("--like", library.path("home/birthday.jpg"), "--no-thumbnails", "--min-score", "-1", env=env)
     assert r.code == 0 and UPPER_HALF_BLOCK not in r.stdout and "\x1b" not in r.stdout and "\t" in r.stdout

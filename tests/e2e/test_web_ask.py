@@ -43,7 +43,7 @@ def test_api_ask_gives_the_cli_json(web):
 
 
 def test_api_ask_streams_events_and_filters(web):
-    http, standin, _, base = web
+    http, standin, _, _base = web
     standin.reset()
     standin.stream_interval = 0.01
     with http.stream("POST", "/api/ask", json={"question": "children with a birthday cake", "in": "photos/home"},

@@ -2,7 +2,7 @@
 against one real `imgrag serve` (uvicorn on 127.0.0.1, with a token) over a folder that the
 first test indexes from the page, through the stand-in vision server; a second, read-only
 server is started by the test of that mode. One browser per session; each test gets a
-fresh browser context.
+fresh browser context. (The file runs on one worker, in order: pyproject's --dist loadfile.)
 A failing test leaves a screenshot of every page it opened in the artifacts folder
 (IMGRAG_TEST_ARTIFACTS, else imgrag-test-artifacts in the system's temp folder)."""
 
@@ -29,8 +29,6 @@ from standin_vlm import StandinVLM
 expect = sync_api.expect
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's chromium package (.ci/run installs it)
-# One worker runs the whole file, in order: one server, one browser, one index build.
-pytestmark = pytest.mark.xdist_group("web_page")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"]
 TOKEN = "page-test-token-5f2c"  # the served folder needs it: the login form is tested too
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

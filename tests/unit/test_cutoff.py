@@ -163,6 +163,6 @@ def test_words_present_counts_common_words_too(bundle):
     rows = np.arange(bundle.size)
     share = bundle.lexical.words_present("dog beach", rows)
     names = [bundle.docs([int(r)])[int(r)].sha256 for r in rows]
-    by_name = dict(zip(names, share.tolist()))
+    by_name = dict(zip(names, share.tolist(), strict=True))
     assert by_name["dog_beach"] == pytest.approx(1.0)
     assert 0 < by_name["dog_snow"] < 1 and by_name["kitchen_1"] == 0

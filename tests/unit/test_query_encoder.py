@@ -18,7 +18,6 @@ from imgrag.store.workspace import Workspace
 from tiny_model import make_tiny_model
 
 MODEL = "all-MiniLM-L6-v2"
-pytestmark = pytest.mark.xdist_group("query_encoder")  # one worker makes the module's export
 
 # Not the texts the export was verified on.
 TEXTS = [
@@ -75,7 +74,7 @@ def test_export_is_complete_and_verified(exported, loaded):
 
 
 def test_onnx_vectors_match_sentence_transformers(exported, loaded):
-    ws, folder = exported
+    ws, _folder = exported
     fast = qe.open_encoder(ws, MODEL, loaded.fingerprint)
     assert isinstance(fast, qe.OnnxQueryEncoder)
     reference = np.concatenate([loaded.encode([t]) for t in TEXTS])
