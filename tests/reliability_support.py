@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -51,9 +53,9 @@ def clean_env(base_url: str, key: str = "test-key-123", **extra: str) -> dict[st
 
 
 def spawn_imgrag(*args: str, cwd: Path, env: dict, **popen) -> subprocess.Popen:
-    """The real CLI as a child process (for kill -9 and concurrent runs)."""
+    """The installed `imgrag` as a child process (for kill -9 and concurrent runs)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "imgrag", *map(str, args)], cwd=cwd, env=env,
+        [str(Path(sys.executable).parent / "imgrag"), *map(str, args)], cwd=cwd, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen,
     )
 
@@ -121,7 +123,7 @@ def _check_generation(folder: Path) -> list[str]:
             rows = db.execute("SELECT count(*) FROM docs").fetchone()[0]
         finally:
             db.close()
-    except Exception as e:  # any failure to load is what we are looking for
+    except Exception as e:  # noqa: BLE001 - any failure to load is what we are looking for
         return [f"index generation {folder.name}: {type(e).__name__}: {e}"]
     if not (index.ntotal == rows == meta.get("count")):
         return [f"index generation {folder.name}: faiss {index.ntotal} rows, sqlite {rows}, meta {meta.get('count')}"]
@@ -155,42 +157,78 @@ def index_rows(root: Path) -> list[tuple[str, list[str], bytes]]:
     return sorted(rows)
 
 
-_EXPORT_SOURCE: Path | None = None
+EXPORT_HOME: Path | None = None  # where the export is made; tests/conftest.py: one folder a test session
 
 
 def seed_query_encoder(ws_root: Path) -> None:
-    """Give a new `.imgrag/` the query-encoder export made once per test process.
+    """Give a new `.imgrag/` the packaged model's query-encoder export, made once.
 
     `imgrag embed` exports the embedding model for fast searches the first time it runs in
     a workspace (many seconds); tests that are about something else reuse one export
     instead of paying for it again. The export is keyed by model and weights, not by the
-    photos, and embed checks it file by file before trusting it."""
-    global _EXPORT_SOURCE
+    photos, and embed checks it file by file before trusting it. It is made by a real
+    `run_embed` in a workspace of its own, once for every process that shares EXPORT_HOME
+    (under a lock), and its files are hard-linked into ws_root (embed writes a new export
+    beside a bad one, never into it)."""
+    import shutil
+    import tempfile
+
+    from filelock import FileLock
+
+    from imgrag.store.workspace import Workspace
+
+    home = EXPORT_HOME or Path(tempfile.gettempdir()) / f"imgrag-export-{os.getpid()}"
+    source = Workspace(home / ".imgrag").paths.models
+    with FileLock(str(home) + ".lock"):
+        if not (home / "ready").exists():
+            from imgrag.config import DEFAULT_EMBED_MODEL
+            from imgrag.index.build import run_embed
+
+            shutil.rmtree(home, ignore_errors=True)
+            draw_photo(home / "photos" / "one.jpg", 1)
+            (home / ".imgrag").mkdir()
+            record = {"sha256": _sha256(home / "photos" / "one.jpg"), "paths": ["photos/one.jpg"],
+                      "description": {"caption": "a photo"}}
+            (home / ".imgrag" / "descriptions.jsonl").write_text(json.dumps(record) + "\n")
+            run_embed(home / "photos", DEFAULT_EMBED_MODEL, index=home / ".imgrag")
+            records = [json.loads(p.read_text()) for p in source.glob("*/encoder.json")]
+            assert records and all(r.get("verified") for r in records), f"no verified export in {source}: {records}"
+            (home / "ready").touch()
+    shutil.copytree(source, Workspace(ws_root).paths.models, dirs_exist_ok=True, copy_function=_link_or_copy)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    import shutil
+
     try:
-        from imgrag.store.workspace import Workspace
-    except ImportError:
-        return
-    if _EXPORT_SOURCE is None:
-        import tempfile
-
-        from imgrag.config import DEFAULT_EMBED_MODEL
-        from imgrag.index.build import run_embed
-
-        base = Path(tempfile.mkdtemp(prefix="imgrag-export-"))
-        draw_photo(base / "photos" / "one.jpg", 1)
-        (base / ".imgrag").mkdir()
-        record = {"sha256": _sha256(base / "photos" / "one.jpg"), "paths": ["photos/one.jpg"],
-                  "description": {"caption": "a photo"}}
-        (base / ".imgrag" / "descriptions.jsonl").write_text(json.dumps(record) + "\n")
-        run_embed(base / "photos", DEFAULT_EMBED_MODEL, index=base / ".imgrag")
-        _EXPORT_SOURCE = Workspace(base / ".imgrag").paths.models
-    if _EXPORT_SOURCE.is_dir():
-        import shutil
-
-        shutil.copytree(_EXPORT_SOURCE, Workspace(ws_root).paths.models, dirs_exist_ok=True)
+        os.link(src, dst)
+    except OSError:  # another file system
+        shutil.copy2(src, dst)
 
 
 def _sha256(path: Path) -> str:
     import hashlib
 
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def draw_png_bomb(path: Path, side: int = 40_000) -> None:
+    """A valid PNG header claiming side x side pixels (1.6 gigapixels) over a few bytes of data."""
+    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def draw_broken(folder: Path) -> dict[str, str]:
+    """Files that cannot be described -> the reason the user must read."""
+    (folder / "zero.jpg").write_bytes(b"")
+    full = draw_photo(folder / "full.jpg", 120).read_bytes()
+    (folder / "truncated.jpg").write_bytes(full[: len(full) // 2])
+    (folder / "full.jpg").unlink()
+    (folder / "notes.jpg").write_text("shopping list: eggs, milk\n")
+    draw_png_bomb(folder / "bomb.png")
+    return {"zero.jpg": "empty file", "truncated.jpg": "truncated", "notes.jpg": "not an image", "bomb.png": "decompression bomb"}

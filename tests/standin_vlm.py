@@ -43,7 +43,6 @@ from urllib.parse import urlsplit
 import imagehash
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
-from typing_extensions import Self
 
 from standin_batch import BatchAPI
 
@@ -615,9 +614,8 @@ class StandinVLM:
         self._thread.join()
         self._server = None
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
+    def __enter__(self) -> StandinVLM:  # noqa: PYI034 - typing.Self is Python 3.11+
+        return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
@@ -840,7 +838,7 @@ class StandinVLM:
 
     def _control(self, body) -> None:
         if not isinstance(body, dict):
-            raise TypeError("control body must be a JSON object")
+            raise ValueError("control body must be a JSON object")  # noqa: TRY004 - answered as a 400
         if "set" in body:
             self.set_default(**body["set"])
         self.enqueue(*body.get("enqueue", []))
@@ -1136,20 +1134,6 @@ class _Handler(BaseHTTPRequestHandler):
     def _control_reset(self) -> None:
         self.sv.reset()
         self._send_json(200, {"ok": True})
-
-
-try:  # a fixture for pytest users; the script itself runs without pytest
-    import pytest
-except ImportError:  # pragma: no cover
-    pytest = None
-
-if pytest is not None:
-
-    @pytest.fixture
-    def standin():
-        """A running StandinVLM with no catalog."""
-        with StandinVLM() as server:
-            yield server
 
 
 def main(argv=None) -> None:

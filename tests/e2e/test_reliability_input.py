@@ -1,36 +1,31 @@
-"""Bad input, end to end through the real CLI: every odd file, name, link and state file
-gets one clear line and the right exit code, and nothing already written is lost."""
+"""Bad input, end to end through the command (in process; permissions in a real process run
+without root's powers): every odd file, name, link and state file gets one clear line and
+the right exit code, and nothing already written is lost."""
 
 from __future__ import annotations
 
 import json
 import os
-import struct
 import threading
 import time
-import zlib
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from conftest import run_imgrag
-from reliability_support import TRACEBACK, check_readable, draw_photo, draw_photos, seed_query_encoder
+from conftest import IMGRAG, invoke, require
+from reliability_support import (
+    TRACEBACK,
+    check_readable,
+    draw_broken,
+    draw_photo,
+    draw_photos,
+    seed_query_encoder,
+)
 from reliability_support import jsonl_lines as _jsonl
 
 # Valid UTF-8 oddities and a Latin-1 byte (what old drives and zip files hold).
 ODD_NAMES = ["with space.jpg", "new\nline.jpg", "emoji \U0001F436 dog.jpg", os.fsdecode(b"latin1 caf\xe9.jpg")]
-
-
-def _png_bomb(path: Path, side: int = 40_000) -> None:
-    """A valid PNG header claiming side x side pixels (1.6 gigapixels) over a few bytes of data."""
-    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * 64)
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
 
 
 def _odd_but_valid(folder: Path) -> list[Path]:
@@ -43,22 +38,12 @@ def _odd_but_valid(folder: Path) -> list[Path]:
     frames = [Image.new("RGB", (80, 60), c) for c in ("red", "green", "blue")]
     frames[0].save(folder / "anim.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
     made += [folder / "deep16.png", folder / "cmyk.jpg", folder / "anim.gif"]
-    pillow_heif = pytest.importorskip("pillow_heif")
+    import pillow_heif  # a dependency: HEIC photos are read and written with it
+
     pillow_heif.from_pillow(Image.open(draw_photo(folder / "heic_src.png", 111, fmt="PNG"))).save(folder / "phone.heic")
     (folder / "heic_src.png").unlink()
     made.append(folder / "phone.heic")
     return made
-
-
-def _broken(folder: Path) -> dict[str, str]:
-    """Files that cannot be described -> the reason the user must read."""
-    (folder / "zero.jpg").write_bytes(b"")
-    full = draw_photo(folder / "full.jpg", 120).read_bytes()
-    (folder / "truncated.jpg").write_bytes(full[: len(full) // 2])
-    (folder / "full.jpg").unlink()
-    (folder / "notes.jpg").write_text("shopping list: eggs, milk\n")
-    _png_bomb(folder / "bomb.png")
-    return {"zero.jpg": "empty file", "truncated.jpg": "truncated", "notes.jpg": "not an image", "bomb.png": "decompression bomb"}
 
 
 def _links(folder: Path, outside: Path) -> dict[str, str]:
@@ -74,11 +59,11 @@ def _links(folder: Path, outside: Path) -> dict[str, str]:
 def test_a_folder_of_bad_and_odd_files(home, standin, tmp_path):
     cwd, photos, env = home
     good = draw_photos(photos, 2) + _odd_but_valid(photos)
-    broken = _broken(photos)
+    broken = draw_broken(photos)
     outside = tmp_path / "outside"
     links = _links(photos, outside)
 
-    r = run_imgrag("describe", photos, "--jobs", "2", cwd=cwd, env=env)
+    r = invoke("describe", photos, "--jobs", "2", cwd=cwd, env=env)
     assert r.code == 1, r.stderr  # some photos failed: exit 1, not a crash
     assert TRACEBACK not in r.stderr and r.stdout == "", r.stderr
     for name, reason in {**broken, **links}.items():
@@ -96,7 +81,7 @@ def test_a_folder_of_bad_and_odd_files(home, standin, tmp_path):
 
     # A second run asks for nothing new and damages nothing.
     before = (ws / "descriptions.jsonl").read_bytes()
-    again = run_imgrag("describe", photos, cwd=cwd, env=env)
+    again = invoke("describe", photos, cwd=cwd, env=env)
     assert again.code == 1 and TRACEBACK not in again.stderr
     assert (ws / "descriptions.jsonl").read_bytes() == before
     assert len(standin.requests) == len(expected)
@@ -129,7 +114,7 @@ def test_odd_file_names_through_embed_and_search(home, capsys):
     cwd, photos, env = home
     names = {"beach_dog": "with space.jpg", "kitchen": "emoji \U0001F436 dog.jpg", "stop_sign": "tab\there.jpg"}
     _rename_scenes(photos, names)
-    assert run_imgrag("describe", photos, cwd=cwd, env=env).code == 0
+    assert invoke("describe", photos, cwd=cwd, env=env).code == 0
     hits, as_json, table = _embed_and_search(cwd, "dog on the beach", capsys)
     assert json.loads(as_json)["results"][0]["path"] == str(photos / "with space.jpg")
     assert table.splitlines()[0].split("\t")[2] == str(photos / "with space.jpg")
@@ -143,7 +128,7 @@ def test_odd_file_names_through_embed_and_search(home, capsys):
 def test_newline_in_a_file_name_keeps_one_line_per_hit(home, capsys):
     cwd, photos, env = home
     _rename_scenes(photos, {"beach_dog": "new\nline.jpg"})
-    assert run_imgrag("describe", photos, cwd=cwd, env=env).code == 0
+    assert invoke("describe", photos, cwd=cwd, env=env).code == 0
     hits, as_json, table = _embed_and_search(cwd, "dog on the beach", capsys)
     assert json.loads(as_json)["results"][0]["path"] == str(photos / "new\nline.jpg")
     assert len(table.splitlines()) == len(hits)
@@ -153,7 +138,7 @@ def test_non_utf8_file_name_through_embed_and_search(home, capsys):
     cwd, photos, env = home
     name = os.fsdecode(b"latin1 caf\xe9.jpg")
     _rename_scenes(photos, {"beach_dog": name})
-    assert run_imgrag("describe", photos, cwd=cwd, env=env).code == 0
+    assert invoke("describe", photos, cwd=cwd, env=env).code == 0
     hits, as_json, table = _embed_and_search(cwd, "dog on the beach", capsys)
     assert hits[0].path == str(photos / name)
     assert "latin1 caf" in as_json and "latin1 caf" in table
@@ -163,9 +148,7 @@ def test_permission_denied_files_and_folders(home, standin):
     """Unreadable files and folders are skipped with a line each, the rest is described.
     Root reads everything, so as root the CLI runs without the capabilities that bypass
     file permissions (setpriv), as an ordinary cron job would."""
-    import shutil
     import subprocess
-    import sys
 
     cwd, photos, env = home
     draw_photo(photos / "private.jpg", 50).chmod(0)
@@ -173,13 +156,11 @@ def test_permission_denied_files_and_folders(home, standin):
     (photos / "locked").chmod(0)
     prefix: list[str] = []
     if os.geteuid() == 0:
-        if shutil.which("setpriv") is None:
-            pytest.skip("running as root without setpriv: permissions cannot be denied")
         caps = "-dac_override,-dac_read_search"
-        prefix = ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", "--"]
+        prefix = [require("setpriv"), f"--inh-caps={caps}", f"--bounding-set={caps}", "--"]
     try:
-        proc = subprocess.run([*prefix, sys.executable, "-m", "imgrag", "describe", str(photos)], cwd=cwd, env=env,
-                              capture_output=True, text=True, timeout=120)
+        proc = subprocess.run([*prefix, str(IMGRAG), "describe", str(photos)], cwd=cwd, env=env,
+                              capture_output=True, text=True, timeout=120, check=False)
     finally:
         (photos / "locked").chmod(0o755)
     assert TRACEBACK not in proc.stderr and proc.returncode == 0, proc.stderr
@@ -203,7 +184,7 @@ def test_file_vanishing_between_scan_and_read(home, standin):
 
     t = threading.Thread(target=delete_after_first_request)
     t.start()
-    r = run_imgrag("describe", photos, "--jobs", "1", cwd=cwd, env=env)
+    r = invoke("describe", photos, "--jobs", "1", cwd=cwd, env=env)
     t.join()
     assert TRACEBACK not in r.stderr
     assert r.code == 1 and any("stop_sign.jpg" in ln and ("not found" in ln or "vanished" in ln)
@@ -214,11 +195,11 @@ def test_file_vanishing_between_scan_and_read(home, standin):
 
 def test_photo_folder_inside_state_folder_is_refused(home):
     cwd, photos, env = home
-    assert run_imgrag("describe", photos, "--limit", "1", cwd=cwd, env=env).code == 0
+    assert invoke("describe", photos, "--limit", "1", cwd=cwd, env=env).code == 0
     nested = cwd / ".imgrag" / "photos"
     draw_photos(nested, 1)
     before = {p: p.read_bytes() for p in (cwd / ".imgrag").rglob("*") if p.is_file()}
-    r = run_imgrag("describe", nested, cwd=cwd, env=env)
+    r = invoke("describe", nested, cwd=cwd, env=env)
     assert r.code == 2 and ".imgrag" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (cwd / ".imgrag" / ".imgrag").exists()
     assert {p: p.read_bytes() for p in (cwd / ".imgrag").rglob("*") if p.is_file()} == before
@@ -226,12 +207,12 @@ def test_photo_folder_inside_state_folder_is_refused(home):
 
 def test_corrupted_descriptions_line_is_skipped_and_kept(home, standin):
     cwd, photos, env = home
-    assert run_imgrag("describe", photos, "--limit", "2", cwd=cwd, env=env).code == 0
+    assert invoke("describe", photos, "--limit", "2", cwd=cwd, env=env).code == 0
     path = cwd / ".imgrag" / "descriptions.jsonl"
     lines = path.read_bytes().splitlines(keepends=True)
     damaged = b'{"sha256": "garbage\n'
     path.write_bytes(lines[0] + damaged + lines[1] + b'{"torn": ')
-    r = run_imgrag("describe", photos, cwd=cwd, env=env)
+    r = invoke("describe", photos, cwd=cwd, env=env)
     assert r.code == 0 and TRACEBACK not in r.stderr, r.stderr
     assert len(standin.requests) == 4, "the two good records were kept: only two photos asked"
     data = path.read_bytes()
@@ -247,7 +228,7 @@ def test_future_manifest_is_refused_untouched(home, standin):
     manifest = json.dumps({"format": 99, "roots": ["photos"]}).encode()
     (ws / "manifest.json").write_bytes(manifest)
     for cmd in (["describe", photos], ["embed", photos]):
-        r = run_imgrag(*cmd, cwd=cwd, env=env)
+        r = invoke(*cmd, cwd=cwd, env=env)
         assert r.code == 2 and "newer imgrag" in r.stderr and TRACEBACK not in r.stderr, r.stderr
     assert (ws / "manifest.json").read_bytes() == manifest
     assert not standin.requests and not (ws / "descriptions.jsonl").exists()
@@ -266,7 +247,7 @@ def built_index(tmp_path_factory):
         draw_scene(photos / f"{name}.jpg", name, quality=92)
     with StandinVLM(catalog=scene_catalog(tmp_path_factory.mktemp("refs"))) as server:
         env = clean_env(server.url)
-        assert run_imgrag("describe", photos, cwd=base, env=env).code == 0
+        assert invoke("describe", photos, cwd=base, env=env).code == 0
     _in_process_embed(base)
     return base, env
 
@@ -303,7 +284,7 @@ def test_missing_or_truncated_index(built_index, tmp_path, damage):
         (gen / "meta.json").write_bytes(b"\x00\x01 not json")
     else:
         (index_dir / "CURRENT").write_text("deadbeef")
-    r = run_imgrag("search", "dog", cwd=base, env=env)
+    r = invoke("search", "dog", cwd=base, env=env)
     assert r.code == 2 and TRACEBACK not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "imgrag embed --rebuild" in r.stderr
     _in_process_embed(base, rebuild=True)  # what the message says to run repairs it
@@ -313,7 +294,7 @@ def test_missing_or_truncated_index(built_index, tmp_path, damage):
 def test_empty_and_huge_queries(built_index):
     base, env = built_index
     for query in ("", "   \n\t "):
-        r = run_imgrag("search", query, cwd=base, env=env)
+        r = invoke("search", query, cwd=base, env=env)
         assert r.code == 2 and "empty" in r.stderr and r.stdout == "" and TRACEBACK not in r.stderr, r.stderr
     huge = ("dog on the beach " * 6100)[:100_000]
     assert _in_process_search(base, huge)[0].path.endswith("beach_dog.jpg")
@@ -331,6 +312,6 @@ def test_env_file_with_junk_lines(home, standin):
         b"\xff\xfe binary junk \x00\n"
         b"UNTERMINATED=\"oops\n"
     )
-    r = run_imgrag("describe", photos, "--limit", "1", cwd=cwd, env=key_free)
+    r = invoke("describe", photos, "--limit", "1", cwd=cwd, env=key_free)
     assert r.code == 0 and TRACEBACK not in r.stderr, r.stderr
     assert standin.requests[0]["headers"]["authorization"] == "Bearer dotenv-key-1"

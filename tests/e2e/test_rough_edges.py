@@ -1,6 +1,7 @@
-"""Rough edges a new user hit (issue 12, section 4), each through the real `imgrag` command:
+"""Rough edges a new user hit (issue 12, section 4), each through the `imgrag` command:
 an unreachable vision server, photos deleted since the last index, one-line flag errors,
-help text, thumbnails, hints that name the real folder, embed and why-line wording."""
+help text, thumbnails, hints that name the real folder, embed and why-line wording.
+In process, but for the thumbnails in tmux, a real terminal."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import socket
 
 import pytest
 
-from conftest import SCENES, draw_scene, run_imgrag
+from conftest import IMGRAG, SCENES, copy_tree, draw_scene, invoke
+from libraries import Library
+from tmux_screen import UPPER_HALF_BLOCK, tmux_screen
 
 
 def one_line(stderr: str) -> str:
@@ -39,7 +42,7 @@ def test_unreachable_server_is_try_again_later_and_blames_no_photo(tmp_path, new
         draw_scene(photos / f"p{i}.jpg", names[i % len(names)], size=(320 + 8 * i, 240))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("IMGRAG_", "GROQ_", "OPENAI_"))}
     env.update(GROQ_API_KEY="test-key-123", IMGRAG_BASE_URL=closed_port_url(), IMGRAG_MAX_RETRIES="1")
-    r = run_imgrag("describe", photos, cwd=tmp_path, env=env)
+    r = invoke("describe", photos, cwd=tmp_path, env=env)
     assert r.code == 75, r.stderr
     line = one_line(r.stderr)  # the reason, once; no "failed: ..." lines
     assert line.count("cannot connect to") == 1 and "IMGRAG_BASE_URL" in line
@@ -71,7 +74,7 @@ def plain_env() -> dict:
     (["bogus"], "no such command 'bogus' (commands: describe, embed, index, status, search"),
 ])
 def test_bad_flag_values_are_one_line(tmp_path, args, message):
-    r = run_imgrag(*args, cwd=tmp_path, env=plain_env())
+    r = invoke(*args, cwd=tmp_path, env=plain_env())
     assert r.code == 2 and r.stdout == ""
     line = one_line(r.stderr)
     assert line.startswith("imgrag: error: ") and message in line, line
@@ -80,7 +83,7 @@ def test_bad_flag_values_are_one_line(tmp_path, args, message):
 def registered_commands() -> list[str]:
     from typer.main import get_command
 
-    from imgrag.cli.commands import app
+    from imgrag.cli import app
 
     group = get_command(app)
     return group.list_commands(None)
@@ -88,7 +91,7 @@ def registered_commands() -> list[str]:
 
 def test_every_command_answers_an_unknown_flag_in_one_line(tmp_path):
     for name in registered_commands():
-        r = run_imgrag(name, "--no-such-flag", cwd=tmp_path, env=plain_env())
+        r = invoke(name, "--no-such-flag", cwd=tmp_path, env=plain_env())
         assert r.code == 2, (name, r.stderr)
         assert one_line(r.stderr) == f"imgrag: error: no such option: --no-such-flag (see imgrag {name} --help)"
 
@@ -100,7 +103,7 @@ def test_help_uses_a_wide_terminal_and_says_everything(tmp_path):
     from imgrag.cli.help_format import HELP_MAX_WIDTH
     from imgrag.config import DEFAULT_GROQ_MODEL, Settings
 
-    r = run_imgrag("--help", cwd=tmp_path, env=plain_env())  # COLUMNS=160
+    r = invoke("--help", cwd=tmp_path, env=plain_env())  # COLUMNS=160
     assert r.code == 0
     lines = r.stdout.splitlines()
     assert max(map(len, lines)) > 90, "wraps at the terminal's width, not at 80"
@@ -109,29 +112,25 @@ def test_help_uses_a_wide_terminal_and_says_everything(tmp_path):
     assert any(line.split(None, 1)[1] == "Describe new photos with the vision model into "
                ".imgrag/descriptions.jsonl (resumable)." for line in commands)
 
-    wide = run_imgrag("search", "--help", cwd=tmp_path, env={**plain_env(), "COLUMNS": "400"})
+    wide = invoke("search", "--help", cwd=tmp_path, env={**plain_env(), "COLUMNS": "400"})
     assert max(map(len, wide.stdout.splitlines())) <= HELP_MAX_WIDTH, "a sensible maximum"
 
-    r = run_imgrag("describe", "--help", cwd=tmp_path, env=plain_env())
+    r = invoke("describe", "--help", cwd=tmp_path, env=plain_env())
     text = " ".join(r.stdout.split())
     assert r.stdout.startswith("Usage: imgrag describe [OPTIONS] PHOTOS\n") and "{" not in r.stdout
     assert DEFAULT_GROQ_MODEL in text
     assert f"${Settings.price_input:.2f} input / ${Settings.price_output:.2f} output per million tokens" in text
     for name in ("embed", "status"):
-        r = run_imgrag(name, "--help", cwd=tmp_path, env=plain_env())
+        r = invoke(name, "--help", cwd=tmp_path, env=plain_env())
         assert r.stdout.startswith(f"Usage: imgrag {name} [OPTIONS] [PHOTOS]\n"), r.stdout
 
 
 # -- search: photos deleted since the last index; hints that name the real folder -------
 
-from test_search_cli import Library, library  # noqa: F401  (the shared, indexed library)
-
-
 @pytest.fixture
-def own_library(library, tmp_path) -> Library:  # noqa: F811
+def own_library(library, tmp_path) -> Library:
     """A copy of the shared library to change (stored paths are relative: a copy works)."""
-    base = tmp_path / "lib"
-    shutil.copytree(library.base, base, symlinks=True)
+    base = copy_tree(library.base, tmp_path / "lib")
     return Library(base, base / "photos", library.env)
 
 
@@ -154,7 +153,7 @@ def test_search_skips_deleted_photos_and_says_how_to_refresh(own_library):
     r = lib.search(*like, "--paths")
     assert r.code == 0 and all(os.path.exists(p) for p in r.stdout.splitlines())
 
-    refresh = run_imgrag(*command.split()[1:], cwd=lib.base, env=lib.env)  # nothing to encode: no model load
+    refresh = invoke(*command.split()[1:], cwd=lib.base, env=lib.env)  # nothing to encode: no model load
     assert refresh.code == 0, refresh.stderr
     r = lib.search(*like, "--json")
     assert r.code == 0 and r.stderr == "" and json.loads(r.stdout)["count"] == 2
@@ -173,7 +172,7 @@ def test_search_during_the_first_build_says_so_and_names_the_folder(own_library)
     assert one_line(r.stderr).endswith(f"has no search index yet: run `imgrag embed {lib.photos}`")
 
 
-def test_like_a_file_that_is_not_a_photo(library, tmp_path):  # noqa: F811
+def test_like_a_file_that_is_not_a_photo(library, tmp_path):
     notes = tmp_path / "notaphoto.jsonl"
     notes.write_text('{"a": 1}\n')
     r = library.search("--like", str(notes))
@@ -191,13 +190,13 @@ def test_embed_counts_copies_of_one_description_as_copies_not_cache(own_library,
     for quality in (70, 80):  # other bytes, the same picture: the vision model says the same
         original.save(lib.photos / "trips" / f"beach_dog_q{quality}.jpg", quality=quality)
     shutil.rmtree(lib.base / ".imgrag" / "vectors")  # nothing embedded yet
-    r = run_imgrag("index", lib.photos, cwd=lib.base, env={**lib.env, "IMGRAG_BASE_URL": standin.url})
+    r = invoke("index", lib.photos, cwd=lib.base, env={**lib.env, "IMGRAG_BASE_URL": standin.url})
     assert r.code == 0, r.stderr
     assert "described 2" in r.stderr
     assert "indexed 6 of 6 photos (4 embedded now, 2 copies of another photo's description, 0 from cache)" in r.stderr
 
 
-def test_why_line_of_a_match_by_meaning_adds_to_the_caption(library):  # noqa: F811
+def test_why_line_of_a_match_by_meaning_adds_to_the_caption(library):
     r = library.search("a puppy playing in the surf", "--json", "--limit", "1", "--min-score", "0")
     assert r.code == 0, r.stderr
     [top] = json.loads(r.stdout)["results"]
@@ -207,17 +206,13 @@ def test_why_line_of_a_match_by_meaning_adds_to_the_caption(library):  # noqa: F
 # -- thumbnails in a real terminal: 24-bit colour when tmux has it, one screen by default --
 
 
-@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
-def test_thumbnails_in_tmux_are_truecolor_with_rgb_big_and_fit_one_screen(library):  # noqa: F811
+def test_thumbnails_in_tmux_are_truecolor_with_rgb_big_and_fit_one_screen(library):
     import re
     import shlex
-    import sys
-
-    from test_search_cli import UPPER_HALF_BLOCK, tmux_screen
 
     env = {k: v for k, v in library.env.items() if k not in ("NO_COLOR", "COLUMNS", "LINES", "COLORTERM")}
     env["TERM"] = "xterm-256color"
-    search = (f"cd {shlex.quote(str(library.base))} && {shlex.quote(sys.executable)} -m imgrag search "
+    search = (f"cd {shlex.quote(str(library.base))} && {shlex.quote(str(IMGRAG))} search "
               "--like photos/trips/beach_dog.jpg --min-score -1")  # 3 hits
     rgb = "set -as terminal-features ',*:RGB'\n"  # tmux is told its terminal draws 24-bit colour
 

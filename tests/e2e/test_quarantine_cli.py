@@ -1,28 +1,26 @@
 """Quarantine: a photo that fails 3 times in a row for a reason no retry cures is set
 aside, so that a nightly cron job stops failing (and mailing) because of it.
 
-Through the real CLI against the stand-in; the broken files are the ones the input
-reliability tests use (empty, truncated, not an image, decompression bomb)."""
+Through the command (in process) against the stand-in; the broken files are the ones the
+input reliability tests use (empty, truncated, not an image, decompression bomb)."""
 
 from __future__ import annotations
 
 import json
 
-import pytest
-
-from conftest import SCENES, draw_scene, run_imgrag, scene_catalog
-from imgrag.describe.quarantine import QUARANTINE_AFTER, permanent_reason, strikes
-from test_reliability_input import _broken
+from conftest import SCENES, draw_scene, invoke, scene_catalog
+from imgrag.describe.quarantine import QUARANTINE_AFTER
+from reliability_support import draw_broken
 
 
 def describe(home, *extra):
     root, photos, env = home
-    return run_imgrag("describe", photos, *extra, cwd=root, env=env)
+    return invoke("describe", photos, *extra, cwd=root, env=env)
 
 
 def status_json(home) -> dict:
     root, photos, env = home
-    result = run_imgrag("status", photos, "--json", cwd=root, env=env)
+    result = invoke("status", photos, "--json", cwd=root, env=env)
     assert result.code == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -34,7 +32,7 @@ def quarantine_log(home) -> list[dict]:
 
 def test_broken_photos_are_quarantined_after_three_runs_then_cron_exits_0(home, standin):
     root, photos, env = home
-    broken = _broken(photos)
+    broken = draw_broken(photos)
     for run in range(1, QUARANTINE_AFTER + 1):
         result = describe(home)
         assert result.code == 1, (run, result.stderr)  # these runs did fail: the owner hears of it
@@ -58,7 +56,7 @@ def test_broken_photos_are_quarantined_after_three_runs_then_cron_exits_0(home, 
     listed = {p["path"]: p for p in state["quarantined_photos"]}
     assert set(listed) == {f"photos/{name}" for name in broken}
     assert "truncated" in listed["photos/truncated.jpg"]["reason"] and listed["photos/zero.jpg"]["strikes"] == 3
-    text = run_imgrag("status", photos, cwd=root, env=env).stdout
+    text = invoke("status", photos, cwd=root, env=env).stdout
     assert f"quarantined:  {len(broken)}" in text and "  photos/notes.jpg: unreadable photo: not an image" in text
 
     # --retry-failed tries them again; still broken, they stay quarantined.
@@ -101,25 +99,3 @@ def test_replies_that_do_not_validate_and_server_faults_never_quarantine(home, s
     assert result.code == 0 and f"described {len(SCENES)}" in result.stderr, result.stderr
 
 
-@pytest.mark.parametrize("kind, reason, permanent", [
-    ("photo", "unreadable photo: truncated or corrupt image", "unreadable"),
-    ("photo", "unreadable photo: empty file", "unreadable"),
-    ("photo", "unreadable photo: too large (decompression bomb: 1600 megapixels)", "decompression bomb"),
-    ("photo", "unreadable photo: permission denied", None),  # chmod fixes it: not the photo's fault
-    ("photo", "unreadable photo: file not found", None),
-    ("rejected", "rejected by the model (400: Invalid image data: the image could not be decoded)", "invalid image"),
-    ("rejected", "rejected by the model (400: 'messages.0.content' : value is invalid)", None),
-    ("provider", "gave up after 6 attempts: server error 503: Service Unavailable", None),
-    ("reply", "the reply did not validate twice: the reply holds no JSON object", None),
-])
-def test_which_reasons_are_permanent(kind, reason, permanent):
-    assert permanent_reason(kind, reason) == permanent
-
-
-def test_strikes_count_the_same_permanent_reason_in_a_row_only():
-    assert strikes(None, "unreadable") == 1
-    assert strikes({"permanent": "unreadable", "strikes": 2}, "unreadable") == 3
-    assert strikes({"permanent": "invalid image", "strikes": 2}, "unreadable") == 1, "another reason starts over"
-    assert strikes({"permanent": None, "strikes": 0}, "unreadable") == 1, "a transient failure broke the streak"
-    assert strikes({"permanent": "unreadable", "strikes": 2}, None) == 0
-    assert strikes({"reason": "written by an older imgrag"}, "unreadable") == 1

@@ -1,7 +1,8 @@
-"""Incremental embedding through the real CLI: add, change, move, delete, model change, status.
+"""Incremental embedding through the command: add, change, move, delete, model change, status.
 
-Subprocess runs that load the model are kept few (each costs seconds); what needs no
-model (status, nothing-new embeds, format checks) is also checked in process."""
+In process (the model loads once per test process); what needs no model (status,
+nothing-new embeds, format checks) is also checked through the library functions. Which
+modules a fresh process imports to encode a few new texts is checked in a real process."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import SCENES, draw_scene, run_imgrag, scene_catalog
+from conftest import SCENES, built_once, copy_tree, draw_scene, invoke, scene_catalog, user_env
 from imgrag.cli.render import status_text
 from imgrag.errors import UsageError
 from imgrag.index.build import run_embed
@@ -22,6 +23,7 @@ from imgrag.index.embedding import DEFAULT_MODEL, load_model
 from imgrag.index.generations import load_bundle
 from imgrag.status import Status, collect_status, next_step
 from imgrag.store.workspace import Workspace
+from reliability_support import seed_query_encoder
 from standin_vlm import StandinVLM
 
 
@@ -58,7 +60,7 @@ def cached_rows(ws: Path) -> int:
 
 
 def status(cwd: Path, env: dict, *args: str) -> dict:
-    r = run_imgrag("status", *args, "--json", cwd=cwd, env=env)
+    r = invoke("status", *args, "--json", cwd=cwd, env=env)
     assert r.code == 0, r.stderr
     return json.loads(r.stdout)
 
@@ -69,38 +71,28 @@ def state(ws: Path, photos: Path | None = None) -> Status:
 
 
 def embed(cwd: Path, env: dict, *args: str) -> str:
-    r = run_imgrag("embed", *args, cwd=cwd, env=env)
+    r = invoke("embed", *args, cwd=cwd, env=env)
     assert r.code == 0, r.stderr
     return r.stderr
 
 
-@pytest.fixture(scope="module")
-def indexed_once(tmp_path_factory):
-    """A folder of 4 photos described (stand-in) and indexed by `imgrag index`, made once
-    per module: the model load and query-encoder export are paid once, not per test."""
-    base = tmp_path_factory.mktemp("indexed")
-    server = StandinVLM(catalog=scene_catalog(tmp_path_factory.mktemp("refs")))
-    server.start()
-    try:
-        for name in SCENES:
-            draw_scene(base / "photos" / f"{name}.jpg", name, quality=92)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("IMGRAG_", "GROQ_", "OPENAI_"))}
-        env.update(GROQ_API_KEY="test-key-123", IMGRAG_BASE_URL=server.url, NO_COLOR="1")
-        r = run_imgrag("index", base / "photos", cwd=base, env=env)
-        assert r.code == 0 and "indexed 4 of 4 photos (4 embedded now, 0 from cache)" in r.stderr, r.stderr
-        yield base, env
-    finally:
-        server.stop()
+def build_indexed(base: Path) -> None:
+    """4 photos described (stand-in) and indexed by `imgrag index`."""
+    for name in SCENES:
+        draw_scene(base / "photos" / f"{name}.jpg", name, quality=92)
+    seed_query_encoder(base / ".imgrag")  # the query-encoder export is not what these tests are about
+    with StandinVLM(catalog=scene_catalog(base.parent / f"{base.name}-refs")) as server:
+        r = invoke("index", base / "photos", cwd=base, env={**user_env(GROQ_API_KEY="test-key-123", NO_COLOR="1"),
+                                                             "IMGRAG_BASE_URL": server.url})
+    assert r.code == 0 and "indexed 4 of 4 photos (4 embedded now, 0 from cache)" in r.stderr, r.stderr
 
 
 @pytest.fixture
-def indexed(indexed_once, tmp_path, standin):
-    """A private copy of the indexed folder (the whole tree moves: paths inside are relative),
-    pointed at this test's stand-in."""
-    base, env = indexed_once
-    copy = tmp_path / "home"
-    shutil.copytree(base, copy)
-    return copy, copy / "photos", {**env, "IMGRAG_BASE_URL": standin.url}
+def indexed(tmp_path_factory, tmp_path, standin):
+    """A private copy of a folder indexed once per session (the whole tree moves: paths
+    inside are relative), pointed at this test's stand-in."""
+    base = copy_tree(built_once(tmp_path_factory, "embed-indexed", build_indexed), tmp_path / "home")
+    return base, base / "photos", user_env(GROQ_API_KEY="test-key-123", NO_COLOR="1", IMGRAG_BASE_URL=standin.url)
 
 
 def test_add_change_move_delete_through_the_cli(indexed):
@@ -133,19 +125,19 @@ def test_add_change_move_delete_through_the_cli(indexed):
     draw_scene(photos / "old" / "party.jpg", "birthday", quality=92)
     now = state(ws)
     assert (now.photos, now.described, now.next_describe, now.next_embed) == (4, 2, 2, 0)
-    assert run_imgrag("describe", photos, cwd=cwd, env=env).code == 0
+    assert invoke("describe", photos, cwd=cwd, env=env).code == 0
     assert state(ws).next_embed == 2
     assert "indexed 4 of 4 photos (2 embedded now, 2 from cache)" in embed(cwd, env)
     assert index_paths(ws) == ["photos/2024/kettle.jpg", "photos/beach_dog.jpg", "photos/new/stop.jpg", "photos/old/party.jpg"]
     assert cached_rows(ws) == 6
     assert "green" in index_captions(ws)["photos/beach_dog.jpg"].lower()
 
-    text = run_imgrag("status", cwd=cwd, env=env)
+    text = invoke("status", cwd=cwd, env=env)
     assert text.code == 0 and "embedded:     4" in text.stdout and "next run would: nothing (up to date)" in text.stdout
 
 
 def test_nothing_new_never_loads_the_model(indexed):
-    cwd, photos, env = indexed
+    cwd, photos, _env = indexed
     calls = load_model.cache_info()
     generation = (cwd / ".imgrag" / "index" / "CURRENT").read_text()
     summary = run_embed(photos, DEFAULT_MODEL, index=cwd / ".imgrag")
@@ -185,7 +177,7 @@ def test_a_few_new_texts_are_encoded_with_the_verified_export_not_torch(indexed)
     cwd, photos, env = indexed
     draw_scene(photos / "new" / "stop.jpg", "stop_sign", size=(600, 450), quality=90)
     Image.new("RGB", (320, 240), (20, 160, 40)).save(photos / "new" / "green.jpg", quality=92)
-    assert run_imgrag("describe", photos, cwd=cwd, env=env).code == 0
+    assert invoke("describe", photos, cwd=cwd, env=env).code == 0
     probe = (
         "import sys, json; from pathlib import Path; from imgrag.index.build import run_embed; "
         f"s = run_embed(Path({str(photos)!r}), 'all-MiniLM-L6-v2'); "
@@ -194,7 +186,7 @@ def test_a_few_new_texts_are_encoded_with_the_verified_export_not_torch(indexed)
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-c", probe], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", probe], cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.splitlines()[-1]) == [2, False, False]  # two new texts, no torch
 
@@ -217,16 +209,16 @@ def test_model_change_and_index_formats_name_the_fix(indexed):
     ws = cwd / ".imgrag"
     other = "sentence-transformers/all-MiniLM-L6-v2"  # another name: another model to imgrag
 
-    r = run_imgrag("embed", photos, "--model", other, cwd=cwd, env=env)
+    r = invoke("embed", photos, "--model", other, cwd=cwd, env=env)
     assert r.code == 2 and "imgrag embed --rebuild" in r.stderr and other in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
 
-    r = run_imgrag("embed", photos, "--model", other, "--rebuild", cwd=cwd, env=env)
+    r = invoke("embed", photos, "--model", other, "--rebuild", cwd=cwd, env=env)
     assert r.code == 0 and "4 embedded now" in r.stderr, r.stderr
     assert json.loads((ws / "manifest.json").read_text())["embedding"]["model"] == other
     assert len(list((ws / "vectors").iterdir())) == 2  # the first model's vectors stay cached
 
-    r = run_imgrag("search", "dog", cwd=cwd, env={**env, "IMGRAG_EMBED_MODEL": "all-MiniLM-L6-v2"})
+    r = invoke("search", "dog", cwd=cwd, env={**env, "IMGRAG_EMBED_MODEL": "all-MiniLM-L6-v2"})
     assert r.code == 2 and "imgrag embed --rebuild" in r.stderr and other in r.stderr
 
     meta_path = dense_file(ws).parent / "meta.json"
@@ -236,7 +228,7 @@ def test_model_change_and_index_formats_name_the_fix(indexed):
         with pytest.raises(UsageError, match=f"{words}.*imgrag embed --rebuild"):
             load_bundle(Workspace(ws))
     meta_path.write_text(json.dumps({**meta, "format": 99}))
-    r = run_imgrag("search", "dog", cwd=cwd, env=env)
+    r = invoke("search", "dog", cwd=cwd, env=env)
     assert r.code == 2 and "newer imgrag" in r.stderr and "imgrag embed --rebuild" in r.stderr, r.stderr
 
 
@@ -246,7 +238,7 @@ def test_status_counts_failures_until_described(home, standin):
     before = state(ws, photos)
     assert (before.exists, before.photos, before.described, next_step(before)) == (False, 4, 0, "describe 4")
     standin.enqueue("400")  # one photo is refused
-    r = run_imgrag("describe", photos, "--jobs", "1", cwd=cwd, env=env)
+    r = invoke("describe", photos, "--jobs", "1", cwd=cwd, env=env)
     assert r.code == 1, r.stderr
     now = state(ws, photos)
     assert (now.photos, now.described, now.failed, now.next_embed) == (4, 3, 1, 3)

@@ -1,5 +1,6 @@
 """Secrets and privacy: the API key is never printed, logged or stored, whatever happens,
-and no photo metadata (EXIF, GPS, XMP, comments) leaves the machine."""
+and no photo metadata (EXIF, GPS, XMP, comments) leaves the machine. Through the command in
+process; the crash and the Ctrl-C in real processes."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from conftest import run_imgrag
+from conftest import invoke
 from reliability_support import jsonl_lines, spawn_imgrag, wait_for_requests
 
 KEY = "gsk_RELIABILITY_canary_9f3c2e71d4b8a6"
@@ -44,12 +45,12 @@ def test_key_never_leaks_through_success_failure_401_and_crash(home, standin):
 
     standin.api_key = KEY
     standin.enqueue("500", "schema", "schema", "400", "reset")  # retries and recorded failures
-    r = run_imgrag("describe", photos, "--jobs", "1", cwd=cwd, env=env)
+    r = invoke("describe", photos, "--jobs", "1", cwd=cwd, env=env)
     assert r.code == 1, r.stderr  # two photos failed (invalid twice, rejected), two were described
     outputs += [r.stdout, r.stderr]
 
     standin.api_key = "another-key"  # now the server rejects ours: 401
-    r = run_imgrag("describe", photos, "--force", cwd=cwd, env=env)
+    r = invoke("describe", photos, "--force", cwd=cwd, env=env)
     assert r.code == 2 and "GROQ_API_KEY" in r.stderr, r.stderr
     outputs += [r.stdout, r.stderr]
 
@@ -102,7 +103,7 @@ def _photo_with_every_kind_of_metadata(path: Path) -> Path:
 def test_no_metadata_leaves_the_machine(home, standin):
     cwd, photos, env = home
     _photo_with_every_kind_of_metadata(photos / "private.jpg")
-    r = run_imgrag("describe", photos, cwd=cwd, env=env)
+    r = invoke("describe", photos, cwd=cwd, env=env)
     assert r.code == 0, r.stderr
     sent = [data for q in standin.requests for data in q["image_bytes"]]
     assert len(sent) == 5

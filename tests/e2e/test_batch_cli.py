@@ -1,6 +1,7 @@
-"""`imgrag describe --batch` through the real groq (and openai) SDK against the stand-in's
+"""`imgrag describe --batch` (in process) through the real groq (and openai) SDK against the stand-in's
 files and batches endpoints: submit, collect, expire, cancel, failures, free plan, the
-crash windows of a submission and of a collection, split files, status, dry run.
+crash windows of a submission and of a collection, status, dry run, cron. (Split files and
+the openai SDK's path, in process: tests/unit/test_batch.py.)
 
 The stand-in's batch clock runs on real seconds (validation, per request) and its completion
 window on `time_scale` (24h lasts 24 h * scale), so a whole batch life takes a second or two."""
@@ -14,12 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import draw_scene, run_imgrag, scene_catalog
-from imgrag.config import Settings
-from imgrag.describe.batch import BatchOptions, run_batch
-from imgrag.describe.live import run_describe
-from imgrag.describe.plan import DescribeOptions
-from imgrag.describe.progress import NoProgress
+from conftest import draw_scene, invoke, run_imgrag, scene_catalog
 from imgrag.store.batch_log import BatchLog
 from imgrag.store.files import read_jsonl
 from imgrag.store.workspace import Workspace
@@ -44,7 +40,7 @@ def env_for(server: StandinVLM, **extra) -> dict:
 
 
 def cli(photos: Path, server: StandinVLM, *args: str, **env):
-    return run_imgrag(*args, cwd=photos.parent, env=env_for(server, **env), timeout=60)
+    return invoke(*args, cwd=photos.parent, env=env_for(server, **env))
 
 
 def ws_of(photos: Path) -> Workspace:
@@ -75,10 +71,6 @@ def wait_until_done(server: StandinVLM, timeout: float = 10) -> None:
         time.sleep(0.05)
 
 
-def settings_for(server: StandinVLM, **changes) -> Settings:
-    return Settings(api_key=KEY, base_url=server.url, timeout=10.0, max_retries=1).with_flags(**changes)
-
-
 # -- the workflow through the CLI -------------------------------------------------------------
 
 
@@ -100,7 +92,7 @@ def test_submit_then_collect_gives_the_live_records(photos, server, tmp_path):
     assert {(line["method"], line["url"]) for line in lines} == {("POST", "/v1/chat/completions")}
     live_home = tmp_path / "live"
     draw_scene(live_home / "photos" / "beach_dog.jpg", "beach_dog", quality=92)
-    assert run_imgrag("describe", "photos", cwd=live_home, env=env_for(server)).code == 0
+    assert invoke("describe", "photos", cwd=live_home, env=env_for(server)).code == 0
     live_body = server.requests[-1]["body"]
     live_sha = json.loads((live_home / ".imgrag" / "descriptions.jsonl").read_text())["sha256"]
     assert next(line["body"] for line in lines if line["custom_id"] == live_sha) == live_body
@@ -203,8 +195,8 @@ def test_free_plan_key_gets_one_line(photos, server):
 def test_bad_window_and_unreachable_server(photos, server):
     r = cli(photos, server, "describe", "photos", "--batch", "--window", "2h")
     assert r.code == 2 and r.stderr.startswith("imgrag: error: --window '2h': give a completion window from 24h to 7d")
-    r = run_imgrag("describe", "photos", "--batch", cwd=photos.parent,  # its reads retried once (see below)
-                   env={**env_for(server), "IMGRAG_BASE_URL": "http://127.0.0.1:9", "IMGRAG_MAX_RETRIES": "1"})
+    r = invoke("describe", "photos", "--batch", cwd=photos.parent,  # its reads retried once (see below)
+               env={**env_for(server), "IMGRAG_BASE_URL": "http://127.0.0.1:9", "IMGRAG_MAX_RETRIES": "1"})
     assert r.code == 75 and "run again later" in r.stderr and "Traceback" not in r.stderr
     assert "stopped: no answer from http://127.0.0.1:9" in r.stderr, r.stderr
 
@@ -289,50 +281,12 @@ def test_kill_during_collect_writes_the_rest_once(photos, server):
     assert server.stats()["images"] == before, "collecting again downloads; it asks for nothing"
 
 
-# -- in-process: split files, the openai SDK ---------------------------------------------------------
-
-
-class Quiet(NoProgress):
-    def __init__(self) -> None:
-        self.warnings: list[str] = []
-
-    def warn(self, message: str) -> None:
-        self.warnings.append(message)
-
-
-def test_files_over_the_line_or_size_limit_are_split(photos, server):
-    server.batch.set(max_lines=2)
-    s = run_batch(photos, settings_for(server), BatchOptions(max_lines=2), Quiet())
-    assert [n for _, n in s.submitted] == [2, 2]
-    longest = max(len(line) for b in server.batch.batches.values()
-                  for line in server.batch.files[b.input_file_id].data.splitlines(keepends=True))
-    wait_until_done(server)
-    s = run_batch(photos, settings_for(server), BatchOptions(), Quiet())
-    assert sum(c.described for c in s.collected) == 4 and s.submitted == []
-
-    # By size: the same photos into another index, at most one line's worth of bytes a file.
-    server.batch.set(max_lines=50_000)
-    s = run_batch(photos, settings_for(server), BatchOptions(max_bytes=longest + 1), Quiet(),
-                  index=photos.parent / "other")
-    assert [n for _, n in s.submitted] == [1, 1, 1, 1]
-    assert all(len(server.batch.files[server.batch.batches[i].input_file_id].data) <= longest + 1
-               for i, _ in s.submitted)
-
-
-def test_openai_sdk_path(photos, server):
-    settings = settings_for(server, provider="openai", base_url=server.openai_base_url, model="standin-vision")
-    s = run_batch(photos, settings, BatchOptions(), Quiet())
-    assert [n for _, n in s.submitted] == [4]
-    wait_until_done(server)
-    s = run_batch(photos, settings, BatchOptions(), Quiet())
-    assert [(c.status, c.described) for c in s.collected] == [("completed", 4)]
-    assert {r["provider"] for r in records(photos)} == {"openai"}
-    live = run_describe(photos, settings, DescribeOptions(), Quiet())
-    assert live.already == 4 and live.requests == 0
+# -- cron ---------------------------------------------------------------------------------------------
 
 
 def test_index_batch_for_cron(photos, server):
-    """The crontab line: each night collects what finished, embeds it, submits what is new."""
+    """The crontab line: each night collects what finished, embeds it, submits what is new
+    (the installed `imgrag` in a real process with no terminal, as cron runs it)."""
     assert cli(photos, server, "describe", "photos", "--batch").code == 0
     wait_until_done(server)
     draw_scene(photos / "new" / "kitchen.png", "kitchen", size=(500, 400))  # arrived since

@@ -1,10 +1,11 @@
-"""Crashes, full disks, read-only state and concurrent cron jobs, through the real CLI.
+"""Crashes, full disks, read-only state and concurrent cron jobs, through the command: the
+kill -9, the concurrent runs and the file-size limit in real processes (signals, locks
+between processes and resource limits are the point), the rest in process.
 (bench/torture.py repeats the kill -9 case at many random moments.)"""
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import threading
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_imgrag
+from conftest import IMGRAG, invoke, require, unavailable
 from reliability_support import (
     TRACEBACK,
     check_readable,
@@ -42,7 +43,7 @@ def test_kill_9_mid_describe_loses_only_requests_in_flight(home, standin):
     assert 0 < len(before) < 16 and asked_before - len(before) <= 4, "lost at most the 4 requests in flight"
 
     standin.set_default(latency=0)
-    r = run_imgrag("describe", photos, "--jobs", "4", cwd=cwd, env=env)
+    r = invoke("describe", photos, "--jobs", "4", cwd=cwd, env=env)
     assert r.code == 0, r.stderr
     after, torn = jsonl_lines(ws / "descriptions.jsonl")
     assert not torn and len(after) == 16 and len({rec["sha256"] for rec in after}) == 16
@@ -55,20 +56,20 @@ def test_kill_9_mid_describe_loses_only_requests_in_flight(home, standin):
 
 def test_second_writer_is_told_busy_or_waits(home, standin):
     cwd, photos, env = home
-    # The first run holds the lock while its one request takes 12 s to be answered.
-    standin.enqueue({"kind": "timeout", "seconds": 12})
+    # The first run holds the lock while its one request takes 6 s to be answered.
+    standin.enqueue({"kind": "timeout", "seconds": 6})
     first = spawn_imgrag("describe", photos, "--jobs", "1", "--limit", "1", cwd=cwd, env=env)
     wait_for_requests(standin, 1)
 
     for cmd in (["describe", photos], ["embed", photos]):
-        r = run_imgrag(*cmd, cwd=cwd, env=env)
+        r = invoke(*cmd, cwd=cwd, env=env)
         assert r.code == 2 and "busy" in r.stderr and "--wait" in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1 and TRACEBACK not in r.stderr
     assert first.poll() is None, "the first run was still writing during the checks"
 
     second = spawn_imgrag("describe", photos, "--jobs", "4", "--wait", cwd=cwd, env=env)
-    out1, err1 = first.communicate(timeout=120)
-    out2, err2 = second.communicate(timeout=120)
+    _out1, err1 = first.communicate(timeout=120)
+    _out2, err2 = second.communicate(timeout=120)
     assert first.returncode == 0 and second.returncode == 0, err1 + err2
     assert "described 3" in err2, "the waiting run went on where the first stopped"
     records, torn = jsonl_lines(cwd / ".imgrag" / "descriptions.jsonl")
@@ -83,7 +84,7 @@ def test_search_during_embeds_sees_a_consistent_index(home):
     from imgrag.search.ranking import SearchOptions, run_search
 
     cwd, photos, env = home
-    assert run_imgrag("describe", photos, cwd=cwd, env=env).code == 0
+    assert invoke("describe", photos, cwd=cwd, env=env).code == 0
     index = cwd / ".imgrag"
     seed_query_encoder(index)
     run_embed(photos, DEFAULT_EMBED_MODEL, index=index)
@@ -122,17 +123,18 @@ def test_search_during_embeds_sees_a_consistent_index(home):
 
 @contextmanager
 def _mount(target: Path, *options: str):
-    """A tmpfs (or a read-only bind) mounted at target for the test; skipped where mount is not allowed."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("needs root and mount(8) to make a small or read-only file system")
+    """A tmpfs (or a read-only bind) mounted at target for the test (root only: skipped for
+    anyone else; in CI, root, a mount refused fails the test)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small or read-only file system")
     target.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["mount", *options, str(target)], capture_output=True, text=True)
+    r = subprocess.run([require("mount"), *options, str(target)], capture_output=True, text=True, check=False)
     if r.returncode != 0:
-        pytest.skip(f"mount not permitted here: {r.stderr.strip()}")
+        unavailable(f"mount not permitted here: {r.stderr.strip()}")
     try:
         yield target
     finally:
-        subprocess.run(["umount", "-l", str(target)], capture_output=True)
+        subprocess.run(["umount", "-l", str(target)], capture_output=True, check=False)
 
 
 def _fill(folder: Path) -> None:
@@ -156,11 +158,11 @@ def test_disk_full_is_a_clear_error_and_damages_nothing(home, standin, tmp_path)
     disk = tmp_path / "disk"
     with _mount(disk, "-t", "tmpfs", "-o", "size=2m", "tmpfs"):
         index = disk / ".imgrag"
-        r = run_imgrag("describe", photos, "--limit", "2", "--index", index, cwd=cwd, env=env)
+        r = invoke("describe", photos, "--limit", "2", "--index", index, cwd=cwd, env=env)
         assert r.code == 0, r.stderr
         saved = {p: p.read_bytes() for p in index.rglob("*") if p.is_file()}
         _fill(disk)
-        r = run_imgrag("describe", photos, "--index", index, cwd=cwd, env=env)
+        r = invoke("describe", photos, "--index", index, cwd=cwd, env=env)
         assert r.code == 2 and TRACEBACK not in r.stderr, r.stderr
         assert "no space left" in r.stderr and len(r.stderr.strip().splitlines()) <= 2, r.stderr
         assert check_readable(index, allow_torn_tail=False) == []
@@ -170,7 +172,7 @@ def test_disk_full_is_a_clear_error_and_damages_nothing(home, standin, tmp_path)
             elif path.name != "lock":
                 assert path.read_bytes() == data, path
         _unfill(disk)
-        r = run_imgrag("describe", photos, "--index", index, cwd=cwd, env=env)
+        r = invoke("describe", photos, "--index", index, cwd=cwd, env=env)
         assert r.code == 0, r.stderr
         records, _ = jsonl_lines(index / "descriptions.jsonl")
         assert len(records) == 4 and len({rec["sha256"] for rec in records}) == 4
@@ -181,10 +183,9 @@ def test_file_size_limit_mid_append_needs_no_root(home, standin):
     part-way, as a full disk would; the half-written line must be cut back off."""
     import resource
     import signal
-    import sys
 
     cwd, photos, env = home
-    assert run_imgrag("describe", photos, "--limit", "2", cwd=cwd, env=env).code == 0
+    assert invoke("describe", photos, "--limit", "2", cwd=cwd, env=env).code == 0
     log = cwd / ".imgrag" / "descriptions.jsonl"
     before = log.read_bytes()
 
@@ -192,12 +193,12 @@ def test_file_size_limit_mid_append_needs_no_root(home, standin):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed
         resource.setrlimit(resource.RLIMIT_FSIZE, (len(before) + 200, len(before) + 200))
 
-    proc = subprocess.run([sys.executable, "-m", "imgrag", "describe", str(photos)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120, preexec_fn=limit_file_size)
+    proc = subprocess.run([str(IMGRAG), "describe", str(photos)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120, preexec_fn=limit_file_size, check=False)
     assert proc.returncode == 2 and TRACEBACK not in proc.stderr, proc.stderr
     assert "file too large" in proc.stderr and str(log) in proc.stderr
     assert log.read_bytes() == before, "the partial record was cut back off"
-    r = run_imgrag("describe", photos, cwd=cwd, env=env)
+    r = invoke("describe", photos, cwd=cwd, env=env)
     assert r.code == 0 and len(jsonl_lines(log)[0]) == 4, r.stderr
 
 
@@ -212,9 +213,9 @@ def test_disk_full_during_embed(home, standin, tmp_path):
     disk = tmp_path / "disk"
     with _mount(disk, "-t", "tmpfs", "-o", "size=3m", "tmpfs"):
         index = disk / ".imgrag"
-        assert run_imgrag("describe", photos, "--limit", "2", "--index", index, cwd=cwd, env=env).code == 0
+        assert invoke("describe", photos, "--limit", "2", "--index", index, cwd=cwd, env=env).code == 0
         run_embed(photos, DEFAULT_EMBED_MODEL, index=index)
-        assert run_imgrag("describe", photos, "--index", index, cwd=cwd, env=env).code == 0
+        assert invoke("describe", photos, "--index", index, cwd=cwd, env=env).code == 0
         _fill(disk)
         with pytest.raises(ImgragError, match="no space left"):
             run_embed(photos, DEFAULT_EMBED_MODEL, index=index)
@@ -233,7 +234,7 @@ def test_read_only_state_folder(home, standin, tmp_path):
     from imgrag.search.ranking import SearchOptions, run_search
 
     cwd, photos, env = home
-    assert run_imgrag("describe", photos, "--limit", "2", cwd=cwd, env=env).code == 0
+    assert invoke("describe", photos, "--limit", "2", cwd=cwd, env=env).code == 0
     index = cwd / ".imgrag"
     seed_query_encoder(index)
     run_embed(photos, DEFAULT_EMBED_MODEL, index=index)
@@ -241,7 +242,7 @@ def test_read_only_state_folder(home, standin, tmp_path):
     with _mount(index, "--bind", "-o", "ro", str(index)):
         subprocess.run(["mount", "-o", "remount,bind,ro", str(index)], check=True)
         for cmd in (["describe", photos], ["embed", photos]):
-            r = run_imgrag(*cmd, cwd=cwd, env=env)
+            r = invoke(*cmd, cwd=cwd, env=env)
             assert r.code == 2 and TRACEBACK not in r.stderr, r.stderr
             assert "read-only" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
         hits = run_search("dog on the beach", index=index, embed_model=None, options=SearchOptions(limit=2))

@@ -9,10 +9,10 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from test_pacing import Clock, headers
 
 from imgrag.providers.pacing import Pacer
 from standin_vlm import Bucket, Window, groq_duration
-from test_pacing import Clock, headers
 
 FREE_TPM = 8000
 DAILY = {"limit_req": 1000, "reset_req": "2h0m0s"}  # Groq's requests headers count a day

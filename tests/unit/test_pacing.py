@@ -6,6 +6,7 @@ requests in milliseconds."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import pytest
@@ -76,7 +77,7 @@ def test_starts_are_spaced_evenly_by_the_per_minute_request_limit():
     take(pacer, clock)
     pacer.observe(headers(limit_req=60, remaining_req=59, reset_req="1s"))
     starts = [take(pacer, clock) for _ in range(10)]
-    gaps = {round(b - a, 6) for a, b in zip(starts, starts[1:])}
+    gaps = {round(b - a, 6) for a, b in itertools.pairwise(starts)}
     assert gaps == {round(60 / 60 * EDGE_MARGIN, 6)}
     assert pacer.rpm == 60 and pacer.rpd is None
 

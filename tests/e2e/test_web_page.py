@@ -2,7 +2,7 @@
 against one real `imgrag serve` (uvicorn on 127.0.0.1, with a token) over a folder that the
 first test indexes from the page, through the stand-in vision server; a second, read-only
 server is started by the test of that mode. One browser per session; each test gets a
-fresh browser context.
+fresh browser context. (The file runs on one worker, in order: pyproject's --dist loadfile.)
 A failing test leaves a screenshot of every page it opened in the artifacts folder
 (IMGRAG_TEST_ARTIFACTS, else imgrag-test-artifacts in the system's temp folder)."""
 
@@ -20,19 +20,15 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import ExifTags, Image
+from playwright import sync_api
 
-from conftest import SCENES, draw_scene
+from conftest import IMGRAG, SCENES, draw_scene, require, user_env
+from reliability_support import seed_query_encoder
 from standin_vlm import StandinVLM
 
-sync_api = pytest.importorskip("playwright.sync_api")
 expect = sync_api.expect
 
-CHROMIUM = Path("/usr/bin/chromium")
-pytestmark = [
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium package (.ci/run installs it)"),
-    # One worker runs the whole file, in order: one server, one browser, one index build.
-    pytest.mark.xdist_group("web_page"),
-]
+CHROMIUM = "/usr/bin/chromium"  # Debian's chromium package (.ci/run installs it)
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"]
 TOKEN = "page-test-token-5f2c"  # the served folder needs it: the login form is tested too
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -88,10 +84,8 @@ def write_photos(photos: Path) -> None:
     os.utime(photos / "home" / "kitchen.jpg", (KITCHEN_MTIME, KITCHEN_MTIME))
 
 
-def user_env(standin: StandinVLM, **extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMGRAG_", "GROQ_", "OPENAI_"))}
-    env.update(GROQ_API_KEY="test-key-123", IMGRAG_BASE_URL=standin.url, NO_COLOR="1", **extra)
-    return env
+def page_env(standin: StandinVLM, **extra: str) -> dict:
+    return user_env(GROQ_API_KEY="test-key-123", IMGRAG_BASE_URL=standin.url, NO_COLOR="1", **extra)
 
 
 class Served:
@@ -101,7 +95,7 @@ class Served:
         self.photos = photos
         self.log: list[str] = []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "imgrag", "serve", str(photos), "--port", "0", *args],
+            [str(IMGRAG), "serve", str(photos), "--port", "0", *args],
             cwd=photos.parent, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
         found = threading.Event()
@@ -149,7 +143,7 @@ def served(tmp_path_factory, standin_server):
     root = tmp_path_factory.mktemp("page-library")
     photos = root / "photos"
     write_photos(photos)
-    served = Served(photos, user_env(standin_server, IMGRAG_SERVE_TOKEN=TOKEN))
+    served = Served(photos, page_env(standin_server, IMGRAG_SERVE_TOKEN=TOKEN))
     try:
         yield served
     finally:
@@ -162,6 +156,7 @@ def server(served):
     the API (a test run on its own). Embedding loads a model, so this happens once."""
     status = httpx.get(served.url + "api/status", headers=AUTH, timeout=30).json()
     if not status.get("index_size") or not status.get("index_up_to_date"):
+        seed_query_encoder(served.photos.parent / ".imgrag")  # see the job test
         job = httpx.post(served.url + "api/jobs", json={"kind": "index"}, headers=AUTH, timeout=30)
         assert job.status_code == 202, job.text
         deadline = time.monotonic() + 180
@@ -176,7 +171,7 @@ def server(served):
 @pytest.fixture(scope="session")
 def browser():
     with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        b = pw.chromium.launch(executable_path=require("chromium", CHROMIUM), args=CHROMIUM_ARGS)
         try:
             yield b
         finally:
@@ -295,6 +290,9 @@ def test_index_job_from_the_page_estimate_confirm_progress_cancel_done(served, s
     expect(job_text).to_contain_text("then embed them")
     expect(job_text).to_contain_text("Nothing has been sent yet")
     assert len(standin_server.requests) == requests_before
+
+    # The query-encoder export is not what this is about (and would cost the job seconds).
+    seed_query_encoder(served.photos.parent / ".imgrag")
 
     # Confirm, watch it run, cancel it.
     standin_server.set_default(latency=1.5)
@@ -569,7 +567,7 @@ def test_a_bad_parameter_shows_the_servers_error_line(server, open_page):
 
 
 def test_read_only_server_searches_but_offers_no_jobs(server, standin_server, open_page):
-    read_only = Served(server.photos, user_env(standin_server, IMGRAG_SERVE_TOKEN=TOKEN), "--read-only")
+    read_only = Served(server.photos, page_env(standin_server, IMGRAG_SERVE_TOKEN=TOKEN), "--read-only")
     try:
         read_only.wait_until_loaded(AUTH)
         page = open_page(read_only.url)

@@ -17,9 +17,10 @@ import openai
 import pytest
 from PIL import Image, ImageDraw, ImageOps
 
-from standin_vlm import SCHEMA_DEFAULTS, StandinVLM, standin  # noqa: F401  (standin is a fixture)
+from imgrag.config import DEFAULT_GROQ_MODEL
+from standin_vlm import RETIRED_MODELS, SCHEMA_DEFAULTS, StandinVLM
 
-SCRIPT = Path(__file__).with_name("standin_vlm.py")
+SCRIPT = Path(__file__).resolve().parent.parent / "standin_vlm.py"
 MODEL = "qwen/qwen3.8-27b"
 EXIF_ORIENTATION = 0x0112
 
@@ -62,6 +63,13 @@ def draw_sign(size=(1200, 800)) -> Image.Image:
 BEACH = {"caption": "a red hut on a sunny beach", "objects": ["hut", "sun", "sand"], "colors": ["blue", "yellow"]}
 FOREST = {"caption": "pine trees under a white sky", "setting": "forest", "people": {"count": 2}}
 SIGN = {"caption": "an orange sign and a blue ball", "text": ["EXIT 12"], "time_of_day": "night"}
+
+
+@pytest.fixture
+def standin():
+    """A running StandinVLM with no catalog (tests/conftest.py's knows the drawn scenes)."""
+    with StandinVLM() as server:
+        yield server
 
 
 @pytest.fixture
@@ -430,3 +438,40 @@ def test_subprocess_with_control_endpoint(photos):
         finally:
             proc.terminate()
     assert proc.returncode == 0  # a clean exit on SIGTERM
+
+
+def test_the_stand_in_refuses_every_retired_vision_model_with_groqs_body(standin):
+    import groq
+
+    client = groq.Groq(api_key="k", base_url=standin.url, max_retries=0)
+    for model in sorted(RETIRED_MODELS):
+        with pytest.raises(groq.BadRequestError) as info:
+            client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+        error = info.value.response.json()["error"]
+        assert error["code"] == "model_decommissioned" and error["type"] == "invalid_request_error"
+        assert error["message"].startswith(f"The model `{model}` has been decommissioned and is no longer supported.")
+        assert "https://console.groq.com/docs/deprecations" in error["message"]
+
+
+def test_the_stand_in_thinks_first_unless_asked_not_to(standin):
+    import base64
+    import io
+
+    import groq
+    from PIL import Image
+
+    png = io.BytesIO()
+    Image.new("RGB", (64, 48), "blue").save(png, "PNG")
+    content = [{"type": "text", "text": "Describe."},
+               {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()}}]
+    client = groq.Groq(api_key="k", base_url=standin.url, max_retries=0)
+
+    def reply(**extra) -> str:
+        completion = client.chat.completions.create(model=DEFAULT_GROQ_MODEL, messages=[{"role": "user", "content": content}], **extra)
+        return completion.choices[0].message.content
+
+    assert reply().startswith("<think>")
+    assert reply(reasoning_effort="none").startswith("{")
+    with pytest.raises(groq.BadRequestError):
+        client.chat.completions.with_raw_response.create(model=DEFAULT_GROQ_MODEL, messages=[{"role": "user", "content": content}],
+                                                         extra_body={"reasoning_effort": "maximal"})

@@ -71,7 +71,7 @@ def test_ivf_finds_what_exact_search_finds(big):
     exact.add(vectors)
     truth = exact.search(queries, 10)[1]
     found = index.search(queries, 10)[1]
-    recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)])
+    recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)])
     assert recall >= 0.9, recall
     # Stored vectors read back (8-bit) close to the originals: re-scoring candidates works.
     back = index.reconstruct_batch(np.arange(0, N, 997, dtype=np.int64))
@@ -138,7 +138,7 @@ def test_bundle_of_an_ivf_index_searches_with_filters(tmp_path, big):
     assert faiss.downcast_InvertedLists(bundle.index.invlists).prefetch_nthread == 0
     allowed = np.array([7, 50_000], dtype=np.int64)
     params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
-    scores, found = bundle.index.search(vectors[:1], 5, params=params)
+    _scores, found = bundle.index.search(vectors[:1], 5, params=params)
     assert sorted(found[0][found[0] >= 0].tolist()) == [7, 50_000]
     assert bundle.docs([50_000])[50_000].paths == ["photos/50000.jpg"]
 

@@ -1,11 +1,10 @@
 """The default result set (imgrag.search.cutoff): a one-concept query shows the photos of that
 concept and not the near misses, an off-topic query shows nothing, and --all, --min-score
 and --limit override it. In process on a 40-photo index (enough for the background
-sample), then through the real CLI on the drawn library of tests/test_search_cli.py."""
+sample); through the command in tests/e2e/test_cutoff_cli.py."""
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import numpy as np
@@ -17,7 +16,6 @@ from imgrag.search.cutoff import BACKGROUND_MIN, DEFAULT_CUTOFF, background_for,
 from imgrag.search.ranking import SearchOptions, rank
 from imgrag.store.paths import BACKGROUND_FILE
 from imgrag.store.workspace import Workspace
-from test_search_cli import library, one_line  # noqa: F401  (the shared drawn library fixture)
 
 CAPTIONS = {
     "giraffe_1": "A tall giraffe eating leaves from the top of an acacia tree.",
@@ -165,37 +163,6 @@ def test_words_present_counts_common_words_too(bundle):
     rows = np.arange(bundle.size)
     share = bundle.lexical.words_present("dog beach", rows)
     names = [bundle.docs([int(r)])[int(r)].sha256 for r in rows]
-    by_name = dict(zip(names, share.tolist()))
+    by_name = dict(zip(names, share.tolist(), strict=True))
     assert by_name["dog_beach"] == pytest.approx(1.0)
     assert 0 < by_name["dog_snow"] < 1 and by_name["kitchen_1"] == 0
-
-
-# -- through the real CLI, on the drawn library (4 photos: beach dog, kitchen, stop sign, birthday) --
-
-
-def shown_paths(library, *args):  # noqa: F811
-    r = library.search(*args, "--json")
-    doc = json.loads(r.stdout)
-    return r.code, sorted(h["path"].removeprefix(str(library.photos) + "/") for h in doc["results"])
-
-
-def test_cli_one_concept_shows_its_photo_only(library):  # noqa: F811
-    assert shown_paths(library, "stop sign") == (0, ["trips/stop_sign.jpg"])
-    assert shown_paths(library, "kettle") == (0, ["home/kitchen.jpg"])
-
-
-def test_cli_off_topic_exits_1_with_the_hint(library):  # noqa: F811
-    r = library.search("invoice number 4471")
-    assert r.code == 1 and r.stdout == ""
-    line = one_line(r.stderr)
-    assert line.startswith("imgrag: no matching photos") and "--all" in line and "--min-score 0" in line
-
-
-def test_cli_all_min_score_and_limit_override(library):  # noqa: F811
-    code, everything = shown_paths(library, "invoice number 4471", "--all")
-    assert code == 0 and len(everything) == 4  # every photo (the birthday photo's copy shares its row)
-    assert shown_paths(library, "invoice number 4471", "--all", "--limit", "2")[1].__len__() == 2
-    assert len(shown_paths(library, "invoice number 4471", "--min-score", "0")[1]) == 4
-    assert shown_paths(library, "stop sign", "--min-score", "0", "--limit", "1") == (0, ["trips/stop_sign.jpg"])
-    r = library.search("dog", "--all", "--min-score", "0.3")
-    assert r.code == 2 and one_line(r.stderr).startswith("imgrag: error: --all and --min-score cannot be combined")

@@ -1,31 +1,28 @@
 """`POST /api/ask`, `GET /api/search?verify=1` and `POST /get_image` with IMGRAG_VERIFY=1,
-against a real `imgrag serve` over the library of test_ask.py (indexed once per session),
-through the real groq SDK and the stand-in: the routes give what the CLI gives."""
+against the app of `imgrag serve` in process (tests/serving.py) over a copy of the ask library
+(tests/libraries.py, indexed once per session), through the real groq SDK and the stand-in:
+the routes give what the CLI gives."""
 
 from __future__ import annotations
 
 import json
 
-import httpx
 import pytest
 
-from conftest import run_imgrag
+from conftest import copy_tree, invoke
+from libraries import ASK_KEY as KEY
+from libraries import ask_catalog, ask_env
+from serving import in_process
 from standin_vlm import StandinVLM
-from test_ask import KEY, base_env, catalog, library_dir  # noqa: F401 - the shared library fixture
-from test_serve import start_server
 
 
 @pytest.fixture(scope="module")
-def web(library_dir, tmp_path_factory):  # noqa: F811
-    refs = tmp_path_factory.mktemp("web-ask-refs")
-    with StandinVLM(catalog=catalog(refs)) as standin:
-        env = {**base_env(), "IMGRAG_BASE_URL": standin.url, "IMGRAG_VERIFY": "1"}
-        server = start_server(cwd=library_dir, env=env, log=tmp_path_factory.mktemp("web-ask") / "serve.log")
-        try:
-            with httpx.Client(base_url=server.url, timeout=60) as http:
-                yield http, standin, env, library_dir
-        finally:
-            server.stop()
+def web(library_dir, tmp_path_factory):
+    base = copy_tree(library_dir, tmp_path_factory.mktemp("web-ask") / "lib")  # verdicts are cached in it
+    with StandinVLM(catalog=ask_catalog(tmp_path_factory.mktemp("web-ask-refs"))) as standin:
+        env = {**ask_env(), "IMGRAG_BASE_URL": standin.url, "IMGRAG_VERIFY": "1"}
+        with in_process(cwd=base, env=env) as http:
+            yield http, standin, env, base
 
 
 def chats(standin: StandinVLM) -> list[dict]:
@@ -38,7 +35,7 @@ def test_api_ask_gives_the_cli_json(web):
     r = http.post("/api/ask", json={"question": "where is the red kettle?"})
     assert r.status_code == 200, r.text
     doc = r.json()
-    cli = json.loads(run_imgrag("ask", "where is the red kettle?", "--json", cwd=base, env=env).stdout)
+    cli = json.loads(invoke("ask", "where is the red kettle?", "--json", cwd=base, env=env).stdout)
     assert doc["answer"] == cli["answer"] and doc["citations"][0]["path"] == cli["citations"][0]["path"]
     assert doc["citations"][0]["thumbnail_url"] == f"/api/photos/{doc['citations'][0]['id']}/thumbnail"
     assert [p["id"] for p in doc["photos"]] == [p["id"] for p in cli["photos"]]
@@ -46,7 +43,7 @@ def test_api_ask_gives_the_cli_json(web):
 
 
 def test_api_ask_streams_events_and_filters(web):
-    http, standin, _, base = web
+    http, standin, _, _base = web
     standin.reset()
     standin.stream_interval = 0.01
     with http.stream("POST", "/api/ask", json={"question": "children with a birthday cake", "in": "photos/home"},

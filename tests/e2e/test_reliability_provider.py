@@ -1,4 +1,4 @@
-"""A hostile or broken vision provider, through the real CLI, the real groq SDK and the
+"""A hostile or broken vision provider, through the command (in process), the real groq SDK and the
 stand-in server: the run goes on, failures are recorded, and nothing but valid
 descriptions ever enters descriptions.jsonl."""
 
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import run_imgrag
+from conftest import invoke
 from imgrag.describe.schema import PhotoDescription
 from reliability_support import TRACEBACK, jsonl_lines
 from standin_vlm import INJECTION
@@ -53,7 +53,7 @@ def test_faults_are_survived_and_nothing_invalid_is_stored(home, standin, group)
         standin.set_default(tpm=100_000_000)
     standin.enqueue(*faults)
     env = {**env, **FAST_TIMEOUT}
-    r = run_imgrag("describe", photos, "--jobs", "4", cwd=cwd, env=env, timeout=60)
+    r = invoke("describe", photos, "--jobs", "4", cwd=cwd, env=env)
     assert TRACEBACK not in r.stderr and r.stdout == "", r.stderr
     assert standin.stats()["faults_served"] == len(faults)
     records = _descriptions(cwd)
@@ -67,7 +67,7 @@ def test_faults_are_survived_and_nothing_invalid_is_stored(home, standin, group)
         # The reply is data: stored as the photo's words, never fed to another photo's prompt.
         assert all(INJECTION in rec["description"]["caption"] for rec in records)
         assert not any(INJECTION in _sent_texts(q) for q in standin.requests)
-    r = run_imgrag("describe", photos, cwd=cwd, env=env, timeout=45)  # the next run completes
+    r = invoke("describe", photos, cwd=cwd, env=env)  # the next run completes
     assert r.code == 0 and len(_descriptions(cwd)) == 4, r.stderr
 
 
@@ -82,7 +82,7 @@ def _check_stored(cwd, records: list[dict]) -> None:
 def test_failures_are_recorded_and_retried_next_run(home, standin):
     cwd, photos, env = home
     standin.enqueue("schema", "schema", "400")  # photo 1: invalid twice; photo 2: rejected
-    r = run_imgrag("describe", photos, "--jobs", "1", "--limit", "2", cwd=cwd, env=env)
+    r = invoke("describe", photos, "--jobs", "1", "--limit", "2", cwd=cwd, env=env)
     assert r.code == 1 and TRACEBACK not in r.stderr, r.stderr
     assert "failed 2" in r.stderr
     failures, _ = jsonl_lines(cwd / ".imgrag" / "failures.jsonl")
@@ -90,7 +90,7 @@ def test_failures_are_recorded_and_retried_next_run(home, standin):
     assert all(f["reason"] and f["paths"] for f in failures)
     assert not (cwd / ".imgrag" / "descriptions.jsonl").read_bytes()
 
-    r = run_imgrag("describe", photos, cwd=cwd, env=env)
+    r = invoke("describe", photos, cwd=cwd, env=env)
     assert r.code == 0, r.stderr
     assert len(_descriptions(cwd)) == 4
 
@@ -99,8 +99,7 @@ def test_slow_drip_reply_is_cut_off(home, standin):
     cwd, photos, env = home
     standin.enqueue({"kind": "drip", "seconds": 12, "interval": 0.25})
     start = time.monotonic()
-    r = run_imgrag("describe", photos, "--jobs", "1", "--limit", "1", cwd=cwd,
-                   env={**env, "IMGRAG_TIMEOUT": "2"}, timeout=60)
+    r = invoke("describe", photos, "--jobs", "1", "--limit", "1", cwd=cwd, env={**env, "IMGRAG_TIMEOUT": "2"})
     elapsed = time.monotonic() - start
     assert r.code == 0 and len(_descriptions(cwd)) == 1, r.stderr
     assert elapsed < 9, f"a dripping reply held the run for {elapsed:.1f} s with a 2 s timeout"

@@ -55,6 +55,7 @@ PHOTOS = {
             "setting": "street", "tags": ["rain"]},
 }
 NAMES = list(PHOTOS)
+EVERY = len(PHOTOS)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ def bundle(model, tmp_path_factory):
     b.db.close()
 
 
-def search(bundle, model, query, fusion=DEFAULT_FUSION, limit=len(PHOTOS), min_score=None):
+def search(bundle, model, query, fusion=DEFAULT_FUSION, limit=EVERY, min_score=None):
     vec = model.encode([query])[0]
     # no cut-off unless one is given: these tests are about order (tests/test_cutoff.py: the default set)
     return rank(bundle, vec, query, SearchOptions(limit=limit, min_score=min_score, show_all=min_score is None), fusion)

@@ -1,10 +1,10 @@
-"""`imgrag search` as people and scripts use it, through the real command: every output
-mode (terminal table with thumbnails, tab-separated, --json, --paths, -0, --queries-from),
-the exit codes, the filters (--in, --after/--before) and --like.
+"""`imgrag search` as people and scripts use it, through the command: every output mode
+(terminal table with thumbnails, tab-separated, --json, --paths, -0, --queries-from), the
+exit codes, the filters (--in, --after/--before) and --like.
 
-One library is described (by the stand-in vision server) and indexed once per test run
-(xdist workers share it); the tests only search it. Searches by --like or through a filter that lets
-nothing through never load the text encoder, so most runs here are quick."""
+They search the drawn library (tests/libraries.py: described by the stand-in vision server
+and indexed once per test session), in process; the terminal table runs the real command in
+tmux, a real terminal."""
 
 from __future__ import annotations
 
@@ -12,93 +12,11 @@ import json
 import os
 import re
 import shlex
-import shutil
-import subprocess
-import sys
-import tempfile
-import time
-from dataclasses import dataclass
-from datetime import datetime
-from pathlib import Path
 
 import pytest
-from PIL import ExifTags, Image
 
-from conftest import draw_scene, run_imgrag, scene_catalog
-from standin_vlm import StandinVLM
-
-UPPER_HALF_BLOCK = "\u2580"
-
-
-def exif_taken(when: str, offset: str | None = None) -> bytes:
-    """EXIF with DateTimeOriginal (and its UTC offset), as a camera writes it."""
-    exif = Image.Exif()
-    sub = exif.get_ifd(ExifTags.IFD.Exif)
-    sub[ExifTags.Base.DateTimeOriginal] = when
-    if offset:
-        sub[ExifTags.Base.OffsetTimeOriginal] = offset
-    return exif.tobytes()
-
-
-def set_mtime(path: Path, when: datetime) -> None:
-    os.utime(path, (when.timestamp(), when.timestamp()))
-
-
-@dataclass
-class Library:
-    base: Path  # holds .imgrag/ and photos/
-    photos: Path
-    env: dict
-
-    def path(self, rel: str) -> str:
-        return str(self.photos / rel)
-
-    def search(self, *args: str, cwd: Path | None = None, env: dict | None = None, stdin: str | None = None):
-        return run_imgrag("search", *args, cwd=cwd or self.base, env=env or self.env, stdin=stdin)
-
-
-def search_env() -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMGRAG_", "GROQ_", "OPENAI_"))}
-    env.update(GROQ_API_KEY="test-key-123", NO_COLOR="1")
-    return env
-
-
-def build_library(base: Path, refs: Path) -> None:
-    """photos/trips: beach_dog (EXIF 2023-07-14), stop_sign (no EXIF, file time 2022-03-01),
-    birthday_copy; photos/home: kitchen (EXIF 2024-01-05 08:00+02:00), birthday (no EXIF,
-    file time 2024-06-01). birthday and birthday_copy are one photo (same bytes)."""
-    photos = base / "photos"
-    draw_scene(photos / "trips" / "beach_dog.jpg", "beach_dog", quality=92, exif=exif_taken("2023:07:14 10:00:00"))
-    draw_scene(photos / "home" / "kitchen.jpg", "kitchen", quality=92,
-               exif=exif_taken("2024:01:05 08:00:00", "+02:00"))
-    set_mtime(draw_scene(photos / "trips" / "stop_sign.jpg", "stop_sign", quality=92), datetime(2022, 3, 1, 12))
-    birthday = draw_scene(photos / "home" / "birthday.jpg", "birthday", quality=92)
-    shutil.copyfile(birthday, photos / "trips" / "birthday_copy.jpg")
-    for copy in (birthday, photos / "trips" / "birthday_copy.jpg"):
-        set_mtime(copy, datetime(2024, 6, 1, 12))
-    with StandinVLM(catalog=scene_catalog(refs)) as server:
-        r = run_imgrag("index", photos, cwd=base, env={**search_env(), "IMGRAG_BASE_URL": server.url})
-    assert r.code == 0, r.stderr
-
-
-@pytest.fixture(scope="module")
-def library(tmp_path_factory) -> Library:
-    """The library, described and indexed once per test session: pytest-xdist workers
-    share one (their common temporary folder, built under a lock); the tests only read it."""
-    if not os.environ.get("PYTEST_XDIST_WORKER"):  # not under xdist
-        base = tmp_path_factory.mktemp("library")
-        build_library(base, tmp_path_factory.mktemp("refs"))
-    else:
-        from filelock import FileLock
-
-        shared = tmp_path_factory.getbasetemp().parent  # one per session, common to its workers
-        base = shared / "search-library"
-        with FileLock(str(shared / "search-library.lock")):
-            if not (base / "ready").exists():
-                shutil.rmtree(base, ignore_errors=True)
-                build_library(base, tmp_path_factory.mktemp("refs"))
-                (base / "ready").touch()
-    return Library(base, base / "photos", search_env())
+from conftest import IMGRAG, draw_scene
+from tmux_screen import UPPER_HALF_BLOCK, tmux_screen
 
 
 def one_line(stderr: str) -> str:
@@ -287,7 +205,7 @@ def test_forced_half_block_thumbnails(library):
     # the beach photo's sand (240, 220, 160) and the stop sign photo's grey (90, 90, 90) are
     # drawn, up to JPEG noise
     for expected in ((240, 220, 160), (90, 90, 90)):
-        assert any(max(abs(a - b) for a, b in zip(c, expected)) <= 12 for c in fg + bg), expected
+        assert any(max(abs(a - b) for a, b in zip(c, expected, strict=True)) <= 12 for c in fg + bg), expected
 
     r = library.search("--like", library.path("home/birthday.jpg"), "--no-thumbnails", "--min-score", "-1", env=env)
     assert r.code == 0 and UPPER_HALF_BLOCK not in r.stdout and "\x1b" not in r.stdout and "\t" in r.stdout
@@ -296,37 +214,10 @@ def test_forced_half_block_thumbnails(library):
     assert r.code == 2 and "IMGRAG_THUMBNAILS" in one_line(r.stderr)
 
 
-def tmux_screen(command: str, env: dict, lines: int = 50, config: str = "") -> tuple[str, str]:
-    """Run `command` in a real terminal (a detached tmux, 160 x `lines`, its own server, with
-    `config` as its configuration) and return the screen as text and with its colours (ANSI)."""
-    folder = tempfile.mkdtemp(prefix="imgrag-tmux-")  # short: a socket path must fit in 108 bytes
-    Path(folder, "tmux.conf").write_text(config)
-    tmux = ["tmux", "-S", os.path.join(folder, "socket"), "-f", os.path.join(folder, "tmux.conf")]
-    subprocess.run([*tmux, "new-session", "-d", "-x", "160", "-y", str(lines), f"{command}; echo __END__; sleep 60"],
-                   env=env, check=True, timeout=30)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            text = subprocess.run([*tmux, "capture-pane", "-p", "-S", "-200"], capture_output=True, text=True,
-                                  check=True).stdout
-            if "__END__" in text:
-                break
-            time.sleep(0.3)
-        else:
-            pytest.fail(f"no end of output in tmux:\n{text}")
-        ansi = subprocess.run([*tmux, "capture-pane", "-p", "-e", "-S", "-200"], capture_output=True, text=True,
-                              check=True).stdout
-        return text, ansi
-    finally:
-        subprocess.run([*tmux, "kill-server"], capture_output=True, timeout=30)
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 def test_table_with_thumbnails_in_a_real_terminal(library):
     env = {k: v for k, v in library.env.items() if k not in ("NO_COLOR", "COLUMNS", "LINES")}
     env["TERM"] = "xterm-256color"
-    search = f"cd {shlex.quote(str(library.base))} && {shlex.quote(sys.executable)} -m imgrag search"
+    search = f"cd {shlex.quote(str(library.base))} && {shlex.quote(str(IMGRAG))} search"
     text, ansi = tmux_screen(f"{search} 'dog on the beach' --limit 2", env)
     assert "Traceback" not in text and "error" not in text
     assert library.path("trips/beach_dog.jpg") in text and "A brown dog" in text
@@ -344,23 +235,3 @@ def test_table_with_thumbnails_in_a_real_terminal(library):
     assert "Traceback" not in text and UPPER_HALF_BLOCK * 14 in text
 
 
-def test_odd_file_names_stay_one_line_and_exact(capsysbinary):
-    """A file name holding a tab, a newline and a byte that is not UTF-8 (an old Latin-1
-    drive): one line per hit in the tab-separated output, the exact bytes with -0, and
-    JSON that reads back to the same name."""
-    from imgrag.cli import render
-    from imgrag.search.ranking import Hit
-
-    name = "/photos/" + os.fsdecode(b"caf\xe9") + "\tnew\nline.jpg"
-    hit = Hit(rank=1, score=0.5, sha256="0" * 64, path=name, paths=[name], caption="A cafe\nterrace.", taken=None)
-
-    render.hits_paths([hit, hit], nul=True)
-    assert capsysbinary.readouterr().out == os.fsencode(name) + b"\0" + os.fsencode(name) + b"\0"
-
-    render.hits_table([hit])  # not a terminal: tab-separated
-    line = capsysbinary.readouterr().out.decode("utf-8")
-    assert line == "1\t0.500\t/photos/caf\ufffd\\tnew\\nline.jpg\tA cafe terrace.\n"
-
-    print(render.hits_json("cafe", [hit]))
-    doc = json.loads(capsysbinary.readouterr().out)
-    assert doc["results"][0]["path"] == name and doc["results"][0]["paths"] == [name]

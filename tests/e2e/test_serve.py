@@ -1,22 +1,23 @@
-"""`imgrag serve` against a real uvicorn on 127.0.0.1, started through the real CLI:
-the API gives the CLI's ranking, photos are served by id only, the original service's
-endpoints keep their contract, jobs share the CLI's writer lock, a new index generation is
-picked up without a restart, and every safety rule answers 4xx JSON while the server stays up.
+"""`imgrag serve`: the API gives the CLI's ranking, photos are served by id only, the original
+service's endpoints keep their contract, jobs share the CLI's writer lock, a new index
+generation is picked up without a restart, and every safety rule answers 4xx JSON while the
+server stays up.
 
-One library is described (by the stand-in vision server) and indexed once for this module,
-and one server serves it; tests that need other settings start their own short-lived server."""
+One library is described (by the stand-in vision server) and indexed once for this module
+(in process), and one real `imgrag serve` (uvicorn on 127.0.0.1) serves it: URLs arrive as
+sent on the wire, and jobs run beside the CLI as they would. Tests of other settings use the
+app in process (tests/serving.py); Ctrl-C and SIGTERM stop a real server of their own."""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from http.client import HTTPConnection
@@ -27,47 +28,10 @@ import httpx
 import pytest
 from PIL import Image
 
-from conftest import draw_scene, run_imgrag, scene_catalog
+from conftest import draw_scene, invoke, scene_catalog, user_env
+from reliability_support import seed_query_encoder
+from serving import Served, in_process, start_server
 from standin_vlm import StandinVLM
-
-URL_LINE = re.compile(r"at (http://\S+/)")
-pytestmark = pytest.mark.xdist_group("serve")  # one worker builds the library and serves it
-
-
-@dataclass
-class Served:
-    proc: subprocess.Popen
-    url: str
-    stderr_path: Path
-
-    def client(self, **kw) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=60, **kw)
-
-    def stop(self, sig=signal.SIGINT, timeout: float = 60) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        return self.proc.wait(timeout)
-
-    @property
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-
-def start_server(*args: str, cwd: Path, env: dict, log: Path) -> Served:
-    """`imgrag serve ... --port 0` in the background; its URL read from its stderr."""
-    err = log.open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "imgrag", "serve", *args, "--port", "0"], cwd=cwd, env=env,
-                            stdout=subprocess.DEVNULL, stderr=err)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        found = URL_LINE.search(log.read_text(errors="replace"))
-        if found:
-            return Served(proc, found.group(1), log)
-        if proc.poll() is not None:
-            raise AssertionError(f"imgrag serve exited {proc.returncode}: {log.read_text()}")
-        time.sleep(0.05)
-    proc.kill()
-    raise AssertionError("imgrag serve printed no URL")
 
 
 @dataclass
@@ -80,7 +44,7 @@ class Library:
     server: Served
 
     def cli_json(self, *args: str) -> dict:
-        result = run_imgrag("search", *args, "--json", cwd=self.base, env=self.env)
+        result = invoke("search", *args, "--json", cwd=self.base, env=self.env)
         assert result.code in (0, 1), result.stderr
         return json.loads(result.stdout)
 
@@ -100,9 +64,9 @@ def lib(tmp_path_factory):
     outside.mkdir()
     (outside / "private.txt").write_text("not a photo of yours")
     (photos / "link_out").symlink_to(outside)  # a symlink leading out of the photo tree
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMGRAG_", "GROQ_", "OPENAI_"))}
-    env.update(GROQ_API_KEY="test-key-serve-9f3e", IMGRAG_BASE_URL=standin.url, NO_COLOR="1")
-    result = run_imgrag("index", photos, cwd=base, env=env)
+    env = user_env(GROQ_API_KEY="test-key-serve-9f3e", IMGRAG_BASE_URL=standin.url, NO_COLOR="1")
+    seed_query_encoder(base / ".imgrag")  # the query-encoder export is not what these tests are about
+    result = invoke("index", photos, cwd=base, env=env)
     assert result.code == 0, result.stderr
     server = start_server(str(photos), cwd=base, env=env, log=root / "serve.log")
     try:
@@ -120,7 +84,7 @@ def http(lib):
 
 def reindex(lib: Library, http: httpx.Client) -> None:
     """`imgrag index` as cron runs it, then wait until the server answers from the new generation."""
-    result = run_imgrag("index", lib.photos, cwd=lib.base, env=lib.env)
+    result = invoke("index", lib.photos, cwd=lib.base, env=lib.env)
     assert result.code == 0, result.stderr
     gen = (lib.base / ".imgrag" / "index" / "CURRENT").read_text().strip()
     deadline = time.monotonic() + 20
@@ -136,27 +100,28 @@ def ids(doc: dict) -> list[str]:
 # -- search: the same photos in the same order as the CLI ---------------------------------------
 
 
-@pytest.mark.parametrize("cli_args, params", [
-    (["dog on the beach"], {"q": "dog on the beach"}),
-    (["kettle", "--min-score", "0", "--limit", "3"], {"q": "kettle", "min_score": 0, "limit": 3}),
-    (["sign", "--min-score", "0", "--in", "photos/trips"], {"q": "sign", "min_score": 0, "in": "photos/trips"}),
-    (["zebra in the snow"], {"q": "zebra in the snow"}),
-    (["--like", "photos/beach_dog.jpg", "--min-score", "0"], {"like": "photos/beach_dog.jpg", "min_score": 0}),
-    (["kettle", "--all", "--limit", "4"], {"q": "kettle", "all": 1, "limit": 4}),
-    (["--like", "photos/beach_dog.jpg"], {"like": "photos/beach_dog.jpg"}),
+@pytest.mark.parametrize("cli_args, params, found", [
+    (["dog on the beach"], {"q": "dog on the beach"}, 1),
+    (["kettle", "--min-score", "0", "--limit", "3"], {"q": "kettle", "min_score": 0, "limit": 3}, 3),
+    (["sign", "--min-score", "0", "--in", "photos/trips"], {"q": "sign", "min_score": 0, "in": "photos/trips"}, 2),
+    (["zebra in the snow"], {"q": "zebra in the snow"}, 0),
+    (["--like", "photos/beach_dog.jpg", "--min-score", "0"], {"like": "photos/beach_dog.jpg", "min_score": 0}, 3),
+    (["kettle", "--all", "--limit", "4"], {"q": "kettle", "all": 1, "limit": 4}, 4),
+    (["--like", "photos/beach_dog.jpg"], {"like": "photos/beach_dog.jpg"}, 0),
 ])
-def test_search_gives_the_cli_ranking(lib, http, cli_args, params):
+def test_search_gives_the_cli_ranking(lib, http, cli_args, params, found):
     cli = lib.cli_json(*cli_args)
     r = http.get("/api/search", params=params)
     assert r.status_code == 200, r.text
     api = r.json()
+    assert len(cli["results"]) == found
     assert ids(api) == ids(cli)
     assert [x["score"] for x in api["results"]] == [x["score"] for x in cli["results"]]
-    for hit, cli_hit in zip(api["results"], cli["results"]):
+    for hit, cli_hit in zip(api["results"], cli["results"], strict=True):
         assert hit["abs_path"] == cli_hit["path"] and hit["caption"] == cli_hit["caption"] and hit["why"] == cli_hit["why"]
         assert hit["thumbnail_url"] == f"/api/photos/{hit['id']}/thumbnail" and hit["file_url"].endswith("/file")
-    if not cli["results"]:
-        assert "all=1 shows the nearest" in api["hint"] or "min_score 0 shows the nearest" in api["hint"]
+    # Nothing shown: the hint says how to see the nearest anyway.
+    assert found or "all=1 shows the nearest" in api["hint"] or "min_score 0 shows the nearest" in api["hint"]
 
 
 def test_a_filter_asked_again_selects_the_same_photos(http):
@@ -240,7 +205,7 @@ def test_new_generation_is_served_without_restart(lib, http):
     extra = lib.photos / "later" / "dog2.jpg"
     draw_scene(extra, "beach_dog", quality=70)  # new bytes, same scene
     try:
-        assert run_imgrag("index", lib.photos, cwd=lib.base, env=lib.env).code == 0
+        assert invoke("index", lib.photos, cwd=lib.base, env=lib.env).code == 0
         deadline = time.monotonic() + 20
         doc = http.get("/api/search", params={"q": "dog on the beach", "min_score": 0}).json()
         while "photos/later/dog2.jpg" not in [r["path"] for r in doc["results"]] and time.monotonic() < deadline:
@@ -347,7 +312,7 @@ def test_abuse_gets_4xx_json_and_the_server_stays_up(lib, http):
 
 
 def test_status_has_the_cli_fields(lib, http):
-    cli = run_imgrag("status", lib.photos, "--json", cwd=lib.base, env=lib.env)
+    cli = invoke("status", lib.photos, "--json", cwd=lib.base, env=lib.env)
     expected = json.loads(cli.stdout)
     got = http.get("/api/status").json()
     assert {k: got[k] for k in expected} == expected
@@ -381,12 +346,12 @@ def test_page_modules_are_served_as_javascript_and_packaged(http):
         seen.add(path)
         r = http.get(path)
         assert r.status_code == 200 and r.headers["content-type"].split(";")[0] in JS_TYPES, (path, r.headers)
-        imported = re.findall(r'^import .* from "\./([\w-]+\.js)";$', r.text, re.M)
+        imported = re.findall(r'^import .* from "\./([\w-]+\.js)";$', r.text, re.MULTILINE)
         todo += [f"/static/js/{name}" for name in imported if f"/static/js/{name}" not in seen]
     web = Path(__file__).parents[1] / "src" / "imgrag" / "web"
     assert seen == {f"/static/js/{p.name}" for p in (web / "static" / "js").glob("*.js")}  # none left unused
     # A non-editable install ships what [tool.setuptools.package-data] names ("static/*" is not recursive).
-    line = re.search(r'^"imgrag\.web" = \[(.*)\]$', (web.parents[2] / "pyproject.toml").read_text(), re.M)
+    line = re.search(r'^"imgrag\.web" = \[(.*)\]$', (web.parents[2] / "pyproject.toml").read_text(), re.MULTILINE)
     patterns = re.findall(r'"([^"]+)"', line.group(1))
     for file in (f for f in (web / "static").rglob("*") if f.is_file()):
         rel = file.relative_to(web)
@@ -453,7 +418,7 @@ def test_running_job_makes_the_cli_busy_shows_progress_and_cancels(lib, http):
                     if events[-1]["done"] >= 1:
                         break
         assert events[0]["state"] == "running" and events[-1]["total"] == 24
-        cli = run_imgrag("embed", lib.photos, cwd=lib.base, env=lib.env)
+        cli = invoke("embed", lib.photos, cwd=lib.base, env=lib.env)
         assert cli.code == 2 and "busy" in cli.stderr  # cron gets "busy" while a job runs
         assert http.delete(f"/api/jobs/{job_id}").status_code == 200
         job = wait_job(http, job_id)
@@ -472,45 +437,58 @@ def test_running_job_makes_the_cli_busy_shows_progress_and_cancels(lib, http):
 # -- servers with other settings ---------------------------------------------------------------
 
 
-def test_token_read_only_allow_host_and_cors(lib, tmp_path):
+def test_token_read_only_allow_host_and_cors(lib, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="imgrag.serve")
     token_file = tmp_path / "token"
     token_file.write_text("s3cret-token-for-tests\n")
-    server = start_server(str(lib.photos), "--token-file", str(token_file), "--read-only", "--allow-host", "photos.internal",
-                          "--cors", "https://app.example.org", cwd=lib.base, env=lib.env, log=tmp_path / "serve.log")
+    with in_process(lib.photos, token_file=token_file, read_only=True, allow_hosts=("photos.internal",),
+                    cors="https://app.example.org", cwd=lib.base, env=lib.env) as c:
+        assert c.get("/healthcheck", headers={"Host": "photos.internal:8000"}).status_code == 200
+        assert_json_error(c.get("/healthcheck", headers={"Host": "other.internal"}), 403)
+        assert c.get("/healthcheck").status_code == 200
+        assert c.get("/").status_code == 200  # the page loads to show its login form
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic czNjcmV0"},
+                        {"Cookie": "imgrag_session=s3cret-token-for-tests"}):
+            r = c.get("/api/search", params={"q": "dog"}, headers=headers)
+            assert_json_error(r, 401)
+            assert r.json()["login"] is True
+        assert_json_error(c.get("/images/photos/beach_dog.jpg"), 401)
+        assert_json_error(c.get("/docs"), 401)
+        ok = c.get("/api/search", params={"q": "dog"}, headers={"Authorization": "Bearer s3cret-token-for-tests"})
+        assert ok.status_code == 200 and ok.json()["results"]
+        assert_json_error(c.post("/api/login", json={"token": "guess"}), 401)
+        login = c.post("/api/login", json={"token": "s3cret-token-for-tests"})
+        assert login.status_code == 200 and "s3cret" not in login.headers["set-cookie"]
+        assert "httponly" in login.headers["set-cookie"].lower()
+        assert c.get("/api/search", params={"q": "dog"}).status_code == 200  # the cookie now
+        status = c.get("/api/status").json()
+        assert status["read_only"] is True and status["auth"] is True
+        assert_json_error(c.post("/api/jobs", json={"kind": "describe"}), 403)
+        assert_json_error(c.post("/generate_description"), 403)
+        assert_json_error(c.post("/generate_description_embeddings", json={"descriptions": []}), 403)
+        assert c.post("/get_image", json={"query": "dog"}).status_code == 200  # reading is fine
+        bearer = {"Authorization": "Bearer s3cret-token-for-tests"}
+        r = c.get("/api/search", params={"q": "dog"}, headers={"Origin": "https://app.example.org", **bearer})
+        assert r.headers["access-control-allow-origin"] == "https://app.example.org"
+        r = c.get("/api/search", params={"q": "dog"}, headers={"Origin": "https://evil.example", **bearer})
+        assert "access-control-allow-origin" not in r.headers
+        r = c.post("/get_image", json={"query": "dog"}, headers={"Origin": "https://app.example.org", **bearer})
+        assert r.status_code == 200
+        assert_json_error(c.post("/get_image", json={"query": "dog"}, headers={"Origin": "https://evil.example"}), 403)
+    assert "s3cret-token-for-tests" not in caplog.text
+
+
+def test_sigterm_stops_a_server_that_logged_no_token(lib, tmp_path):
+    """A real server with a token (real process: the signal is the point)."""
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-token-for-tests\n")
+    server = start_server(str(lib.photos), "--token-file", str(token_file), cwd=lib.base, env=lib.env,
+                          log=tmp_path / "serve.log")
     try:
         with server.client() as c:
-            assert c.get("/healthcheck", headers={"Host": "photos.internal:8000"}).status_code == 200
-            assert_json_error(c.get("/healthcheck", headers={"Host": "other.internal"}), 403)
-            assert c.get("/healthcheck").status_code == 200
-            assert c.get("/").status_code == 200  # the page loads to show its login form
-            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic czNjcmV0"},
-                            {"Cookie": "imgrag_session=s3cret-token-for-tests"}):
-                r = c.get("/api/search", params={"q": "dog"}, headers=headers)
-                assert_json_error(r, 401)
-                assert r.json()["login"] is True
-            assert_json_error(c.get("/images/photos/beach_dog.jpg"), 401)
-            assert_json_error(c.get("/docs"), 401)
+            assert_json_error(c.get("/api/search", params={"q": "dog"}, headers={"Authorization": "Bearer wrong"}), 401)
             ok = c.get("/api/search", params={"q": "dog"}, headers={"Authorization": "Bearer s3cret-token-for-tests"})
             assert ok.status_code == 200 and ok.json()["results"]
-            assert_json_error(c.post("/api/login", json={"token": "guess"}), 401)
-            login = c.post("/api/login", json={"token": "s3cret-token-for-tests"})
-            assert login.status_code == 200 and "s3cret" not in login.headers["set-cookie"]
-            assert "httponly" in login.headers["set-cookie"].lower()
-            assert c.get("/api/search", params={"q": "dog"}).status_code == 200  # the cookie now
-            status = c.get("/api/status").json()
-            assert status["read_only"] is True and status["auth"] is True
-            assert_json_error(c.post("/api/jobs", json={"kind": "describe"}), 403)
-            assert_json_error(c.post("/generate_description"), 403)
-            assert_json_error(c.post("/generate_description_embeddings", json={"descriptions": []}), 403)
-            assert c.post("/get_image", json={"query": "dog"}).status_code == 200  # reading is fine
-            bearer = {"Authorization": "Bearer s3cret-token-for-tests"}
-            r = c.get("/api/search", params={"q": "dog"}, headers={"Origin": "https://app.example.org", **bearer})
-            assert r.headers["access-control-allow-origin"] == "https://app.example.org"
-            r = c.get("/api/search", params={"q": "dog"}, headers={"Origin": "https://evil.example", **bearer})
-            assert "access-control-allow-origin" not in r.headers
-            r = c.post("/get_image", json={"query": "dog"}, headers={"Origin": "https://app.example.org", **bearer})
-            assert r.status_code == 200
-            assert_json_error(c.post("/get_image", json={"query": "dog"}, headers={"Origin": "https://evil.example"}), 403)
     finally:
         code = server.stop(signal.SIGTERM)
     assert code in (0, -signal.SIGTERM)
@@ -536,7 +514,7 @@ def test_ctrl_c_stops_a_running_job_and_keeps_what_it_finished(lib, tmp_path):
         lines = (lib.base / ".imgrag" / "descriptions.jsonl").read_text().splitlines()
         kept = {p for r in map(json.loads, lines) for p in r["paths"] if p.startswith("photos/batch2/")}
         assert 1 <= len(kept) < 24  # what finished is on disk; the rest was never asked for
-        assert run_imgrag("status", "--json", cwd=lib.base, env=lib.env).code == 0  # still readable
+        assert invoke("status", "--json", cwd=lib.base, env=lib.env).code == 0  # still readable
     finally:
         lib.standin.set_default(latency=0.0)
         server.stop()
@@ -544,29 +522,26 @@ def test_ctrl_c_stops_a_running_job_and_keeps_what_it_finished(lib, tmp_path):
 
 
 def test_non_loopback_host_needs_a_token(lib):
-    result = run_imgrag("serve", lib.photos, "--host", "0.0.0.0", "--port", "0", cwd=lib.base, env=lib.env, timeout=30)
+    result = invoke("serve", lib.photos, "--host", "0.0.0.0", "--port", "0", cwd=lib.base, env=lib.env)
     assert result.code == 2 and "token" in result.stderr and result.stderr.startswith("imgrag: error:")
 
 
 def test_serving_a_folder_not_indexed_yet(lib, tmp_path):
     photos = tmp_path / "fresh" / "photos"
     draw_scene(photos / "stop_sign.jpg", "stop_sign", quality=92)
-    server = start_server(str(photos), cwd=tmp_path, env=lib.env, log=tmp_path / "serve.log")
-    try:
-        with server.client() as c:
-            status = c.get("/api/status").json()
-            assert status["exists"] is False and status["photos"] == 1 and status["index_loaded"] is False
-            doc = c.get("/api/search", params={"q": "stop sign"}).json()
-            assert doc["results"] == [] and doc["index"] == "none" and doc["hint"]
-            job = c.post("/api/jobs", json={"kind": "index"}).json()
-            assert wait_job(c, job["id"])["state"] == "done"
-            hits = c.get("/api/search", params={"q": "stop sign"}).json()["results"]
-            assert [h["path"] for h in hits] == ["photos/stop_sign.jpg"]
-    finally:
-        server.stop()
+    with in_process(photos, cwd=tmp_path, env=lib.env) as c:
+        status = c.get("/api/status").json()
+        assert status["exists"] is False and status["photos"] == 1 and status["index_loaded"] is False
+        doc = c.get("/api/search", params={"q": "stop sign"}).json()
+        assert doc["results"] == [] and doc["index"] == "none" and doc["hint"]
+        seed_query_encoder(photos.parent / ".imgrag")  # the query-encoder export is not what this is about
+        job = c.post("/api/jobs", json={"kind": "index"}).json()
+        assert wait_job(c, job["id"])["state"] == "done"
+        hits = c.get("/api/search", params={"q": "stop sign"}).json()["results"]
+        assert [h["path"] for h in hits] == ["photos/stop_sign.jpg"]
 
 
 def test_an_index_that_is_not_there_is_a_clear_error(tmp_path, lib):
     # (With neither PHOTOS nor --index and no index found, serve shows the demo: test_demo.py.)
-    result = run_imgrag("serve", "--index", tmp_path / "nowhere", "--port", "0", cwd=tmp_path, env=lib.env, timeout=30)
+    result = invoke("serve", "--index", tmp_path / "nowhere", "--port", "0", cwd=tmp_path, env=lib.env)
     assert result.code == 2 and result.stderr.startswith("imgrag: error: ") and result.stderr.count("\n") == 1
