@@ -32,7 +32,6 @@ from typer.testing import CliRunner
 
 from standin_vlm import StandinVLM
 
-REPO = Path(__file__).resolve().parent.parent
 IMGRAG = Path(sys.executable).parent / "imgrag"  # the entry point `pip install` wrote
 
 # Colour photos that are easy to tell apart by perceptual hash, with what they "show".

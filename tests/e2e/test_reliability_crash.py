@@ -56,8 +56,8 @@ def test_kill_9_mid_describe_loses_only_requests_in_flight(home, standin):
 
 def test_second_writer_is_told_busy_or_waits(home, standin):
     cwd, photos, env = home
-    # The first run holds the lock while its one request takes 6 s to be answered.
-    standin.enqueue({"kind": "timeout", "seconds": 6})
+    # The first run holds the lock while its one request takes 8 s to be answered.
+    standin.enqueue({"kind": "timeout", "seconds": 8})
     first = spawn_imgrag("describe", photos, "--jobs", "1", "--limit", "1", cwd=cwd, env=env)
     wait_for_requests(standin, 1)
 
