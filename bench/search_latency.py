@@ -4,7 +4,7 @@ Builds (once; cached under bench/.cache/, which git ignores) a workspace of 100k
 photo descriptions made from the human captions in ../shared/data (Flickr8k train+dev and
 COCO: each photo's five captions recombined into caption + description, so every text is
 distinct and reads like one photo), embedded with the packaged all-MiniLM-L6-v2 and written
-through the real vector cache, `write_bundle` and encoder export. Then times
+through the real vector cache, `write_generation` and encoder export. Then times
 `imgrag search QUERY --json` as a user runs it, a fresh process each time, with the fast
 query encoder (ONNX Runtime) and with the encoder forced to sentence-transformers
 (IMGRAG_QUERY_ENCODER=torch), alternating, after one warm-up run of each (warm page
@@ -105,7 +105,7 @@ def build_workspace(data: Path, count: int) -> Path:
     the index itself is rewritten whenever the code that writes it has changed."""
     from imgrag.describe.schema import lexical_text
     from imgrag.index.embedding import VectorCache, cache_dir_name, load_model, text_key
-    from imgrag.index.generations import Doc, read_meta, write_bundle
+    from imgrag.index.generations import Doc, read_meta, write_generation
     from imgrag.store.workspace import Workspace
 
     base = CACHE / f"library-{count}"
@@ -145,7 +145,7 @@ def build_workspace(data: Path, count: int) -> Path:
         rate = done / (time.perf_counter() - start)
         log(f"  {done}/{len(todo)} ({rate:.0f}/s, {(len(todo) - done) / rate / 60:.1f} min left)")
     log("writing the index")
-    write_bundle(ws, docs, cache.get(keys), {"embedding": embedding, "signature": "bench", "bench_code": code})
+    write_generation(ws, docs, cache.get(keys), {"embedding": embedding, "signature": "bench", "bench_code": code})
     _ensure_export(ws)
     _ensure_photo_files(base, count)
     return base

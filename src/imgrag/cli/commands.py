@@ -15,7 +15,7 @@ import typer
 
 from imgrag.cli.help_format import App, typed
 from imgrag.config import DEFAULT_GROQ_MODEL, Settings
-from imgrag.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME, EXIT_TEMPFAIL, ImgragError
+from imgrag.errors import EXIT_INTERRUPTED, EXIT_NOTHING_FOUND, EXIT_OK, EXIT_SOME_FAILED, EXIT_TEMPFAIL, ImgragError
 
 app = App(
     name="imgrag",
@@ -209,7 +209,7 @@ def index_cmd(
     """Describe new photos, then embed: the one command for cron."""
     code = _describe(photos, index, provider=provider, model=model, base_url=base_url, jobs=jobs, limit=limit,
                      force=False, refresh=False, dry_run=False, wait=wait, batch=batch, window=window)
-    if code in (EXIT_OK, EXIT_SOME, EXIT_TEMPFAIL):
+    if code in (EXIT_OK, EXIT_SOME_FAILED, EXIT_TEMPFAIL):
         # Embed what was described, even when some photos failed or the quota ran out.
         _embed(photos, index, embed_model, False, wait)
     return code
@@ -297,7 +297,7 @@ def search(
     _warn_stale(searcher)
     if not hits:
         render.info(f"imgrag: no matching photos{why_nothing(searcher, options)}")
-    return EXIT_OK if hits else EXIT_SOME
+    return EXIT_OK if hits else EXIT_NOTHING_FOUND
 
 
 def _check_search_flags(query: str | None, like: Path | None, queries_from: str | None,
@@ -328,7 +328,7 @@ def _search_many(searcher, source: str, options) -> int:
     _warn_stale(searcher)
     if not found:
         render.info("imgrag: no query found a matching photo")
-    return EXIT_OK if found else EXIT_SOME
+    return EXIT_OK if found else EXIT_NOTHING_FOUND
 
 
 @app.command(epilog=(
@@ -381,7 +381,7 @@ def demo(
     else:
         render.info("imgrag: no matching photos among the samples")
     render.info(next_steps(result.photos))
-    return EXIT_OK if hits else EXIT_SOME
+    return EXIT_OK if hits else EXIT_NOTHING_FOUND
 
 
 def _search_verified(searcher, query: str | None, like: Path | None, queries_from: str | None, options,
@@ -405,7 +405,7 @@ def _search_verified(searcher, query: str | None, like: Path | None, queries_fro
         render.info(f"imgrag: no matching photos{why_nothing(searcher, options)}")
     else:
         render.info(render_ask.verify_summary(result))
-    return EXIT_OK if result.kept else EXIT_SOME
+    return EXIT_OK if result.kept else EXIT_NOTHING_FOUND
 
 
 @app.command(epilog=(
@@ -456,7 +456,7 @@ def ask(
     if not plan.hits:
         render.info(f"imgrag: no photo matches the question{why_nothing(searcher, options)}; "
                     "nothing was sent to the model")
-        return EXIT_SOME
+        return EXIT_NOTHING_FOUND
     return EXIT_OK
 
 

@@ -39,7 +39,7 @@ from imgrag.describe.live import (
     plan,
 )
 from imgrag.describe.schema import ReplyError, parse_reply
-from imgrag.errors import EXIT_OK, EXIT_SOME, EXIT_TEMPFAIL, UsageError
+from imgrag.errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_TEMPFAIL, UsageError
 from imgrag.photos.files import PhotoError, PhotoMeta, prepare_image, read_metadata
 from imgrag.providers import FatalProviderError, QuotaExhausted, TransientError, make_provider
 from imgrag.providers.base import ProviderError
@@ -105,7 +105,7 @@ class BatchSummary:
     def exit_code(self) -> int:
         if self.stopped_by:
             return EXIT_TEMPFAIL
-        return EXIT_SOME if self.failed else EXIT_OK
+        return EXIT_SOME_FAILED if self.failed else EXIT_OK
 
 
 def window_hours(window: str) -> int:

@@ -26,7 +26,7 @@ from typing import Any
 from imgrag.config import Settings
 from imgrag.describe.quarantine import QUARANTINE_AFTER, load_quarantine, permanent_reason, strikes
 from imgrag.describe.schema import PROMPT_VERSION, ReplyError, parse_reply
-from imgrag.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME, EXIT_TEMPFAIL, UsageError
+from imgrag.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, EXIT_TEMPFAIL, UsageError
 from imgrag.photos.files import PhotoError, PhotoMeta, Skipped, prepare_image, read_metadata
 from imgrag.providers import (
     FatalProviderError,
@@ -117,7 +117,7 @@ class DescribeSummary:
             return EXIT_INTERRUPTED
         if self.stopped_by in ("quota", "unavailable"):
             return EXIT_TEMPFAIL
-        return EXIT_SOME if self.failed else EXIT_OK
+        return EXIT_SOME_FAILED if self.failed else EXIT_OK
 
 
 class Progress:

@@ -32,7 +32,7 @@ from imgrag.index.generations import (
     previous_rows,
     read_meta,
     stable_order,
-    write_bundle,
+    write_generation,
 )
 from imgrag.store.descriptions import load_descriptions
 from imgrag.store.files import json_bytes, storage_errors
@@ -126,7 +126,7 @@ def run_embed(photos: Path | None, model_name: str | None, *, rebuild: bool = Fa
             previous = None if rebuild else previous_rows(ws, embedding)
             docs, keys = stable_order(docs, keys, previous)
             vectors = cache.get(keys)
-            write_bundle(ws, docs, vectors, {"embedding": embedding, "signature": signature},
+            write_generation(ws, docs, vectors, {"embedding": embedding, "signature": signature},
                          keys=keys, previous=previous)
             summary.rebuilt_index = True
             meta = read_meta(ws)

@@ -238,7 +238,10 @@ class DenseIndex:
 
 
 @dataclass
-class Bundle:
+class Generation:
+    """One index generation, open for searching (`open_generation`): its dense index, its
+    rows in SQLite, and the rest of its files loaded on first use."""
+
     folder: Path
     meta: dict[str, Any]
     index: DenseIndex
@@ -309,7 +312,7 @@ def rows_at_once(db: sqlite3.Connection, columns: str, rows: Sequence[int]) -> l
     return json.loads(db.execute(sql, [int(r) for r in rows]).fetchone()[0])
 
 
-def write_bundle(ws: Workspace, docs: list[Doc], vectors: np.ndarray, meta: dict[str, Any], *,
+def write_generation(ws: Workspace, docs: list[Doc], vectors: np.ndarray, meta: dict[str, Any], *,
                  keys: list[str] | None = None, previous: Previous | None = None) -> Path:
     """Write a new generation (row i = docs[i] = vectors[i]) and make it current.
 
@@ -449,7 +452,7 @@ def read_only_uri(path: Path) -> str:
     return f"file:{urllib.parse.quote(str(path))}?mode=ro"
 
 
-def load_bundle(ws: Workspace) -> Bundle:
+def open_generation(ws: Workspace) -> Generation:
     """Open the current generation. An IVF index is memory-mapped: pages are read as queries touch them."""
     gen = current_generation(ws)
     if gen is None:
@@ -472,4 +475,4 @@ def load_bundle(ws: Workspace) -> Bundle:
                     for _ in range(2))
     except (OSError, RuntimeError, sqlite3.Error) as e:
         raise UsageError(f"the index in {folder} is damaged ({e}): run `{ws.embed_command('--rebuild')}`") from None
-    return Bundle(folder, meta, index, db, scan)
+    return Generation(folder, meta, index, db, scan)

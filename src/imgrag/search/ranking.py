@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from imgrag.errors import UsageError
-from imgrag.index.generations import PHOTO_TIME, Bundle, load_bundle
+from imgrag.index.generations import PHOTO_TIME, Generation, open_generation
 from imgrag.search.cutoff import DEFAULT_CUTOFF, Cutoff
 from imgrag.store.workspace import Workspace
 
@@ -76,16 +76,16 @@ def clean_query(query: str) -> str:
     return query[:MAX_QUERY_CHARS]
 
 
-def open_index(ws: Workspace, embed_model: str | None) -> Bundle:
+def open_index(ws: Workspace, embed_model: str | None) -> Generation:
     """The current index, refusing one made with another model than the one configured."""
-    bundle = load_bundle(ws)
-    built_with = bundle.meta.get("embedding", {}).get("model")
+    generation = open_generation(ws)
+    built_with = generation.meta.get("embedding", {}).get("model")
     if embed_model and built_with and embed_model != built_with and _resolved(embed_model) != built_with:
         raise UsageError(
             f"the index in {ws.root} was embedded with {built_with!r}, but IMGRAG_EMBED_MODEL is {embed_model!r}: "
             f"run `{ws.embed_command('--rebuild')}` to re-embed, or unset it"
         )
-    return bundle
+    return generation
 
 
 def _resolved(embed_model: str) -> str:
@@ -143,7 +143,7 @@ class Candidates:
     terms: list  # the query's content words (lexical.QueryTerm)
 
 
-def candidates(bundle: Bundle, query_vec: np.ndarray, query: str, depth: int = DENSE_CANDIDATES,
+def candidates(generation: Generation, query_vec: np.ndarray, query: str, depth: int = DENSE_CANDIDATES,
                allowed: np.ndarray | None = None) -> Candidates:
     """`allowed`: the only rows that may be candidates (filters), so a filter never leaves
     fewer than `depth` candidates when enough rows pass it."""
@@ -153,18 +153,18 @@ def candidates(bundle: Bundle, query_vec: np.ndarray, query: str, depth: int = D
         import faiss
 
         params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
-    scores, found = bundle.index.search(q, min(bundle.size, max(depth, 1)), params=params)
+    scores, found = generation.index.search(q, min(generation.size, max(depth, 1)), params=params)
     keep = found[0] >= 0
     rows, dense = found[0][keep].astype(np.int64), scores[0][keep].astype(np.float32)
     words = written = None
-    if bundle.lexical is not None:
-        words = bundle.lexical.scores(query)
-        if bundle.visible_text is not None:
-            written = bundle.visible_text.written_share(query, bundle.lexical)
+    if generation.lexical is not None:
+        words = generation.lexical.scores(query)
+        if generation.visible_text is not None:
+            written = generation.visible_text.written_share(query, generation.lexical)
     exact = [_best_exact(e, allowed) for e in (words, written) if e is not None]
     if exact:
         extra = np.setdiff1d(np.concatenate(exact), rows)
-        extra_dense = _dense_scores(bundle.index, q[0], extra)
+        extra_dense = _dense_scores(generation.index, q[0], extra)
         if extra_dense is not None and len(extra):
             rows = np.concatenate([rows, extra])
             dense = np.concatenate([dense, extra_dense])
@@ -173,7 +173,7 @@ def candidates(bundle: Bundle, query_vec: np.ndarray, query: str, depth: int = D
         rows, dense,
         lexical=words.normalised(rows) if words is not None else none,
         visible_text=written.normalised(rows) if written is not None else none,
-        crowding=np.asarray(bundle.crowding[rows], np.float32) if bundle.crowding is not None else none,
+        crowding=np.asarray(generation.crowding[rows], np.float32) if generation.crowding is not None else none,
         terms=words.terms if words is not None else [],
     )
 
@@ -218,35 +218,35 @@ class Ranked:
         return cls(np.zeros(0, np.int64), np.zeros(0, np.float32), None)
 
 
-def rank(bundle: Bundle, query_vec: np.ndarray, query: str, options: SearchOptions,
+def rank(generation: Generation, query_vec: np.ndarray, query: str, options: SearchOptions,
          fusion: Fusion = DEFAULT_FUSION, *, cutoff: Cutoff = DEFAULT_CUTOFF,
          exclude_rows: Iterable[int] = ()) -> list[Hit]:
     """The hits shown for one query (what `imgrag search` shows), best first, paths absolute.
     `exclude_rows` are never shown nor weigh in the default set (--like: the photo itself)."""
-    ranked = rank_rows(bundle, query_vec, query, options, fusion, cutoff=cutoff, exclude_rows=exclude_rows)
-    return read_hits(bundle, ranked, range(len(ranked.rows)))
+    ranked = rank_rows(generation, query_vec, query, options, fusion, cutoff=cutoff, exclude_rows=exclude_rows)
+    return read_hits(generation, ranked, range(len(ranked.rows)))
 
 
-def rank_rows(bundle: Bundle, query_vec: np.ndarray, query: str, options: SearchOptions,
+def rank_rows(generation: Generation, query_vec: np.ndarray, query: str, options: SearchOptions,
               fusion: Fusion = DEFAULT_FUSION, *, cutoff: Cutoff = DEFAULT_CUTOFF,
               exclude_rows: Iterable[int] = ()) -> Ranked:
     """`rank`'s rows and scores, up to options.limit, not yet read from the index."""
     allowed = None if options.allowed_rows is None else np.fromiter(options.allowed_rows, np.int64)
-    if bundle.size == 0 or (allowed is not None and not len(allowed)):
+    if generation.size == 0 or (allowed is not None and not len(allowed)):
         return Ranked.empty()
     exclude = np.fromiter(exclude_rows, np.int64)
     depth = max(DENSE_CANDIDATES, options.limit) + len(exclude)
-    found = candidates(bundle, query_vec, query, depth=depth, allowed=allowed)
+    found = candidates(generation, query_vec, query, depth=depth, allowed=allowed)
     rows, scores = order(found, fusion)
     if len(exclude):
         keep = ~np.isin(rows, exclude)
         rows, scores = rows[keep], scores[keep]
-    keep = shown_set(bundle, query_vec, query, rows, scores, options, cutoff)
+    keep = shown_set(generation, query_vec, query, rows, scores, options, cutoff)
     rows, scores = rows[keep], scores[keep]
     return Ranked(rows[: max(options.limit, 1)], scores[: max(options.limit, 1)], found)
 
 
-def read_hits(bundle: Bundle, ranked: Ranked, picked: Iterable[int], paths: dict[int, list[str]] | None = None) -> list[Hit]:
+def read_hits(generation: Generation, ranked: Ranked, picked: Iterable[int], paths: dict[int, list[str]] | None = None) -> list[Hit]:
     """Hits for the ranked rows at positions `picked`, read from the index and explained,
     ranked 1, 2, ... in that order; `paths` (by row) replaces a row's stored copies."""
     picked = list(picked)
@@ -257,11 +257,11 @@ def read_hits(bundle: Bundle, ranked: Ranked, picked: Iterable[int], paths: dict
              "crowding": found.crowding}
     at = {row: i for i, row in enumerate(found.rows.tolist())}
     rows = ranked.rows[picked].tolist()
-    docs = bundle.docs(rows)
+    docs = generation.docs(rows)
     hits = []
     for i, (row, score) in enumerate(zip(rows, ranked.scores[picked].tolist()), start=1):
         d = docs[row]
-        shown = paths[row] if paths is not None else absolute_paths(bundle, d.paths)
+        shown = paths[row] if paths is not None else absolute_paths(generation, d.paths)
         hits.append(Hit(
             rank=i,
             score=round(score, 4),
@@ -277,13 +277,13 @@ def read_hits(bundle: Bundle, ranked: Ranked, picked: Iterable[int], paths: dict
     return hits
 
 
-def absolute_paths(bundle: Bundle, stored: list[str]) -> list[str]:
+def absolute_paths(generation: Generation, stored: list[str]) -> list[str]:
     """A row's copies as absolute paths (stored relative to the folder holding .imgrag/)."""
-    base = str(bundle.folder.parent.parent.parent)  # <base>/.imgrag/index/<gen>
+    base = str(generation.folder.parent.parent.parent)  # <base>/.imgrag/index/<gen>
     return [os.path.join(base, p) for p in stored]
 
 
-def shown_set(bundle: Bundle, query_vec: np.ndarray, query: str, rows: np.ndarray, scores: np.ndarray,
+def shown_set(generation: Generation, query_vec: np.ndarray, query: str, rows: np.ndarray, scores: np.ndarray,
               options: SearchOptions, cutoff: Cutoff = DEFAULT_CUTOFF) -> np.ndarray:
     """Which of the ranked rows (best first) to show: all with `show_all`, those scoring
     `min_score` or more when it is set, else the default set for this query (imgrag.search.cutoff)."""
@@ -293,9 +293,9 @@ def shown_set(bundle: Bundle, query_vec: np.ndarray, query: str, rows: np.ndarra
         return scores >= options.min_score
     from imgrag.search import cutoff as default_set
 
-    lexical = bundle.lexical
+    lexical = generation.lexical
     words = lexical.words_present(query, rows) if lexical is not None else np.zeros(len(rows), np.float32)
-    return default_set.shown(scores, words, default_set.background_for(bundle.background, query_vec, cutoff), cutoff)
+    return default_set.shown(scores, words, default_set.background_for(generation.background, query_vec, cutoff), cutoff)
 
 
 _WHY_CHARS = 160
@@ -399,7 +399,7 @@ def parse_date(text: str, flag: str) -> datetime:
     return when
 
 
-def allowed_rows(bundle: Bundle, ws: Workspace, filters: Filters) -> set[int] | None:
+def allowed_rows(generation: Generation, ws: Workspace, filters: Filters) -> set[int] | None:
     """The index rows that pass the filters (None: no filter, every row)."""
     if not filters.active():
         return None
@@ -419,7 +419,7 @@ def allowed_rows(bundle: Bundle, ws: Workspace, filters: Filters) -> set[int] | 
         params.append(filters.before.isoformat(timespec="seconds"))
     where = " WHERE " + " AND ".join(clauses) if clauses else ""
     # One string in one step: row by row, a busy server waited for the GIL at each (index.rows_at_once).
-    (found,) = bundle.scan.execute(f"SELECT group_concat(row) FROM docs{where}", params).fetchone()
+    (found,) = generation.scan.execute(f"SELECT group_concat(row) FROM docs{where}", params).fetchone()
     return set(map(int, found.split(","))) if found else set()
 
 
@@ -469,8 +469,8 @@ class Searcher:
 
     def __init__(self, *, index: Path | None, embed_model: str | None, filters: Filters | None = None) -> None:
         self.ws = Workspace.find(Path.cwd(), index)
-        self.bundle = open_index(self.ws, embed_model)
-        self.allowed = allowed_rows(self.bundle, self.ws, filters or Filters())
+        self.generation = open_index(self.ws, embed_model)
+        self.allowed = allowed_rows(self.generation, self.ws, filters or Filters())
         self._encoder: QueryEncoder | None = None
         self.missing: set[str] = set()  # indexed files found gone while searching (see _rank)
         # A server is asked the same few filters again and again, and the rows that pass them
@@ -486,7 +486,7 @@ class Searcher:
             # The ONNX export made at embed time when valid (no torch import), else this model.
             from imgrag.index.query_encoder import open_encoder
 
-            embedding = self.bundle.meta["embedding"]
+            embedding = self.generation.meta["embedding"]
             self._encoder = open_encoder(self.ws, embedding["model"], embedding.get("fingerprint"))
             self._vectors = QueryVectors(self._encoder)
         return self._encoder
@@ -509,7 +509,7 @@ class Searcher:
         return self._rank(self._stored_vector(row), caption, options, exclude_rows=[row], window=window)
 
     def _nothing_to_find(self) -> bool:
-        return self.bundle.size == 0 or (self.allowed is not None and not self.allowed)
+        return self.generation.size == 0 or (self.allowed is not None and not self.allowed)
 
     def _rank(self, query_vec: np.ndarray, query: str, options: SearchOptions, exclude_rows: Iterable[int] = (),
               window: Window | None = None) -> list[Hit]:
@@ -522,11 +522,11 @@ class Searcher:
         need = options.limit if window.by_date or window.stop is None else min(window.stop, options.limit)
         asked = options.limit
         while True:
-            ranked = rank_rows(self.bundle, query_vec, query, replace(options, limit=asked), exclude_rows=exclude_rows)
-            located = self.bundle.locate(ranked.rows.tolist())
+            ranked = rank_rows(self.generation, query_vec, query, replace(options, limit=asked), exclude_rows=exclude_rows)
+            located = self.generation.locate(ranked.rows.tolist())
             kept: list[tuple[int, list[str]]] = []  # (position in `ranked`, copies on disk)
             for i, row in enumerate(ranked.rows.tolist()):
-                there = self._on_disk(absolute_paths(self.bundle, located[row][0]))
+                there = self._on_disk(absolute_paths(self.generation, located[row][0]))
                 if there:
                     kept.append((i, there))
                     if len(kept) == need:
@@ -538,7 +538,7 @@ class Searcher:
         if window.by_date:  # newest first; stable: ties keep relevance order
             kept.sort(key=lambda k: located[int(ranked.rows[k[0]])][1] or "", reverse=True)
         kept = kept[window.start : window.stop]
-        hits = read_hits(self.bundle, ranked, [i for i, _ in kept], paths={int(ranked.rows[i]): p for i, p in kept})
+        hits = read_hits(self.generation, ranked, [i for i, _ in kept], paths={int(ranked.rows[i]): p for i, p in kept})
         for h in hits:
             h.rank += window.start
         return hits
@@ -569,7 +569,7 @@ class Searcher:
             sha = file_sha256(photo.expanduser())
         except PhotoError as e:
             raise UsageError(f"--like {photo}: cannot read it ({e})") from None
-        found = self.bundle.scan.execute("SELECT row, caption FROM docs WHERE sha256 = ?", (sha,)).fetchone()
+        found = self.generation.scan.execute("SELECT row, caption FROM docs WHERE sha256 = ?", (sha,)).fetchone()
         if found is None and photo.suffix.lower() not in PHOTO_SUFFIXES:
             raise UsageError(f"--like {photo}: not a photo (imgrag finds {', '.join(sorted(PHOTO_SUFFIXES))} files)")
         if found is None:
@@ -591,7 +591,7 @@ class Searcher:
         with self._allowed_lock:
             if filters in self._allowed_by_filters:
                 return self._allowed_by_filters[filters]
-        rows = allowed_rows(self.bundle, self.ws, filters)  # unlocked: another filter need not wait
+        rows = allowed_rows(self.generation, self.ws, filters)  # unlocked: another filter need not wait
         with self._allowed_lock:
             if len(self._allowed_by_filters) >= ALLOWED_CACHE_SIZE:
                 self._allowed_by_filters.pop(next(iter(self._allowed_by_filters)))
@@ -601,14 +601,14 @@ class Searcher:
     def reuse_encoder(self, previous: Searcher) -> None:
         """Keep the query encoder (and the query vectors it made) of the previous generation
         when it embeds with the same model."""
-        if previous._encoder is not None and previous.bundle.meta.get("embedding") == self.bundle.meta.get("embedding"):
+        if previous._encoder is not None and previous.generation.meta.get("embedding") == self.generation.meta.get("embedding"):
             self._encoder, self._vectors = previous._encoder, previous._vectors
 
     def _stored_vector(self, row: int) -> np.ndarray:
         try:
-            return np.asarray(self.bundle.index.reconstruct(row), dtype=np.float32)
+            return np.asarray(self.generation.index.reconstruct(row), dtype=np.float32)
         except RuntimeError:  # an index type that keeps no vectors: embed its text again
-            text = self.bundle.docs([row])[row].text
+            text = self.generation.docs([row])[row].text
             return self.encoder().encode([text])[0]
 
 

@@ -45,7 +45,7 @@ def cut_off(options: SearchOptions) -> float | None:
 def why_nothing(searcher: Searcher, options: SearchOptions, *, flag: str = "--min-score", all_flag: str = "--all",
                 filter_flags: str = "--in/--after/--before") -> str:
     """Why a search found nothing and what to try: the CLI's hint, also the page's."""
-    if searcher.bundle.size == 0:
+    if searcher.generation.size == 0:
         return " (the index is empty)"
     if searcher.allowed is not None and not searcher.allowed:
         return f" (no indexed photo passes {filter_flags})"

@@ -91,7 +91,7 @@ def search(
     page = search_page(searcher, options, query=doc["query"], like=like_path, offset=offset, sort=sort)
     base = server.ws.base
     verdicts = _verdicts(request, doc["query"], page.hits) if verify else None
-    doc.update(index="ready", generation=served.generation, next_offset=page.next_offset, results=[{
+    doc.update(index="ready", generation=served.name, next_offset=page.next_offset, results=[{
         "id": h.sha256, "rank": h.rank, "score": h.score, "path": _rel(base, h.path), "paths": [_rel(base, p) for p in h.paths],
         "abs_path": h.path, "caption": h.caption, "date": h.date, "taken": h.taken,
         "why": h.why, **_urls(h.sha256), "extra": h.extra,
@@ -230,7 +230,7 @@ def status(request: Request):
     server = _server(request)
     job = server.jobs.running()
     served = server.index.current(wait=0)
-    key = (served.generation if served else None, job.version if job else None, _log_size(server.ws))
+    key = (served.name if served else None, job.version if job else None, _log_size(server.ws))
     with _status_lock:
         cached = _status_cache.get(id(server))
         if cached is None or cached[1] != key or time.monotonic() - cached[0] > STATUS_TTL:
@@ -239,7 +239,7 @@ def status(request: Request):
             _status_cache[id(server)] = cached
     return {**cached[2], "read_only": server.config.read_only, "auth": bool(server.config.token),
             "index_loaded": served is not None, "index_problem_serving": server.index.problem,
-            "generation": served.generation if served else None, "job": job.as_dict() if job else None}
+            "generation": served.name if served else None, "job": job.as_dict() if job else None}
 
 
 def _log_size(ws) -> int:

@@ -23,13 +23,13 @@ class Photos:
     """One generation's photos by id (sha256) and by indexed name, for serving them.
 
     Two tables in an in-memory SQLite database attached to the generation's whole-table
-    connection (Bundle.scan, already open: the folder may be pruned later): built by one
+    connection (Generation.scan, already open: the folder may be pruned later): built by one
     statement each, in C and without the GIL, ~13 MB at 100k photos. Python dicts of the
     same took 52 MB per generation (and a server holds two while it swaps them), and
     reading them row by row stalled every request for seconds under load."""
 
-    def __init__(self, bundle) -> None:
-        self.db = bundle.scan
+    def __init__(self, generation) -> None:
+        self.db = generation.scan
         name = "value" if os.sep == "/" else f"replace(value, '{os.sep}', '/')"  # indexed names use '/'
         if any(db[1] == "lookup" for db in self.db.execute("PRAGMA database_list")):  # a retry
             self.db.execute("DETACH DATABASE lookup")
@@ -57,8 +57,8 @@ class Served:
     """One generation, open and ready: what a request uses from start to end. Its photo
     tables are read in the background, so the first search does not wait for them."""
 
-    def __init__(self, generation: str, searcher) -> None:
-        self.generation = generation
+    def __init__(self, name: str, searcher) -> None:
+        self.name = name  # the generation's folder name (what CURRENT named when it was opened)
         self.searcher = searcher  # imgrag.search.ranking.Searcher
         self._photos: Photos | None = None
         self._read = threading.Event()
@@ -66,7 +66,7 @@ class Served:
 
     def _read_photos(self) -> None:
         try:
-            self._photos = Photos(self.searcher.bundle)
+            self._photos = Photos(self.searcher.generation)
         except Exception:
             log.exception("imgrag: reading the index's photo table failed")
         finally:
@@ -76,13 +76,13 @@ class Served:
     def photos(self) -> Photos:
         self._read.wait()
         if self._photos is None:
-            self._photos = Photos(self.searcher.bundle)
+            self._photos = Photos(self.searcher.generation)
         return self._photos
 
     def doc(self, sha: str):
         """The photo's row of the index (imgrag.index.generations.Doc), None when it has none."""
         row = self.photos.row_of(sha)
-        return None if row is None else self.searcher.bundle.docs([row]).get(row)
+        return None if row is None else self.searcher.generation.docs([row]).get(row)
 
     def paths_of(self, sha: str) -> list[str]:
         doc = self.doc(sha)
@@ -118,7 +118,7 @@ class LiveIndex:
             return self._served  # still loading, and the caller would rather not wait (status)
         served = self._served
         gen = current_generation(self.ws)  # one small file read: cheap enough for every request
-        if gen is not None and (served is None or served.generation != gen):
+        if gen is not None and (served is None or served.name != gen):
             if served is None:
                 self.refresh()  # nothing to answer from meanwhile
             elif not self._loading.locked():
@@ -130,7 +130,7 @@ class LiveIndex:
         with self._loading:
             gen = current_generation(self.ws)
             previous = self._served
-            if gen is None or (previous is not None and previous.generation == gen):
+            if gen is None or (previous is not None and previous.name == gen):
                 return
             started = time.perf_counter()
             try:
@@ -146,22 +146,22 @@ class LiveIndex:
             self._served = served  # one reference swap: a request holds the old or the new, whole
             if previous is not None:
                 log.info("imgrag: now serving index generation %s (%d photos, opened in %.2f s)", gen,
-                         served.searcher.bundle.size, time.perf_counter() - started)
+                         served.searcher.generation.size, time.perf_counter() - started)
 
     def _open(self, gen: str, previous: Served | None) -> Served:
         from imgrag.search.ranking import Searcher
 
         searcher = Searcher(index=self.ws.root, embed_model=self.embed_model)
-        bundle = searcher.bundle
+        generation = searcher.generation
         # Read everything a search touches now: a later cron run prunes this folder, and
         # only files already open stay readable after that.
-        bundle.lexical, bundle.visible_text, bundle.crowding  # noqa: B018
+        generation.lexical, generation.visible_text, generation.crowding  # noqa: B018
         if previous is not None:
             searcher.reuse_encoder(previous.searcher)
-        if bundle.size:
+        if generation.size:
             searcher.encoder().encode(["warm up"])  # load the model now, not on a user's first search
-        served = Served(bundle.folder.name, searcher)  # the folder CURRENT named when it was opened
-        if previous is not None and bundle.size:
+        served = Served(generation.folder.name, searcher)
+        if previous is not None and generation.size:
             # The old generation answers meanwhile: let one search and the photo tables touch
             # the new one's pages here, so that no request after the swap waits for them.
             from imgrag.search.ranking import SearchOptions
