@@ -40,13 +40,13 @@ sys.path.insert(0, str(REPO / "src"))
 
 from imgrag.index.embedding import DEFAULT_MODEL, VectorCache, cache_dir_name, load_model, text_key
 from imgrag.index.generations import Doc, open_generation, write_generation
+from imgrag.index.query_encoder import SentenceTransformersEncoder
 from imgrag.search.ranking import (
     DEFAULT_FUSION,
     DEFAULT_MIN_SCORE,
     DENSE_ONLY,
     Candidates,
     Fusion,
-    QueryEncoder,
     SearchOptions,
     candidates,
     order,
@@ -102,7 +102,7 @@ def cached_vectors(texts: list[str], cache: VectorCache, encode) -> np.ndarray:
 def embed_all(items: list[Item], docs: list[Doc], model_name: str, folder: Path) -> tuple[np.ndarray, list[str], np.ndarray]:
     """Document vectors as `imgrag embed` makes them, query vectors as `imgrag search` does, cached in `folder`."""
     model = load_model(model_name)
-    encoder = QueryEncoder(model_name)
+    encoder = SentenceTransformersEncoder(model_name)
     queries = [q for it in items for q in it.queries]
     name = cache_dir_name(model_name, model.fingerprint)
     doc_vecs = cached_vectors([d.text for d in docs], VectorCache(folder / "docs" / name, model.dim), model.encode)
@@ -146,7 +146,7 @@ def tune(all_found: list[Candidates], targets: list[int]) -> dict:
     return {"dense": dense, "best": max(safe, key=lambda g: g["MRR"]), "grid": grid}
 
 
-def cutoff_figures(generation, encoder: QueryEncoder, right_scores: np.ndarray, positions: np.ndarray) -> dict:
+def cutoff_figures(generation, encoder: SentenceTransformersEncoder, right_scores: np.ndarray, positions: np.ndarray) -> dict:
     """How a fixed cut-off (DEFAULT_MIN_SCORE, the default before imgrag.search.cutoff) treats right answers found in the top 10, and off-topic queries."""
     in_top10 = (positions >= 0) & (positions < 10)
     right = right_scores[in_top10]
@@ -173,7 +173,7 @@ def cutoff_figures(generation, encoder: QueryEncoder, right_scores: np.ndarray, 
     }
 
 
-def default_set_figures(generation, encoder: QueryEncoder, all_found: list[Candidates], queries: list[str],
+def default_set_figures(generation, encoder: SentenceTransformersEncoder, all_found: list[Candidates], queries: list[str],
                         query_vecs: np.ndarray, positions: np.ndarray) -> dict:
     """How the default result set (imgrag.search.cutoff) treats right answers found in the top 10,
     and off-topic queries (bench/cutoff.py measures it on one-concept queries)."""
@@ -203,7 +203,8 @@ def speed_figures(models: list[str], docs: list[Doc], queries: list[str], rounds
     import os
     import statistics
 
-    from imgrag.index.query_encoder import OnnxQueryEncoder, export
+    from imgrag.index.onnx_export import export
+    from imgrag.index.query_encoder import OnnxQueryEncoder
 
     texts = [d.text for d in docs[:sample]]
     probe = queries[:: max(1, len(queries) // 100)][:100]
@@ -315,7 +316,7 @@ def quality(args, path: Path, dataset: str, items: list[Item], docs: list[Doc], 
                     "model": model, **tune(all_found, targets)}
         dense, _, _ = evaluate(all_found, targets, DENSE_ONLY)
         fused, positions, right_scores = evaluate(all_found, targets, DEFAULT_FUSION)
-        encoder = QueryEncoder(model)
+        encoder = SentenceTransformersEncoder(model)
         cutoff = cutoff_figures(generation, encoder, right_scores, positions)
         default_set = default_set_figures(generation, encoder, all_found, queries, query_vecs, positions)
         generation.close()

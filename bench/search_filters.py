@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from imgrag.index.generations import Doc, open_generation, write_generation
-from imgrag.search.ranking import Filters, SearchOptions, allowed_rows, parse_date, rank
+from imgrag.search.filters import Filters, allowed_rows, parse_date
+from imgrag.search.ranking import SearchOptions, rank
 from imgrag.store.workspace import Workspace
 
 DIM = 384

@@ -168,7 +168,8 @@ def _ensure_photo_files(base: Path, count: int) -> None:
 def _bulk_encoder(ws, model):
     """The verified ONNX export when it can be made: the same vectors (cosine >= 0.9999 with
     sentence-transformers) for about half the CPU, which matters for 100k texts on 2 cores."""
-    from imgrag.index.query_encoder import ensure_export, open_encoder
+    from imgrag.index.onnx_export import ensure_export
+    from imgrag.index.query_encoder import open_encoder
 
     status = ensure_export(ws, model.name, model.fingerprint, model)
     log(f"query encoder export: {status}")
@@ -218,7 +219,7 @@ def _index_code_hash() -> str:
 
 def _ensure_export(ws) -> None:
     from imgrag.index.generations import read_meta
-    from imgrag.index.query_encoder import ensure_export
+    from imgrag.index.onnx_export import ensure_export
 
     embedding = read_meta(ws)["embedding"]
     status = ensure_export(ws, embedding["model"], embedding["fingerprint"])

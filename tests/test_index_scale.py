@@ -19,8 +19,8 @@ from imgrag.index.generations import (
     open_generation,
     plan_for,
     stable_order,
-    write_generation,
     write_dense,
+    write_generation,
 )
 from imgrag.store.paths import DENSE_FILE
 from imgrag.store.workspace import Workspace

@@ -94,7 +94,8 @@ def test_the_fast_encoder_reproduces_other_pipelines(tmp_path, pooling, dense):
     """Pooling modes and Dense layers read from the model's own files, checked against
     sentence-transformers itself (the same check `imgrag embed` makes before using it)."""
     from imgrag.index.embedding import load_model
-    from imgrag.index.query_encoder import SAMPLE_TEXTS, OnnxQueryEncoder, export
+    from imgrag.index.onnx_export import SAMPLE_TEXTS, export
+    from imgrag.index.query_encoder import OnnxQueryEncoder
     from imgrag.store.workspace import Workspace
 
     folder = make_tiny_model(tmp_path / f"tiny-{pooling}", seed=3, pooling=pooling, max_seq_length=24, dense=dense)

@@ -9,9 +9,10 @@ import weakref
 import numpy as np
 
 from imgrag.index.generations import Doc, open_generation, write_generation
-from imgrag.search.ranking import Filters, Searcher
+from imgrag.search.filters import Filters
+from imgrag.search.live import Photos
+from imgrag.search.searcher import Searcher
 from imgrag.store.workspace import Workspace
-from imgrag.web.state import Photos
 
 
 def make_index(base, docs):

@@ -77,7 +77,8 @@ def build_demo(progress: Callable[[str], None] | None = None) -> DemoResult:
 
 def run_demo(query: str | None, progress: Callable[[str], None] | None = None) -> tuple[DemoResult, str, list]:
     """Build (or reuse) the demo index and search it: (what was built, the query, the hits)."""
-    from imgrag.search.ranking import DEFAULT_MIN_SCORE, Searcher, SearchOptions
+    from imgrag.search.ranking import DEFAULT_MIN_SCORE, SearchOptions
+    from imgrag.search.searcher import Searcher
 
     result = build_demo(progress)
     query = query if query is not None else DEFAULT_QUERY

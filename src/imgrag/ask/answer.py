@@ -20,7 +20,8 @@ from imgrag.config import Settings, answer_settings
 from imgrag.errors import TryLater, UsageError
 from imgrag.providers import TransientError
 from imgrag.providers.retry import Caller
-from imgrag.search.ranking import Hit, Searcher, SearchOptions, clean_query
+from imgrag.search.ranking import Hit, SearchOptions
+from imgrag.search.searcher import Searcher, clean_query
 
 DEFAULT_LIMIT = 8
 # Room for the answer, and for the reasoning of a model that thinks first (GPT-OSS).
@@ -110,9 +111,7 @@ class AskResult:
 
 
 def photo_record(n: int, hit: Hit) -> dict[str, Any]:
-    from imgrag.cli.render import hit_record
-
-    return {"n": n, "id": hit.sha256, **hit_record(hit)}
+    return {"n": n, "id": hit.sha256, **hit.as_dict()}
 
 
 def citations(answer: str, hits: list[Hit]) -> list[Citation]:

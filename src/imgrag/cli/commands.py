@@ -272,8 +272,8 @@ def search(
 
     from imgrag.cli import render
     from imgrag.config import explicit_embed_model
-    from imgrag.search.ranking import Searcher, clean_query
     from imgrag.search.request import make_filters, make_options, why_nothing
+    from imgrag.search.searcher import Searcher, clean_query
 
     _check_search_flags(query, like, queries_from, json_out, paths_out, null)
     shown_query = clean_query(query) if query is not None else None
@@ -318,7 +318,7 @@ def _check_search_flags(query: str | None, like: Path | None, queries_from: str 
 def _search_many(searcher, source: str, options) -> int:
     """--queries-from: one JSON line per query, flushed at once; found is any query finding anything."""
     from imgrag.cli import render
-    from imgrag.search.ranking import queries_from
+    from imgrag.search.request import queries_from
 
     found = False
     for query in queries_from(source):
@@ -436,8 +436,8 @@ def ask(
     from imgrag.ask.answer import answer_plan, plan_ask
     from imgrag.cli import render, render_ask
     from imgrag.config import explicit_embed_model
-    from imgrag.search.ranking import Searcher
     from imgrag.search.request import make_filters, make_options, why_nothing
+    from imgrag.search.searcher import Searcher
 
     filters = make_filters(in_folder, after, before)
     settings = _settings()

@@ -49,12 +49,6 @@ THUMBNAIL_SETTINGS = ("auto", "kitty", "sixel", "halfblock", "off")
 _THUMB_PIXELS = 400  # decoded size: enough for kitty and sixel at the largest thumbnail (imgrag.cli.terminal)
 
 
-def hit_record(h: Hit) -> dict[str, Any]:
-    """One result in --json: `extra` holds the score's parts (dense, lexical, visible_text, crowding)."""
-    return {"rank": h.rank, "score": h.score, "path": h.path, "paths": h.paths, "caption": h.caption,
-            "why": h.why, "taken": h.taken, "sha256": h.sha256, "extra": h.extra}
-
-
 def hits_json(query: str | None, hits: list[Hit], *, like: str | None = None) -> str:
     """One JSON document on one line: the whole output of --json, one line of --queries-from.
     A file name that is not UTF-8 comes out as \\udcXX escapes, which read back to the same name."""
@@ -63,7 +57,7 @@ def hits_json(query: str | None, hits: list[Hit], *, like: str | None = None) ->
     doc: dict[str, Any] = {"query": query}
     if like is not None:
         doc["like"] = like
-    doc.update(count=len(hits), results=[hit_record(h) for h in hits])
+    doc.update(count=len(hits), results=[h.as_dict() for h in hits])
     return json_bytes(doc).decode("utf-8")
 
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from imgrag.cli.render import hit_record, hits_paths, hits_table, info, is_terminal, shown_path
+from imgrag.cli.render import hits_paths, hits_table, info, is_terminal, shown_path
 from imgrag.store.files import json_bytes
 
 if TYPE_CHECKING:
@@ -89,7 +89,7 @@ def usage_line(result: AskResult) -> str:
 
 def verified_json(query: str, hits: list[Hit], result: VerifyResult) -> None:
     """Every candidate, with "verified" and "reason"; `count` is how many were kept."""
-    results = [{**hit_record(h), "verified": v.verified, "reason": v.reason} for h, v in zip(hits, result.verdicts)]
+    results = [{**h.as_dict(), "verified": v.verified, "reason": v.reason} for h, v in zip(hits, result.verdicts)]
     _json({"query": query, "count": result.kept, "verified_by": result.model, "results": results})
 
 

@@ -34,6 +34,8 @@ from imgrag.index.generations import (
     stable_order,
     write_generation,
 )
+from imgrag.index.onnx_export import ensure_export
+from imgrag.index.query_encoder import open_text_encoder
 from imgrag.store.descriptions import load_descriptions
 from imgrag.store.files import json_bytes, storage_errors
 from imgrag.store.scan import PhotoFile, by_content, scan
@@ -135,8 +137,6 @@ def run_embed(photos: Path | None, model_name: str | None, *, rebuild: bool = Fa
         if docs:
             # Export the model for fast searches, once per model: loads it only when this run
             # did not and no export exists yet. Never fails the embed (falls back to slow search).
-            from imgrag.index.query_encoder import ensure_export
-
             ensure_export(ws, model_name, cache.fingerprint, model)
     return summary
 
@@ -186,8 +186,6 @@ def _small_batch_encoder(ws: Workspace, model_name: str, fingerprint: str, count
     """The verified ONNX export as a text encoder for a few new texts, or None (torch then)."""
     if count > SMALL_BATCH:
         return None
-    from imgrag.index.query_encoder import open_text_encoder
-
     return open_text_encoder(ws, model_name, fingerprint)
 
 

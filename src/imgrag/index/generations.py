@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from imgrag.errors import TryLater, UsageError
+from imgrag.index import background
 from imgrag.store.files import fsync_dir, json_bytes, write_atomic
 from imgrag.store.paths import (
     CROWDING_FILE,
@@ -275,10 +276,8 @@ class Generation:
 
     @functools.cached_property
     def background(self) -> np.ndarray | None:
-        """A fixed sample of the rows' vectors (imgrag.search.cutoff), memory-mapped; None for an index built without it."""
-        from imgrag.search.cutoff import load
-
-        return load(self.folder)
+        """A fixed sample of the rows' vectors (imgrag.index.background); None for an index built without it."""
+        return background.load(self.folder)
 
     @functools.cached_property
     def crowding(self) -> np.ndarray | None:
@@ -367,10 +366,8 @@ def _write_crowding(vectors: np.ndarray, rows: list[tuple[str, str]], previous: 
 
 
 def _write_background(vectors: np.ndarray, rows: list[tuple[str, str]], folder: Path) -> None:
-    """A fixed sample of the rows' vectors: what unrelated photos score for a query (see `cutoff`)."""
-    from imgrag.search import cutoff
-
-    cutoff.save(folder, cutoff.background_sample(vectors, [sha for sha, _ in rows]))
+    """A fixed sample of the rows' vectors: what unrelated photos score for a query (imgrag.index.background)."""
+    background.save(folder, background.background_sample(vectors, [sha for sha, _ in rows]))
 
 
 def _write_docs(path: Path, docs: list[Doc], keys: list[str]) -> None:

@@ -17,9 +17,9 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from imgrag.errors import UsageError
+from imgrag.search.live import Served, photo_file
 from imgrag.web.http_errors import Forbidden, NotFound
 from imgrag.web.security import SESSION_COOKIE, session_value
-from imgrag.web.state import Served, photo_file
 from imgrag.web.thumbnails import DEFAULT_THUMBNAIL, MAX_SIZE, MIN_SIZE, PREVIEW_SIZE, cached_jpeg
 
 router = APIRouter()
@@ -78,7 +78,7 @@ def search(
     doc: dict[str, Any] = {"query": None, "like": like, "results": [], "next_offset": None,
                            "min_score": cut_off(options), "sort": sort, "hint": None, "generation": None}
     if q is not None:
-        from imgrag.search.ranking import clean_query
+        from imgrag.search.searcher import clean_query
 
         doc["query"] = clean_query(q)
     filters = make_filters(server.ws.base / in_ if in_ else None, after, before, names=("after", "before"))

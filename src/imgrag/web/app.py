@@ -16,12 +16,12 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imgrag.errors import ImgragError
+from imgrag.search.live import LiveIndex
 from imgrag.store.description_lookup import Descriptions
 from imgrag.store.workspace import Workspace
 from imgrag.web.http_errors import Forbidden, NotFound
 from imgrag.web.jobs import Busy, Jobs
 from imgrag.web.security import BodyTooLarge, Guard, Rules
-from imgrag.web.state import LiveIndex
 
 STATIC = Path(__file__).parent / "static"
 log = logging.getLogger("imgrag.serve")

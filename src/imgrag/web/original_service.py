@@ -18,9 +18,9 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from imgrag.errors import UsageError
+from imgrag.search.live import photo_file
 from imgrag.web.http_errors import Forbidden, NotFound
 from imgrag.web.jobs import wait
-from imgrag.web.state import photo_file
 
 router = APIRouter(tags=["original service"])
 

@@ -150,7 +150,8 @@ class _Uvicorn:
 
 
 def _log_to_stderr() -> None:
-    log = logging.getLogger("imgrag.serve")
+    """The server's log lines (imgrag.serve, imgrag.live), as they are, on stderr."""
+    log = logging.getLogger("imgrag")
     if not log.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))

@@ -1,6 +1,8 @@
-"""The index a server searches: loaded once in the background, then replaced whole when a
-new generation appears (a cron `imgrag index`, or a job of this server), so every answer
-comes from one complete generation and no request waits for a reload."""
+"""The index a long-lived server searches (`imgrag serve`, and any other server): loaded once
+in the background, then replaced whole when a new generation appears (a cron `imgrag
+index`, or a job of the server), so every answer comes from one complete generation and no
+request waits for a reload. With it: one generation's photos by id and by indexed name, and
+the file an indexed name stands for."""
 
 from __future__ import annotations
 
@@ -11,10 +13,12 @@ import time
 from pathlib import Path, PurePath
 
 from imgrag.errors import ImgragError
-from imgrag.index.generations import current_generation
+from imgrag.index.generations import Generation, current_generation
+from imgrag.search.ranking import SearchOptions
+from imgrag.search.searcher import Searcher
 from imgrag.store.workspace import Workspace
 
-log = logging.getLogger("imgrag.serve")
+log = logging.getLogger("imgrag.live")
 
 FIRST_LOAD_WAIT = 60.0  # seconds a search waits for the first load before saying "not ready"
 
@@ -28,7 +32,7 @@ class Photos:
     same took 52 MB per generation (and a server holds two while it swaps them), and
     reading them row by row stalled every request for seconds under load."""
 
-    def __init__(self, generation) -> None:
+    def __init__(self, generation: Generation) -> None:
         self.db = generation.scan
         name = "value" if os.sep == "/" else f"replace(value, '{os.sep}', '/')"  # indexed names use '/'
         if any(db[1] == "lookup" for db in self.db.execute("PRAGMA database_list")):  # a retry
@@ -57,9 +61,9 @@ class Served:
     """One generation, open and ready: what a request uses from start to end. Its photo
     tables are read in the background, so the first search does not wait for them."""
 
-    def __init__(self, name: str, searcher) -> None:
+    def __init__(self, name: str, searcher: Searcher) -> None:
         self.name = name  # the generation's folder name (what CURRENT named when it was opened)
-        self.searcher = searcher  # imgrag.search.ranking.Searcher
+        self.searcher = searcher
         self._photos: Photos | None = None
         self._read = threading.Event()
         threading.Thread(target=self._read_photos, name="imgrag-photos", daemon=True).start()
@@ -149,8 +153,6 @@ class LiveIndex:
                          served.searcher.generation.size, time.perf_counter() - started)
 
     def _open(self, gen: str, previous: Served | None) -> Served:
-        from imgrag.search.ranking import Searcher
-
         searcher = Searcher(index=self.ws.root, embed_model=self.embed_model)
         generation = searcher.generation
         # Read everything a search touches now: a later cron run prunes this folder, and
@@ -164,8 +166,6 @@ class LiveIndex:
         if previous is not None and generation.size:
             # The old generation answers meanwhile: let one search and the photo tables touch
             # the new one's pages here, so that no request after the swap waits for them.
-            from imgrag.search.ranking import SearchOptions
-
             searcher.search("warm up", SearchOptions(limit=1, show_all=True))
             served.photos  # noqa: B018
         return served
