@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import run_imgrag
+from imgrag.config import settings_from
 from imgrag.errors import UsageError
 from imgrag.index import onnx_export as ox
 from imgrag.index import query_encoder as qe
@@ -50,6 +51,11 @@ def exported(tmp_path_factory, loaded):
     ws.root.mkdir()
     assert ox.ensure_export(ws, MODEL, loaded.fingerprint, loaded) == "exported"
     return ws, qe.export_dir(ws, MODEL, loaded.fingerprint)
+
+
+def mode_set_to(value: str) -> str:
+    """The query encoder setting when IMGRAG_QUERY_ENCODER is `value`."""
+    return settings_from({qe.ENV_VAR: value}).query_encoder
 
 
 def copy_of(exported, tmp_path: Path) -> tuple[Workspace, Path]:
@@ -126,7 +132,7 @@ def unsupported_model(loaded: LoadedModel) -> LoadedModel:
     return LoadedModel(name="minilm-dense", model=model, fingerprint="d" * 16, dim=384, path=None)
 
 
-def test_unsupported_pipeline_is_refused_once_and_search_uses_the_slow_path(tmp_path, loaded, capsys, monkeypatch):
+def test_unsupported_pipeline_is_refused_once_and_search_uses_the_slow_path(tmp_path, loaded, capsys):
     custom = unsupported_model(loaded)
     with pytest.raises(ox.Unsupported, match="Dense"):
         ox.describe_pipeline(custom.model)
@@ -138,30 +144,26 @@ def test_unsupported_pipeline_is_refused_once_and_search_uses_the_slow_path(tmp_
     assert [p.name for p in folder.iterdir()] == ["encoder.json"]
     assert not ox.export_needed(ws, custom.name, custom.fingerprint), "the next embed does not load the model to retry"
     assert ox.ensure_export(ws, custom.name, custom.fingerprint).startswith("refused:")
-    monkeypatch.setenv(qe.ENV_VAR, "onnx")  # auto would load the model by name: it has none on the hub
-    with pytest.raises(UsageError, match="Dense"):
-        qe.open_encoder(ws, custom.name, custom.fingerprint)
+    with pytest.raises(UsageError, match="Dense"):  # auto would load the model by name: it has none on the hub
+        qe.open_encoder(ws, custom.name, custom.fingerprint, mode_set_to("onnx"))
     assert capsys.readouterr().err == "", "a refused export is a normal state, not a warning"
 
 
-def test_missing_export_falls_back_to_sentence_transformers(tmp_path, loaded, monkeypatch):
+def test_missing_export_falls_back_to_sentence_transformers(tmp_path, loaded):
     ws = Workspace(tmp_path / ".imgrag")
     ws.root.mkdir()
     assert isinstance(qe.open_encoder(ws, MODEL, loaded.fingerprint), SentenceTransformersEncoder)
     assert isinstance(qe.open_encoder(ws, MODEL, None), SentenceTransformersEncoder), "an index without a fingerprint"
-    monkeypatch.setenv(qe.ENV_VAR, "onnx")
     with pytest.raises(UsageError, match="imgrag embed"):
-        qe.open_encoder(ws, MODEL, loaded.fingerprint)
-    monkeypatch.setenv(qe.ENV_VAR, "fastest")
+        qe.open_encoder(ws, MODEL, loaded.fingerprint, mode_set_to("onnx"))
     with pytest.raises(UsageError, match="auto, onnx, torch"):
-        qe.open_encoder(ws, MODEL, loaded.fingerprint)
+        qe.open_encoder(ws, MODEL, loaded.fingerprint, mode_set_to("fastest"))
 
 
-def test_forced_slow_path_and_other_fingerprint(exported, loaded, monkeypatch):
+def test_forced_slow_path_and_other_fingerprint(exported, loaded):
     ws, _ = exported
     assert isinstance(qe.open_encoder(ws, MODEL, "0" * 16), SentenceTransformersEncoder), "an export of other weights is not used"
-    monkeypatch.setenv(qe.ENV_VAR, "torch")
-    assert isinstance(qe.open_encoder(ws, MODEL, loaded.fingerprint), SentenceTransformersEncoder)
+    assert isinstance(qe.open_encoder(ws, MODEL, loaded.fingerprint, mode_set_to("torch")), SentenceTransformersEncoder)
 
 
 @pytest.mark.parametrize("damage", ["truncated weights", "garbled graph", "garbled record", "tokenizer gone"])

@@ -22,7 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from imgrag.describe.schema import PROMPT_VERSION, PhotoDescription
+from imgrag.index.build import EmbedSummary, run_embed
 from imgrag.index.embedding import DEFAULT_MODEL
+from imgrag.search.ranking import DEFAULT_MIN_SCORE, Hit, SearchOptions
+from imgrag.search.searcher import Searcher
 from imgrag.store.descriptions import load_descriptions, now_iso
 from imgrag.store.files import JsonlAppender, fsync_dir
 from imgrag.store.workspace import Workspace
@@ -37,7 +40,7 @@ class DemoResult:
     photos: Path  # the demo's photo folder
     copied: int = 0  # sample photos (re)written this run
     recorded: int = 0  # sample descriptions recorded this run
-    embed: Any = None  # the EmbedSummary of the embed step
+    embed: EmbedSummary | None = None  # what the embed step did
 
 
 def demo_home() -> Path:
@@ -47,15 +50,14 @@ def demo_home() -> Path:
     return user_data_path("imgrag", appauthor=False) / "demo"
 
 
-def demo_photos(progress: Callable[[str], None] | None = None) -> Path:
+def demo_photos(progress: Callable[[str], None] | None = None, query_encoder: str = "auto") -> Path:
     """The demo photo folder, indexed (created on first use, repaired if changed): for
     callers that only need somewhere to search, such as `imgrag serve` with no index."""
-    return build_demo(progress).photos
+    return build_demo(progress, query_encoder).photos
 
 
-def build_demo(progress: Callable[[str], None] | None = None) -> DemoResult:
-    from imgrag.index.build import run_embed
-
+def build_demo(progress: Callable[[str], None] | None = None, query_encoder: str = "auto") -> DemoResult:
+    """`query_encoder`: Settings.query_encoder."""
     photos = demo_home() / "photos"
     photos.mkdir(parents=True, exist_ok=True)
     ws = Workspace.for_photos(photos)
@@ -71,18 +73,17 @@ def build_demo(progress: Callable[[str], None] | None = None) -> DemoResult:
     # Always the packaged model, whatever IMGRAG_EMBED_MODEL says: it works offline (and
     # an index someone re-embedded with another model is rebuilt with it, from the cache).
     other_model = (ws.read_manifest().get("embedding") or {}).get("model") not in (None, DEFAULT_MODEL)
-    result.embed = run_embed(photos, DEFAULT_MODEL, wait=True, rebuild=other_model)
+    result.embed = run_embed(photos, DEFAULT_MODEL, wait=True, rebuild=other_model, query_encoder=query_encoder)
     return result
 
 
-def run_demo(query: str | None, progress: Callable[[str], None] | None = None) -> tuple[DemoResult, str, list]:
+def run_demo(query: str | None, progress: Callable[[str], None] | None = None,
+             query_encoder: str = "auto") -> tuple[DemoResult, str, list[Hit]]:
     """Build (or reuse) the demo index and search it: (what was built, the query, the hits)."""
-    from imgrag.search.ranking import DEFAULT_MIN_SCORE, SearchOptions
-    from imgrag.search.searcher import Searcher
-
-    result = build_demo(progress)
+    result = build_demo(progress, query_encoder)
     query = query if query is not None else DEFAULT_QUERY
-    searcher = Searcher(index=result.photos.parent, embed_model=None)  # the demo's own model, not IMGRAG_EMBED_MODEL
+    # The demo's own model, not IMGRAG_EMBED_MODEL.
+    searcher = Searcher(index=result.photos.parent, embed_model=None, query_encoder=query_encoder)
     return result, query, searcher.search(query, SearchOptions(limit=3, min_score=DEFAULT_MIN_SCORE))
 
 

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from imgrag.cli.help_format import App, typed
-from imgrag.config import DEFAULT_GROQ_MODEL, Settings
+from imgrag.config import DEFAULT_GROQ_MODEL, VISION_SETTINGS, Settings
 from imgrag.errors import EXIT_INTERRUPTED, EXIT_NOTHING_FOUND, EXIT_OK, EXIT_SOME_FAILED, EXIT_TEMPFAIL, ImgragError
 
 app = App(
@@ -71,13 +71,16 @@ def _exits(fn: Callable) -> Callable:
     return wrapper
 
 
-def _settings(**flags):
-    from imgrag.config import api_key_for, load_settings
+def _settings(**flags) -> Settings:
+    """The command's settings: the environment's (and .env's), then its flags; the renderer
+    is told what the terminal can show. A value the environment set wrong is raised only
+    where its setting is used (Settings.checked)."""
+    from imgrag.cli import render
+    from imgrag.config import load_settings
 
-    settings = load_settings()
-    if flags.get("provider") and flags["provider"] != settings.provider:
-        flags.setdefault("api_key", api_key_for(flags["provider"]))
-    return settings.with_flags(**flags)
+    settings = load_settings().with_flags(**flags)
+    render.configure(settings)
+    return settings
 
 
 def _describe(photos: Path, index: Path | None, batch: bool = False, window: str = "24h", cancel: bool = False,
@@ -96,7 +99,7 @@ def _describe(photos: Path, index: Path | None, batch: bool = False, window: str
 
     options = DescribeOptions(**{k: kwargs.pop(k) for k in ("jobs", "limit", "force", "refresh", "dry_run", "wait")})
     options.retry_failed = kwargs.pop("retry_failed", False)
-    settings = _settings(**kwargs)
+    settings = _settings(**kwargs).checked(*VISION_SETTINGS)
     if options.jobs is None:
         options.jobs = settings.jobs
     summary = run_describe(photos, settings, options, render.DescribeProgress(), index=index)
@@ -112,21 +115,22 @@ def _describe_batch(photos: Path, index: Path | None, window: str, cancel: bool,
                            **{k: kwargs.pop(k) for k in ("limit", "force", "refresh", "dry_run", "wait")})
     kwargs.pop("jobs", None)  # a batch has no requests in flight to pace
     kwargs.pop("retry_failed", None)  # quarantined photos are retried by a live run
-    summary = run_batch(photos, _settings(**kwargs), options, render.DescribeProgress(), index=index)
+    summary = run_batch(photos, _settings(**kwargs).checked(*VISION_SETTINGS), options, render.DescribeProgress(),
+                        index=index)
     render.batch_summary(summary)
     return summary.exit_code
 
 
 def _embed(photos: Path | None, index: Path | None, model: str | None, rebuild: bool, wait: bool) -> int:
     from imgrag.cli import render
-    from imgrag.config import explicit_embed_model
     from imgrag.index.build import run_embed
     from imgrag.priority import step_back_when_unattended
 
     step_back_when_unattended()
+    settings = _settings()
     # No --model and no IMGRAG_EMBED_MODEL: the index keeps the model it was built with.
-    summary = run_embed(photos, model or explicit_embed_model(), rebuild=rebuild, wait=wait, index=index,
-                        show_progress=render.is_terminal(sys.stderr))
+    summary = run_embed(photos, model or settings.embed_model, rebuild=rebuild, wait=wait, index=index,
+                        show_progress=render.is_terminal(sys.stderr), query_encoder=settings.query_encoder)
     render.embed_summary(summary)
     return EXIT_OK
 
@@ -271,19 +275,21 @@ def search(
     import os
 
     from imgrag.cli import render
-    from imgrag.config import explicit_embed_model
     from imgrag.search.request import make_filters, make_options, why_nothing
     from imgrag.search.searcher import Searcher, clean_query
 
+    settings = _settings()
     _check_search_flags(query, like, queries_from, json_out, paths_out, null)
     shown_query = clean_query(query) if query is not None else None
     filters = make_filters(in_folder, after, before)
     options = make_options(limit, min_score, show_all)
     table = not (json_out or paths_out or null or queries_from is not None)
     kind = render.thumbnail_kind(thumbnails) if table else None
-    searcher = Searcher(index=index, embed_model=explicit_embed_model(), filters=filters)
+    searcher = Searcher(index=index, embed_model=settings.embed_model, filters=filters,
+                        query_encoder=settings.query_encoder)
     if verify:
-        return _search_verified(searcher, shown_query, like, queries_from, options, json_out, paths_out, null, kind)
+        return _search_verified(searcher, settings, shown_query, like, queries_from, options, json_out, paths_out,
+                                null, kind)
     if queries_from is not None:
         return _search_many(searcher, queries_from, options)
     like_path = os.path.abspath(like.expanduser()) if like is not None else None
@@ -373,7 +379,8 @@ def demo(
     from imgrag.cli import render
     from imgrag.demo import next_steps, run_demo
 
-    result, query, hits = run_demo(query, progress=render.info)
+    settings = _settings()
+    result, query, hits = run_demo(query, progress=render.info, query_encoder=settings.query_encoder)
     render.embed_summary(result.embed)
     render.info(f'imgrag: demo: imgrag search "{query}" in {result.photos}:')
     if hits:
@@ -384,8 +391,8 @@ def demo(
     return EXIT_OK if hits else EXIT_NOTHING_FOUND
 
 
-def _search_verified(searcher, query: str | None, like: Path | None, queries_from: str | None, options,
-                     json_out: bool, paths_out: bool, null: bool, kind: str | None) -> int:
+def _search_verified(searcher, settings: Settings, query: str | None, like: Path | None, queries_from: str | None,
+                     options, json_out: bool, paths_out: bool, null: bool, kind: str | None) -> int:
     """search --verify: the hits, then the answer model's verdict on each (imgrag.ask.verify)."""
     from imgrag.ask.verify import verify_hits
     from imgrag.cli import render, render_ask
@@ -396,7 +403,7 @@ def _search_verified(searcher, query: str | None, like: Path | None, queries_fro
         raise UsageError("--verify checks results against the words of a QUERY: it cannot be combined with "
                          f"{'--like' if like is not None else '--queries-from'}")
     hits = searcher.search(query, options)
-    result = verify_hits(query, hits, searcher.ws, _settings())
+    result = verify_hits(query, hits, searcher.ws, settings.checked(*VISION_SETTINGS))
     if json_out:
         render_ask.verified_json(query, hits, result)
     else:
@@ -435,15 +442,15 @@ def ask(
     """Answer a question from your photos: the best matches' descriptions go to a chat model, which cites them."""
     from imgrag.ask.answer import answer_plan, plan_ask
     from imgrag.cli import render, render_ask
-    from imgrag.config import explicit_embed_model
     from imgrag.search.request import make_filters, make_options, why_nothing
     from imgrag.search.searcher import Searcher
 
     filters = make_filters(in_folder, after, before)
-    settings = _settings()
+    settings = _settings().checked(*VISION_SETTINGS)
     if not dry_run:
         settings.require_api_key()  # before retrieval loads anything
-    searcher = Searcher(index=index, embed_model=explicit_embed_model(), filters=filters)
+    searcher = Searcher(index=index, embed_model=settings.embed_model, filters=filters,
+                        query_encoder=settings.query_encoder)
     options = make_options(limit, min_score)  # search's default set, from where search takes it
     plan = plan_ask(question, searcher, settings, limit=limit, look=look, min_score=options.min_score)
     if dry_run:

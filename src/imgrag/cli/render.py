@@ -1,5 +1,8 @@
 """Everything a person or a script sees: result tables and JSON on stdout, progress,
-warnings and summaries on stderr. No colour or progress bar off a terminal or with NO_COLOR."""
+warnings and summaries on stderr. No colour or progress bar off a terminal or with NO_COLOR.
+
+What the environment says about the terminal (NO_COLOR, TERM, IMGRAG_THUMBNAILS, ...) comes
+from the command's Settings, given once by `configure`."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from imgrag.config import Settings
 from imgrag.errors import UsageError
 
 if TYPE_CHECKING:
@@ -19,10 +23,19 @@ if TYPE_CHECKING:
     from imgrag.status import Status
 
 
+_settings = Settings()  # the running command's settings (configure): only the terminal's are read here
+
+
+def configure(settings: Settings) -> None:
+    """The settings of the command being run: what the terminal can show and what the user asked of it."""
+    global _settings
+    _settings = settings
+
+
 def _console(stream):
     from rich.console import Console
 
-    return Console(file=stream, no_color=bool(os.environ.get("NO_COLOR")), highlight=False, soft_wrap=False)
+    return Console(file=stream, no_color=_settings.no_color, highlight=False, soft_wrap=False)
 
 
 def stderr_console():
@@ -30,7 +43,7 @@ def stderr_console():
 
 
 def is_terminal(stream) -> bool:
-    return stream.isatty() and os.environ.get("TERM") != "dumb"
+    return stream.isatty() and not _settings.dumb_terminal
 
 
 def error(message: str) -> None:
@@ -87,12 +100,12 @@ def thumbnail_kind(flag: bool | None) -> str | None:
     `flag` is --thumbnails (True: even piped or with NO_COLOR, since asking outweighs the
     environment), --no-thumbnails (False) or neither (None: only on a terminal without
     NO_COLOR). IMGRAG_THUMBNAILS names the kind, or `auto` to ask the terminal."""
-    setting = os.environ.get("IMGRAG_THUMBNAILS", "").strip().lower() or "auto"
+    setting = _settings.thumbnails
     if setting not in THUMBNAIL_SETTINGS:
         raise UsageError(f"IMGRAG_THUMBNAILS={setting!r}: use one of {', '.join(THUMBNAIL_SETTINGS)}")
     if flag is False or (flag is None and setting == "off"):
         return None
-    if flag is None and not (is_terminal(sys.stdout) and not os.environ.get("NO_COLOR")):
+    if flag is None and not (is_terminal(sys.stdout) and not _settings.no_color):
         return None
     if setting not in ("auto", "off"):
         return setting
@@ -184,7 +197,7 @@ def hits_table(hits: list[Hit], thumbnails: str | None = None, *, fit_screen: bo
         console = _console(sys.stdout)
     else:  # thumbnails were asked for, or the terminal shows them: colour is part of them
         console = Console(file=sys.stdout, force_terminal=True, no_color=False, highlight=False, soft_wrap=False,
-                          color_system="truecolor" if has_truecolor() else "auto")
+                          color_system="truecolor" if has_truecolor(_settings.colorterm, _settings.in_tmux) else "auto")
         fit = fit_thumbnails(len(hits), screen_lines(sys.stdout), cut=fit_screen)
         if fit.shown < len(hits):
             info(f"imgrag: {len(hits) - fit.shown} more not shown (thumbnails fill the screen): "

@@ -24,7 +24,6 @@ the export when valid, else sentence-transformers), `onnx` (the export or an err
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Protocol
@@ -101,16 +100,17 @@ def files_intact(folder: Path, record: dict[str, Any], deep: bool = False, *, tr
 # -- search side ---------------------------------------------------------------------------
 
 
-def encoder_mode() -> str:
-    mode = (os.environ.get(ENV_VAR) or "auto").strip().lower()
+def encoder_mode(mode: str) -> str:
+    """The query encoder setting (Settings.query_encoder), checked."""
     if mode not in MODES:
         raise UsageError(f"{ENV_VAR}={mode!r}: choose one of {', '.join(MODES)}")
     return mode
 
 
-def open_encoder(ws: Workspace, model_name: str, fingerprint: str | None) -> QueryEncoder:
-    """The fast encoder when a verified export for this model exists, else sentence-transformers."""
-    mode = encoder_mode()
+def open_encoder(ws: Workspace, model_name: str, fingerprint: str | None, mode: str = "auto") -> QueryEncoder:
+    """The fast encoder when a verified export for this model exists, else sentence-transformers
+    (`mode`: Settings.query_encoder)."""
+    mode = encoder_mode(mode)
     if mode != "torch":
         try:
             return _open_export(ws, model_name, fingerprint)
@@ -122,10 +122,10 @@ def open_encoder(ws: Workspace, model_name: str, fingerprint: str | None) -> Que
     return SentenceTransformersEncoder(model_name)
 
 
-def open_text_encoder(ws: Workspace, model_name: str, fingerprint: str) -> Any:
+def open_text_encoder(ws: Workspace, model_name: str, fingerprint: str, mode: str = "auto") -> Any:
     """The verified export as an encoder of description texts (same `encode` signature as
     the sentence-transformers model), or None when there is none or torch was asked for."""
-    if encoder_mode() == "torch":
+    if encoder_mode(mode) == "torch":
         return None
     try:
         onnx = _open_export(ws, model_name, fingerprint)

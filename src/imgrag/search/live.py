@@ -94,9 +94,10 @@ class Served:
 
 
 class LiveIndex:
-    def __init__(self, ws: Workspace, embed_model: str | None) -> None:
+    def __init__(self, ws: Workspace, embed_model: str | None, query_encoder: str = "auto") -> None:
         self.ws = ws
-        self.embed_model = embed_model
+        self.embed_model = embed_model  # Settings.embed_model, Settings.query_encoder: as Searcher takes them
+        self.query_encoder = query_encoder
         self._served: Served | None = None
         self._loading = threading.Lock()  # one load at a time
         self._first = threading.Event()  # set once the first load has been tried
@@ -153,7 +154,7 @@ class LiveIndex:
                          served.searcher.generation.size, time.perf_counter() - started)
 
     def _open(self, gen: str, previous: Served | None) -> Served:
-        searcher = Searcher(index=self.ws.root, embed_model=self.embed_model)
+        searcher = Searcher(index=self.ws.root, embed_model=self.embed_model, query_encoder=self.query_encoder)
         generation = searcher.generation
         # Read everything a search touches now: a later cron run prunes this folder, and
         # only files already open stay readable after that.

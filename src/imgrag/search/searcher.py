@@ -78,8 +78,12 @@ class Searcher:
     """An open index for any number of searches; the query encoder is loaded on the first
     text query and kept (so `--queries-from` pays for the model once, and `--like` never)."""
 
-    def __init__(self, *, index: Path | None, embed_model: str | None, filters: Filters | None = None) -> None:
+    def __init__(self, *, index: Path | None, embed_model: str | None, filters: Filters | None = None,
+                 query_encoder: str = "auto") -> None:
+        """`embed_model`: the model the user chose (Settings.embed_model; an index made with
+        another is refused); `query_encoder`: Settings.query_encoder."""
         self.ws = Workspace.find(Path.cwd(), index)
+        self.query_encoder = query_encoder
         self.generation = open_index(self.ws, embed_model)
         self.allowed = allowed_rows(self.generation, self.ws, filters or Filters())
         self._encoder: QueryEncoder | None = None
@@ -96,7 +100,7 @@ class Searcher:
         if self._encoder is None:
             # The ONNX export made at embed time when valid (no torch import), else this model.
             embedding = self.generation.meta["embedding"]
-            self._encoder = open_encoder(self.ws, embedding["model"], embedding.get("fingerprint"))
+            self._encoder = open_encoder(self.ws, embedding["model"], embedding.get("fingerprint"), self.query_encoder)
             self._vectors = QueryVectors(self._encoder)
         return self._encoder
 
@@ -220,5 +224,7 @@ class Searcher:
 
 
 def run_search(query: str, *, index: Path | None, embed_model: str | None, options: SearchOptions,
-               filters: Filters | None = None) -> list[Hit]:
-    return Searcher(index=index, embed_model=embed_model, filters=filters).search(query, options)
+               filters: Filters | None = None, query_encoder: str = "auto") -> list[Hit]:
+    """One search with a Searcher of its own."""
+    searcher = Searcher(index=index, embed_model=embed_model, filters=filters, query_encoder=query_encoder)
+    return searcher.search(query, options)

@@ -15,6 +15,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from imgrag.config import Settings
 from imgrag.errors import ImgragError
 from imgrag.search.live import LiveIndex
 from imgrag.store.description_lookup import Descriptions
@@ -37,7 +38,7 @@ class ServeConfig:
     allow_hosts: list[str] = field(default_factory=list)
     cors: str | None = None
     read_only: bool = False
-    embed_model: str | None = None  # IMGRAG_EMBED_MODEL when set (an index made with another is refused)
+    settings: Settings = field(default_factory=Settings)  # read once at start (load_settings)
 
 
 class Server:
@@ -46,8 +47,9 @@ class Server:
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
         self.ws = config.ws
-        self.index = LiveIndex(config.ws, config.embed_model)
-        self.jobs = Jobs(config.ws, config.photos, on_written=self.index.refresh)
+        self.settings = config.settings
+        self.index = LiveIndex(config.ws, config.settings.embed_model, config.settings.query_encoder)
+        self.jobs = Jobs(config.ws, config.photos, config.settings, on_written=self.index.refresh)
         self.descriptions = Descriptions(config.ws)
         self.stopping = threading.Event()  # set on Ctrl-C/SIGTERM: event streams end, jobs stop
 

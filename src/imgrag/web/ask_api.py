@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import threading
 from typing import Any
 
@@ -17,6 +16,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import iterate_in_threadpool
 
+from imgrag.config import VISION_SETTINGS, answer_settings
 from imgrag.errors import ImgragError, TryLater
 from imgrag.web.http_errors import Forbidden
 
@@ -47,11 +47,6 @@ def refuse_cross_site(request: Request) -> None:
         raise Forbidden(f"cross-site request refused (Sec-Fetch-Site: {site})")
 
 
-def verify_enabled() -> bool:
-    """IMGRAG_VERIFY=1: the original service's /get_image keeps only model-checked photos."""
-    return os.environ.get("IMGRAG_VERIFY", "").strip().lower() in ("1", "true", "yes", "on")
-
-
 class AskBody(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="forbid")
 
@@ -77,7 +72,6 @@ def _doc(result) -> dict[str, Any]:
 
 def _plan(request: Request, body: AskBody):
     from imgrag.ask.answer import plan_ask
-    from imgrag.config import load_settings
     from imgrag.search.request import cut_off, make_filters, make_options
 
     server = request.app.state.server
@@ -87,7 +81,7 @@ def _plan(request: Request, body: AskBody):
     filters = make_filters(server.ws.base / body.in_ if body.in_ else None, body.after, body.before,
                            names=("after", "before"))
     searcher = served.searcher.with_filters(filters) if filters.active() else served.searcher
-    settings = load_settings()
+    settings = server.settings.checked(*VISION_SETTINGS)
     settings.require_api_key()
     cutoff = cut_off(make_options(body.limit, body.min_score))
     return plan_ask(body.question, searcher, settings, limit=body.limit, look=body.look, min_score=cutoff)
@@ -137,10 +131,9 @@ def verified(request: Request, query: str, hits: list) -> list:
     from fastapi import HTTPException
 
     from imgrag.ask.verify import verify_hits
-    from imgrag.config import answer_settings, load_settings
 
     server = request.app.state.server
-    settings = load_settings()
+    settings = server.settings.checked(*VISION_SETTINGS)
     try:
         return verify_hits(query, hits, server.ws, settings, caller_for(request, answer_settings(settings))).verdicts
     except TryLater as e:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imgrag.config import VISION_SETTINGS, Settings
 from imgrag.describe.live import DescribeOptions, Progress
 from imgrag.errors import ImgragError, Interrupted
 from imgrag.store.descriptions import now_iso
@@ -82,8 +83,10 @@ class _JobProgress(Progress):
 class Jobs:
     """At most one job at a time (there is one writer lock)."""
 
-    def __init__(self, ws: Workspace, photos: Path | None, on_written: Callable[[], None] | None = None) -> None:
+    def __init__(self, ws: Workspace, photos: Path | None, settings: Settings,
+                 on_written: Callable[[], None] | None = None) -> None:
         self.ws = ws
+        self.settings = settings
         self.on_written = on_written  # called before a job that wrote an index says it is done
         self.photos = photos  # the folder `imgrag serve PHOTOS` was given, else the index's roots
         self._jobs: dict[str, Job] = {}
@@ -176,10 +179,9 @@ class Jobs:
         return roots
 
     def _describe(self, job: Job) -> None:
-        from imgrag.config import load_settings
         from imgrag.describe.live import run_describe
 
-        settings = load_settings()
+        settings = self.settings.checked(*VISION_SETTINGS)
         job.changed(phase="describe")
         left = job.limit
         totals: dict[str, Any] = {"described": 0, "failed": 0, "remaining": 0, "already": 0, "found": 0}
@@ -204,7 +206,6 @@ class Jobs:
             job.changed(message=f"stopped: {totals.get('stop_reason')}; run it again later")
 
     def _embed(self, job: Job) -> None:
-        from imgrag.config import explicit_embed_model
         from imgrag.index.build import run_embed
 
         job.changed(phase="embed", done=0, total=0, failed=0)
@@ -216,8 +217,9 @@ class Jobs:
                                   "update_index": status.next_rebuild_index})
             return
         photos = self.photos
-        summary = run_embed(photos, explicit_embed_model(), index=self.ws.root, cancel=job.cancel,
-                            on_progress=lambda done, total: job.changed(done=done, total=total))
+        summary = run_embed(photos, self.settings.embed_model, index=self.ws.root, cancel=job.cancel,
+                            on_progress=lambda done, total: job.changed(done=done, total=total),
+                            query_encoder=self.settings.query_encoder)
         job.changed(done=summary.encoded, total=summary.encoded,
                     result={**job.result, "embedded": summary.described, "encoded": summary.encoded,
                             "rebuilt_index": summary.rebuilt_index})

@@ -108,9 +108,9 @@ def get_image(request: Request, body: ImageQuery) -> str:
     names: list[str] = []
     if served is not None and body.query.strip():
         hits = served.searcher.search(body.query, make_options(GET_IMAGE_LIMIT, None))
-        from imgrag.web.ask_api import verified, verify_enabled
+        from imgrag.web.ask_api import verified
 
-        if verify_enabled() and hits:  # IMGRAG_VERIFY=1: the model keeps the real matches, as the original did
+        if server.settings.verify_get_image and hits:  # IMGRAG_VERIFY=1: the model keeps the real matches, as the original did
             hits = [h for h, v in zip(hits, verified(request, body.query, hits)) if v.verified]
         names = [PurePath(os.path.relpath(h.path, server.ws.base)).as_posix() for h in hits]
     return json.dumps({"image_name": names})

@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from imgrag.config import Settings, load_settings
 from imgrag.errors import UsageError
 from imgrag.store.workspace import DIR_NAME, Workspace
 from imgrag.web.security import is_loopback
@@ -19,7 +20,7 @@ TOKEN_ENV = "IMGRAG_SERVE_TOKEN"
 MAX_HEADER_BYTES = 2 * 1024 * 1024  # h11's limit: past our own (security.MAX_URL_QUERY), so ours answers in JSON
 
 
-def resolve_workspace(photos: Path | None, index: Path | None) -> tuple[Workspace, Path | None]:
+def resolve_workspace(photos: Path | None, index: Path | None, settings: Settings) -> tuple[Workspace, Path | None]:
     """The workspace to serve and the photo folder jobs index (None: the index's own roots).
     With PHOTOS, its workspace also when it does not exist yet (a job creates it)."""
     if photos is not None:
@@ -31,10 +32,10 @@ def resolve_workspace(photos: Path | None, index: Path | None) -> tuple[Workspac
     except UsageError:
         if index is not None:
             raise
-    return _no_workspace_found()
+    return _no_workspace_found(settings)
 
 
-def _no_workspace_found() -> tuple[Workspace, Path | None]:
+def _no_workspace_found(settings: Settings) -> tuple[Workspace, Path | None]:
     """No PHOTOS and no index found: serve the demo photos (made once, offline), so a new
     user sees the page working, and say how to serve their own."""
     from imgrag.demo import demo_photos
@@ -42,13 +43,14 @@ def _no_workspace_found() -> tuple[Workspace, Path | None]:
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    photos = demo_photos(say)
+    photos = demo_photos(say, settings.query_encoder)
     say(f"imgrag: no {DIR_NAME}/ folder here or in a parent folder: serving the demo photos; "
         "serve yours with `imgrag serve ~/Pictures` (the page can index them)")
     return Workspace.for_photos(photos), photos
 
 
-def read_token(token_file: Path | None) -> str | None:
+def read_token(token_file: Path | None, settings: Settings) -> str | None:
+    """The access token: from --token-file, else IMGRAG_SERVE_TOKEN (Settings.serve_token)."""
     if token_file is not None:
         try:
             token = token_file.expanduser().read_text(encoding="utf-8").strip()
@@ -57,7 +59,7 @@ def read_token(token_file: Path | None) -> str | None:
         if not token:
             raise UsageError(f"--token-file {token_file} is empty")
         return token
-    return os.environ.get(TOKEN_ENV, "").strip() or None
+    return settings.serve_token
 
 
 def _check_cors(origin: str | None) -> str | None:
@@ -95,16 +97,15 @@ def run_serve(photos: Path | None, *, index: Path | None, host: str, port: int, 
               open_browser: bool, read_only: bool, token_file: Path | None, cors: str | None) -> int:
     import uvicorn
 
-    from imgrag.config import explicit_embed_model, load_dotenv_once
     from imgrag.web.app import ServeConfig, create_app
 
-    load_dotenv_once()  # IMGRAG_SERVE_TOKEN may come from .env, as every other setting
-    ws, folder = resolve_workspace(photos, index)
-    token = read_token(token_file)
+    settings = load_settings()  # read once: the routes and jobs receive it
+    ws, folder = resolve_workspace(photos, index, settings)
+    token = read_token(token_file, settings)
     if not is_loopback(host) and not token:
         raise UsageError(f"--host {host} lets other machines in: set a token first ({TOKEN_ENV}=..., or --token-file FILE)")
     config = ServeConfig(ws=ws, photos=folder, host=host, port=port, token=token, allow_hosts=list(allow_hosts),
-                         cors=_check_cors(cors), read_only=read_only, embed_model=explicit_embed_model())
+                         cors=_check_cors(cors), read_only=read_only, settings=settings)
     sock = _bind(host, port)
     config.port = sock.getsockname()[1]  # --port 0: the one the system chose
     _log_to_stderr()
