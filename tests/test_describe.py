@@ -21,7 +21,7 @@ import pytest
 from PIL import ExifTags, Image
 
 from conftest import SCENES, draw_scene, run_imgrag, scene_catalog
-from imgrag.cli import render
+from imgrag.cli import report
 from imgrag.config import DEFAULT_GROQ_MODEL, Settings
 from imgrag.describe.live import DescribeOptions, DescribeSummary, Progress, run_describe
 from imgrag.errors import UsageError
@@ -345,7 +345,7 @@ def summary_line(s: DescribeSummary) -> str:
     buf = io.StringIO()
     real, sys.stderr = sys.stderr, buf
     try:
-        render.describe_summary(s)
+        report.describe_summary(s)
     finally:
         sys.stderr = real
     return buf.getvalue()

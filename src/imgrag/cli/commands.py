@@ -5,17 +5,16 @@ commands that need them, so `imgrag --help` answers at once."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from imgrag.cli.help_format import App, typed
 from imgrag.config import DEFAULT_GROQ_MODEL, VISION_SETTINGS, Settings
-from imgrag.errors import EXIT_INTERRUPTED, EXIT_NOTHING_FOUND, EXIT_OK, EXIT_SOME_FAILED, EXIT_TEMPFAIL, ImgragError
+from imgrag.errors import EXIT_INTERRUPTED, EXIT_NOTHING_FOUND, EXIT_OK, ImgragError, UsageError
 
 app = App(
     name="imgrag",
@@ -83,56 +82,15 @@ def _settings(**flags) -> Settings:
     return settings
 
 
-def _describe(photos: Path, index: Path | None, batch: bool = False, window: str = "24h", cancel: bool = False,
-              **kwargs) -> int:
-    from imgrag.priority import step_back_when_unattended
+def _run_pipeline(photos: Path | None, index: Path | None, flags: dict[str, Any], **steps: Any) -> int:
+    """describe, embed and index: imgrag.pipeline with these `steps` (and the settings these
+    `flags` change), its progress and summaries on stderr. A process of its own: it steps
+    back in CPU priority when unattended (cron)."""
+    from imgrag.cli.report import PipelineProgress
+    from imgrag.pipeline import Steps, run_pipeline
 
-    step_back_when_unattended()
-    if batch:
-        return _describe_batch(photos, index, window, cancel, **kwargs)
-    if cancel:
-        from imgrag.errors import UsageError
-
-        raise UsageError("--cancel cancels the open batches: give it with --batch")
-    from imgrag.cli import render
-    from imgrag.describe.live import DescribeOptions, run_describe
-
-    options = DescribeOptions(**{k: kwargs.pop(k) for k in ("jobs", "limit", "force", "refresh", "dry_run", "wait")})
-    options.retry_failed = kwargs.pop("retry_failed", False)
-    settings = _settings(**kwargs).checked(*VISION_SETTINGS)
-    if options.jobs is None:
-        options.jobs = settings.jobs
-    summary = run_describe(photos, settings, options, render.DescribeProgress(), index=index)
-    render.describe_summary(summary)
-    return summary.exit_code
-
-
-def _describe_batch(photos: Path, index: Path | None, window: str, cancel: bool, **kwargs) -> int:
-    from imgrag.cli import render
-    from imgrag.describe.batch import BatchOptions, run_batch
-
-    options = BatchOptions(window=window, cancel=cancel,
-                           **{k: kwargs.pop(k) for k in ("limit", "force", "refresh", "dry_run", "wait")})
-    kwargs.pop("jobs", None)  # a batch has no requests in flight to pace
-    kwargs.pop("retry_failed", None)  # quarantined photos are retried by a live run
-    summary = run_batch(photos, _settings(**kwargs).checked(*VISION_SETTINGS), options, render.DescribeProgress(),
-                        index=index)
-    render.batch_summary(summary)
-    return summary.exit_code
-
-
-def _embed(photos: Path | None, index: Path | None, model: str | None, rebuild: bool, wait: bool) -> int:
-    from imgrag.cli import render
-    from imgrag.index.build import run_embed
-    from imgrag.priority import step_back_when_unattended
-
-    step_back_when_unattended()
-    settings = _settings()
-    # No --model and no IMGRAG_EMBED_MODEL: the index keeps the model it was built with.
-    summary = run_embed(photos, model or settings.embed_model, rebuild=rebuild, wait=wait, index=index,
-                        show_progress=render.is_terminal(sys.stderr), query_encoder=settings.query_encoder)
-    render.embed_summary(summary)
-    return EXIT_OK
+    result = run_pipeline(photos, _settings(**flags), Steps(background=True, **steps), PipelineProgress(), index=index)
+    return result.exit_code
 
 
 ProviderOpt = Annotated[str | None, typer.Option("--provider", help="groq (default) or openai (any OpenAI-compatible server). Env: IMGRAG_PROVIDER.", show_default=False)]
@@ -172,9 +130,11 @@ def describe(
     cancel: CancelOpt = False,
 ) -> int:
     """Describe new photos with the vision model into .imgrag/descriptions.jsonl (resumable)."""
-    return _describe(photos, index, provider=provider, model=model, base_url=base_url, jobs=jobs, limit=limit,
-                     force=force, refresh=refresh, dry_run=dry_run, wait=wait, retry_failed=retry_failed,
-                     batch=batch, window=window, cancel=cancel)
+    if cancel and not batch:
+        raise UsageError("--cancel cancels the open batches: give it with --batch")
+    return _run_pipeline(photos, index, {"provider": provider, "model": model, "base_url": base_url}, embed=False,
+                         jobs=jobs, limit=limit, force=force, refresh=refresh, retry_failed=retry_failed,
+                         dry_run=dry_run, batch=batch, window=window, cancel_batches=cancel, wait=wait)
 
 
 EmbedModelOpt = Annotated[str | None, typer.Option("--model", help="Sentence-transformers model: a hub name or a model folder. Env: IMGRAG_EMBED_MODEL (default: the index's own model; all-MiniLM-L6-v2 for a new index, works offline).", show_default=False)]
@@ -191,7 +151,8 @@ def embed(
     wait: WaitOpt = False,
 ) -> int:
     """Embed the descriptions and write the search index (only new texts are encoded)."""
-    return _embed(photos, index, model, rebuild, wait)
+    # No --model and no IMGRAG_EMBED_MODEL: the index keeps the model it was built with.
+    return _run_pipeline(photos, index, {}, describe=False, embed_model=model, rebuild=rebuild, wait=wait)
 
 
 @app.command("index", epilog=("Example (crontab): 0 3 * * *  imgrag index ~/Pictures >> ~/imgrag.log 2>&1\n\n"
@@ -211,12 +172,9 @@ def index_cmd(
     window: WindowOpt = "24h",
 ) -> int:
     """Describe new photos, then embed: the one command for cron."""
-    code = _describe(photos, index, provider=provider, model=model, base_url=base_url, jobs=jobs, limit=limit,
-                     force=False, refresh=False, dry_run=False, wait=wait, batch=batch, window=window)
-    if code in (EXIT_OK, EXIT_SOME_FAILED, EXIT_TEMPFAIL):
-        # Embed what was described, even when some photos failed or the quota ran out.
-        _embed(photos, index, embed_model, False, wait)
-    return code
+    # Embeds what was described even when some photos failed or the quota ran out; exits as describe did.
+    return _run_pipeline(photos, index, {"provider": provider, "model": model, "base_url": base_url}, jobs=jobs,
+                         limit=limit, batch=batch, window=window, embed_model=embed_model, wait=wait)
 
 
 @app.command(epilog="Example: imgrag status ~/Pictures/2024 --json")
@@ -376,12 +334,12 @@ def demo(
     query: Annotated[str | None, typer.Argument(help='What to look for in the sample photos (default "a cup of coffee").', show_default=False, metavar="QUERY")] = None,
 ) -> int:
     """Index six sample photos shipped with imgrag and search them: no API key, no network."""
-    from imgrag.cli import render
+    from imgrag.cli import render, report
     from imgrag.demo import next_steps, run_demo
 
     settings = _settings()
     result, query, hits = run_demo(query, progress=render.info, query_encoder=settings.query_encoder)
-    render.embed_summary(result.embed)
+    report.embed_summary(result.embed)
     render.info(f'imgrag: demo: imgrag search "{query}" in {result.photos}:')
     if hits:
         render.hits_table(hits, render.thumbnail_kind(None))

@@ -16,9 +16,6 @@ from imgrag.config import Settings
 from imgrag.errors import UsageError
 
 if TYPE_CHECKING:
-    from imgrag.describe.batch import BatchSummary
-    from imgrag.describe.live import DescribeSummary
-    from imgrag.index.build import EmbedSummary
     from imgrag.search.ranking import Hit
     from imgrag.status import Status
 
@@ -228,122 +225,6 @@ def hits_table(hits: list[Hit], thumbnails: str | None = None, *, fit_screen: bo
     console.print(table)
 
 
-# -- describe ----------------------------------------------------------------------------
-
-
-class DescribeProgress:
-    """A progress bar on a terminal, nothing but warnings elsewhere (cron mails stay short)."""
-
-    def __init__(self) -> None:
-        self._bar: Any = None
-        self._task = None
-        self._console = stderr_console()
-
-    def start(self, total: int) -> None:
-        if not is_terminal(sys.stderr) or total == 0:
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self._bar = Progress(
-            TextColumn("describing"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[failed]} failed"),
-            TimeRemainingColumn(), console=self._console, transient=True,
-        )
-        self._bar.start()
-        self._task = self._bar.add_task("describe", total=total, failed=0)
-
-    def advance(self, ok: bool) -> None:
-        if self._bar is not None:
-            failed = self._bar.tasks[0].fields["failed"] + (0 if ok else 1)
-            self._bar.update(self._task, advance=1, failed=failed)
-
-    def warn(self, message: str) -> None:
-        if self._bar is not None:
-            self._bar.console.print(f"warning: {message}", markup=False, highlight=False)
-        else:
-            info(f"imgrag: warning: {message}")
-
-    def stop(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-            self._bar = None
-
-
-def describe_summary(s: DescribeSummary) -> None:
-    if s.estimate is not None:
-        info(_dry_run_line(s))
-        _quarantine_lines(s)
-        return
-    parts = [f"described {s.described}", f"failed {s.failed}", f"already done {s.already}"]
-    if s.remaining:
-        parts.append(f"{s.remaining} left")
-    tokens = s.prompt_tokens + s.completion_tokens
-    limited = f", {s.rate_limited} rate-limited" if s.rate_limited else ""
-    requests = f"{s.requests} request{'' if s.requests == 1 else 's'}"
-    line = "imgrag: " + ", ".join(parts) + f" ({requests}{limited}, {tokens:,} tokens)"
-    if s.stopped_by == "quota":
-        line += f"; daily quota spent: run again later for the {s.remaining} left"
-    elif s.stopped_by == "unavailable":
-        line += f"; stopped: {s.stop_reason}; run again later for the {s.remaining} left"
-    elif s.stopped_by == "interrupt":
-        line += "; interrupted"
-    info(line)
-    for path, reason in s.failures[:10]:
-        info(f"imgrag: failed: {path}: {reason}")
-    if len(s.failures) > 10:
-        info(f"imgrag: ... and {len(s.failures) - 10} more (see .imgrag/failures.jsonl)")
-    _quarantine_lines(s)
-
-
-def _quarantine_lines(s: DescribeSummary) -> None:
-    """Photos set aside: said once when it happens, then counted in one short line."""
-    for path, reason, strikes in s.newly_quarantined[:10]:
-        info(f"imgrag: quarantined: {path}: {reason} ({strikes} times in a row; "
-             "skipped from now on, `imgrag describe --retry-failed` tries it again)")
-    if len(s.newly_quarantined) > 10:
-        info(f"imgrag: ... and {len(s.newly_quarantined) - 10} more quarantined (see `imgrag status`)")
-    if s.quarantined:
-        info(f"imgrag: {s.quarantined} quarantined photo{'' if s.quarantined == 1 else 's'} skipped "
-             "(see `imgrag status`; `imgrag describe --retry-failed` tries them again)")
-
-
-def _dry_run_line(s: DescribeSummary) -> str:
-    e = s.estimate
-    line = (
-        f"dry run: {s.found} photos, {s.already} already described, would describe {e.photos}: "
-        f"~{e.prompt_tokens:,} input + ~{e.completion_tokens:,} output tokens, ~${e.cost:.2f}"
-    )
-    if e.minutes is not None and e.photos:
-        limits = ", ".join(f"{v:,} {k.replace('_per_', '/').replace('_', ' ')}" for k, v in e.limits.items()
-                           if k != "tokens_per_photo")
-        line += f", {_duration(e.minutes)} of requests at {limits} ({e.limits_source})"
-        if e.runs > 1:
-            line += f"; the daily limit spreads it over {e.runs} daily runs"
-    elif e.photos:
-        line += f"; time unknown: {e.limits_source}"
-    return line + "; nothing was sent"
-
-
-def _duration(minutes: float) -> str:
-    if minutes < 1:
-        return "under a minute"
-    if minutes < 90:
-        return f"about {round(minutes)} min"
-    if minutes < 48 * 60:
-        return f"about {minutes / 60:.1f} h"
-    return f"about {minutes / 1440:.1f} days"
-
-
-def embed_summary(s: EmbedSummary) -> None:
-    kind = {"flat": "exact", "ivf-sq8": "IVF-SQ8"}.get(s.index_type, s.index_type)
-    info(
-        f"imgrag: indexed {s.described} of {s.photos} photos ({s.encoded} embedded now, "
-        + (f"{s.copies} {'copy' if s.copies == 1 else 'copies'} of another photo's description, " if s.copies else "")
-        + f"{s.cached} from cache)"
-        + (f"; {kind} index written" if s.rebuilt_index else "; index unchanged")
-        + (f"; {s.photos - s.described} not described yet" if s.photos > s.described else "")
-    )
-
-
 def _quarantined_status_lines(s: Status, shown: int = 10) -> list[str]:
     if not s.quarantined:
         return []
@@ -380,58 +261,12 @@ def status_text(s: Status) -> str:
         counts = b.get("counts") or {}
         done = f", {counts.get('completed', 0)}/{counts.get('total', 0)} done" if counts.get("total") else ""
         lines.append(f"batch:        {b['id'] or '(submission interrupted)'}: {b['photos']} photos, {b['state']}{done}, "
-                     f"{_age(b['age_s'])} old" + (f" (as of {b['seen']})" if b.get("seen") else ""))
+                     f"{age(b['age_s'])} old" + (f" (as of {b['seen']})" if b.get("seen") else ""))
     lines.append(f"next run would: {next_step(s)}")
     return "\n".join(lines)
 
 
-def batch_summary(s: BatchSummary) -> None:
-    """What a `describe --batch` run did, on stderr."""
-    for line in _batch_lines(s):
-        info(line)
-
-
-def _batch_lines(s: BatchSummary) -> list[str]:
-    from imgrag.describe.batch import BATCH_DISCOUNT
-
-    lines = []
-    if s.estimate is not None:
-        e = s.estimate
-        held = f", {s.held} in open batches" if s.held else ""
-        lines.append(
-            f"dry run (batch): {s.found} photos, {s.already} already described{held}, would submit {e.photos}: "
-            f"~{e.prompt_tokens:,} input + ~{e.completion_tokens:,} output tokens, ~${e.cost:.2f} at the batch "
-            f"price (half of ~${e.cost / BATCH_DISCOUNT:.2f}), results within {s.window}; nothing was sent")
-        return lines
-    for b in s.collected:
-        lines.append(f"imgrag: collected batch {b.batch_id} ({b.status}): {b.described} described, {b.failed} failed"
-                     + (f", {b.unfinished} left for the next batch" if b.unfinished else ""))
-    for b in s.open:
-        counts = b.get("counts") or {}
-        done = f", {counts.get('completed', 0)}/{counts.get('total', 0)} done" if counts.get("total") else ""
-        lines.append(f"imgrag: batch {b['id']} of {b['photos']} photo(s): {b['state']}{done}, "
-                     f"submitted {_age(b['age_s'])} ago")
-    if s.cancelled:
-        lines.append(f"imgrag: cancelled {len(s.cancelled)} batch(es): {', '.join(s.cancelled)}; "
-                     "the next `imgrag describe --batch` collects what they finished")
-    if s.submitted:
-        photos = sum(n for _, n in s.submitted)
-        ids = ", ".join(i for i, _ in s.submitted)
-        lines.append(f"imgrag: submitted {photos} photo(s) in {len(s.submitted)} batch(es) ({ids}), completion "
-                     f"window {s.window}; run `imgrag describe --batch` again later to collect them")
-    elif not s.cancelled and not s.stopped_by:
-        waiting = f"; {s.held} photo(s) wait in open batches" if s.held else ""
-        lines.append(f"imgrag: nothing new to submit ({s.already + s.described} described{waiting})")
-    if s.stopped_by:
-        lines.append(f"imgrag: stopped: {s.stop_reason}; what finished is saved, run again later")
-    for path, reason in s.failures[:10]:
-        lines.append(f"imgrag: failed: {path}: {reason}")
-    if len(s.failures) > 10:
-        lines.append(f"imgrag: ... and {len(s.failures) - 10} more (see .imgrag/failures.jsonl)")
-    return lines
-
-
-def _age(seconds: float) -> str:
+def age(seconds: float) -> str:
     if seconds < 90:
         return f"{round(seconds)} s"
     if seconds < 90 * 60:

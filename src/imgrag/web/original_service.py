@@ -57,11 +57,12 @@ async def generate_description(request: Request):
 def _descriptions_list(server) -> list[dict]:
     """One item per photo file under the served folders that has a description."""
     from imgrag.describe.schema import embedding_text
+    from imgrag.pipeline import photo_folders
     from imgrag.store.descriptions import load_descriptions
     from imgrag.store.scan import scan
 
     ws = server.ws
-    folders = [server.config.photos] if server.config.photos else [r for r in ws.roots() if r.is_dir()]
+    folders = photo_folders(server.config.photos, ws)
     described = load_descriptions(ws)
     items = []
     for f in scan(ws, folders, save=False):
