@@ -157,9 +157,9 @@ def previous_rows(ws: Workspace, embedding: dict[str, Any]) -> Previous | None:
     meta = read_meta(ws)
     if not meta or meta.get("format") != INDEX_FORMAT or meta.get("embedding") != embedding or "dense" not in meta:
         return None
-    folder = ws.paths.index / meta["generation"]
+    folder = ws.paths.generation(meta["generation"])
     try:
-        db = sqlite3.connect(f"file:{folder / 'docs.sqlite'}?mode=ro", uri=True)
+        db = sqlite3.connect(read_only_uri(folder / GENERATION_DOCS), uri=True)
         try:
             rows = [(sha, key) for sha, key in db.execute("SELECT sha256, vkey FROM docs ORDER BY row")]
         finally:
@@ -342,7 +342,7 @@ def write_generation(ws: Workspace, docs: list[Doc], vectors: np.ndarray, meta: 
             else:
                 fsync_dir(f)
         fsync_dir(tmp)  # its own entries too: the files above are no use if their names are lost
-        final = ws.paths.index / gen
+        final = ws.paths.generation(gen)
         tmp.rename(final)
         fsync_dir(ws.paths.index)
     except BaseException:
@@ -409,7 +409,7 @@ def read_meta(ws: Workspace) -> dict[str, Any] | None:
     if gen is None:
         return None
     try:
-        return json.loads((ws.paths.index / gen / GENERATION_META).read_text())
+        return json.loads((ws.paths.generation(gen) / GENERATION_META).read_text())
     except (OSError, ValueError):
         return None
 
@@ -460,7 +460,7 @@ def open_generation(ws: Workspace) -> Generation:
         command = ws.command("embed" if described else "index")
         raise UsageError(f"{ws.root} has no search index yet: "
                          + (f"run `{command}`" if command else "run `imgrag index` on your photo folder"))
-    folder = ws.paths.index / gen
+    folder = ws.paths.generation(gen)
     try:
         meta = json.loads((folder / GENERATION_META).read_text())
     except (OSError, ValueError) as e:

@@ -97,7 +97,8 @@ def run_serve(photos: Path | None, *, index: Path | None, host: str, port: int, 
               open_browser: bool, read_only: bool, token_file: Path | None, cors: str | None) -> int:
     import uvicorn
 
-    from imgrag.web.app import ServeConfig, create_app
+    from imgrag.web.app import create_app
+    from imgrag.web.server import ServeConfig
 
     settings = load_settings()  # read once: the routes and jobs receive it
     ws, folder = resolve_workspace(photos, index, settings)
