@@ -211,6 +211,7 @@ def status(
 ))
 @_exits
 def search(
+    ctx: typer.Context,
     query: Annotated[str | None, typer.Argument(help="What to look for, in plain words.", show_default=False, metavar="QUERY")] = None,
     limit: Annotated[int | None, typer.Option("--limit", "-n", min=1, help="Show at most N results (per query; default 10).", show_default=False)] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document (for scripts).")] = False,
@@ -257,7 +258,7 @@ def search(
     elif paths_out or null:
         render.hits_paths(hits, nul=null)
     elif hits:
-        render.hits_table(hits, kind, fit_screen=not typed("limit"))
+        render.hits_table(hits, kind, fit_screen=not typed(ctx, "limit"))
     _warn_stale(searcher)
     if not hits:
         render.info(f"imgrag: no matching photos{why_nothing(searcher, options)}")
