@@ -13,6 +13,7 @@ A photo the user changed or deleted there is put back."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from platformdirs import user_data_path
 
 from imgrag.describe.schema import PROMPT_VERSION, PhotoDescription
 from imgrag.index.build import EmbedSummary, run_embed
@@ -45,8 +48,6 @@ class DemoResult:
 
 def demo_home() -> Path:
     """The folder that holds the demo's photos/ and .imgrag/ (XDG_DATA_HOME is honoured)."""
-    from platformdirs import user_data_path
-
     return user_data_path("imgrag", appauthor=False) / "demo"
 
 
@@ -148,8 +149,6 @@ def _copy_photos(samples: list[_Sample], photos: Path) -> int:
 
 def _record_descriptions(ws: Workspace, photos: Path, samples: list[_Sample]) -> int:
     """Append a record, clearly marked as a sample, for each sample photo not described yet."""
-    import hashlib
-
     from PIL import Image
 
     described = load_descriptions(ws)

@@ -18,7 +18,9 @@ from imgrag.ask.photo_briefs import answer_item, load_records
 from imgrag.ask.prompts import answer_messages, prompt_text, text_chars
 from imgrag.config import Settings, answer_settings
 from imgrag.errors import TryLater, UsageError
+from imgrag.photos.files import PhotoError, prepare_image
 from imgrag.providers import TransientError
+from imgrag.providers.chat import make_text_provider
 from imgrag.providers.retry import Caller
 from imgrag.search.ranking import Hit, SearchOptions
 from imgrag.search.searcher import Searcher, clean_query
@@ -148,8 +150,6 @@ def plan_ask(question: str, searcher: Searcher, settings: Settings, *, limit: in
 
 def _images(hits: list[Hit], settings: Settings) -> list[str]:
     """Data URLs of the photos as describe sends them: downscaled, re-encoded, no metadata."""
-    from imgrag.photos.files import PhotoError, prepare_image
-
     urls = []
     for hit in hits:
         try:
@@ -173,8 +173,6 @@ def answer_plan(plan: AskPlan, caller: Caller | None = None) -> Iterator[str | A
     if not plan.hits:
         yield AskResult(plan.question, None, [], [], None, usage)
         return
-    from imgrag.providers.chat import make_text_provider
-
     provider = make_text_provider(plan.settings, plan.model_setting)
     caller = caller or Caller(plan.settings)
     sent = [0]

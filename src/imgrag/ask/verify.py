@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from imgrag.ask.photo_briefs import load_records, verify_item
@@ -21,6 +22,7 @@ from imgrag.ask.prompts import VERIFY_PROMPT_VERSION, data_json, verify_messages
 from imgrag.config import Settings, answer_settings
 from imgrag.errors import StorageError, TryLater
 from imgrag.providers import InvalidReply
+from imgrag.providers.chat import make_text_provider
 from imgrag.providers.retry import Caller
 from imgrag.search.ranking import Hit
 from imgrag.store.descriptions import now_iso
@@ -102,8 +104,6 @@ class VerdictCache:
     def add(self, records: list[dict[str, Any]]) -> None:
         """Append (under a lock of its own: searches are readers and do not take the writer
         lock). A folder we cannot write to costs the cache, not the search."""
-        from filelock import FileLock
-
         try:
             with FileLock(str(self.ws.paths.verdicts_lock), timeout=10), JsonlAppender(self.path) as log:
                 for record in records:
@@ -144,8 +144,6 @@ def verify_hits(query: str, hits: list[Hit], ws: Workspace, settings: Settings,
 def _ask(query: str, items: list[dict[str, Any]], settings: Settings, caller: Caller | None,
          result: VerifyResult) -> dict[int, _OneVerdict]:
     """One request for the candidates; a reply that is not valid is asked again once."""
-    from imgrag.providers.chat import make_text_provider
-
     provider = make_text_provider(settings)
     caller = caller or Caller(settings)
     messages = verify_messages(query, items)

@@ -1,10 +1,13 @@
 """The `imgrag` command: parse, call one function, render. No logic lives here.
 
-Heavy modules (torch, sentence-transformers, faiss, the SDKs) are imported inside the
-commands that need them, so `imgrag --help` answers at once."""
+Only Typer, the settings and the errors are imported up here: every other module (the
+pipeline, search, the renderers, and through them numpy, faiss, torch, PIL, rich, the SDKs)
+is imported inside the command that needs it, so `imgrag --help` answers at once."""
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -13,7 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from imgrag.cli.help_format import App, typed
-from imgrag.config import DEFAULT_GROQ_MODEL, VISION_SETTINGS, Settings
+from imgrag.config import DEFAULT_GROQ_MODEL, VISION_SETTINGS, Settings, load_settings
 from imgrag.errors import EXIT_INTERRUPTED, EXIT_NOTHING_FOUND, EXIT_OK, ImgragError, UsageError
 
 app = App(
@@ -75,8 +78,6 @@ def _settings(**flags) -> Settings:
     is told what the terminal can show. A value the environment set wrong is raised only
     where its setting is used (Settings.checked)."""
     from imgrag.cli import render
-    from imgrag.config import load_settings
-
     settings = load_settings().with_flags(**flags)
     render.configure(settings)
     return settings
@@ -191,8 +192,6 @@ def status(
 
     state = collect_status(workspace_for(photos, index), photos)
     if json_out:
-        import json
-
         print(json.dumps({**state.as_dict(), "next": next_step(state)}, ensure_ascii=False))
     else:
         print(render.status_text(state))
@@ -231,8 +230,6 @@ def search(
     verify: Annotated[bool, typer.Option("--verify", help="Have the answer model read the results with the query and keep only real matches (one request; verdicts cached in .imgrag/). Env: IMGRAG_ANSWER_MODEL.")] = False,
 ) -> int:
     """Search the index for photos matching QUERY (or like PHOTO); best first."""
-    import os
-
     from imgrag.cli import render
     from imgrag.search.request import make_filters, make_options, why_nothing
     from imgrag.search.searcher import Searcher, clean_query
@@ -267,8 +264,6 @@ def search(
 
 def _check_search_flags(query: str | None, like: Path | None, queries_from: str | None,
                         json_out: bool, paths_out: bool, null: bool) -> None:
-    from imgrag.errors import UsageError
-
     given = [name for name, value in (("QUERY", query), ("--like", like), ("--queries-from", queries_from)) if value is not None]
     if not given:
         raise UsageError('say what to look for: imgrag search "dog on beach" (or --like PHOTO, or --queries-from FILE)')
@@ -355,7 +350,6 @@ def _search_verified(searcher, settings: Settings, query: str | None, like: Path
     """search --verify: the hits, then the answer model's verdict on each (imgrag.ask.verify)."""
     from imgrag.ask.verify import verify_hits
     from imgrag.cli import render, render_ask
-    from imgrag.errors import UsageError
     from imgrag.search.request import why_nothing
 
     if query is None:

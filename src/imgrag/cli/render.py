@@ -6,14 +6,17 @@ from the command's Settings, given once by `configure`."""
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from imgrag.cli.terminal import fit_thumbnails, has_truecolor, screen_lines, thumbnail_cells
 from imgrag.config import Settings
 from imgrag.errors import UsageError
+from imgrag.store.files import json_bytes
 
 if TYPE_CHECKING:
     from imgrag.search.ranking import Hit
@@ -62,8 +65,6 @@ _THUMB_PIXELS = 400  # decoded size: enough for kitty and sixel at the largest t
 def hits_json(query: str | None, hits: list[Hit], *, like: str | None = None) -> str:
     """One JSON document on one line: the whole output of --json, one line of --queries-from.
     A file name that is not UTF-8 comes out as \\udcXX escapes, which read back to the same name."""
-    from imgrag.store.files import json_bytes
-
     doc: dict[str, Any] = {"query": query}
     if like is not None:
         doc["like"] = like
@@ -153,12 +154,9 @@ def _textual_image() -> Any:
 def _thumbnail(path: str, kind: str, rows: int) -> tuple[Any, int]:
     """(a picture of the photo at most `rows` high for a table cell, its width in cells),
     or a dim note when it cannot be read."""
-    import io
-
     from PIL import Image
     from rich.text import Text
 
-    from imgrag.cli.terminal import thumbnail_cells
     from imgrag.photos.files import PhotoError, prepare_image
 
     renderable = _textual_image()
@@ -186,8 +184,6 @@ def hits_table(hits: list[Hit], thumbnails: str | None = None, *, fit_screen: bo
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
-
-    from imgrag.cli.terminal import fit_thumbnails, has_truecolor, screen_lines
 
     pictures: list[tuple[Any, int]] = []
     if thumbnails is None:

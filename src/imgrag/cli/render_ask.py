@@ -6,15 +6,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from imgrag.ask.answer import AskPlan, AskResult
+from imgrag.ask.verify import VerifyResult
 from imgrag.cli.render import hits_paths, hits_table, info, is_terminal, shown_path
+from imgrag.search.ranking import Hit
 from imgrag.store.files import json_bytes
-
-if TYPE_CHECKING:
-    from imgrag.ask.answer import AskPlan, AskResult
-    from imgrag.ask.verify import VerifyResult
-    from imgrag.search.ranking import Hit
 
 
 def _json(doc: dict[str, Any]) -> None:
@@ -37,8 +35,6 @@ def dry_run(plan: AskPlan, json_out: bool) -> None:
 def answer(events: Iterator[str | AskResult], *, json_out: bool, thumbnails: str | None) -> AskResult:
     """Print the answer: streamed as it arrives on a terminal, whole off one; then the
     cited photos. Returns the final result."""
-    from imgrag.ask.answer import AskResult
-
     stream = is_terminal(sys.stdout) and not json_out
     shown = False
     result = None

@@ -6,6 +6,7 @@ there are none, the model is never loaded."""
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import threading
 from collections.abc import Callable
@@ -224,8 +225,6 @@ def _unique(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 def index_signature(docs: list[Doc], keys: list[str]) -> str:
     """Changes whenever a row, its paths or its text would change, or a generation would hold more."""
-    import hashlib
-
     h = hashlib.sha256(f"contents {GENERATION_CONTENTS}".encode())
     for d, k in zip(docs, keys):
         h.update(json_bytes([d.sha256, d.paths, k, d.taken, d.mtime, d.lexical]))  # paths may hold lone surrogates

@@ -11,6 +11,7 @@ import functools
 import hashlib
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -139,8 +140,6 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import warnings
-
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|sentence_transformers)")
     from transformers.utils import logging as hf_logging
 

@@ -30,7 +30,9 @@ from typing import Any
 import numpy as np
 
 from imgrag.errors import TryLater, UsageError
-from imgrag.index import background
+from imgrag.index import background, crowding
+from imgrag.index.embedding import text_key
+from imgrag.index.lexical import LexicalIndex, write_lexical
 from imgrag.store.files import fsync_dir, json_bytes, write_atomic
 from imgrag.store.paths import (
     CROWDING_FILE,
@@ -73,6 +75,7 @@ class Doc:
                   taken: str | None = None, mtime: int | None = None) -> Doc:
         """The row of a photo with this description: what is embedded and every word of it
         (ValueError for a description this version cannot read)."""
+        # describe's schema (pydantic) only builds rows: a search, which opens generations, never loads it
         from imgrag.describe.schema import embedding_text, lexical_text
 
         return cls(sha256, paths, str(description.get("caption", "")), embedding_text(description),
@@ -263,15 +266,11 @@ class Generation:
     @functools.cached_property
     def lexical(self) -> Any:
         """The generation's BM25 index (imgrag.index.lexical.LexicalIndex), loaded on first use; None if it has none."""
-        from imgrag.index.lexical import LexicalIndex
-
         return LexicalIndex.load(self.folder / LEXICAL_DIR)
 
     @functools.cached_property
     def visible_text(self) -> Any:
         """BM25 over only the words seen written in each photo (a LexicalIndex); None if it has none."""
-        from imgrag.index.lexical import LexicalIndex
-
         return LexicalIndex.load(self.folder / VISIBLE_TEXT_DIR)
 
     @functools.cached_property
@@ -282,9 +281,7 @@ class Generation:
     @functools.cached_property
     def crowding(self) -> np.ndarray | None:
         """Each row's crowding (imgrag.index.crowding), memory-mapped; None for an index built without it."""
-        from imgrag.index.crowding import load
-
-        return load(self.folder)
+        return crowding.load(self.folder)
 
     def locate(self, rows: Sequence[int]) -> dict[int, tuple[list[str], str | None]]:
         """Rows' stored copies and dates (PHOTO_TIME): the little a search needs of every
@@ -317,8 +314,6 @@ def write_generation(ws: Workspace, docs: list[Doc], vectors: np.ndarray, meta: 
 
     `keys` are the rows' vector-cache keys (default: computed from each doc's text);
     `previous` is the generation to extend where possible (see `previous_rows`)."""
-    from imgrag.index.embedding import text_key
-
     ws.paths.index.mkdir(parents=True, exist_ok=True)
     keys = keys if keys is not None else [text_key(d.text) for d in docs]
     rows = [(d.sha256, k) for d, k in zip(docs, keys)]
@@ -331,8 +326,6 @@ def write_generation(ws: Workspace, docs: list[Doc], vectors: np.ndarray, meta: 
         _write_background(vectors, rows, tmp)
         _write_docs(tmp / GENERATION_DOCS, docs, keys)
         if docs:
-            from imgrag.index.lexical import write_lexical
-
             write_lexical(tmp, [d.lexical for d in docs])
         meta = {**meta, "format": INDEX_FORMAT, "count": len(docs), "generation": gen, "dense": dense}
         (tmp / GENERATION_META).write_text(json.dumps(meta, indent=2))
@@ -357,8 +350,6 @@ def write_generation(ws: Workspace, docs: list[Doc], vectors: np.ndarray, meta: 
 def _write_crowding(vectors: np.ndarray, rows: list[tuple[str, str]], previous: Previous | None, folder: Path) -> None:
     """Each row's crowding (see `crowding`): the previous generation's file when the rows are
     the same (it depends on nothing else), else computed afresh over every row."""
-    from imgrag.index import crowding
-
     if previous is not None and rows == previous.rows and (previous.dense.parent / CROWDING_FILE).exists():
         _link_or_copy(previous.dense.parent / CROWDING_FILE, folder / CROWDING_FILE)
         return

@@ -13,10 +13,12 @@ absent. A refused export leaves a folder with only encoder.json saying why, so t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -246,9 +248,6 @@ def _export_tokenizer(model: Any, pipeline: dict[str, Any], path: Path) -> None:
 
 def _export_transformer(model: Any, pipeline: dict[str, Any], folder: Path) -> None:
     """torch.onnx (TorchScript exporter: works offline, needs no onnxscript) -> external-data ONNX."""
-    import contextlib
-    import warnings
-
     import onnx
     import torch
     from tokenizers import Tokenizer

@@ -18,7 +18,6 @@ from imgrag.errors import UsageError
 from imgrag.index.embedding import resolve_model_name
 from imgrag.index.generations import Generation, open_generation
 from imgrag.index.query_encoder import QueryEncoder, open_encoder
-from imgrag.photos.files import PHOTO_SUFFIXES, PhotoError, file_sha256
 from imgrag.search.filters import Filters, allowed_rows
 from imgrag.search.ranking import Hit, SearchOptions, absolute_paths, rank_rows, read_hits
 from imgrag.store.workspace import Workspace
@@ -174,6 +173,9 @@ class Searcher:
 
     def _indexed_row(self, photo: Path) -> tuple[int, str, str]:
         """(row, sha256, caption) of a photo in the index, found by its content."""
+        # photos.files loads PIL: only --like needs it, and a text search should not wait for it
+        from imgrag.photos.files import PHOTO_SUFFIXES, PhotoError, file_sha256
+
         if not photo.expanduser().is_file():
             raise UsageError(f"--like {photo}: no such photo")
         try:

@@ -12,9 +12,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from imgrag.config import Settings, load_settings
+from imgrag.demo import demo_photos
 from imgrag.errors import UsageError
 from imgrag.store.workspace import DIR_NAME, Workspace
+from imgrag.web.app import create_app
 from imgrag.web.security import is_loopback
+from imgrag.web.server import ServeConfig
 
 TOKEN_ENV = "IMGRAG_SERVE_TOKEN"
 MAX_HEADER_BYTES = 2 * 1024 * 1024  # h11's limit: past our own (security.MAX_URL_QUERY), so ours answers in JSON
@@ -38,8 +41,6 @@ def resolve_workspace(photos: Path | None, index: Path | None, settings: Setting
 def _no_workspace_found(settings: Settings) -> tuple[Workspace, Path | None]:
     """No PHOTOS and no index found: serve the demo photos (made once, offline), so a new
     user sees the page working, and say how to serve their own."""
-    from imgrag.demo import demo_photos
-
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
@@ -96,9 +97,6 @@ def url_for(host: str, port: int) -> str:
 def run_serve(photos: Path | None, *, index: Path | None, host: str, port: int, allow_hosts: list[str],
               open_browser: bool, read_only: bool, token_file: Path | None, cors: str | None) -> int:
     import uvicorn
-
-    from imgrag.web.app import create_app
-    from imgrag.web.server import ServeConfig
 
     settings = load_settings()  # read once: the routes and jobs receive it
     ws, folder = resolve_workspace(photos, index, settings)
