@@ -12,8 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-# Bump when a prompt changes: cached verdicts of an older prompt are not reused.
-ANSWER_PROMPT_VERSION = 1
+# Bump when the verify prompt changes: cached verdicts of an older prompt are not reused.
 VERIFY_PROMPT_VERSION = 1
 
 ANSWER_SYSTEM = """You answer questions about a person's own photo collection, using only the photo descriptions you are given.

@@ -18,13 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from imgrag.config import DEFAULT_EMBED_MODEL
 from imgrag.errors import UsageError
 from imgrag.store.files import fsync_dir
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-DEFAULT_MODEL = "all-MiniLM-L6-v2"
+DEFAULT_MODEL = DEFAULT_EMBED_MODEL  # all-MiniLM-L6-v2, packaged: works offline
 _PACKAGED_NAMES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 # model.safetensors of sentence-transformers/all-MiniLM-L6-v2 at revision 1110a243, as
 # published upstream: the packaged copy must match it before we trust it.
