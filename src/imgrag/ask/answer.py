@@ -2,9 +2,10 @@
 of `search`), send their descriptions to a chat model, stream its short answer, and map
 the photos it cites ([1], [2]) back to their paths.
 
-`ask()` is what the CLI and a web route both call: it yields the answer's text as it
-arrives, then one `AskResult` (the `--json` shape). `plan_ask()` is everything before the
-request (what `--dry-run` shows)."""
+`plan_ask()` is everything before the request (what `--dry-run` shows); `answer_plan()`
+sends it and yields the answer's text as it arrives, then one `AskResult` (the `--json`
+shape). The CLI and the web route call both (the route with the server's shared Caller);
+`ask()` is the two in one call, for a library user."""
 
 from __future__ import annotations
 
