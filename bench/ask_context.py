@@ -64,7 +64,7 @@ def main() -> int:
         ws = Workspace(Path(tmp) / ".imgrag")
         write_generation(ws, docs, doc_vecs, {"embedding": {"model": args.model}})
         generation = open_generation(ws)
-        for query, vec, target in zip(queries, query_vecs, targets):
+        for query, vec, target in zip(queries, query_vecs, targets, strict=False):
             hits = rank(generation, vec, query, SearchOptions(limit=max(KS), min_score=DEFAULT_MIN_SCORE))
             nothing += not hits
             for k in KS:

@@ -163,7 +163,7 @@ def run(photos: list[Photo], size: int, samples: int, model_name: str, cutoffs: 
     offtopic = OFF_TOPIC + OFF_TOPIC_MORE
     concept_wanted = {c: concept_stems(c) for c in CONCEPTS}
     all_queries = CONCEPTS + offtopic
-    query_vecs = dict(zip(all_queries, cached_vectors(all_queries, query_cache, encoder.encode)))
+    query_vecs = dict(zip(all_queries, cached_vectors(all_queries, query_cache, encoder.encode), strict=False))
     tallies = {label: Tally() for label in cutoffs}
     size = min(size, len(photos))
     samples = 1 if size == len(photos) else samples
@@ -194,7 +194,7 @@ def run(photos: list[Photo], size: int, samples: int, model_name: str, cutoffs: 
                     t.targets_shown += len(targets & set(shown))
             caption_photos = chosen[:CAPTION_QUERIES]
             caption_vecs = cached_vectors([p.query for p in caption_photos], query_cache, encoder.encode)
-            for photo, vec in zip(caption_photos, caption_vecs):
+            for photo, vec in zip(caption_photos, caption_vecs, strict=False):
                 if photo.id not in shown_ids(generation, vec, photo.query, SearchOptions(show_all=True), DEFAULT_CUTOFF):
                     continue  # not in the top 10: no cut-off could show it
                 for label, cut in cutoffs.items():

@@ -126,7 +126,7 @@ def position(found: Candidates, fusion: Fusion, target: int) -> tuple[int, float
 
 
 def evaluate(all_found: list[Candidates], targets: list[int], fusion: Fusion) -> tuple[dict, np.ndarray, np.ndarray]:
-    pos_scores = [position(f, fusion, t) for f, t in zip(all_found, targets)]
+    pos_scores = [position(f, fusion, t) for f, t in zip(all_found, targets, strict=False)]
     positions = np.array([p for p, _ in pos_scores])
     return metrics(positions), positions, np.array([s for _, s in pos_scores])
 
@@ -153,7 +153,7 @@ def cutoff_figures(generation, encoder: SentenceTransformersEncoder, right_score
     kept = float(np.mean(right >= DEFAULT_MIN_SCORE)) if len(right) else float("nan")
     off_vecs = encoder.encode(OFF_TOPIC)
     shown, tops, off_scores = [], [], []
-    for query, vec in zip(OFF_TOPIC, off_vecs):
+    for query, vec in zip(OFF_TOPIC, off_vecs, strict=False):
         _, scores = order(candidates(generation, vec, query), DEFAULT_FUSION)
         off_scores.append(scores)
         tops.append(float(scores[0]))
@@ -178,12 +178,12 @@ def default_set_figures(generation, encoder: SentenceTransformersEncoder, all_fo
     """How the default result set (imgrag.search.cutoff) treats right answers found in the top 10,
     and off-topic queries (bench/cutoff.py measures it on one-concept queries)."""
     kept = []
-    for found, query, vec, at in zip(all_found, queries, query_vecs, positions):
+    for found, query, vec, at in zip(all_found, queries, query_vecs, positions, strict=False):
         if 0 <= at < 10:
             rows, scores = order(found, DEFAULT_FUSION)
             kept.append(bool(shown_set(generation, vec, query, rows[:10], scores[:10], SearchOptions())[at]))
     shown = []
-    for query, vec in zip(OFF_TOPIC, encoder.encode(OFF_TOPIC)):
+    for query, vec in zip(OFF_TOPIC, encoder.encode(OFF_TOPIC), strict=False):
         rows, scores = order(candidates(generation, vec, query), DEFAULT_FUSION)
         shown.append(int(np.sum(shown_set(generation, vec, query, rows[:10], scores[:10], SearchOptions()))))
     return {
@@ -309,7 +309,7 @@ def quality(args, path: Path, dataset: str, items: list[Item], docs: list[Doc], 
         build_s = time.perf_counter() - t0
         generation = open_generation(ws)
         t0 = time.perf_counter()
-        all_found = [candidates(generation, v, q) for q, v in zip(queries, query_vecs)]
+        all_found = [candidates(generation, v, q) for q, v in zip(queries, query_vecs, strict=False)]
         search_ms = (time.perf_counter() - t0) * 1000 / max(len(queries), 1)
         if args.tune:
             return {"data": str(path), "split": args.split, "docs": len(docs), "queries": len(queries),

@@ -34,6 +34,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # numpy is imported where it is used: the timed child processes stay light
+    import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / "bench" / ".cache"
@@ -82,13 +86,13 @@ def descriptions(data: Path, count: int) -> list[dict]:
     photos = photo_captions(data)
     rng = random.Random(4)
     combos = []
-    for caps, _ in photos:
+    for _ in photos:
         picks = [(c, rest) for c in range(5) for k in (1, 2) for rest in itertools.combinations([i for i in range(5) if i != c], k)]
         rng.shuffle(picks)
         combos.append(picks)
     out, seen = [], set()
     for round_ in range(len(combos[0])):
-        for (caps, objects), picks in zip(photos, combos):
+        for (caps, objects), picks in zip(photos, combos, strict=False):
             c, rest = picks[round_]
             desc = {"caption": caps[c], "description": " ".join(caps[i] for i in rest), "objects": objects}
             key = json.dumps(desc, sort_keys=True)
@@ -135,7 +139,7 @@ def build_workspace(data: Path, count: int) -> Path:
     encoder = _bulk_encoder(ws, model)
     cache = VectorCache(ws.paths.vectors / cache_dir_name(model.name, model.fingerprint), model.dim)
     keys = [text_key(d.text) for d in docs]
-    todo = list(dict((k, d.text) for k, d in zip(keys, docs) if k not in cache).items())
+    todo = list({k: d.text for k, d in zip(keys, docs, strict=False) if k not in cache}.items())
     log(f"embedding {len(todo)} texts ({len(docs) - len(todo)} cached) with {type(encoder).__name__}")
     start = time.perf_counter()
     for n in range(0, len(todo), 2048):
@@ -261,7 +265,7 @@ def time_searches(base: Path, queries: list[str]) -> dict[str, dict]:
     envs = {"fast": {**env, "NO_COLOR": "1", "IMGRAG_QUERY_ENCODER": "onnx"},
             "slow": {**env, "NO_COLOR": "1", "IMGRAG_QUERY_ENCODER": "torch"}}
     runs: dict[str, list[dict]] = {"fast": [], "slow": []}
-    for path, path_env in envs.items():
+    for path_env in envs.values():
         run_cli(["search", queries[0], "--json"], base, path_env)  # page cache, .pyc files
     for q in queries:
         for path, path_env in envs.items():
@@ -299,7 +303,7 @@ def main() -> None:
             # Time from a fresh, small process: a child's peak RSS starts from its parent's
             # (fork), and this one holds the 100k texts and a model by now.
             cmd = [sys.executable, __file__, "--time-only", "--docs", str(args.docs), "--runs", str(args.runs)]
-            sys.exit(subprocess.run(cmd).returncode)
+            sys.exit(subprocess.run(cmd, check=False).returncode)
         return
     base = CACHE / f"library-{args.docs}"
     queries = [QUERIES[i % len(QUERIES)] for i in range(args.runs)]

@@ -41,9 +41,9 @@ DEFAULT_QUERY = "a cup of coffee"
 @dataclass
 class DemoResult:
     photos: Path  # the demo's photo folder
-    copied: int = 0  # sample photos (re)written this run
-    recorded: int = 0  # sample descriptions recorded this run
-    embed: EmbedSummary | None = None  # what the embed step did
+    copied: int  # sample photos (re)written this run
+    recorded: int  # sample descriptions recorded this run
+    embed: EmbedSummary  # what the embed step did
 
 
 def demo_home() -> Path:
@@ -62,20 +62,19 @@ def build_demo(progress: Callable[[str], None] | None = None, query_encoder: str
     photos = demo_home() / "photos"
     photos.mkdir(parents=True, exist_ok=True)
     ws = Workspace.for_photos(photos)
-    result = DemoResult(photos=photos)
     samples = _samples()
     with ws.writer_lock(wait=True):
-        result.copied = _copy_photos(samples, photos)
-        result.recorded = _record_descriptions(ws, photos, samples)
+        copied = _copy_photos(samples, photos)
+        recorded = _record_descriptions(ws, photos, samples)
         ws.add_root(photos)
-    if progress and (result.copied or result.recorded):
+    if progress and (copied or recorded):
         progress(f"imgrag: demo: {len(samples)} sample photos (public domain / CC0) with hand-written sample "
                  f"descriptions in {photos}")
     # Always the packaged model, whatever IMGRAG_EMBED_MODEL says: it works offline (and
     # an index someone re-embedded with another model is rebuilt with it, from the cache).
     other_model = (ws.read_manifest().get("embedding") or {}).get("model") not in (None, DEFAULT_MODEL)
-    result.embed = run_embed(photos, DEFAULT_MODEL, wait=True, rebuild=other_model, query_encoder=query_encoder)
-    return result
+    embedded = run_embed(photos, DEFAULT_MODEL, wait=True, rebuild=other_model, query_encoder=query_encoder)
+    return DemoResult(photos, copied, recorded, embedded)
 
 
 def run_demo(query: str | None, progress: Callable[[str], None] | None = None,

@@ -174,8 +174,10 @@ def answer_plan(plan: AskPlan, caller: Caller | None = None) -> Iterator[str | A
     if not plan.hits:
         yield AskResult(plan.question, None, [], [], None, usage)
         return
-    provider = make_text_provider(plan.settings, plan.model_setting)
-    caller = caller or Caller(plan.settings)
+    answering = plan.settings
+    assert answering is not None, "a plan with photos names the model that answers"
+    provider = make_text_provider(answering, plan.model_setting)
+    caller = caller or Caller(answering)
     sent = [0]
     reply = caller.call(lambda: provider.stream(plan.messages, MAX_ANSWER_TOKENS), sent)
     parts: list[str] = []
@@ -188,7 +190,7 @@ def answer_plan(plan: AskPlan, caller: Caller | None = None) -> Iterator[str | A
     caller.learn(reply.prompt_tokens, reply.completion_tokens)
     answer = "".join(parts).strip()
     if not answer:  # e.g. a reasoning model that spent its tokens thinking
-        raise TryLater(f"the model {plan.settings.model} returned an empty answer: try again")
+        raise TryLater(f"the model {answering.model} returned an empty answer: try again")
     usage.update(requests=sent[0], prompt_tokens=reply.prompt_tokens,
                  completion_tokens=reply.completion_tokens)
-    yield AskResult(plan.question, answer, citations(answer, plan.hits), plan.hits, plan.settings.model, usage)
+    yield AskResult(plan.question, answer, citations(answer, plan.hits), plan.hits, answering.model, usage)

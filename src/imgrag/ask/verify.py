@@ -8,6 +8,7 @@ costs nothing, and a re-described photo or a new model or prompt is asked afresh
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import sys
@@ -121,13 +122,13 @@ def verify_hits(query: str, hits: list[Hit], ws: Workspace, settings: Settings,
         return result
     records = load_records(ws, [h.sha256 for h in hits])
     items = [verify_item(h, records.get(h.sha256)) for h in hits]
-    keys = [verdict_key(query, h.sha256, item, result.model) for h, item in zip(hits, items)]
+    keys = [verdict_key(query, h.sha256, item, result.model) for h, item in zip(hits, items, strict=True)]
     cache = VerdictCache(ws)
     known = cache.load()
     todo = [i for i, key in enumerate(keys) if key not in known]
     fresh = _ask(query, [items[i] for i in todo], answering, caller, result) if todo else {}
     new_records = []
-    for i, (hit, key) in enumerate(zip(hits, keys)):
+    for i, (hit, key) in enumerate(zip(hits, keys, strict=True)):
         if key in known:
             result.verdicts.append(Verdict(bool(known[key].get("verified")), str(known[key].get("reason", "")), True))
             continue
@@ -151,7 +152,7 @@ def _ask(query: str, items: list[dict[str, Any]], settings: Settings, caller: Ca
     for _ in range(2):
         sent = [0]
         try:
-            reply = caller.call(lambda: provider.complete(messages, MAX_VERIFY_TOKENS), sent)
+            reply = caller.call(functools.partial(provider.complete, messages, MAX_VERIFY_TOKENS), sent)
         except InvalidReply as e:  # the server itself found the JSON invalid (Groq's json_validate_failed)
             result.requests += sent[0]
             problem = str(e)

@@ -5,6 +5,7 @@ instead of Click's three-line usage block, like every other error imgrag prints.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import typer
@@ -13,7 +14,7 @@ from typer.core import TyperCommand, TyperGroup
 try:  # typer >= 0.22 carries its own copy of Click, whose errors all derive from TyperException
     from typer import TyperException as ClickError
 except ImportError:  # older typer uses Click itself
-    from click import ClickException as ClickError
+    from click import ClickException as ClickError  # type: ignore[assignment]
 
 from imgrag.errors import EXIT_USAGE
 
@@ -45,13 +46,15 @@ class Group(TyperGroup):
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
 
-    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
-             standalone_mode: bool = True, **extra: Any) -> Any:
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, windows_expand_args: bool = True, **extra: Any) -> Any:
         prog_name = prog_name or "imgrag"  # also under `python -m imgrag`: the name users type
         if not standalone_mode:
-            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            return super().main(args, prog_name, complete_var, standalone_mode=False,
+                                windows_expand_args=windows_expand_args, **extra)
         try:
-            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            code = super().main(args, prog_name, complete_var, standalone_mode=False,
+                                windows_expand_args=windows_expand_args, **extra)
         except ClickError as e:
             if e.exit_code == EXIT_USAGE:  # Click's usage errors: a bad flag, argument or command
                 command = next((a for a in (sys.argv[1:] if args is None else args) if a in self.commands), None)
@@ -119,7 +122,7 @@ def _is_number(text: str) -> bool:
 def _allowed(param: Any, e: Any, given: str) -> str:
     """What the flag takes: 'must be at least 1', 'must be a whole number from 1 to 64'."""
     low, high = getattr(param, "min", None), getattr(param, "max", None)
-    kind = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+    kind: Any = getattr(getattr(param, "type_descriptor", None), "annotation", None)
     wanted = {int: "a whole number", float: "a number"}.get(kind)
     right_kind = given != "" and _is_number(given) and (kind is not int or given.lstrip("+-").isdigit())
     words = [] if right_kind or wanted is None else [wanted]

@@ -122,7 +122,7 @@ def _probe_terminal() -> str:
             return "sixel"
         if renderable.tgp.query_terminal_support():
             return "kitty"
-    except Exception:  # termios errors and the like: probing is best effort
+    except Exception:  # noqa: BLE001, S110 - termios errors and the like: probing is best effort
         pass
     return "halfblock"
 
@@ -214,7 +214,7 @@ def hits_table(hits: list[Hit], thumbnails: str | None = None, *, fit_screen: bo
             about.append("\n" + h.why, style="dim")
         if h.taken:
             about.append(f"\ntaken {h.taken.replace('T', ' ')}", style="dim")
-        cells = [str(h.rank), f"{h.score:.3f}", about]
+        cells: list[Any] = [str(h.rank), f"{h.score:.3f}", about]
         if thumbnails is not None:
             cells.insert(1, pictures[i][0])
         table.add_row(*cells)

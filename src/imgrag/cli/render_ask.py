@@ -26,6 +26,7 @@ def dry_run(plan: AskPlan, json_out: bool) -> None:
     if plan.hits:
         print(plan.prompt())
         s = plan.settings
+        assert s is not None, "a plan with photos names the model that answers"
         images = f" (with {plan.images} image{'s' if plan.images != 1 else ''})" if plan.images else ""
         photos = f"{len(plan.hits)} photo{'s' if len(plan.hits) != 1 else ''}"
         info(f"dry run: {photos} for {s.provider} model {s.model}: ~{plan.prompt_tokens:,} prompt "
@@ -60,7 +61,7 @@ def answer(events: Iterator[str | AskResult], *, json_out: bool, thumbnails: str
     if shown:
         sys.stdout.write("\n")
     else:
-        print(" ".join(result.answer.split()))
+        print(" ".join((result.answer or "").split()))
     cited = result.cited_hits()
     if stream:
         if cited:
@@ -85,14 +86,14 @@ def usage_line(result: AskResult) -> str:
 
 def verified_json(query: str, hits: list[Hit], result: VerifyResult) -> None:
     """Every candidate, with "verified" and "reason"; `count` is how many were kept."""
-    results = [{**h.as_dict(), "verified": v.verified, "reason": v.reason} for h, v in zip(hits, result.verdicts)]
+    results = [{**h.as_dict(), "verified": v.verified, "reason": v.reason} for h, v in zip(hits, result.verdicts, strict=True)]
     _json({"query": query, "count": result.kept, "verified_by": result.model, "results": results})
 
 
 def verified_output(hits: list[Hit], result: VerifyResult, *, paths: bool, nul: bool, thumbnails: str | None) -> None:
     """--paths / -0 / table / piped lines: the kept photos only, with the model's reason."""
     kept = [replace(h, why=f"verified: {v.reason}" if v.reason else h.why)
-            for h, v in zip(hits, result.verdicts) if v.verified]
+            for h, v in zip(hits, result.verdicts, strict=True) if v.verified]
     if paths or nul:
         hits_paths(kept, nul=nul)
     elif kept:

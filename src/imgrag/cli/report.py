@@ -127,9 +127,10 @@ def _batch_lines(s: BatchSummary) -> list[str]:
             f"~{e.prompt_tokens:,} input + ~{e.completion_tokens:,} output tokens, ~${e.cost:.2f} at the batch "
             f"price (half of ~${e.cost / BATCH_DISCOUNT:.2f}), results within {s.window}; nothing was sent")
         return lines
-    for b in s.collected:
-        lines.append(f"imgrag: collected batch {b.batch_id} ({b.status}): {b.described} described, {b.failed} failed"
-                     + (f", {b.unfinished} left for the next batch" if b.unfinished else ""))
+    for collected in s.collected:
+        lines.append(f"imgrag: collected batch {collected.batch_id} ({collected.status}): {collected.described} "
+                     f"described, {collected.failed} failed"
+                     + (f", {collected.unfinished} left for the next batch" if collected.unfinished else ""))
     for b in s.open:
         counts = b.get("counts") or {}
         done = f", {counts.get('completed', 0)}/{counts.get('total', 0)} done" if counts.get("total") else ""

@@ -38,7 +38,7 @@ def _tmux_has_rgb() -> bool:
 
 def _tmux(*args: str) -> str:
     try:
-        done = subprocess.run(["tmux", *args], capture_output=True, text=True, timeout=2)
+        done = subprocess.run(["tmux", *args], capture_output=True, text=True, timeout=2, check=False)
     except (OSError, subprocess.SubprocessError):
         return ""
     return done.stdout if done.returncode == 0 else ""

@@ -113,7 +113,7 @@ def run_embed(photos: Path | None, model_name: str | None, *, rebuild: bool = Fa
         summary.model = model_name
         keys = [text_key(d.text) for d in docs]
         cache, encoder = _cache_for(ws, model_name, known, needed=keys, query_encoder=query_encoder)
-        todo = _unique([(k, d.text) for k, d in zip(keys, docs) if k not in cache])
+        todo = _unique([(k, d.text) for k, d in zip(keys, docs, strict=True) if k not in cache])
         if todo:
             _encode_into(cache, encoder, todo, show_progress, cancel, on_progress)
         model = encoder if isinstance(encoder, LoadedModel) else None
@@ -226,6 +226,6 @@ def _unique(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
 def index_signature(docs: list[Doc], keys: list[str]) -> str:
     """Changes whenever a row, its paths or its text would change, or a generation would hold more."""
     h = hashlib.sha256(f"contents {GENERATION_CONTENTS}".encode())
-    for d, k in zip(docs, keys):
+    for d, k in zip(docs, keys, strict=True):
         h.update(json_bytes([d.sha256, d.paths, k, d.taken, d.mtime, d.lexical]))  # paths may hold lone surrogates
     return h.hexdigest()[:32]

@@ -119,7 +119,7 @@ def load_model(name: str) -> LoadedModel:
 
     try:
         model = SentenceTransformer(str(local) if local else name, device="cpu")
-    except Exception as e:  # the hub raises many kinds: missing repo, offline, bad files
+    except Exception as e:  # noqa: BLE001 - the hub raises many kinds: missing repo, offline, bad files
         raise UsageError(
             f"cannot load embedding model {name!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
             f"check IMGRAG_EMBED_MODEL / --model (default {DEFAULT_MODEL} works offline)"

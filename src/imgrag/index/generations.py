@@ -116,7 +116,7 @@ def build_faiss(vectors: np.ndarray, plan: dict[str, Any] | None = None) -> Any:
 def _empty_ivf(dim: int, plan: dict[str, Any]) -> Any:
     import faiss
 
-    index = faiss.index_factory(dim, f"IVF{plan['nlist']},SQ8", faiss.METRIC_INNER_PRODUCT)
+    index: Any = faiss.index_factory(dim, f"IVF{plan['nlist']},SQ8", faiss.METRIC_INNER_PRODUCT)  # an IndexIVFScalarQuantizer
     index.nprobe = plan["nprobe"]
     # The 8-bit range per dimension comes from the training sample; widen it a little so
     # photos added later, a bit outside that range, are not clipped.
@@ -233,7 +233,8 @@ class DenseIndex:
         if params is not None and self.kind != "flat":
             import faiss
 
-            ivf = faiss.SearchParametersIVF(sel=params.sel, nprobe=self.faiss.nlist)
+            # faiss's Python layer takes a parameter object's fields as keywords; its type stubs do not say so
+            ivf = faiss.SearchParametersIVF(sel=params.sel, nprobe=self.faiss.nlist)  # type: ignore[call-arg]
             return self.faiss.search(queries, k, params=ivf)
         return self.faiss.search(queries, k, params=params)
 
@@ -316,7 +317,7 @@ def write_generation(ws: Workspace, docs: list[Doc], vectors: np.ndarray, meta: 
     `previous` is the generation to extend where possible (see `previous_rows`)."""
     ws.paths.index.mkdir(parents=True, exist_ok=True)
     keys = keys if keys is not None else [text_key(d.text) for d in docs]
-    rows = [(d.sha256, k) for d, k in zip(docs, keys)]
+    rows = [(d.sha256, k) for d, k in zip(docs, keys, strict=True)]
     gen = f"{time.time_ns():x}"
     tmp = ws.paths.index / f".{gen}.tmp"
     tmp.mkdir()
@@ -371,7 +372,7 @@ def _write_docs(path: Path, docs: list[Doc], keys: list[str]) -> None:
         db.executemany(
             "INSERT INTO docs VALUES (?,?,?,?,?,?,?,?,?)",
             [(i, d.sha256, json_bytes(d.paths).decode(), d.caption, d.text, d.lexical, d.taken, d.mtime, k)
-             for i, (d, k) in enumerate(zip(docs, keys))],
+             for i, (d, k) in enumerate(zip(docs, keys, strict=True))],
         )
     db.close()
 

@@ -121,7 +121,7 @@ def ensure_export(ws: Workspace, model_name: str, fingerprint: str, loaded: Load
         record = export(ws, loaded)
     except KeyboardInterrupt:
         raise
-    except Exception as e:  # the index is written and searchable either way: warn, retry next embed
+    except Exception as e:  # noqa: BLE001 - the index is written and searchable either way: warn, retry next embed
         warn(f"could not export the fast query encoder ({type(e).__name__}: {str(e)[:200]}); "
               "search will use sentence-transformers (slower)")
         return f"failed: {type(e).__name__}"
@@ -205,7 +205,7 @@ def describe_pipeline(model: Any) -> dict[str, Any]:
         "pooling": modes,
         "dense": [{**layer, "file": f"dense_{i}.npz"} for i, layer in enumerate(dense_layers)],
         "normalize": True,  # imgrag always asks for unit vectors (normalize_embeddings=True)
-        "dim": int(embedding_dimension(model)),
+        "dim": int(embedding_dimension(model) or model.encode(["x"]).shape[1]),
         "inputs": inputs,
         "padding_side": tokenizer.padding_side,
     }
@@ -224,7 +224,7 @@ def _dense_settings(module: Any) -> dict[str, Any]:
 
 def _export_dense(model: Any, pipeline: dict[str, Any], folder: Path) -> None:
     """Each Dense layer's weights, in fp32 as sentence-transformers computes with them."""
-    for module, layer in zip(list(model)[2:], pipeline["dense"]):
+    for module, layer in zip(list(model)[2:], pipeline["dense"], strict=False):
         linear = module.linear
         arrays = {"weight": linear.weight.detach().cpu().float().numpy()}
         if linear.bias is not None:
@@ -261,7 +261,7 @@ def _export_transformer(model: Any, pipeline: dict[str, Any], folder: Path) -> N
             self.transformer = transformer
 
         def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-            return self.transformer(**dict(zip(names, tensors))).last_hidden_state
+            return self.transformer(**dict(zip(names, tensors, strict=True))).last_hidden_state
 
     # Trace a padded batch, so the graph keeps the attention-mask path that short queries
     # in a batch need (an all-ones mask lets transformers skip it).

@@ -73,7 +73,7 @@ def read_record(folder: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def is_for(record: dict[str, Any], model_name: str, fingerprint: str) -> bool:
+def is_for(record: dict[str, Any], model_name: str, fingerprint: str | None) -> bool:
     return (record.get("format") == EXPORT_FORMAT and record.get("model") == model_name
             and record.get("fingerprint") == fingerprint)
 
@@ -169,7 +169,7 @@ def _open_export(ws: Workspace, model_name: str, fingerprint: str | None) -> Onn
         raise _NoExport(f"the query encoder files in {folder} are missing or cut short", damaged=True)
     try:
         return OnnxQueryEncoder(folder, record)
-    except Exception as e:  # a damaged file: ONNX Runtime and tokenizers raise their own kinds
+    except Exception as e:  # noqa: BLE001 - a damaged file: ONNX Runtime and tokenizers raise their own kinds
         raise _NoExport(f"cannot load the query encoder in {folder} ({type(e).__name__}: {str(e)[:160]})",
                         damaged=True) from None
 

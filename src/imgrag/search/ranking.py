@@ -119,7 +119,8 @@ def candidates(generation: Generation, query_vec: np.ndarray, query: str, depth:
     if allowed is not None:
         import faiss
 
-        params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
+        # faiss's Python layer takes a parameter object's fields as keywords; its type stubs do not say so
+        params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))  # type: ignore[call-arg]
     scores, found = generation.index.search(q, min(generation.size, max(depth, 1)), params=params)
     keep = found[0] >= 0
     rows, dense = found[0][keep].astype(np.int64), scores[0][keep].astype(np.float32)
@@ -226,7 +227,7 @@ def read_hits(generation: Generation, ranked: Ranked, picked: Iterable[int], pat
     rows = ranked.rows[picked].tolist()
     docs = generation.docs(rows)
     hits = []
-    for i, (row, score) in enumerate(zip(rows, ranked.scores[picked].tolist()), start=1):
+    for i, (row, score) in enumerate(zip(rows, ranked.scores[picked].tolist(), strict=True), start=1):
         d = docs[row]
         shown = paths[row] if paths is not None else absolute_paths(generation, d.paths)
         hits.append(Hit(

@@ -79,8 +79,8 @@ def queries_from(source: str) -> Iterator[str]:
     if source == "-":
         yield from _queries(sys.stdin, source)
         return
-    try:
-        f = open(source, encoding="utf-8")
+    try:  # only opening it is a usage error; the `with` below closes it
+        f = open(source, encoding="utf-8")  # noqa: SIM115
     except OSError as e:
         raise UsageError(f"--queries-from {source}: {e.strerror or e}") from None
     with f:

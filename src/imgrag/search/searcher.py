@@ -64,6 +64,8 @@ class QueryVectors:
     embedding it again costs more than ranking it (lru_cache: safe across threads)."""
 
     def __init__(self, encoder: QueryEncoder) -> None:
+        self.encoder = encoder
+
         def encode(query: str) -> np.ndarray:
             vector = encoder.encode([query])[0]
             vector.flags.writeable = False  # shared by every search of this query
@@ -85,7 +87,6 @@ class Searcher:
         self.query_encoder = query_encoder
         self.generation = open_index(self.ws, embed_model)
         self.allowed = allowed_rows(self.generation, self.ws, filters or Filters())
-        self._encoder: QueryEncoder | None = None
         self.missing: set[str] = set()  # indexed files found gone while searching (see _rank)
         # A server is asked the same few filters again and again, and the rows that pass them
         # stay the same for this index generation: select them once (at 100k photos the SQL
@@ -93,23 +94,26 @@ class Searcher:
         # self: that cycle kept a replaced generation open until the garbage collector ran.
         self._allowed_by_filters: dict[Filters, set[int] | None] = {}
         self._allowed_lock = threading.Lock()
-        self._vectors: QueryVectors | None = None  # made with the encoder
+        self._vectors: QueryVectors | None = None  # the query encoder and its vectors, from the first text query
 
     def encoder(self) -> QueryEncoder:
-        if self._encoder is None:
+        return self._query_vectors().encoder
+
+    def _query_vectors(self) -> QueryVectors:
+        """The query encoder, with the vectors it made, loaded on first use."""
+        if self._vectors is None:
             # The ONNX export made at embed time when valid (no torch import), else this model.
             embedding = self.generation.meta["embedding"]
-            self._encoder = open_encoder(self.ws, embedding["model"], embedding.get("fingerprint"), self.query_encoder)
-            self._vectors = QueryVectors(self._encoder)
-        return self._encoder
+            encoder = open_encoder(self.ws, embedding["model"], embedding.get("fingerprint"), self.query_encoder)
+            self._vectors = QueryVectors(encoder)
+        return self._vectors
 
     def search(self, query: str, options: SearchOptions, window: Window | None = None) -> list[Hit]:
         """The hits of `query` still on disk, up to options.limit (`window`: only some of them)."""
         query = clean_query(query)
         if self._nothing_to_find():
             return []
-        self.encoder()  # made with self._vectors
-        return self._rank(self._vectors.get(query), query, options, window=window)
+        return self._rank(self._query_vectors().get(query), query, options, window=window)
 
     def like(self, photo: Path, options: SearchOptions, window: Window | None = None) -> list[Hit]:
         """Photos whose descriptions are nearest to that of `photo` (an indexed photo), itself left out."""
@@ -214,8 +218,8 @@ class Searcher:
     def reuse_encoder(self, previous: Searcher) -> None:
         """Keep the query encoder (and the query vectors it made) of the previous generation
         when it embeds with the same model."""
-        if previous._encoder is not None and previous.generation.meta.get("embedding") == self.generation.meta.get("embedding"):
-            self._encoder, self._vectors = previous._encoder, previous._vectors
+        if previous._vectors is not None and previous.generation.meta.get("embedding") == self.generation.meta.get("embedding"):
+            self._vectors = previous._vectors
 
     def _stored_vector(self, row: int) -> np.ndarray:
         try:

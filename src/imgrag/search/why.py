@@ -29,7 +29,7 @@ def why_matched(terms: list, lexical: str, caption: str) -> str:
         matched.update(hit_words)
         labels.append(label)
         if label != "caption":
-            first = next(w for w, st in zip(field_words, field_stems) if st in query_stems)
+            first = next(w for w, st in zip(field_words, field_stems, strict=True) if st in query_stems)
             snippets.append((label != VISIBLE_TEXT_LABEL, f"{label}: {_snippet(words, first)}"))
     if not matched:
         return _clip(_by_meaning(lexical))

@@ -21,14 +21,15 @@ from imgrag.web import api, ask_api, original_service
 from imgrag.web.http_errors import Forbidden, NotFound
 from imgrag.web.jobs import Busy
 from imgrag.web.security import BodyTooLarge, Guard, Rules
-from imgrag.web.server import ServeConfig, Server
+from imgrag.web.server import Server
 
 STATIC = Path(__file__).parent / "static"
 log = logging.getLogger("imgrag.serve")
 
 
-def create_app(config: ServeConfig) -> FastAPI:
-    server = Server(config)
+def create_app(server: Server) -> FastAPI:
+    """The app serving `server` (what its routes share)."""
+    config = server.config
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
