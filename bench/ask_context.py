@@ -30,7 +30,7 @@ from imgrag.ask.answer import CHARS_PER_TOKEN, DEFAULT_LIMIT
 from imgrag.ask.photo_briefs import answer_item
 from imgrag.ask.prompts import answer_messages, text_chars
 from imgrag.index.embedding import DEFAULT_MODEL
-from imgrag.index.generations import Doc, load_bundle, write_bundle
+from imgrag.index.generations import Doc, open_generation, write_generation
 from imgrag.search.ranking import DEFAULT_MIN_SCORE, SearchOptions, rank
 from imgrag.store.workspace import Workspace
 from retrieval import CACHE, CAPTIONS, COCO, embed_all, load_items
@@ -62,10 +62,10 @@ def main() -> int:
     nothing = 0
     with tempfile.TemporaryDirectory() as tmp:
         ws = Workspace(Path(tmp) / ".imgrag")
-        write_bundle(ws, docs, doc_vecs, {"embedding": {"model": args.model}})
-        bundle = load_bundle(ws)
-        for query, vec, target in zip(queries, query_vecs, targets):
-            hits = rank(bundle, vec, query, SearchOptions(limit=max(KS), min_score=DEFAULT_MIN_SCORE))
+        write_generation(ws, docs, doc_vecs, {"embedding": {"model": args.model}})
+        generation = open_generation(ws)
+        for query, vec, target in zip(queries, query_vecs, targets, strict=False):
+            hits = rank(generation, vec, query, SearchOptions(limit=max(KS), min_score=DEFAULT_MIN_SCORE))
             nothing += not hits
             for k in KS:
                 top = hits[:k]  # rank sorts before it cuts: the top K of 16 are the top K
@@ -74,7 +74,7 @@ def main() -> int:
                 if top:
                     messages = answer_messages(query, [answer_item(ws, h, records[h.sha256]) for h in top])
                     tokens[k].append(text_chars(messages) // CHARS_PER_TOKEN)
-        bundle.close()
+        generation.close()
 
     n = len(queries)
     result = {

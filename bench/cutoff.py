@@ -3,7 +3,7 @@ concept and little else, and nothing for an off-topic query?
 
 Cuts `--samples` collections of `--size` photos from a caption file, indexes each photo's
 description the way bench/retrieval.py does (through imgrag's own code: `embedding_text`,
-`lexical_text`, `write_bundle`, `load_bundle`), and runs through `search.rank` (what
+`lexical_text`, `write_generation`, `open_generation`), and runs through `search.rank` (what
 `imgrag search` shows):
 
 - one-concept queries: each CONCEPTS entry (the 80 COCO object categories, "person" left
@@ -47,10 +47,11 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "bench"))
 
 from imgrag.index.embedding import DEFAULT_MODEL, VectorCache, cache_dir_name, load_model
-from imgrag.index.generations import Doc, load_bundle, write_bundle
+from imgrag.index.generations import Doc, open_generation, write_generation
 from imgrag.index.lexical import stems, words
+from imgrag.index.query_encoder import SentenceTransformersEncoder
 from imgrag.search.cutoff import DEFAULT_CUTOFF, Cutoff
-from imgrag.search.ranking import DEFAULT_LIMIT, QueryEncoder, SearchOptions, rank
+from imgrag.search.ranking import DEFAULT_LIMIT, SearchOptions, rank
 from imgrag.store.workspace import Workspace
 from retrieval import CACHE, CAPTIONS, OFF_TOPIC, cached_vectors, load_items
 
@@ -148,21 +149,21 @@ class Tally:
         }
 
 
-def shown_ids(bundle, vec, query: str, options: SearchOptions, cutoff: Cutoff) -> list[str]:
-    return [h.sha256 for h in rank(bundle, vec, query, options, cutoff=cutoff)]
+def shown_ids(generation, vec, query: str, options: SearchOptions, cutoff: Cutoff) -> list[str]:
+    return [h.sha256 for h in rank(generation, vec, query, options, cutoff=cutoff)]
 
 
 def run(photos: list[Photo], size: int, samples: int, model_name: str, cutoffs: dict[str, Cutoff | float],
         seed: int = 0) -> tuple[dict[str, Tally], int]:
     model = load_model(model_name)
-    encoder = QueryEncoder(model_name)
+    encoder = SentenceTransformersEncoder(model_name)
     name = cache_dir_name(model_name, model.fingerprint)
     doc_cache = VectorCache(CACHE / "docs" / name, model.dim)
     query_cache = VectorCache(CACHE / "queries" / name, model.dim)
     offtopic = OFF_TOPIC + OFF_TOPIC_MORE
     concept_wanted = {c: concept_stems(c) for c in CONCEPTS}
     all_queries = CONCEPTS + offtopic
-    query_vecs = dict(zip(all_queries, cached_vectors(all_queries, query_cache, encoder.encode)))
+    query_vecs = dict(zip(all_queries, cached_vectors(all_queries, query_cache, encoder.encode), strict=False))
     tallies = {label: Tally() for label in cutoffs}
     size = min(size, len(photos))
     samples = 1 if size == len(photos) else samples
@@ -173,18 +174,18 @@ def run(photos: list[Photo], size: int, samples: int, model_name: str, cutoffs: 
         vecs = cached_vectors([d.text for d in docs], doc_cache, model.encode)
         with tempfile.TemporaryDirectory() as tmp:
             ws = Workspace(Path(tmp) / ".imgrag")
-            write_bundle(ws, docs, vecs, {"embedding": {"model": model_name}})
-            bundle = load_bundle(ws)
+            write_generation(ws, docs, vecs, {"embedding": {"model": model_name}})
+            generation = open_generation(ws)
             relevant = {c: {p.id for p in chosen if any(names(h, w) for h in p.human)} for c, w in concept_wanted.items()}
             described = {c: {p.id for p in chosen if any(names(h, w) for h in indexed_stems(p))}
                          for c, w in concept_wanted.items()}
             for concept in CONCEPTS:
                 if not described[concept]:
                     continue
-                ranked = shown_ids(bundle, query_vecs[concept], concept, SearchOptions(show_all=True), DEFAULT_CUTOFF)
+                ranked = shown_ids(generation, query_vecs[concept], concept, SearchOptions(show_all=True), DEFAULT_CUTOFF)
                 targets = described[concept] & set(ranked[:DEFAULT_LIMIT])
                 for label, cut in cutoffs.items():
-                    shown = _shown(bundle, query_vecs[concept], concept, cut)
+                    shown = _shown(generation, query_vecs[concept], concept, cut)
                     t = tallies[label]
                     t.concept_queries += 1
                     t.shown += len(shown)
@@ -193,27 +194,27 @@ def run(photos: list[Photo], size: int, samples: int, model_name: str, cutoffs: 
                     t.targets_shown += len(targets & set(shown))
             caption_photos = chosen[:CAPTION_QUERIES]
             caption_vecs = cached_vectors([p.query for p in caption_photos], query_cache, encoder.encode)
-            for photo, vec in zip(caption_photos, caption_vecs):
-                if photo.id not in shown_ids(bundle, vec, photo.query, SearchOptions(show_all=True), DEFAULT_CUTOFF):
+            for photo, vec in zip(caption_photos, caption_vecs, strict=False):
+                if photo.id not in shown_ids(generation, vec, photo.query, SearchOptions(show_all=True), DEFAULT_CUTOFF):
                     continue  # not in the top 10: no cut-off could show it
                 for label, cut in cutoffs.items():
                     tallies[label].caption_queries += 1
-                    tallies[label].caption_kept += photo.id in _shown(bundle, vec, photo.query, cut)
+                    tallies[label].caption_kept += photo.id in _shown(generation, vec, photo.query, cut)
             for query in offtopic:
                 for label, cut in cutoffs.items():
                     t = tallies[label]
                     t.offtopic_queries += 1
-                    t.offtopic_empty += not _shown(bundle, query_vecs[query], query, cut)
-            bundle.close()
+                    t.offtopic_empty += not _shown(generation, query_vecs[query], query, cut)
+            generation.close()
         print(f"cutoff: sample {sample + 1}/{samples}: " + json.dumps({k: t.figures() for k, t in tallies.items()}),
               file=sys.stderr)
     return tallies, samples
 
 
-def _shown(bundle, vec, query: str, cut: Cutoff | float) -> list[str]:
+def _shown(generation, vec, query: str, cut: Cutoff | float) -> list[str]:
     if isinstance(cut, float):
-        return shown_ids(bundle, vec, query, SearchOptions(min_score=cut), DEFAULT_CUTOFF)
-    return shown_ids(bundle, vec, query, SearchOptions(), cut)
+        return shown_ids(generation, vec, query, SearchOptions(min_score=cut), DEFAULT_CUTOFF)
+    return shown_ids(generation, vec, query, SearchOptions(), cut)
 
 
 def tune_grid() -> dict[str, Cutoff]:

@@ -72,7 +72,7 @@ def cli_embed(base: Path) -> tuple[float, str]:
     env = {**os.environ, "NO_COLOR": "1"}
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "imgrag", "embed", str(base / "photos")], cwd=base, env=env,
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, check=False)
     took = time.perf_counter() - t0
     if r.returncode != 0:
         sys.exit(f"imgrag embed failed: {r.stderr}")

@@ -1,7 +1,7 @@
 """Caption retrieval benchmark through imgrag's own search path.
 
 Each photo's description is turned into index text by `schema.embedding_text` /
-`schema.lexical_text`, written with `index.write_bundle`, read back with `load_bundle`,
+`schema.lexical_text`, written with `index.write_generation`, read back with `open_generation`,
 and every query is ranked by `search.candidates` + `search.order` (what `search.rank`,
 and so `imgrag search`, ranks with). Prints one JSON line: the shipped ranking's figures
 as the headline keys, dense-only and fused side by side, and how the default
@@ -39,14 +39,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
 from imgrag.index.embedding import DEFAULT_MODEL, VectorCache, cache_dir_name, load_model, text_key
-from imgrag.index.generations import Doc, load_bundle, write_bundle
+from imgrag.index.generations import Doc, open_generation, write_generation
+from imgrag.index.query_encoder import SentenceTransformersEncoder
 from imgrag.search.ranking import (
     DEFAULT_FUSION,
     DEFAULT_MIN_SCORE,
     DENSE_ONLY,
     Candidates,
     Fusion,
-    QueryEncoder,
     SearchOptions,
     candidates,
     order,
@@ -102,7 +102,7 @@ def cached_vectors(texts: list[str], cache: VectorCache, encode) -> np.ndarray:
 def embed_all(items: list[Item], docs: list[Doc], model_name: str, folder: Path) -> tuple[np.ndarray, list[str], np.ndarray]:
     """Document vectors as `imgrag embed` makes them, query vectors as `imgrag search` does, cached in `folder`."""
     model = load_model(model_name)
-    encoder = QueryEncoder(model_name)
+    encoder = SentenceTransformersEncoder(model_name)
     queries = [q for it in items for q in it.queries]
     name = cache_dir_name(model_name, model.fingerprint)
     doc_vecs = cached_vectors([d.text for d in docs], VectorCache(folder / "docs" / name, model.dim), model.encode)
@@ -126,7 +126,7 @@ def position(found: Candidates, fusion: Fusion, target: int) -> tuple[int, float
 
 
 def evaluate(all_found: list[Candidates], targets: list[int], fusion: Fusion) -> tuple[dict, np.ndarray, np.ndarray]:
-    pos_scores = [position(f, fusion, t) for f, t in zip(all_found, targets)]
+    pos_scores = [position(f, fusion, t) for f, t in zip(all_found, targets, strict=False)]
     positions = np.array([p for p, _ in pos_scores])
     return metrics(positions), positions, np.array([s for _, s in pos_scores])
 
@@ -146,15 +146,15 @@ def tune(all_found: list[Candidates], targets: list[int]) -> dict:
     return {"dense": dense, "best": max(safe, key=lambda g: g["MRR"]), "grid": grid}
 
 
-def cutoff_figures(bundle, encoder: QueryEncoder, right_scores: np.ndarray, positions: np.ndarray) -> dict:
+def cutoff_figures(generation, encoder: SentenceTransformersEncoder, right_scores: np.ndarray, positions: np.ndarray) -> dict:
     """How a fixed cut-off (DEFAULT_MIN_SCORE, the default before imgrag.search.cutoff) treats right answers found in the top 10, and off-topic queries."""
     in_top10 = (positions >= 0) & (positions < 10)
     right = right_scores[in_top10]
     kept = float(np.mean(right >= DEFAULT_MIN_SCORE)) if len(right) else float("nan")
     off_vecs = encoder.encode(OFF_TOPIC)
     shown, tops, off_scores = [], [], []
-    for query, vec in zip(OFF_TOPIC, off_vecs):
-        _, scores = order(candidates(bundle, vec, query), DEFAULT_FUSION)
+    for query, vec in zip(OFF_TOPIC, off_vecs, strict=False):
+        _, scores = order(candidates(generation, vec, query), DEFAULT_FUSION)
         off_scores.append(scores)
         tops.append(float(scores[0]))
         shown.append(int(np.sum(scores[:10] >= DEFAULT_MIN_SCORE)))
@@ -173,19 +173,19 @@ def cutoff_figures(bundle, encoder: QueryEncoder, right_scores: np.ndarray, posi
     }
 
 
-def default_set_figures(bundle, encoder: QueryEncoder, all_found: list[Candidates], queries: list[str],
+def default_set_figures(generation, encoder: SentenceTransformersEncoder, all_found: list[Candidates], queries: list[str],
                         query_vecs: np.ndarray, positions: np.ndarray) -> dict:
     """How the default result set (imgrag.search.cutoff) treats right answers found in the top 10,
     and off-topic queries (bench/cutoff.py measures it on one-concept queries)."""
     kept = []
-    for found, query, vec, at in zip(all_found, queries, query_vecs, positions):
+    for found, query, vec, at in zip(all_found, queries, query_vecs, positions, strict=False):
         if 0 <= at < 10:
             rows, scores = order(found, DEFAULT_FUSION)
-            kept.append(bool(shown_set(bundle, vec, query, rows[:10], scores[:10], SearchOptions())[at]))
+            kept.append(bool(shown_set(generation, vec, query, rows[:10], scores[:10], SearchOptions())[at]))
     shown = []
-    for query, vec in zip(OFF_TOPIC, encoder.encode(OFF_TOPIC)):
-        rows, scores = order(candidates(bundle, vec, query), DEFAULT_FUSION)
-        shown.append(int(np.sum(shown_set(bundle, vec, query, rows[:10], scores[:10], SearchOptions()))))
+    for query, vec in zip(OFF_TOPIC, encoder.encode(OFF_TOPIC), strict=False):
+        rows, scores = order(candidates(generation, vec, query), DEFAULT_FUSION)
+        shown.append(int(np.sum(shown_set(generation, vec, query, rows[:10], scores[:10], SearchOptions()))))
     return {
         "right_in_top10_kept": round(float(np.mean(kept)), 4) if kept else float("nan"),
         "offtopic_empty": round(float(np.mean([n == 0 for n in shown])), 4),
@@ -203,7 +203,8 @@ def speed_figures(models: list[str], docs: list[Doc], queries: list[str], rounds
     import os
     import statistics
 
-    from imgrag.index.query_encoder import OnnxQueryEncoder, export
+    from imgrag.index.onnx_export import export
+    from imgrag.index.query_encoder import OnnxQueryEncoder
 
     texts = [d.text for d in docs[:sample]]
     probe = queries[:: max(1, len(queries) // 100)][:100]
@@ -218,8 +219,8 @@ def speed_figures(models: list[str], docs: list[Doc], queries: list[str], rounds
             folder = next((ws.root / "models").iterdir())
             cache = VectorCache(CACHE / "docs" / cache_dir_name(name, model.fingerprint), model.dim)
             vecs = cached_vectors([d.text for d in docs], cache, model.encode)
-            write_bundle(ws, docs, vecs, {"embedding": {"model": name}})
-            setup[name] = {"ws": ws, "bundle": load_bundle(ws), "record": record,
+            write_generation(ws, docs, vecs, {"embedding": {"model": name}})
+            setup[name] = {"ws": ws, "generation": open_generation(ws), "record": record,
                            "encoder": OnnxQueryEncoder(folder, record) if record.get("verified") else None}
             model.encode(texts[:32])  # warm-up
         embed_s: dict[str, list[float]] = {m: [] for m in models}
@@ -231,18 +232,18 @@ def speed_figures(models: list[str], docs: list[Doc], queries: list[str], rounds
                 t0 = time.perf_counter()
                 model.encode(texts)
                 embed_s[name].append(time.perf_counter() - t0)
-                enc, bundle = setup[name]["encoder"], setup[name]["bundle"]
+                enc, generation = setup[name]["encoder"], setup[name]["generation"]
                 if enc is None:
                     continue
                 t0 = time.perf_counter()
                 for q in probe:
-                    order(candidates(bundle, enc.encode([q])[0], q), DEFAULT_FUSION)
+                    order(candidates(generation, enc.encode([q])[0], q), DEFAULT_FUSION)
                 query_ms[name].append((time.perf_counter() - t0) * 1000 / len(probe))
         load_after = os.getloadavg()
         out = {}
         for name, model in loaded.items():
             ws = setup[name]["ws"]
-            setup[name]["bundle"].db.close()
+            setup[name]["generation"].db.close()
             dense = next(ws.paths.index.rglob("dense.faiss"))
             out[name] = {
                 "dim": model.dim,
@@ -304,21 +305,21 @@ def quality(args, path: Path, dataset: str, items: list[Item], docs: list[Doc], 
     with tempfile.TemporaryDirectory() as tmp:
         ws = Workspace(Path(tmp) / ".imgrag")
         t0 = time.perf_counter()
-        write_bundle(ws, docs, doc_vecs, {"embedding": {"model": model}})
+        write_generation(ws, docs, doc_vecs, {"embedding": {"model": model}})
         build_s = time.perf_counter() - t0
-        bundle = load_bundle(ws)
+        generation = open_generation(ws)
         t0 = time.perf_counter()
-        all_found = [candidates(bundle, v, q) for q, v in zip(queries, query_vecs)]
+        all_found = [candidates(generation, v, q) for q, v in zip(queries, query_vecs, strict=False)]
         search_ms = (time.perf_counter() - t0) * 1000 / max(len(queries), 1)
         if args.tune:
             return {"data": str(path), "split": args.split, "docs": len(docs), "queries": len(queries),
                     "model": model, **tune(all_found, targets)}
         dense, _, _ = evaluate(all_found, targets, DENSE_ONLY)
         fused, positions, right_scores = evaluate(all_found, targets, DEFAULT_FUSION)
-        encoder = QueryEncoder(model)
-        cutoff = cutoff_figures(bundle, encoder, right_scores, positions)
-        default_set = default_set_figures(bundle, encoder, all_found, queries, query_vecs, positions)
-        bundle.close()
+        encoder = SentenceTransformersEncoder(model)
+        cutoff = cutoff_figures(generation, encoder, right_scores, positions)
+        default_set = default_set_figures(generation, encoder, all_found, queries, query_vecs, positions)
+        generation.close()
 
     return {
         "dataset": dataset, "split": "all" if dataset == "coco" else args.split, "model": model, "docs": len(docs),

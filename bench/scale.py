@@ -141,7 +141,7 @@ def search_child(folder: Path) -> None:
     load_ms = (time.perf_counter() - t0) * 1000
     index.search(queries[:5], CANDIDATES)  # first touch of the mapped pages is not a query's cost
     times, hits = [], 0
-    for q, want in zip(queries, truth):
+    for q, want in zip(queries, truth, strict=False):
         t = time.perf_counter()
         _, found = index.search(q.reshape(1, -1), CANDIDATES)
         times.append((time.perf_counter() - t) * 1000)

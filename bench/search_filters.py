@@ -1,7 +1,7 @@
 """What `imgrag search --in/--after/--before` add to a search over a large collection.
 
 Builds (in a temporary folder, a few seconds) an index generation of N synthetic photos
-through the real `write_bundle`: paths spread over year/month folders with every tenth
+through the real `write_generation`: paths spread over year/month folders with every tenth
 photo also in a backup folder, two photos in three with an EXIF date, random unit vectors
 as embeddings. Then times, over R runs each, the two costs a filter adds: working out
 which rows pass (`search.allowed_rows`, one SQLite query) and ranking only those rows
@@ -25,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from imgrag.index.generations import Doc, load_bundle, write_bundle
-from imgrag.search.ranking import Filters, SearchOptions, allowed_rows, parse_date, rank
+from imgrag.index.generations import Doc, open_generation, write_generation
+from imgrag.search.filters import Filters, allowed_rows, parse_date
+from imgrag.search.ranking import SearchOptions, rank
 from imgrag.store.workspace import Workspace
 
 DIM = 384
@@ -74,8 +75,8 @@ def main() -> None:
         vectors = np.random.default_rng(0).standard_normal((args.photos, DIM)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         embedding = {"model": "synthetic", "fingerprint": "0", "dim": DIM}
-        write_bundle(ws, synthetic_docs(args.photos, rng), vectors, {"embedding": embedding})
-        bundle = load_bundle(ws)
+        write_generation(ws, synthetic_docs(args.photos, rng), vectors, {"embedding": embedding})
+        generation = open_generation(ws)
         query = vectors[0] + 0.1 * vectors[1]
         query /= np.linalg.norm(query)
 
@@ -87,15 +88,15 @@ def main() -> None:
         }
         figures: dict[str, object] = {"photos": args.photos, "runs": args.runs}
         figures["rank_unfiltered_ms"] = median_ms(
-            lambda: rank(bundle, query, "dog", SearchOptions(limit=10)), args.runs)
+            lambda: rank(generation, query, "dog", SearchOptions(limit=10)), args.runs)
         for name, f in filters.items():
-            allowed = allowed_rows(bundle, ws, f)
+            allowed = allowed_rows(generation, ws, f)
             log(f"{name}: {len(allowed):,} photos pass")
             figures[f"{name}_passing"] = len(allowed)
-            figures[f"{name}_select_ms"] = median_ms(lambda f=f: allowed_rows(bundle, ws, f), args.runs)
+            figures[f"{name}_select_ms"] = median_ms(lambda f=f: allowed_rows(generation, ws, f), args.runs)
             figures[f"{name}_rank_ms"] = median_ms(
-                lambda a=allowed: rank(bundle, query, "dog", SearchOptions(limit=10, allowed_rows=a)), args.runs)
-        bundle.close()
+                lambda a=allowed: rank(generation, query, "dog", SearchOptions(limit=10, allowed_rows=a)), args.runs)
+        generation.close()
     print(json.dumps(figures))
 
 

@@ -4,7 +4,7 @@ Builds (once; cached under bench/.cache/, which git ignores) a workspace of 100k
 photo descriptions made from the human captions in ../shared/data (Flickr8k train+dev and
 COCO: each photo's five captions recombined into caption + description, so every text is
 distinct and reads like one photo), embedded with the packaged all-MiniLM-L6-v2 and written
-through the real vector cache, `write_bundle` and encoder export. Then times
+through the real vector cache, `write_generation` and encoder export. Then times
 `imgrag search QUERY --json` as a user runs it, a fresh process each time, with the fast
 query encoder (ONNX Runtime) and with the encoder forced to sentence-transformers
 (IMGRAG_QUERY_ENCODER=torch), alternating, after one warm-up run of each (warm page
@@ -34,6 +34,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # numpy is imported where it is used: the timed child processes stay light
+    import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / "bench" / ".cache"
@@ -82,13 +86,13 @@ def descriptions(data: Path, count: int) -> list[dict]:
     photos = photo_captions(data)
     rng = random.Random(4)
     combos = []
-    for caps, _ in photos:
+    for _ in photos:
         picks = [(c, rest) for c in range(5) for k in (1, 2) for rest in itertools.combinations([i for i in range(5) if i != c], k)]
         rng.shuffle(picks)
         combos.append(picks)
     out, seen = [], set()
     for round_ in range(len(combos[0])):
-        for (caps, objects), picks in zip(photos, combos):
+        for (caps, objects), picks in zip(photos, combos, strict=False):
             c, rest = picks[round_]
             desc = {"caption": caps[c], "description": " ".join(caps[i] for i in rest), "objects": objects}
             key = json.dumps(desc, sort_keys=True)
@@ -105,7 +109,7 @@ def build_workspace(data: Path, count: int) -> Path:
     the index itself is rewritten whenever the code that writes it has changed."""
     from imgrag.describe.schema import lexical_text
     from imgrag.index.embedding import VectorCache, cache_dir_name, load_model, text_key
-    from imgrag.index.generations import Doc, read_meta, write_bundle
+    from imgrag.index.generations import Doc, read_meta, write_generation
     from imgrag.store.workspace import Workspace
 
     base = CACHE / f"library-{count}"
@@ -135,7 +139,7 @@ def build_workspace(data: Path, count: int) -> Path:
     encoder = _bulk_encoder(ws, model)
     cache = VectorCache(ws.paths.vectors / cache_dir_name(model.name, model.fingerprint), model.dim)
     keys = [text_key(d.text) for d in docs]
-    todo = list(dict((k, d.text) for k, d in zip(keys, docs) if k not in cache).items())
+    todo = list({k: d.text for k, d in zip(keys, docs, strict=False) if k not in cache}.items())
     log(f"embedding {len(todo)} texts ({len(docs) - len(todo)} cached) with {type(encoder).__name__}")
     start = time.perf_counter()
     for n in range(0, len(todo), 2048):
@@ -145,7 +149,7 @@ def build_workspace(data: Path, count: int) -> Path:
         rate = done / (time.perf_counter() - start)
         log(f"  {done}/{len(todo)} ({rate:.0f}/s, {(len(todo) - done) / rate / 60:.1f} min left)")
     log("writing the index")
-    write_bundle(ws, docs, cache.get(keys), {"embedding": embedding, "signature": "bench", "bench_code": code})
+    write_generation(ws, docs, cache.get(keys), {"embedding": embedding, "signature": "bench", "bench_code": code})
     _ensure_export(ws)
     _ensure_photo_files(base, count)
     return base
@@ -168,7 +172,8 @@ def _ensure_photo_files(base: Path, count: int) -> None:
 def _bulk_encoder(ws, model):
     """The verified ONNX export when it can be made: the same vectors (cosine >= 0.9999 with
     sentence-transformers) for about half the CPU, which matters for 100k texts on 2 cores."""
-    from imgrag.index.query_encoder import ensure_export, open_encoder
+    from imgrag.index.onnx_export import ensure_export
+    from imgrag.index.query_encoder import open_encoder
 
     status = ensure_export(ws, model.name, model.fingerprint, model)
     log(f"query encoder export: {status}")
@@ -218,7 +223,7 @@ def _index_code_hash() -> str:
 
 def _ensure_export(ws) -> None:
     from imgrag.index.generations import read_meta
-    from imgrag.index.query_encoder import ensure_export
+    from imgrag.index.onnx_export import ensure_export
 
     embedding = read_meta(ws)["embedding"]
     status = ensure_export(ws, embedding["model"], embedding["fingerprint"])
@@ -260,7 +265,7 @@ def time_searches(base: Path, queries: list[str]) -> dict[str, dict]:
     envs = {"fast": {**env, "NO_COLOR": "1", "IMGRAG_QUERY_ENCODER": "onnx"},
             "slow": {**env, "NO_COLOR": "1", "IMGRAG_QUERY_ENCODER": "torch"}}
     runs: dict[str, list[dict]] = {"fast": [], "slow": []}
-    for path, path_env in envs.items():
+    for path_env in envs.values():
         run_cli(["search", queries[0], "--json"], base, path_env)  # page cache, .pyc files
     for q in queries:
         for path, path_env in envs.items():
@@ -298,7 +303,7 @@ def main() -> None:
             # Time from a fresh, small process: a child's peak RSS starts from its parent's
             # (fork), and this one holds the 100k texts and a model by now.
             cmd = [sys.executable, __file__, "--time-only", "--docs", str(args.docs), "--runs", str(args.runs)]
-            sys.exit(subprocess.run(cmd).returncode)
+            sys.exit(subprocess.run(cmd, check=False).returncode)
         return
     base = CACHE / f"library-{args.docs}"
     queries = [QUERIES[i % len(QUERIES)] for i in range(args.runs)]

@@ -7,7 +7,7 @@
    other measure queueing, p50 ~ 8 / throughput), once paced at --rate requests/s (100),
    which is the latency a user sees at that load.
 3. The paced load while another process writes a new index generation with 1% more photos and
-   swaps it in (`write_bundle`, the step `imgrag embed` ends with: the library has no photo
+   swaps it in (`write_generation`, the step `imgrag embed` ends with: the library has no photo
    files or description log for a real `imgrag embed` to read), with no terminal and so at
    the lower CPU priority a cron `imgrag embed` takes (imgrag.priority). Every response names its
    generation; a response from the old one must hold only old photos, and none may fail.
@@ -181,17 +181,17 @@ def load(url: str, seconds: float, during=None, rate: float | None = None, seed:
 
 def write_generation(base: Path, extra_share: float) -> list[str]:
     """In another process: the current index plus `extra_share` new photos, written and made
-    current by write_bundle (as `imgrag embed` does). Returns the new photos' ids."""
+    current by write_generation (as `imgrag embed` does). Returns the new photos' ids."""
     code = f"""
 import hashlib, json, sys
 from pathlib import Path
 import numpy as np
 from imgrag.priority import step_back_when_unattended
 step_back_when_unattended()  # as `imgrag embed` run by cron does (no terminal)
-from imgrag.index.generations import load_bundle, read_meta, write_bundle, Doc
+from imgrag.index.generations import open_generation, read_meta, write_generation, Doc
 from imgrag.store.workspace import Workspace
 ws = Workspace(Path({str(base / '.imgrag')!r}))
-b = load_bundle(ws)
+b = open_generation(ws)
 n = b.size
 docs = [b.docs([i])[i] for i in range(n)] if n <= 5000 else None
 if docs is None:
@@ -208,11 +208,12 @@ for i in range(extra):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch()
 meta = read_meta(ws)
-write_bundle(ws, docs + new, np.vstack([vectors, vectors[[i * 97 % n for i in range(extra)]]]),
+write_generation(ws, docs + new, np.vstack([vectors, vectors[[i * 97 % n for i in range(extra)]]]),
              {{"embedding": meta["embedding"], "signature": "bench-swap", "bench_code": "swapped"}})
 print(json.dumps([d.sha256 for d in new]))
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                         check=False)
     if out.returncode != 0:
         log(f"writing a new generation failed: {out.stderr[-800:]}")
         return []

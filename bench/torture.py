@@ -84,13 +84,13 @@ def described(ws: Path) -> list[dict]:
 def export_problems(ws: Path) -> list[str]:
     """A query-encoder export that claims to be complete must have every file intact."""
     try:
-        from imgrag.index.query_encoder import _files_intact, read_record
+        from imgrag.index.query_encoder import files_intact, read_record
     except ImportError:  # an imgrag without query-encoder exports
         return []
     problems = []
     for folder in (ws / "models").glob("*/") if (ws / "models").is_dir() else []:
         record = read_record(folder)
-        if record and record.get("files") and not _files_intact(folder, record, deep=True):
+        if record and record.get("files") and not files_intact(folder, record, deep=True):
             problems.append(f"export {folder.name}: files do not match encoder.json")
     return problems
 

@@ -13,6 +13,7 @@ A photo the user changed or deleted there is put back."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -21,8 +22,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from platformdirs import user_data_path
+
 from imgrag.describe.schema import PROMPT_VERSION, PhotoDescription
+from imgrag.index.build import EmbedSummary, run_embed
 from imgrag.index.embedding import DEFAULT_MODEL
+from imgrag.search.ranking import DEFAULT_MIN_SCORE, Hit, SearchOptions
+from imgrag.search.searcher import Searcher
 from imgrag.store.descriptions import load_descriptions, now_iso
 from imgrag.store.files import JsonlAppender, fsync_dir
 from imgrag.store.workspace import Workspace
@@ -35,53 +41,49 @@ DEFAULT_QUERY = "a cup of coffee"
 @dataclass
 class DemoResult:
     photos: Path  # the demo's photo folder
-    copied: int = 0  # sample photos (re)written this run
-    recorded: int = 0  # sample descriptions recorded this run
-    embed: Any = None  # the EmbedSummary of the embed step
+    copied: int  # sample photos (re)written this run
+    recorded: int  # sample descriptions recorded this run
+    embed: EmbedSummary  # what the embed step did
 
 
 def demo_home() -> Path:
     """The folder that holds the demo's photos/ and .imgrag/ (XDG_DATA_HOME is honoured)."""
-    from platformdirs import user_data_path
-
     return user_data_path("imgrag", appauthor=False) / "demo"
 
 
-def demo_photos(progress: Callable[[str], None] | None = None) -> Path:
+def demo_photos(progress: Callable[[str], None] | None = None, query_encoder: str = "auto") -> Path:
     """The demo photo folder, indexed (created on first use, repaired if changed): for
     callers that only need somewhere to search, such as `imgrag serve` with no index."""
-    return build_demo(progress).photos
+    return build_demo(progress, query_encoder).photos
 
 
-def build_demo(progress: Callable[[str], None] | None = None) -> DemoResult:
-    from imgrag.index.build import run_embed
-
+def build_demo(progress: Callable[[str], None] | None = None, query_encoder: str = "auto") -> DemoResult:
+    """`query_encoder`: Settings.query_encoder."""
     photos = demo_home() / "photos"
     photos.mkdir(parents=True, exist_ok=True)
     ws = Workspace.for_photos(photos)
-    result = DemoResult(photos=photos)
     samples = _samples()
     with ws.writer_lock(wait=True):
-        result.copied = _copy_photos(samples, photos)
-        result.recorded = _record_descriptions(ws, photos, samples)
+        copied = _copy_photos(samples, photos)
+        recorded = _record_descriptions(ws, photos, samples)
         ws.add_root(photos)
-    if progress and (result.copied or result.recorded):
+    if progress and (copied or recorded):
         progress(f"imgrag: demo: {len(samples)} sample photos (public domain / CC0) with hand-written sample "
                  f"descriptions in {photos}")
     # Always the packaged model, whatever IMGRAG_EMBED_MODEL says: it works offline (and
     # an index someone re-embedded with another model is rebuilt with it, from the cache).
     other_model = (ws.read_manifest().get("embedding") or {}).get("model") not in (None, DEFAULT_MODEL)
-    result.embed = run_embed(photos, DEFAULT_MODEL, wait=True, rebuild=other_model)
-    return result
+    embedded = run_embed(photos, DEFAULT_MODEL, wait=True, rebuild=other_model, query_encoder=query_encoder)
+    return DemoResult(photos, copied, recorded, embedded)
 
 
-def run_demo(query: str | None, progress: Callable[[str], None] | None = None) -> tuple[DemoResult, str, list]:
+def run_demo(query: str | None, progress: Callable[[str], None] | None = None,
+             query_encoder: str = "auto") -> tuple[DemoResult, str, list[Hit]]:
     """Build (or reuse) the demo index and search it: (what was built, the query, the hits)."""
-    from imgrag.search.ranking import DEFAULT_MIN_SCORE, Searcher, SearchOptions
-
-    result = build_demo(progress)
+    result = build_demo(progress, query_encoder)
     query = query if query is not None else DEFAULT_QUERY
-    searcher = Searcher(index=result.photos.parent, embed_model=None)  # the demo's own model, not IMGRAG_EMBED_MODEL
+    # The demo's own model, not IMGRAG_EMBED_MODEL.
+    searcher = Searcher(index=result.photos.parent, embed_model=None, query_encoder=query_encoder)
     return result, query, searcher.search(query, SearchOptions(limit=3, min_score=DEFAULT_MIN_SCORE))
 
 
@@ -146,8 +148,6 @@ def _copy_photos(samples: list[_Sample], photos: Path) -> int:
 
 def _record_descriptions(ws: Workspace, photos: Path, samples: list[_Sample]) -> int:
     """Append a record, clearly marked as a sample, for each sample photo not described yet."""
-    import hashlib
-
     from PIL import Image
 
     described = load_descriptions(ws)

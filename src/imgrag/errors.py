@@ -4,7 +4,8 @@ from __future__ import annotations
 
 # Exit codes, shared by every command (see README "Exit codes").
 EXIT_OK = 0
-EXIT_SOME = 1  # search: nothing found; describe: some photos failed
+EXIT_NOTHING_FOUND = 1  # search, ask, demo: no photo matched
+EXIT_SOME_FAILED = 1  # describe, index: some photos could not be described
 EXIT_USAGE = 2  # usage, configuration or fatal provider error
 EXIT_TEMPFAIL = 75  # daily quota spent or server down: try again later (EX_TEMPFAIL)
 EXIT_INTERRUPTED = 130

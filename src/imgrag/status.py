@@ -15,6 +15,7 @@ from imgrag.describe.quarantine import load_quarantine
 from imgrag.index.build import docs_for, index_signature
 from imgrag.index.embedding import VectorCache, cache_dir_name, text_key
 from imgrag.index.generations import INDEX_FORMAT, read_meta
+from imgrag.store.batch_log import BatchLog
 from imgrag.store.descriptions import load_descriptions, load_failures
 from imgrag.store.scan import by_content, scan
 from imgrag.store.workspace import Workspace
@@ -84,8 +85,6 @@ def _quarantine_status(status: Status, groups: dict, held: dict[str, dict[str, A
 
 
 def _batch_status(ws: Workspace, status: Status, groups: dict, described: dict) -> None:
-    from imgrag.store.batch_log import BatchLog
-
     entries = BatchLog(ws).open_entries()
     status.batches = [e.summary() for e in entries]
     held = {sha for e in entries for sha in e.photos}

@@ -130,7 +130,7 @@ def test_ask_streams_through_both_sdks(lib, provider, monkeypatch):
     """The library function a web route calls: text chunks as they arrive, then the result."""
     from imgrag.ask.answer import AskResult, ask
     from imgrag.config import load_settings
-    from imgrag.search.ranking import Searcher
+    from imgrag.search.searcher import Searcher
 
     env = lib.env if provider == "groq" else openai_env(lib)
     for name in [k for k in os.environ if k.startswith(("IMGRAG_", "GROQ_", "OPENAI_"))]:

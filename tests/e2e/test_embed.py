@@ -20,7 +20,7 @@ from imgrag.cli.render import status_text
 from imgrag.errors import UsageError
 from imgrag.index.build import run_embed
 from imgrag.index.embedding import DEFAULT_MODEL, load_model
-from imgrag.index.generations import load_bundle
+from imgrag.index.generations import open_generation
 from imgrag.status import Status, collect_status, next_step
 from imgrag.store.workspace import Workspace
 from reliability_support import seed_query_encoder
@@ -157,7 +157,7 @@ def test_nothing_new_never_loads_the_model(indexed):
     meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "format": 1}))
     summary = run_embed(photos, DEFAULT_MODEL, index=cwd / ".imgrag")
     assert summary.rebuilt_index and summary.encoded == 0 and load_model.cache_info() == calls
-    assert load_bundle(Workspace(cwd / ".imgrag")).size == 4
+    assert open_generation(Workspace(cwd / ".imgrag")).size == 4
 
     # An index written before generations held crowding and the visible-text index (its
     # signature was made without GENERATION_CONTENTS) gains them, again without the model.
@@ -168,7 +168,7 @@ def test_nothing_new_never_loads_the_model(indexed):
     meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "signature": "from an older imgrag"}))
     summary = run_embed(photos, DEFAULT_MODEL, index=cwd / ".imgrag")
     assert summary.rebuilt_index and summary.encoded == 0 and load_model.cache_info() == calls
-    assert load_bundle(Workspace(cwd / ".imgrag")).crowding is not None
+    assert open_generation(Workspace(cwd / ".imgrag")).crowding is not None
 
 
 def test_a_few_new_texts_are_encoded_with_the_verified_export_not_torch(indexed):
@@ -226,7 +226,7 @@ def test_model_change_and_index_formats_name_the_fix(indexed):
     for fmt, words in ((99, "newer imgrag"), (1, "older format")):
         meta_path.write_text(json.dumps({**meta, "format": fmt}))
         with pytest.raises(UsageError, match=f"{words}.*imgrag embed --rebuild"):
-            load_bundle(Workspace(ws))
+            open_generation(Workspace(ws))
     meta_path.write_text(json.dumps({**meta, "format": 99}))
     r = invoke("search", "dog", cwd=cwd, env=env)
     assert r.code == 2 and "newer imgrag" in r.stderr and "imgrag embed --rebuild" in r.stderr, r.stderr

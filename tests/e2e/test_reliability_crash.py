@@ -81,7 +81,8 @@ def test_search_during_embeds_sees_a_consistent_index(home):
     """Readers race index rebuilds: every search opens one whole generation."""
     from imgrag.config import DEFAULT_EMBED_MODEL
     from imgrag.index.build import run_embed
-    from imgrag.search.ranking import SearchOptions, run_search
+    from imgrag.search.ranking import SearchOptions
+    from imgrag.search.searcher import run_search
 
     cwd, photos, env = home
     assert invoke("describe", photos, cwd=cwd, env=env).code == 0
@@ -207,7 +208,8 @@ def test_disk_full_during_embed(home, standin, tmp_path):
     from imgrag.config import DEFAULT_EMBED_MODEL
     from imgrag.errors import ImgragError
     from imgrag.index.build import run_embed
-    from imgrag.search.ranking import SearchOptions, run_search
+    from imgrag.search.ranking import SearchOptions
+    from imgrag.search.searcher import run_search
 
     cwd, photos, env = home
     disk = tmp_path / "disk"
@@ -231,7 +233,8 @@ def test_read_only_state_folder(home, standin, tmp_path):
     """.imgrag/ on a read-only bind mount (chmod does not stop root): writers fail clearly, search works."""
     from imgrag.config import DEFAULT_EMBED_MODEL
     from imgrag.index.build import run_embed
-    from imgrag.search.ranking import SearchOptions, run_search
+    from imgrag.search.ranking import SearchOptions
+    from imgrag.search.searcher import run_search
 
     cwd, photos, env = home
     assert invoke("describe", photos, "--limit", "2", cwd=cwd, env=env).code == 0

@@ -93,7 +93,8 @@ def _embed_and_search(cwd: Path, query: str, capsys) -> tuple[list, str, str]:
     """embed cwd/photos + search in this process (the model loads once per test worker), then
     both output formats as the CLI prints them: (hits, --json text, table text)."""
     from imgrag.cli import render
-    from imgrag.search.ranking import SearchOptions, run_search
+    from imgrag.search.ranking import SearchOptions
+    from imgrag.search.searcher import run_search
 
     _in_process_embed(cwd)
     hits = run_search(query, index=cwd / ".imgrag", embed_model=None, options=SearchOptions(limit=50))
@@ -119,7 +120,8 @@ def test_odd_file_names_through_embed_and_search(home, capsys):
     assert json.loads(as_json)["results"][0]["path"] == str(photos / "with space.jpg")
     assert table.splitlines()[0].split("\t")[2] == str(photos / "with space.jpg")
     assert len(table.splitlines()) == len(hits)
-    from imgrag.search.ranking import SearchOptions, run_search
+    from imgrag.search.ranking import SearchOptions
+    from imgrag.search.searcher import run_search
 
     top = run_search("kettle on the stove", index=cwd / ".imgrag", embed_model=None, options=SearchOptions(limit=1))
     assert top[0].path == str(photos / "emoji \U0001F436 dog.jpg") and Path(top[0].path).exists()
@@ -261,7 +263,8 @@ def _in_process_embed(base: Path, rebuild: bool = False) -> None:
 
 
 def _in_process_search(base: Path, query: str) -> list:
-    from imgrag.search.ranking import SearchOptions, run_search
+    from imgrag.search.ranking import SearchOptions
+    from imgrag.search.searcher import run_search
 
     return run_search(query, index=base / ".imgrag", embed_model=None, options=SearchOptions(limit=3))
 

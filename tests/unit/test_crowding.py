@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from imgrag.index import crowding
-from imgrag.index.generations import Doc, load_bundle, previous_rows, write_bundle
+from imgrag.index.generations import Doc, open_generation, previous_rows, write_generation
 from imgrag.store.workspace import Workspace
 
 
@@ -66,14 +66,14 @@ def test_each_generation_has_it_and_reuses_it_while_the_rows_stay_the_same(tmp_p
     docs = [Doc(sha256=f"{i:064x}", paths=[f"p{i}.jpg"], caption=f"photo {i}", text=f"photo {i}",
                 lexical=f"caption\tphoto {i}", taken=None, mtime=None) for i in range(20)]
     v = unit_vectors(21, seed=6)
-    first = write_bundle(ws, docs, v[:20], meta)
+    first = write_generation(ws, docs, v[:20], meta)
     moved = [Doc(**{**d.__dict__, "paths": [f"moved/{d.paths[0]}"]}) for d in docs]  # only paths change
-    second = write_bundle(ws, moved, v[:20], meta, previous=previous_rows(ws, meta["embedding"]))
+    second = write_generation(ws, moved, v[:20], meta, previous=previous_rows(ws, meta["embedding"]))
     assert (second / crowding.CROWDING_FILE).stat().st_ino == (first / crowding.CROWDING_FILE).stat().st_ino
     added = [*docs, Doc(f"{20:064x}", ["p20.jpg"], "photo 20", "photo 20", "caption\tphoto 20", None, None)]
-    third = write_bundle(ws, added, v, meta, previous=previous_rows(ws, meta["embedding"]))
+    third = write_generation(ws, added, v, meta, previous=previous_rows(ws, meta["embedding"]))
     values = np.load(third / crowding.CROWDING_FILE)
     np.testing.assert_allclose(values, crowding.crowding(v, [d.sha256 for d in added]), atol=1e-6)
-    bundle = load_bundle(ws)
-    assert len(bundle.crowding) == 21
-    bundle.close()
+    generation = open_generation(ws)
+    assert len(generation.crowding) == 21
+    generation.close()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from imgrag.index.embedding import DEFAULT_MODEL, load_model
-from imgrag.index.generations import Doc, load_bundle, write_bundle
+from imgrag.index.generations import Doc, open_generation, write_generation
 from imgrag.search.cutoff import BACKGROUND_MIN, DEFAULT_CUTOFF, background_for, shown
 from imgrag.search.ranking import SearchOptions, rank
 from imgrag.store.paths import BACKGROUND_FILE
@@ -69,18 +69,18 @@ def model():
 
 
 @pytest.fixture(scope="module")
-def bundle(model, tmp_path_factory):
+def generation(model, tmp_path_factory):
     ws = Workspace(tmp_path_factory.mktemp("cutoff") / ".imgrag")
     descriptions = {name: {"caption": caption} for name, caption in CAPTIONS.items()}
     docs = [Doc.described(name, [f"photos/{name}.jpg"], d) for name, d in descriptions.items()]
-    write_bundle(ws, docs, model.encode([d.text for d in docs]), {"embedding": {"model": DEFAULT_MODEL}})
-    b = load_bundle(ws)
+    write_generation(ws, docs, model.encode([d.text for d in docs]), {"embedding": {"model": DEFAULT_MODEL}})
+    b = open_generation(ws)
     yield b
     b.db.close()
 
 
-def search(bundle, model, query, **options):
-    return [h.sha256 for h in rank(bundle, model.encode([query])[0], query, SearchOptions(**options))]
+def search(generation, model, query, **options):
+    return [h.sha256 for h in rank(generation, model.encode([query])[0], query, SearchOptions(**options))]
 
 
 @pytest.mark.parametrize("query, expected", [
@@ -92,46 +92,46 @@ def search(bundle, model, query, **options):
     ("bike", {"bicycle"}),  # no description says "bike": by meaning alone, and not the motorcycle
     ("car", {"traffic"}),  # "Cars waiting at ...": the word counts in any form
 ])
-def test_a_one_concept_query_shows_that_concept_and_not_its_neighbours(bundle, model, query, expected):
-    assert set(search(bundle, model, query)) == expected
+def test_a_one_concept_query_shows_that_concept_and_not_its_neighbours(generation, model, query, expected):
+    assert set(search(generation, model, query)) == expected
 
 
 @pytest.mark.parametrize("query", OFF_TOPIC)
-def test_an_off_topic_query_shows_nothing(bundle, model, query):
-    assert search(bundle, model, query) == []
-    assert len(search(bundle, model, query, show_all=True)) == 10, "--all still ranks the nearest"
+def test_an_off_topic_query_shows_nothing(generation, model, query):
+    assert search(generation, model, query) == []
+    assert len(search(generation, model, query, show_all=True)) == 10, "--all still ranks the nearest"
 
 
-def test_the_default_set_keeps_the_ranking_order(bundle, model):
+def test_the_default_set_keeps_the_ranking_order(generation, model):
     for query in ("giraffe", "dog", "a dog playing outside"):
-        everything = search(bundle, model, query, show_all=True, limit=len(NAMES))
-        default = search(bundle, model, query, limit=len(NAMES))
+        everything = search(generation, model, query, show_all=True, limit=len(NAMES))
+        default = search(generation, model, query, limit=len(NAMES))
         assert default and default == [n for n in everything if n in default], "only which hits, never their order"
 
 
-def test_min_score_and_limit_override(bundle, model):
-    assert len(search(bundle, model, "giraffe", min_score=0.0, limit=len(NAMES))) == len(NAMES)
-    assert search(bundle, model, "giraffe", limit=2) == search(bundle, model, "giraffe", limit=3)[:2]
-    assert len(search(bundle, model, "invoice number 4471", min_score=0.0)) == 10
+def test_min_score_and_limit_override(generation, model):
+    assert len(search(generation, model, "giraffe", min_score=0.0, limit=len(NAMES))) == len(NAMES)
+    assert search(generation, model, "giraffe", limit=2) == search(generation, model, "giraffe", limit=3)[:2]
+    assert len(search(generation, model, "invoice number 4471", min_score=0.0)) == 10
 
 
-def test_like_shows_the_photos_like_it(bundle, model):
+def test_like_shows_the_photos_like_it(generation, model):
     """--like: the photo's own vector against the others; the photo itself weighs in nothing."""
-    row = {d.sha256: r for r, d in bundle.docs(list(range(bundle.size))).items()}["giraffe_1"]
-    vec = np.asarray(bundle.index.reconstruct(row), dtype=np.float32)
-    hits = rank(bundle, vec, CAPTIONS["giraffe_1"], SearchOptions(), exclude_rows=[row])
+    row = {d.sha256: r for r, d in generation.docs(list(range(generation.size))).items()}["giraffe_1"]
+    vec = np.asarray(generation.index.reconstruct(row), dtype=np.float32)
+    hits = rank(generation, vec, CAPTIONS["giraffe_1"], SearchOptions(), exclude_rows=[row])
     assert {h.sha256 for h in hits} == {"giraffe_2", "giraffe_3"}
     assert [h.rank for h in hits] == [1, 2]
 
 
-def test_the_background_is_the_query_against_a_sample_of_the_photos(bundle, model):
-    assert bundle.background is not None and len(bundle.background) == len(NAMES) >= BACKGROUND_MIN
+def test_the_background_is_the_query_against_a_sample_of_the_photos(generation, model):
+    assert generation.background is not None and len(generation.background) == len(NAMES) >= BACKGROUND_MIN
     vec = model.encode(["giraffe"])[0]
-    bg = background_for(bundle.background, vec, DEFAULT_CUTOFF)
-    sims = np.asarray(bundle.background, np.float32) @ vec
+    bg = background_for(generation.background, vec, DEFAULT_CUTOFF)
+    sims = np.asarray(generation.background, np.float32) @ vec
     assert bg.centre == pytest.approx(float(np.median(sims)))
     assert bg.spread >= DEFAULT_CUTOFF.spread_floor
-    assert background_for(bundle.background[: BACKGROUND_MIN - 1], vec, DEFAULT_CUTOFF) is None
+    assert background_for(generation.background[: BACKGROUND_MIN - 1], vec, DEFAULT_CUTOFF) is None
 
 
 def test_word_evidence_lowers_the_bar():
@@ -146,23 +146,23 @@ def test_a_half_match_far_below_the_best_hit_is_left_out():
     assert shown(scores, np.array([0.5, 1.0]), None, DEFAULT_CUTOFF).tolist() == [True, True], "unless it has every word"
 
 
-def test_an_index_without_a_background_still_chooses_a_set(bundle, model, tmp_path):
+def test_an_index_without_a_background_still_chooses_a_set(generation, model, tmp_path):
     saved = tmp_path / BACKGROUND_FILE
-    shutil.move(str(bundle.folder / BACKGROUND_FILE), saved)
+    shutil.move(str(generation.folder / BACKGROUND_FILE), saved)
     try:
-        old = load_bundle(Workspace(bundle.folder.parent.parent))
+        old = open_generation(Workspace(generation.folder.parent.parent))
         assert old.background is None
         assert set(search(old, model, "giraffe")) == {"giraffe_1", "giraffe_2", "giraffe_3"}
         assert search(old, model, "invoice number 4471") == []
         old.db.close()
     finally:
-        shutil.move(str(saved), bundle.folder / BACKGROUND_FILE)
+        shutil.move(str(saved), generation.folder / BACKGROUND_FILE)
 
 
-def test_words_present_counts_common_words_too(bundle):
-    rows = np.arange(bundle.size)
-    share = bundle.lexical.words_present("dog beach", rows)
-    names = [bundle.docs([int(r)])[int(r)].sha256 for r in rows]
+def test_words_present_counts_common_words_too(generation):
+    rows = np.arange(generation.size)
+    share = generation.lexical.words_present("dog beach", rows)
+    names = [generation.docs([int(r)])[int(r)].sha256 for r in rows]
     by_name = dict(zip(names, share.tolist(), strict=True))
     assert by_name["dog_beach"] == pytest.approx(1.0)
     assert 0 < by_name["dog_snow"] < 1 and by_name["kitchen_1"] == 0

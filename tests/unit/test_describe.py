@@ -18,7 +18,7 @@ import pytest
 from PIL import ExifTags, Image
 
 from conftest import SCENES, draw_scene, scene_catalog
-from imgrag.cli import render
+from imgrag.cli import report
 from imgrag.config import DEFAULT_GROQ_MODEL, Settings
 from imgrag.describe.live import DescribeSummary, run_describe
 from imgrag.describe.plan import DescribeOptions
@@ -344,7 +344,7 @@ def summary_line(s: DescribeSummary) -> str:
     buf = io.StringIO()
     real, sys.stderr = sys.stderr, buf
     try:
-        render.describe_summary(s)
+        report.describe_summary(s)
     finally:
         sys.stderr = real
     return buf.getvalue()

@@ -16,11 +16,11 @@ from imgrag.index.generations import (
     Doc,
     Previous,
     build_faiss,
-    load_bundle,
+    open_generation,
     plan_for,
     stable_order,
-    write_bundle,
     write_dense,
+    write_generation,
 )
 from imgrag.store.paths import DENSE_FILE
 from imgrag.store.workspace import Workspace
@@ -124,23 +124,23 @@ def test_stable_order_keeps_old_rows_first():
     assert ordered_keys == ["k3", "k5", "k1", "k9"]
 
 
-def test_bundle_of_an_ivf_index_searches_with_filters(tmp_path, big):
-    """Through write_bundle/load_bundle: meta records the kind; the index is memory-mapped;
+def test_generation_of_an_ivf_index_searches_with_filters(tmp_path, big):
+    """Through write_generation/open_generation: meta records the kind; the index is memory-mapped;
     a filtered search (as `search --in` does) finds allowed rows even far from the query."""
     _, vectors, _ = big
     ws = Workspace(tmp_path / ".imgrag")
     docs = [Doc(f"{i:064x}", [f"photos/{i}.jpg"], "", "", f"caption\tphoto {i % 100}", None, None) for i in range(N)]
-    write_bundle(ws, docs, vectors, {"embedding": {"model": "test"}})
-    bundle = load_bundle(ws)
-    meta = json.loads((bundle.folder / "meta.json").read_text())
-    assert meta["dense"]["type"] == "ivf-sq8" and bundle.size == N and bundle.index.kind == "ivf-sq8"
+    write_generation(ws, docs, vectors, {"embedding": {"model": "test"}})
+    generation = open_generation(ws)
+    meta = json.loads((generation.folder / "meta.json").read_text())
+    assert meta["dense"]["type"] == "ivf-sq8" and generation.size == N and generation.index.kind == "ivf-sq8"
     # no 32 read-ahead threads started by every search of the memory-mapped lists
-    assert faiss.downcast_InvertedLists(bundle.index.invlists).prefetch_nthread == 0
+    assert faiss.downcast_InvertedLists(generation.index.invlists).prefetch_nthread == 0
     allowed = np.array([7, 50_000], dtype=np.int64)
     params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
-    _scores, found = bundle.index.search(vectors[:1], 5, params=params)
+    _scores, found = generation.index.search(vectors[:1], 5, params=params)
     assert sorted(found[0][found[0] >= 0].tolist()) == [7, 50_000]
-    assert bundle.docs([50_000])[50_000].paths == ["photos/50000.jpg"]
+    assert generation.docs([50_000])[50_000].paths == ["photos/50000.jpg"]
 
 
 def test_build_faiss_small_is_exact():

@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from imgrag.config import settings_from
 from imgrag.errors import UsageError
+from imgrag.index import onnx_export as ox
 from imgrag.index import query_encoder as qe
 from imgrag.index.embedding import LoadedModel, load_model
-from imgrag.search.ranking import QueryEncoder
+from imgrag.index.query_encoder import SentenceTransformersEncoder
 from imgrag.store.workspace import Workspace
 from tiny_model import make_tiny_model
 
@@ -43,8 +45,13 @@ def exported(tmp_path_factory, loaded):
     """A workspace whose MiniLM export was made (once for this module) by ensure_export."""
     ws = Workspace(tmp_path_factory.mktemp("exported") / ".imgrag")
     ws.root.mkdir()
-    assert qe.ensure_export(ws, MODEL, loaded.fingerprint, loaded) == "exported"
+    assert ox.ensure_export(ws, MODEL, loaded.fingerprint, loaded) == "exported"
     return ws, qe.export_dir(ws, MODEL, loaded.fingerprint)
+
+
+def mode_set_to(value: str) -> str:
+    """The query encoder setting when IMGRAG_QUERY_ENCODER is `value`."""
+    return settings_from({qe.ENV_VAR: value}).query_encoder
 
 
 def copy_of(exported, tmp_path: Path) -> tuple[Workspace, Path]:
@@ -65,12 +72,12 @@ def test_export_is_complete_and_verified(exported, loaded):
     assert [p.name for p in ws.paths.models.iterdir()] == [folder.name], "no temporary folders left behind"
     record = qe.read_record(folder)
     assert record["verified"] is True and record["fingerprint"] == loaded.fingerprint
-    assert record["verification"]["texts"] == len(qe.SAMPLE_TEXTS) >= 32
-    assert record["verification"]["min_cosine"] >= qe.MIN_COSINE
+    assert record["verification"]["texts"] == len(ox.SAMPLE_TEXTS) >= 32
+    assert record["verification"]["min_cosine"] >= ox.MIN_COSINE
     # read from the model's own configuration, not assumed
     assert record["pipeline"]["pooling"] == ["mean"] and record["pipeline"]["max_seq_length"] == 256
     assert record["pipeline"]["dim"] == loaded.dim == 384
-    assert qe.ensure_export(ws, MODEL, loaded.fingerprint) == "ready", "a second embed does not export again"
+    assert ox.ensure_export(ws, MODEL, loaded.fingerprint) == "ready", "a second embed does not export again"
 
 
 def test_onnx_vectors_match_sentence_transformers(exported, loaded):
@@ -121,42 +128,38 @@ def unsupported_model(loaded: LoadedModel) -> LoadedModel:
     return LoadedModel(name="minilm-dense", model=model, fingerprint="d" * 16, dim=384, path=None)
 
 
-def test_unsupported_pipeline_is_refused_once_and_search_uses_the_slow_path(tmp_path, loaded, capsys, monkeypatch):
+def test_unsupported_pipeline_is_refused_once_and_search_uses_the_slow_path(tmp_path, loaded, capsys):
     custom = unsupported_model(loaded)
-    with pytest.raises(qe.Unsupported, match="Dense"):
-        qe.describe_pipeline(custom.model)
+    with pytest.raises(ox.Unsupported, match="Dense"):
+        ox.describe_pipeline(custom.model)
     ws = Workspace(tmp_path / ".imgrag")
-    status = qe.ensure_export(ws, custom.name, custom.fingerprint, custom)
+    status = ox.ensure_export(ws, custom.name, custom.fingerprint, custom)
     assert status.startswith("refused:") and "Dense" in status
     assert "warning" in capsys.readouterr().err
     folder = qe.export_dir(ws, custom.name, custom.fingerprint)
     assert [p.name for p in folder.iterdir()] == ["encoder.json"]
-    assert not qe.export_needed(ws, custom.name, custom.fingerprint), "the next embed does not load the model to retry"
-    assert qe.ensure_export(ws, custom.name, custom.fingerprint).startswith("refused:")
-    monkeypatch.setenv(qe.ENV_VAR, "onnx")  # auto would load the model by name: it has none on the hub
-    with pytest.raises(UsageError, match="Dense"):
-        qe.open_encoder(ws, custom.name, custom.fingerprint)
+    assert not ox.export_needed(ws, custom.name, custom.fingerprint), "the next embed does not load the model to retry"
+    assert ox.ensure_export(ws, custom.name, custom.fingerprint).startswith("refused:")
+    with pytest.raises(UsageError, match="Dense"):  # auto would load the model by name: it has none on the hub
+        qe.open_encoder(ws, custom.name, custom.fingerprint, mode_set_to("onnx"))
     assert capsys.readouterr().err == "", "a refused export is a normal state, not a warning"
 
 
-def test_missing_export_falls_back_to_sentence_transformers(tmp_path, loaded, monkeypatch):
+def test_missing_export_falls_back_to_sentence_transformers(tmp_path, loaded):
     ws = Workspace(tmp_path / ".imgrag")
     ws.root.mkdir()
-    assert isinstance(qe.open_encoder(ws, MODEL, loaded.fingerprint), QueryEncoder)
-    assert isinstance(qe.open_encoder(ws, MODEL, None), QueryEncoder), "an index without a fingerprint"
-    monkeypatch.setenv(qe.ENV_VAR, "onnx")
+    assert isinstance(qe.open_encoder(ws, MODEL, loaded.fingerprint), SentenceTransformersEncoder)
+    assert isinstance(qe.open_encoder(ws, MODEL, None), SentenceTransformersEncoder), "an index without a fingerprint"
     with pytest.raises(UsageError, match="imgrag embed"):
-        qe.open_encoder(ws, MODEL, loaded.fingerprint)
-    monkeypatch.setenv(qe.ENV_VAR, "fastest")
+        qe.open_encoder(ws, MODEL, loaded.fingerprint, mode_set_to("onnx"))
     with pytest.raises(UsageError, match="auto, onnx, torch"):
-        qe.open_encoder(ws, MODEL, loaded.fingerprint)
+        qe.open_encoder(ws, MODEL, loaded.fingerprint, mode_set_to("fastest"))
 
 
-def test_forced_slow_path_and_other_fingerprint(exported, loaded, monkeypatch):
+def test_forced_slow_path_and_other_fingerprint(exported, loaded):
     ws, _ = exported
-    assert isinstance(qe.open_encoder(ws, MODEL, "0" * 16), QueryEncoder), "an export of other weights is not used"
-    monkeypatch.setenv(qe.ENV_VAR, "torch")
-    assert isinstance(qe.open_encoder(ws, MODEL, loaded.fingerprint), QueryEncoder)
+    assert isinstance(qe.open_encoder(ws, MODEL, "0" * 16), SentenceTransformersEncoder), "an export of other weights is not used"
+    assert isinstance(qe.open_encoder(ws, MODEL, loaded.fingerprint, mode_set_to("torch")), SentenceTransformersEncoder)
 
 
 @pytest.mark.parametrize("damage", ["truncated weights", "garbled graph", "garbled record", "tokenizer gone"])
@@ -173,9 +176,9 @@ def test_damaged_export_falls_back_with_a_warning_and_is_redone(exported, loaded
     else:
         (folder / "tokenizer.json").unlink()
     encoder = qe.open_encoder(ws, MODEL, loaded.fingerprint)
-    assert isinstance(encoder, QueryEncoder)
+    assert isinstance(encoder, SentenceTransformersEncoder)
     assert "warning" in capsys.readouterr().err
-    assert qe.export_needed(ws, MODEL, loaded.fingerprint), "the next embed exports it again"
+    assert ox.export_needed(ws, MODEL, loaded.fingerprint), "the next embed exports it again"
 
 
 @pytest.mark.parametrize("pooling, dense", [
@@ -188,7 +191,8 @@ def test_the_fast_encoder_reproduces_other_pipelines(tmp_path, pooling, dense):
     """Pooling modes and Dense layers read from the model's own files, checked against
     sentence-transformers itself (the same check `imgrag embed` makes before using it)."""
     from imgrag.index.embedding import load_model
-    from imgrag.index.query_encoder import SAMPLE_TEXTS, OnnxQueryEncoder, export
+    from imgrag.index.onnx_export import SAMPLE_TEXTS, export
+    from imgrag.index.query_encoder import OnnxQueryEncoder
     from imgrag.store.workspace import Workspace
 
     folder = make_tiny_model(tmp_path / f"tiny-{pooling}", seed=3, pooling=pooling, max_seq_length=24, dense=dense)

@@ -1,6 +1,6 @@
 """Ranking: dense similarity fused with BM25 exact-word evidence (rare words, words written
 on the photo) and each photo's crowding, the --min-score cut-off and why each hit matched. A small index of descriptions is written with the real
-`write_bundle` and embedded with the packaged MiniLM, in process (one model load)."""
+`write_generation` and embedded with the packaged MiniLM, in process (one model load)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from imgrag.describe.schema import lexical_text
 from imgrag.index.embedding import DEFAULT_MODEL, load_model
-from imgrag.index.generations import Doc, load_bundle, write_bundle
+from imgrag.index.generations import Doc, open_generation, write_generation
 from imgrag.index.lexical import LexicalIndex, field_lines, indexed_text, query_terms, visible_text
 from imgrag.search.ranking import (
     DEFAULT_FUSION,
@@ -64,55 +64,55 @@ def model():
 
 
 @pytest.fixture(scope="module")
-def bundle(model, tmp_path_factory):
+def generation(model, tmp_path_factory):
     ws = Workspace(tmp_path_factory.mktemp("ranking") / ".imgrag")
     docs = [Doc.described(name, [f"photos/{name}.jpg"], d) for name, d in PHOTOS.items()]
     vectors = model.encode([d.text for d in docs])
-    write_bundle(ws, docs, vectors, {"embedding": {"model": DEFAULT_MODEL}})
-    b = load_bundle(ws)
+    write_generation(ws, docs, vectors, {"embedding": {"model": DEFAULT_MODEL}})
+    b = open_generation(ws)
     yield b
     b.db.close()
 
 
-def search(bundle, model, query, fusion=DEFAULT_FUSION, limit=EVERY, min_score=None):
+def search(generation, model, query, fusion=DEFAULT_FUSION, limit=EVERY, min_score=None):
     vec = model.encode([query])[0]
     # no cut-off unless one is given: these tests are about order (tests/test_cutoff.py: the default set)
-    return rank(bundle, vec, query, SearchOptions(limit=limit, min_score=min_score, show_all=min_score is None), fusion)
+    return rank(generation, vec, query, SearchOptions(limit=limit, min_score=min_score, show_all=min_score is None), fusion)
 
 
 def names(hits):
     return [h.sha256 for h in hits]
 
 
-def rows_by_name(bundle):
-    return {d.sha256: row for row, d in bundle.docs(list(range(bundle.size))).items()}
+def rows_by_name(generation):
+    return {d.sha256: row for row, d in generation.docs(list(range(generation.size))).items()}
 
 
-def test_visible_text_finds_its_photo_where_meaning_alone_does_not(bundle, model):
+def test_visible_text_finds_its_photo_where_meaning_alone_does_not(generation, model):
     # A number plate seen only on the photo: by meaning, the close-up of a plate wins;
     # the exact number, written on the other photo, must bring that one to the top.
     query = "car 4471"
-    assert names(search(bundle, model, query, DENSE_ONLY))[0] == "car_plate", "else the test proves nothing"
-    hits = search(bundle, model, query)
+    assert names(search(generation, model, query, DENSE_ONLY))[0] == "car_plate", "else the test proves nothing"
+    hits = search(generation, model, query)
     assert hits[0].sha256 == "plate"
     assert hits[0].why.startswith('matched "car", "4471" in objects, visible text')
     assert hits[0].extra["lexical"] == 1.0
 
 
-def test_a_name_written_on_the_photo_finds_it(bundle, model):
-    hits = search(bundle, model, "kowalczyk")
+def test_a_name_written_on_the_photo_finds_it(generation, model):
+    hits = search(generation, model, "kowalczyk")
     assert hits[0].sha256 == "cafe" and "visible text: Kowalczyk" in hits[0].why
 
 
-def test_why_quotes_the_stretch_of_a_long_field_that_matched(bundle, model):
-    hit = search(bundle, model, "takeaway cup by a keyboard", limit=1)[0]
+def test_why_quotes_the_stretch_of_a_long_field_that_matched(generation, model):
+    hit = search(generation, model, "takeaway cup by a keyboard", limit=1)[0]
     assert hit.sha256 == "cafe"
     assert hit.why.startswith('matched "takeaway", "cup", "keyboard" in caption, description, objects; description: …')
     assert "takeaway cup" in hit.why and len(hit.why) <= 160 and "\n" not in hit.why
 
 
-def test_exact_words_lift_the_photo_that_has_them(bundle, model):
-    hits = search(bundle, model, "STOP sign")
+def test_exact_words_lift_the_photo_that_has_them(generation, model):
+    hits = search(generation, model, "STOP sign")
     assert hits[0].sha256 == "stop"
     assert '"stop"' in hits[0].why and "visible text" in hits[0].why
     parts = hits[0].extra
@@ -123,11 +123,11 @@ def test_exact_words_lift_the_photo_that_has_them(bundle, model):
     assert hits[0].score == pytest.approx(expected, abs=1e-3)
 
 
-def test_without_lexical_evidence_fusion_keeps_the_dense_ranking_but_for_crowding(bundle, model):
+def test_without_lexical_evidence_fusion_keeps_the_dense_ranking_but_for_crowding(generation, model):
     query = "a puppy playing in the surf"  # no word of it in any description
-    assert not any(bundle.lexical.scores(query).raw > 0)
-    dense, fused = search(bundle, model, query, DENSE_ONLY), search(bundle, model, query)
-    no_crowding = search(bundle, model, query, Fusion(crowding=0.0))
+    assert not any(generation.lexical.scores(query).raw > 0)
+    dense, fused = search(generation, model, query, DENSE_ONLY), search(generation, model, query)
+    no_crowding = search(generation, model, query, Fusion(crowding=0.0))
     assert names(no_crowding) == names(dense) and names(fused)[0] == "beach_dog"
     assert [h.score for h in no_crowding] == [h.score for h in dense]
     for h in fused:
@@ -137,51 +137,51 @@ def test_without_lexical_evidence_fusion_keeps_the_dense_ranking_but_for_crowdin
     assert fused[0].caption not in fused[0].why
 
 
-def test_fusion_cannot_push_the_dense_top_hit_down_without_lexical_matches_in_its_rivals(bundle, model):
+def test_fusion_cannot_push_the_dense_top_hit_down_without_lexical_matches_in_its_rivals(generation, model):
     vec = model.encode(["dog on the beach"])[0]
-    found = candidates(bundle, vec, "dog on the beach")
+    found = candidates(generation, vec, "dog on the beach")
     rows, _ = order(found, DEFAULT_FUSION)
-    assert bundle.docs([int(rows[0])])[int(rows[0])].sha256 == "beach_dog"
+    assert generation.docs([int(rows[0])])[int(rows[0])].sha256 == "beach_dog"
     # exact words only add; crowding moves a score by a few hundredths at most
     without_crowding = Fusion(crowding=0.0).combine(found)
     assert np.all(without_crowding >= found.dense - 1e-6)
     assert np.all(np.abs(DEFAULT_FUSION.combine(found) - without_crowding) <= DEFAULT_FUSION.crowding * 0.5)
 
 
-def test_each_row_has_its_crowding_and_an_index_without_it_still_searches(bundle, model, tmp_path):
-    assert bundle.crowding is not None and len(bundle.crowding) == bundle.size
-    assert float(np.median(bundle.crowding)) == pytest.approx(0.0, abs=1e-6), "the median photo is not moved"
+def test_each_row_has_its_crowding_and_an_index_without_it_still_searches(generation, model, tmp_path):
+    assert generation.crowding is not None and len(generation.crowding) == generation.size
+    assert float(np.median(generation.crowding)) == pytest.approx(0.0, abs=1e-6), "the median photo is not moved"
     # The street scenes (cars, plates, traffic lights, signs) crowd each other; the dog on
     # the beach and the birthday cake have no scene like them.
-    row = rows_by_name(bundle)
-    loneliest = sorted(row, key=lambda name: bundle.crowding[row[name]])[:2]
+    row = rows_by_name(generation)
+    loneliest = sorted(row, key=lambda name: generation.crowding[row[name]])[:2]
     assert sorted(loneliest) == ["beach_dog", "birthday"]
-    assert min(bundle.crowding[row[n]] for n in ("car_plate", "traffic")) > max(bundle.crowding[row[n]] for n in loneliest)
+    assert min(generation.crowding[row[n]] for n in ("car_plate", "traffic")) > max(generation.crowding[row[n]] for n in loneliest)
     saved = tmp_path / CROWDING_FILE
-    shutil.move(str(bundle.folder / CROWDING_FILE), saved)
+    shutil.move(str(generation.folder / CROWDING_FILE), saved)
     try:
-        old = load_bundle(Workspace(bundle.folder.parent.parent))
+        old = open_generation(Workspace(generation.folder.parent.parent))
         assert old.crowding is None
         hits = rank(old, model.encode(["dog on the beach"])[0], "dog on the beach", SearchOptions(limit=3))
         assert hits[0].sha256 == "beach_dog" and all(h.extra["crowding"] == 0 for h in hits)
         old.db.close()
     finally:
-        shutil.move(str(saved), bundle.folder / CROWDING_FILE)
+        shutil.move(str(saved), generation.folder / CROWDING_FILE)
 
 
-def test_min_score_hides_the_irrelevant_tail(bundle, model):
-    everything = search(bundle, model, "quarterly tax spreadsheet", min_score=0)
+def test_min_score_hides_the_irrelevant_tail(generation, model):
+    everything = search(generation, model, "quarterly tax spreadsheet", min_score=0)
     assert len(everything) == len(PHOTOS), "--min-score 0 shows everything"
-    assert search(bundle, model, "quarterly tax spreadsheet", min_score=DEFAULT_MIN_SCORE) == []
-    relevant = search(bundle, model, "birthday cake with candles", min_score=DEFAULT_MIN_SCORE)
+    assert search(generation, model, "quarterly tax spreadsheet", min_score=DEFAULT_MIN_SCORE) == []
+    relevant = search(generation, model, "birthday cake with candles", min_score=DEFAULT_MIN_SCORE)
     assert relevant and relevant[0].sha256 == "birthday"
     assert len(relevant) < len(PHOTOS)
     assert all(h.score >= DEFAULT_MIN_SCORE for h in relevant)
     assert [h.rank for h in relevant] == list(range(1, len(relevant) + 1))
 
 
-def test_scores_are_in_a_stable_range_and_sorted(bundle, model):
-    hits = search(bundle, model, "red kettle on the stove")
+def test_scores_are_in_a_stable_range_and_sorted(generation, model):
+    hits = search(generation, model, "red kettle on the stove")
     assert hits[0].sha256 == "kitchen"
     scores = [h.score for h in hits]
     assert scores == sorted(scores, reverse=True)
@@ -190,19 +190,19 @@ def test_scores_are_in_a_stable_range_and_sorted(bundle, model):
     assert 0.5 < scores[0] <= most
 
 
-def test_rows_only_exact_words_find_enter_with_their_true_dense_score(bundle, model):
+def test_rows_only_exact_words_find_enter_with_their_true_dense_score(generation, model):
     query = "kowalczyk"
     vec = model.encode([query])[0]
-    shallow = candidates(bundle, vec, query, depth=1)
-    full = candidates(bundle, vec, query, depth=len(PHOTOS))
-    cafe = rows_by_name(bundle)["cafe"]
+    shallow = candidates(generation, vec, query, depth=1)
+    full = candidates(generation, vec, query, depth=len(PHOTOS))
+    cafe = rows_by_name(generation)["cafe"]
     assert cafe in shallow.rows.tolist(), "BM25's best rows join the dense candidates"
     at = lambda found: float(found.dense[found.rows.tolist().index(cafe)])
     assert at(shallow) == pytest.approx(at(full), abs=1e-5)
 
 
-def test_limit_and_dense_only_fusion_weight(bundle, model):
-    assert len(search(bundle, model, "coffee", limit=2)) == 2
+def test_limit_and_dense_only_fusion_weight(generation, model):
+    assert len(search(generation, model, "coffee", limit=2)) == 2
     found = Candidates(rows=np.arange(4), dense=np.array([0.4, 0.4, 0.4, -0.1]), lexical=np.array([0.0, 1.0, 0.0, 0.0]),
                        visible_text=np.array([0.0, 0.0, 0.5, 0.0]), crowding=np.array([0.1, 0.0, -0.1, 0.0]), terms=[])
     assert DENSE_ONLY.combine(found).tolist() == pytest.approx([0.4, 0.4, 0.4, 0.0]), "a negative cosine shows as 0"
@@ -210,12 +210,12 @@ def test_limit_and_dense_only_fusion_weight(bundle, model):
     assert fused.tolist() == pytest.approx([0.35, 0.5, 0.55, 0.0])
 
 
-def test_generation_without_lexical_index_ranks_by_meaning(bundle, model, tmp_path):
+def test_generation_without_lexical_index_ranks_by_meaning(generation, model, tmp_path):
     # An index written by an older imgrag has no BM25 folder: search still works, dense only.
-    assert bundle.lexical is not None
-    old = load_bundle(Workspace(bundle.folder.parent.parent))
+    assert generation.lexical is not None
+    old = open_generation(Workspace(generation.folder.parent.parent))
     saved = tmp_path / "lexical"
-    shutil.move(str(bundle.folder / LEXICAL_DIR), saved)
+    shutil.move(str(generation.folder / LEXICAL_DIR), saved)
     try:
         assert old.lexical is None
         vec = model.encode(["kowalczyk"])[0]
@@ -223,7 +223,7 @@ def test_generation_without_lexical_index_ranks_by_meaning(bundle, model, tmp_pa
         assert len(hits) == 3 and all(h.extra["lexical"] == 0 for h in hits)
         assert hits[0].sha256 == "cafe", "the words written on it still find it"
     finally:
-        shutil.move(str(saved), bundle.folder / LEXICAL_DIR)
+        shutil.move(str(saved), generation.folder / LEXICAL_DIR)
         old.db.close()
 
 

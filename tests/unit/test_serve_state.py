@@ -8,17 +8,18 @@ import weakref
 
 import numpy as np
 
-from imgrag.index.generations import Doc, load_bundle, write_bundle
-from imgrag.search.ranking import Filters, Searcher
+from imgrag.index.generations import Doc, open_generation, write_generation
+from imgrag.search.filters import Filters
+from imgrag.search.live import Photos
+from imgrag.search.searcher import Searcher
 from imgrag.store.workspace import Workspace
-from imgrag.web.state import Photos
 
 
 def make_index(base, docs):
     ws = Workspace(base / ".imgrag")
     vectors = np.random.default_rng(0).standard_normal((len(docs), 8)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    write_bundle(ws, docs, vectors, {"embedding": {"model": "test"}})
+    write_generation(ws, docs, vectors, {"embedding": {"model": "test"}})
     return ws
 
 
@@ -29,15 +30,15 @@ def doc(i: int, *paths: str) -> Doc:
 def test_photos_by_id_and_by_name_in_a_folder_sqlite_uris_would_misread(tmp_path):
     base = tmp_path / "odd ?name #1 %20"  # SQLite URI syntax: must be quoted to be opened
     ws = make_index(base, [doc(0, "a/x.jpg", "b/x.jpg"), doc(1, "b/x.jpg", "c/y.jpg"), doc(2, "d/z.jpg")])
-    bundle = load_bundle(ws)
-    photos = Photos(bundle)
+    generation = open_generation(ws)
+    photos = Photos(generation)
     assert [photos.row_of(f"{i:064x}") for i in range(3)] == [0, 1, 2]
     assert photos.row_of("f" * 64) is None
     assert photos.sha_of("b/x.jpg") == f"{0:064x}", "a name two rows claim goes to the first"
     assert photos.sha_of("c/y.jpg") == f"{1:064x}" and photos.sha_of("d/z.jpg") == f"{2:064x}"
     assert photos.sha_of("d") is None and photos.sha_of("") is None
-    assert Photos(bundle).row_of(f"{2:064x}") == 2, "made again (a retry) from the same open index"
-    bundle.close()
+    assert Photos(generation).row_of(f"{2:064x}") == 2, "made again (a retry) from the same open index"
+    generation.close()
 
 
 def test_a_searcher_with_remembered_filters_is_freed_without_the_garbage_collector(tmp_path):

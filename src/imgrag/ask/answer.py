@@ -2,9 +2,10 @@
 of `search`), send their descriptions to a chat model, stream its short answer, and map
 the photos it cites ([1], [2]) back to their paths.
 
-`ask()` is what the CLI and a web route both call: it yields the answer's text as it
-arrives, then one `AskResult` (the `--json` shape). `plan_ask()` is everything before the
-request (what `--dry-run` shows)."""
+`plan_ask()` is everything before the request (what `--dry-run` shows); `answer_plan()`
+sends it and yields the answer's text as it arrives, then one `AskResult` (the `--json`
+shape). The CLI and the web route call both (the route with the server's shared Caller);
+`ask()` is the two in one call, for a library user."""
 
 from __future__ import annotations
 
@@ -18,10 +19,12 @@ from imgrag.ask.photo_briefs import answer_item, load_records
 from imgrag.ask.prompts import answer_messages, prompt_text, text_chars
 from imgrag.config import Settings, answer_settings
 from imgrag.errors import TryLater, UsageError
+from imgrag.photos.files import PhotoError, prepare_image
 from imgrag.providers import TransientError, redact
 from imgrag.providers.chat import make_text_provider
 from imgrag.providers.retry import Caller
-from imgrag.search.ranking import Hit, Searcher, SearchOptions, clean_query
+from imgrag.search.ranking import Hit, SearchOptions
+from imgrag.search.searcher import Searcher, clean_query
 
 DEFAULT_LIMIT = 8
 # Room for the answer, and for the reasoning of a model that thinks first (GPT-OSS).
@@ -111,9 +114,7 @@ class AskResult:
 
 
 def photo_record(n: int, hit: Hit) -> dict[str, Any]:
-    from imgrag.cli.render import hit_record
-
-    return {"n": n, "id": hit.sha256, **hit_record(hit)}
+    return {"n": n, "id": hit.sha256, **hit.as_dict()}
 
 
 def citations(answer: str, hits: list[Hit]) -> list[Citation]:
@@ -150,8 +151,6 @@ def plan_ask(question: str, searcher: Searcher, settings: Settings, *, limit: in
 
 def _images(hits: list[Hit], settings: Settings) -> list[str]:
     """Data URLs of the photos as describe sends them: downscaled, re-encoded, no metadata."""
-    from imgrag.photos.files import PhotoError, prepare_image
-
     urls = []
     for hit in hits:
         try:
@@ -175,10 +174,10 @@ def answer_plan(plan: AskPlan, caller: Caller | None = None) -> Iterator[str | A
     if not plan.hits:
         yield AskResult(plan.question, None, [], [], None, usage)
         return
-    settings = plan.settings
-    assert settings is not None  # a plan with photos says who answers
-    provider = make_text_provider(settings, plan.model_setting)
-    caller = caller or Caller(settings)
+    answering = plan.settings
+    assert answering is not None, "a plan with photos names the model that answers"
+    provider = make_text_provider(answering, plan.model_setting)
+    caller = caller or Caller(answering)
     sent = [0]
     reply = caller.call(lambda: provider.stream(plan.messages, MAX_ANSWER_TOKENS), sent)
     parts: list[str] = []
@@ -191,7 +190,7 @@ def answer_plan(plan: AskPlan, caller: Caller | None = None) -> Iterator[str | A
     caller.learn(reply.prompt_tokens, reply.completion_tokens)
     answer = "".join(parts).strip()
     if not answer:  # e.g. a reasoning model that spent its tokens thinking
-        raise TryLater(f"the model {settings.model} returned an empty answer: try again")
+        raise TryLater(f"the model {answering.model} returned an empty answer: try again")
     usage.update(requests=sent[0], prompt_tokens=reply.prompt_tokens,
                  completion_tokens=reply.completion_tokens)
-    yield AskResult(plan.question, answer, citations(answer, plan.hits), plan.hits, settings.model, usage)
+    yield AskResult(plan.question, answer, citations(answer, plan.hits), plan.hits, answering.model, usage)

@@ -10,10 +10,10 @@ itself off as part of the prompt. The prompts tell the model what the block is."
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
-# Bump when a prompt changes: cached verdicts of an older prompt are not reused.
-ANSWER_PROMPT_VERSION = 1
+# Bump when the verify prompt changes: cached verdicts of an older prompt are not reused.
 VERIFY_PROMPT_VERSION = 1
 
 ANSWER_SYSTEM = """You answer questions about a person's own photo collection, using only the photo descriptions you are given.
@@ -46,7 +46,7 @@ def data_block(tag: str, items: list[dict[str, Any]]) -> str:
     return "\n".join([f"<{tag}>", *lines, f"</{tag}>"])
 
 
-def answer_messages(question: str, items: list[dict[str, Any]], images: list[str] = ()) -> list[dict[str, Any]]:
+def answer_messages(question: str, items: list[dict[str, Any]], images: Sequence[str] = ()) -> list[dict[str, Any]]:
     """The chat request for `ask`: the question, the photos as data, and with --look the
     first photos themselves (data URLs of downscaled JPEGs without metadata)."""
     user = (f"Question: {data_json(question)}\n\n{data_block('photos', items)}\n\n"
@@ -71,7 +71,7 @@ def prompt_text(messages: list[dict[str, Any]]) -> str:
     out = []
     for message in messages:
         content = message["content"]
-        parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        parts: list[dict[str, Any]] = [{"type": "text", "text": content}] if isinstance(content, str) else content
         texts = []
         for part in parts:
             if part["type"] == "text":

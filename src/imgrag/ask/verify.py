@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from imgrag.ask.photo_briefs import load_records, verify_item
@@ -104,8 +105,6 @@ class VerdictCache:
     def add(self, records: list[dict[str, Any]]) -> None:
         """Append (under a lock of its own: searches are readers and do not take the writer
         lock). A folder we cannot write to costs the cache, not the search."""
-        from filelock import FileLock
-
         try:
             with FileLock(str(self.ws.paths.verdicts_lock), timeout=10), JsonlAppender(self.path) as log:
                 for record in records:

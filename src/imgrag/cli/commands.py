@@ -1,21 +1,23 @@
 """The `imgrag` command: parse, call one function, render. No logic lives here.
 
-Heavy modules (torch, sentence-transformers, faiss, the SDKs) are imported inside the
-commands that need them, so `imgrag --help` answers at once."""
+Only Typer, the settings and the errors are imported up here: every other module (the
+pipeline, search, the renderers, and through them numpy, faiss, torch, PIL, rich, the SDKs)
+is imported inside the command that needs it, so `imgrag --help` answers at once."""
 
 from __future__ import annotations
 
-import sys
+import json
+import os
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from imgrag.cli.help_format import App, typed
-from imgrag.config import DEFAULT_GROQ_MODEL, Settings
-from imgrag.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME, EXIT_TEMPFAIL, ImgragError
+from imgrag.config import DEFAULT_GROQ_MODEL, VISION_SETTINGS, Settings, load_settings
+from imgrag.errors import EXIT_INTERRUPTED, EXIT_NOTHING_FOUND, EXIT_OK, ImgragError, UsageError
 
 app = App(
     name="imgrag",
@@ -71,65 +73,25 @@ def _exits(fn: Callable) -> Callable:
     return wrapper
 
 
-def _settings(**flags):
-    from imgrag.config import api_key_for, load_settings
-
-    settings = load_settings()
-    if flags.get("provider") and flags["provider"] != settings.provider:
-        flags.setdefault("api_key", api_key_for(flags["provider"]))
-    return settings.with_flags(**flags)
-
-
-def _describe(photos: Path, index: Path | None, batch: bool = False, window: str = "24h", cancel: bool = False,
-              **kwargs) -> int:
-    from imgrag.priority import step_back_when_unattended
-
-    step_back_when_unattended()
-    if batch:
-        return _describe_batch(photos, index, window, cancel, **kwargs)
-    if cancel:
-        from imgrag.errors import UsageError
-
-        raise UsageError("--cancel cancels the open batches: give it with --batch")
+def _settings(**flags) -> Settings:
+    """The command's settings: the environment's (and .env's), then its flags; the renderer
+    is told what the terminal can show. A value the environment set wrong is raised only
+    where its setting is used (Settings.checked)."""
     from imgrag.cli import render
-    from imgrag.describe.live import run_describe
-    from imgrag.describe.plan import DescribeOptions
-
-    options = DescribeOptions(**{k: kwargs.pop(k) for k in ("jobs", "limit", "force", "refresh", "dry_run", "wait")})
-    options.retry_failed = kwargs.pop("retry_failed", False)
-    settings = _settings(**kwargs)
-    if options.jobs is None:
-        options.jobs = settings.jobs
-    summary = run_describe(photos, settings, options, render.DescribeProgress(), index=index)
-    render.describe_summary(summary)
-    return summary.exit_code
+    settings = load_settings().with_flags(**flags)
+    render.configure(settings)
+    return settings
 
 
-def _describe_batch(photos: Path, index: Path | None, window: str, cancel: bool, **kwargs) -> int:
-    from imgrag.cli import render
-    from imgrag.describe.batch import BatchOptions, run_batch
+def _run_pipeline(photos: Path | None, index: Path | None, flags: dict[str, Any], **steps: Any) -> int:
+    """describe, embed and index: imgrag.pipeline with these `steps` (and the settings these
+    `flags` change), its progress and summaries on stderr. A process of its own: it steps
+    back in CPU priority when unattended (cron)."""
+    from imgrag.cli.report import PipelineProgress
+    from imgrag.pipeline import Steps, run_pipeline
 
-    options = BatchOptions(window=window, cancel=cancel,
-                           **{k: kwargs.pop(k) for k in ("limit", "force", "refresh", "dry_run", "wait")})
-    kwargs.pop("jobs", None)  # a batch has no requests in flight to pace
-    kwargs.pop("retry_failed", None)  # quarantined photos are retried by a live run
-    summary = run_batch(photos, _settings(**kwargs), options, render.DescribeProgress(), index=index)
-    render.batch_summary(summary)
-    return summary.exit_code
-
-
-def _embed(photos: Path | None, index: Path | None, model: str | None, rebuild: bool, wait: bool) -> int:
-    from imgrag.cli import render
-    from imgrag.config import explicit_embed_model
-    from imgrag.index.build import run_embed
-    from imgrag.priority import step_back_when_unattended
-
-    step_back_when_unattended()
-    # No --model and no IMGRAG_EMBED_MODEL: the index keeps the model it was built with.
-    summary = run_embed(photos, model or explicit_embed_model(), rebuild=rebuild, wait=wait, index=index,
-                        show_progress=render.is_terminal(sys.stderr))
-    render.embed_summary(summary)
-    return EXIT_OK
+    result = run_pipeline(photos, _settings(**flags), Steps(background=True, **steps), PipelineProgress(), index=index)
+    return result.exit_code
 
 
 ProviderOpt = Annotated[str | None, typer.Option("--provider", help="groq (default) or openai (any OpenAI-compatible server). Env: IMGRAG_PROVIDER.", show_default=False)]
@@ -169,9 +131,11 @@ def describe(
     cancel: CancelOpt = False,
 ) -> int:
     """Describe new photos with the vision model into .imgrag/descriptions.jsonl (resumable)."""
-    return _describe(photos, index, provider=provider, model=model, base_url=base_url, jobs=jobs, limit=limit,
-                     force=force, refresh=refresh, dry_run=dry_run, wait=wait, retry_failed=retry_failed,
-                     batch=batch, window=window, cancel=cancel)
+    if cancel and not batch:
+        raise UsageError("--cancel cancels the open batches: give it with --batch")
+    return _run_pipeline(photos, index, {"provider": provider, "model": model, "base_url": base_url}, embed=False,
+                         jobs=jobs, limit=limit, force=force, refresh=refresh, retry_failed=retry_failed,
+                         dry_run=dry_run, batch=batch, window=window, cancel_batches=cancel, wait=wait)
 
 
 EmbedModelOpt = Annotated[str | None, typer.Option("--model", help="Sentence-transformers model: a hub name or a model folder. Env: IMGRAG_EMBED_MODEL (default: the index's own model; all-MiniLM-L6-v2 for a new index, works offline).", show_default=False)]
@@ -188,7 +152,8 @@ def embed(
     wait: WaitOpt = False,
 ) -> int:
     """Embed the descriptions and write the search index (only new texts are encoded)."""
-    return _embed(photos, index, model, rebuild, wait)
+    # No --model and no IMGRAG_EMBED_MODEL: the index keeps the model it was built with.
+    return _run_pipeline(photos, index, {}, describe=False, embed_model=model, rebuild=rebuild, wait=wait)
 
 
 @app.command("index", epilog=("Example (crontab): 0 3 * * *  imgrag index ~/Pictures >> ~/imgrag.log 2>&1\n\n"
@@ -208,12 +173,9 @@ def index_cmd(
     window: WindowOpt = "24h",
 ) -> int:
     """Describe new photos, then embed: the one command for cron."""
-    code = _describe(photos, index, provider=provider, model=model, base_url=base_url, jobs=jobs, limit=limit,
-                     force=False, refresh=False, dry_run=False, wait=wait, batch=batch, window=window)
-    if code in (EXIT_OK, EXIT_SOME, EXIT_TEMPFAIL):
-        # Embed what was described, even when some photos failed or the quota ran out.
-        _embed(photos, index, embed_model, False, wait)
-    return code
+    # Embeds what was described even when some photos failed or the quota ran out; exits as describe did.
+    return _run_pipeline(photos, index, {"provider": provider, "model": model, "base_url": base_url}, jobs=jobs,
+                         limit=limit, batch=batch, window=window, embed_model=embed_model, wait=wait)
 
 
 @app.command(epilog="Example: imgrag status ~/Pictures/2024 --json")
@@ -230,8 +192,6 @@ def status(
 
     state = collect_status(workspace_for(photos, index), photos)
     if json_out:
-        import json
-
         print(json.dumps({**state.as_dict(), "next": next_step(state)}, ensure_ascii=False))
     else:
         print(render.status_text(state))
@@ -250,6 +210,7 @@ def status(
 ))
 @_exits
 def search(
+    ctx: typer.Context,
     query: Annotated[str | None, typer.Argument(help="What to look for, in plain words.", show_default=False, metavar="QUERY")] = None,
     limit: Annotated[int | None, typer.Option("--limit", "-n", min=1, help="Show at most N results (per query; default 10).", show_default=False)] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document (for scripts).")] = False,
@@ -269,22 +230,22 @@ def search(
     verify: Annotated[bool, typer.Option("--verify", help="Have the answer model read the results with the query and keep only real matches (one request; verdicts cached in .imgrag/). Env: IMGRAG_ANSWER_MODEL.")] = False,
 ) -> int:
     """Search the index for photos matching QUERY (or like PHOTO); best first."""
-    import os
-
     from imgrag.cli import render
-    from imgrag.config import explicit_embed_model
-    from imgrag.search.ranking import Searcher, clean_query
     from imgrag.search.request import make_filters, make_options, why_nothing
+    from imgrag.search.searcher import Searcher, clean_query
 
+    settings = _settings()
     _check_search_flags(query, like, queries_from, json_out, paths_out, null)
     shown_query = clean_query(query) if query is not None else None
     filters = make_filters(in_folder, after, before)
     options = make_options(limit, min_score, show_all)
     table = not (json_out or paths_out or null or queries_from is not None)
     kind = render.thumbnail_kind(thumbnails) if table else None
-    searcher = Searcher(index=index, embed_model=explicit_embed_model(), filters=filters)
+    searcher = Searcher(index=index, embed_model=settings.embed_model, filters=filters,
+                        query_encoder=settings.query_encoder)
     if verify:
-        return _search_verified(searcher, shown_query, like, queries_from, options, json_out, paths_out, null, kind)
+        return _search_verified(searcher, settings, shown_query, like, queries_from, options, json_out, paths_out,
+                                null, kind)
     if queries_from is not None:
         return _search_many(searcher, queries_from, options)
     like_path = os.path.abspath(like.expanduser()) if like is not None else None
@@ -294,17 +255,15 @@ def search(
     elif paths_out or null:
         render.hits_paths(hits, nul=null)
     elif hits:
-        render.hits_table(hits, kind, fit_screen=not typed("limit"))
+        render.hits_table(hits, kind, fit_screen=not typed(ctx, "limit"))
     _warn_stale(searcher)
     if not hits:
         render.info(f"imgrag: no matching photos{why_nothing(searcher, options)}")
-    return EXIT_OK if hits else EXIT_SOME
+    return EXIT_OK if hits else EXIT_NOTHING_FOUND
 
 
 def _check_search_flags(query: str | None, like: Path | None, queries_from: str | None,
                         json_out: bool, paths_out: bool, null: bool) -> None:
-    from imgrag.errors import UsageError
-
     given = [name for name, value in (("QUERY", query), ("--like", like), ("--queries-from", queries_from)) if value is not None]
     if not given:
         raise UsageError('say what to look for: imgrag search "dog on beach" (or --like PHOTO, or --queries-from FILE)')
@@ -319,7 +278,7 @@ def _check_search_flags(query: str | None, like: Path | None, queries_from: str 
 def _search_many(searcher, source: str, options) -> int:
     """--queries-from: one JSON line per query, flushed at once; found is any query finding anything."""
     from imgrag.cli import render
-    from imgrag.search.ranking import queries_from
+    from imgrag.search.request import queries_from
 
     found = False
     for query in queries_from(source):
@@ -329,7 +288,7 @@ def _search_many(searcher, source: str, options) -> int:
     _warn_stale(searcher)
     if not found:
         render.info("imgrag: no query found a matching photo")
-    return EXIT_OK if found else EXIT_SOME
+    return EXIT_OK if found else EXIT_NOTHING_FOUND
 
 
 @app.command(epilog=(
@@ -371,33 +330,33 @@ def demo(
     query: Annotated[str | None, typer.Argument(help='What to look for in the sample photos (default "a cup of coffee").', show_default=False, metavar="QUERY")] = None,
 ) -> int:
     """Index six sample photos shipped with imgrag and search them: no API key, no network."""
-    from imgrag.cli import render
+    from imgrag.cli import render, report
     from imgrag.demo import next_steps, run_demo
 
-    result, query, hits = run_demo(query, progress=render.info)
-    render.embed_summary(result.embed)
+    settings = _settings()
+    result, query, hits = run_demo(query, progress=render.info, query_encoder=settings.query_encoder)
+    report.embed_summary(result.embed)
     render.info(f'imgrag: demo: imgrag search "{query}" in {result.photos}:')
     if hits:
         render.hits_table(hits, render.thumbnail_kind(None))
     else:
         render.info("imgrag: no matching photos among the samples")
     render.info(next_steps(result.photos))
-    return EXIT_OK if hits else EXIT_SOME
+    return EXIT_OK if hits else EXIT_NOTHING_FOUND
 
 
-def _search_verified(searcher, query: str | None, like: Path | None, queries_from: str | None, options,
-                     json_out: bool, paths_out: bool, null: bool, kind: str | None) -> int:
+def _search_verified(searcher, settings: Settings, query: str | None, like: Path | None, queries_from: str | None,
+                     options, json_out: bool, paths_out: bool, null: bool, kind: str | None) -> int:
     """search --verify: the hits, then the answer model's verdict on each (imgrag.ask.verify)."""
     from imgrag.ask.verify import verify_hits
     from imgrag.cli import render, render_ask
-    from imgrag.errors import UsageError
     from imgrag.search.request import why_nothing
 
     if query is None:
         raise UsageError("--verify checks results against the words of a QUERY: it cannot be combined with "
                          f"{'--like' if like is not None else '--queries-from'}")
     hits = searcher.search(query, options)
-    result = verify_hits(query, hits, searcher.ws, _settings())
+    result = verify_hits(query, hits, searcher.ws, settings.checked(*VISION_SETTINGS))
     if json_out:
         render_ask.verified_json(query, hits, result)
     else:
@@ -406,7 +365,7 @@ def _search_verified(searcher, query: str | None, like: Path | None, queries_fro
         render.info(f"imgrag: no matching photos{why_nothing(searcher, options)}")
     else:
         render.info(render_ask.verify_summary(result))
-    return EXIT_OK if result.kept else EXIT_SOME
+    return EXIT_OK if result.kept else EXIT_NOTHING_FOUND
 
 
 @app.command(epilog=(
@@ -436,15 +395,15 @@ def ask(
     """Answer a question from your photos: the best matches' descriptions go to a chat model, which cites them."""
     from imgrag.ask.answer import answer_plan, plan_ask
     from imgrag.cli import render, render_ask
-    from imgrag.config import explicit_embed_model
-    from imgrag.search.ranking import Searcher
     from imgrag.search.request import make_filters, make_options, why_nothing
+    from imgrag.search.searcher import Searcher
 
     filters = make_filters(in_folder, after, before)
-    settings = _settings()
+    settings = _settings().checked(*VISION_SETTINGS)
     if not dry_run:
         settings.require_api_key()  # before retrieval loads anything
-    searcher = Searcher(index=index, embed_model=explicit_embed_model(), filters=filters)
+    searcher = Searcher(index=index, embed_model=settings.embed_model, filters=filters,
+                        query_encoder=settings.query_encoder)
     options = make_options(limit, min_score)  # search's default set, from where search takes it
     plan = plan_ask(question, searcher, settings, limit=limit, look=look, min_score=options.min_score)
     if dry_run:
@@ -457,7 +416,7 @@ def ask(
     if not plan.hits:
         render.info(f"imgrag: no photo matches the question{why_nothing(searcher, options)}; "
                     "nothing was sent to the model")
-        return EXIT_SOME
+        return EXIT_NOTHING_FOUND
     return EXIT_OK
 
 

@@ -5,31 +5,16 @@ instead of Click's three-line usage block, like every other error imgrag prints.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-try:  # typer >= 0.22 carries its own copy of Click
-    from typer._click.exceptions import (
-        BadParameter,
-        ClickException,
-        MissingParameter,
-        NoArgsIsHelpError,
-        NoSuchOption,
-        UsageError,
-    )
-    from typer._click.globals import get_current_context
+try:  # typer >= 0.22 carries its own copy of Click, whose errors all derive from TyperException
+    from typer import TyperException as ClickError
 except ImportError:  # older typer uses Click itself
-    from click import get_current_context
-    from click.exceptions import (
-        BadParameter,
-        ClickException,
-        MissingParameter,
-        NoArgsIsHelpError,
-        NoSuchOption,
-        UsageError,
-    )
+    from click import ClickException as ClickError  # type: ignore[assignment]
 
 from imgrag.errors import EXIT_USAGE
 
@@ -48,6 +33,12 @@ class Command(TyperCommand):
 class Group(TyperGroup):
     """The `imgrag` group: whole command summaries, and usage errors as one line."""
 
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if not args and self.no_args_is_help and not ctx.resilient_parsing:
+            typer.echo(ctx.get_help(), err=True, color=ctx.color)  # plain `imgrag`: the help, as Click shows it
+            ctx.exit(EXIT_USAGE)
+        return super().parse_args(ctx, args)
+
     def format_commands(self, ctx: Any, formatter: Any) -> None:
         rows = [(name, cmd.get_short_help_str(limit=1_000)) for name in self.list_commands(ctx)
                 if (cmd := self.get_command(ctx, name)) is not None and not cmd.hidden]
@@ -55,23 +46,22 @@ class Group(TyperGroup):
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
 
-    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
-             standalone_mode: bool = True, **extra: Any) -> Any:
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, windows_expand_args: bool = True, **extra: Any) -> Any:
         prog_name = prog_name or "imgrag"  # also under `python -m imgrag`: the name users type
         if not standalone_mode:
-            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            return super().main(args, prog_name, complete_var, standalone_mode=False,
+                                windows_expand_args=windows_expand_args, **extra)
         try:
-            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except NoArgsIsHelpError as e:  # plain `imgrag`: the help, as Click shows it
-            e.show()
-            sys.exit(e.exit_code)
-        except UsageError as e:
-            command = next((a for a in (sys.argv[1:] if args is None else args) if a in self.commands), None)
-            where = f"{prog_name} {command}" if command else prog_name
-            print(f"imgrag: error: {usage_error_line(e, where)}", file=sys.stderr, flush=True)
-            sys.exit(EXIT_USAGE)
-        except ClickException as e:  # any other error Click would show
-            print(f"imgrag: error: {_sentence(e.format_message())}", file=sys.stderr, flush=True)
+            code = super().main(args, prog_name, complete_var, standalone_mode=False,
+                                windows_expand_args=windows_expand_args, **extra)
+        except ClickError as e:
+            if e.exit_code == EXIT_USAGE:  # Click's usage errors: a bad flag, argument or command
+                command = next((a for a in (sys.argv[1:] if args is None else args) if a in self.commands), None)
+                where = f"{prog_name} {command}" if command else prog_name
+                print(f"imgrag: error: {usage_error_line(e, where)}", file=sys.stderr, flush=True)
+            else:  # any other error Click would show
+                print(f"imgrag: error: {_sentence(e.format_message())}", file=sys.stderr, flush=True)
             sys.exit(e.exit_code)
         except typer.Abort:
             print("imgrag: error: aborted", file=sys.stderr, flush=True)
@@ -79,10 +69,9 @@ class Group(TyperGroup):
         sys.exit(code if isinstance(code, int) else 0)
 
 
-def typed(option: str) -> bool:
-    """Whether the running command's `option` (its parameter name) was given, not defaulted."""
-    ctx = get_current_context(silent=True)
-    source = ctx.get_parameter_source(option) if ctx is not None else None
+def typed(ctx: typer.Context, option: str) -> bool:
+    """Whether the command's `option` (its parameter name) was given, not defaulted."""
+    source = ctx.get_parameter_source(option)
     return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
@@ -92,15 +81,14 @@ def usage_error_line(e: Any, command_path: str = "imgrag") -> str:
     ctx = getattr(e, "ctx", None)
     help_hint = f" (see {ctx.command_path if ctx is not None else command_path} --help)"
     param = getattr(e, "param", None)
-    if isinstance(e, MissingParameter) and param is not None:
+    # typer exports BadParameter; a MissingParameter is the BadParameter that names the kind of parameter missing.
+    if isinstance(e, typer.BadParameter) and param is not None and hasattr(e, "param_type"):
         usage = " ".join([ctx.command_path, *ctx.command.collect_usage_pieces(ctx)]) if ctx else ""
         return f"missing {_param_name(param)}" + (f": {usage}" if usage else "")
-    if isinstance(e, BadParameter) and param is not None:
+    if isinstance(e, typer.BadParameter) and param is not None:
         given = _given(e)
         shown = "" if not given else f" {given}" if _is_number(given) else f" {given!r}"
         return f"{_param_name(param)}{shown}: {_allowed(param, e, given)}{help_hint}"
-    if isinstance(e, NoSuchOption) and ctx is not None:
-        return _sentence(e.format_message()) + help_hint
     text = _sentence(e.format_message())
     if text.startswith("no such command") and "did you mean" not in text.lower() and ctx is not None:
         return f"{text} (commands: {', '.join(ctx.command.list_commands(ctx))})"
@@ -134,7 +122,7 @@ def _is_number(text: str) -> bool:
 def _allowed(param: Any, e: Any, given: str) -> str:
     """What the flag takes: 'must be at least 1', 'must be a whole number from 1 to 64'."""
     low, high = getattr(param, "min", None), getattr(param, "max", None)
-    kind = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+    kind: Any = getattr(getattr(param, "type_descriptor", None), "annotation", None)
     wanted = {int: "a whole number", float: "a number"}.get(kind)
     right_kind = given != "" and _is_number(given) and (kind is not int or given.lstrip("+-").isdigit())
     words = [] if right_kind or wanted is None else [wanted]

@@ -1,28 +1,41 @@
 """Everything a person or a script sees: result tables and JSON on stdout, progress,
-warnings and summaries on stderr. No colour or progress bar off a terminal or with NO_COLOR."""
+warnings and summaries on stderr. No colour or progress bar off a terminal or with NO_COLOR.
+
+What the environment says about the terminal (NO_COLOR, TERM, IMGRAG_THUMBNAILS, ...) comes
+from the command's Settings, given once by `configure`."""
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from imgrag.cli.terminal import fit_thumbnails, has_truecolor, screen_lines, thumbnail_cells
+from imgrag.config import Settings
 from imgrag.errors import UsageError
+from imgrag.store.files import json_bytes
 
 if TYPE_CHECKING:
-    from imgrag.describe.batch import BatchSummary
-    from imgrag.describe.live import DescribeSummary
-    from imgrag.index.build import EmbedSummary
     from imgrag.search.ranking import Hit
     from imgrag.status import Status
+
+
+_settings = Settings()  # the running command's settings (configure): only the terminal's are read here
+
+
+def configure(settings: Settings) -> None:
+    """The settings of the command being run: what the terminal can show and what the user asked of it."""
+    global _settings
+    _settings = settings
 
 
 def _console(stream):
     from rich.console import Console
 
-    return Console(file=stream, no_color=bool(os.environ.get("NO_COLOR")), highlight=False, soft_wrap=False)
+    return Console(file=stream, no_color=_settings.no_color, highlight=False, soft_wrap=False)
 
 
 def stderr_console():
@@ -30,7 +43,7 @@ def stderr_console():
 
 
 def is_terminal(stream) -> bool:
-    return stream.isatty() and os.environ.get("TERM") != "dumb"
+    return stream.isatty() and not _settings.dumb_terminal
 
 
 def error(message: str) -> None:
@@ -49,21 +62,13 @@ THUMBNAIL_SETTINGS = ("auto", "kitty", "sixel", "halfblock", "off")
 _THUMB_PIXELS = 400  # decoded size: enough for kitty and sixel at the largest thumbnail (imgrag.cli.terminal)
 
 
-def hit_record(h: Hit) -> dict[str, Any]:
-    """One result in --json: `extra` holds the score's parts (dense, lexical, visible_text, crowding)."""
-    return {"rank": h.rank, "score": h.score, "path": h.path, "paths": h.paths, "caption": h.caption,
-            "why": h.why, "taken": h.taken, "sha256": h.sha256, "extra": h.extra}
-
-
 def hits_json(query: str | None, hits: list[Hit], *, like: str | None = None) -> str:
     """One JSON document on one line: the whole output of --json, one line of --queries-from.
     A file name that is not UTF-8 comes out as \\udcXX escapes, which read back to the same name."""
-    from imgrag.store.files import json_bytes
-
     doc: dict[str, Any] = {"query": query}
     if like is not None:
         doc["like"] = like
-    doc.update(count=len(hits), results=[hit_record(h) for h in hits])
+    doc.update(count=len(hits), results=[h.as_dict() for h in hits])
     return json_bytes(doc).decode("utf-8")
 
 
@@ -93,12 +98,12 @@ def thumbnail_kind(flag: bool | None) -> str | None:
     `flag` is --thumbnails (True: even piped or with NO_COLOR, since asking outweighs the
     environment), --no-thumbnails (False) or neither (None: only on a terminal without
     NO_COLOR). IMGRAG_THUMBNAILS names the kind, or `auto` to ask the terminal."""
-    setting = os.environ.get("IMGRAG_THUMBNAILS", "").strip().lower() or "auto"
+    setting = _settings.thumbnails
     if setting not in THUMBNAIL_SETTINGS:
         raise UsageError(f"IMGRAG_THUMBNAILS={setting!r}: use one of {', '.join(THUMBNAIL_SETTINGS)}")
     if flag is False or (flag is None and setting == "off"):
         return None
-    if flag is None and not (is_terminal(sys.stdout) and not os.environ.get("NO_COLOR")):
+    if flag is None and not (is_terminal(sys.stdout) and not _settings.no_color):
         return None
     if setting not in ("auto", "off"):
         return setting
@@ -117,7 +122,7 @@ def _probe_terminal() -> str:
             return "sixel"
         if renderable.tgp.query_terminal_support():
             return "kitty"
-    except Exception:  # termios errors and the like: probing is best effort
+    except Exception:  # noqa: BLE001, S110 - termios errors and the like: probing is best effort
         pass
     return "halfblock"
 
@@ -149,12 +154,9 @@ def _textual_image() -> Any:
 def _thumbnail(path: str, kind: str, rows: int) -> tuple[Any, int]:
     """(a picture of the photo at most `rows` high for a table cell, its width in cells),
     or a dim note when it cannot be read."""
-    import io
-
     from PIL import Image
     from rich.text import Text
 
-    from imgrag.cli.terminal import thumbnail_cells
     from imgrag.photos.files import PhotoError, prepare_image
 
     renderable = _textual_image()
@@ -183,14 +185,12 @@ def hits_table(hits: list[Hit], thumbnails: str | None = None, *, fit_screen: bo
     from rich.table import Table
     from rich.text import Text
 
-    from imgrag.cli.terminal import fit_thumbnails, has_truecolor, screen_lines
-
     pictures: list[tuple[Any, int]] = []
     if thumbnails is None:
         console = _console(sys.stdout)
     else:  # thumbnails were asked for, or the terminal shows them: colour is part of them
         console = Console(file=sys.stdout, force_terminal=True, no_color=False, highlight=False, soft_wrap=False,
-                          color_system="truecolor" if has_truecolor() else "auto")
+                          color_system="truecolor" if has_truecolor(_settings.colorterm, _settings.in_tmux) else "auto")
         fit = fit_thumbnails(len(hits), screen_lines(sys.stdout), cut=fit_screen)
         if fit.shown < len(hits):
             info(f"imgrag: {len(hits) - fit.shown} more not shown (thumbnails fill the screen): "
@@ -214,127 +214,11 @@ def hits_table(hits: list[Hit], thumbnails: str | None = None, *, fit_screen: bo
             about.append("\n" + h.why, style="dim")
         if h.taken:
             about.append(f"\ntaken {h.taken.replace('T', ' ')}", style="dim")
-        cells = [str(h.rank), f"{h.score:.3f}", about]
+        cells: list[Any] = [str(h.rank), f"{h.score:.3f}", about]
         if thumbnails is not None:
             cells.insert(1, pictures[i][0])
         table.add_row(*cells)
     console.print(table)
-
-
-# -- describe ----------------------------------------------------------------------------
-
-
-class DescribeProgress:
-    """A progress bar on a terminal, nothing but warnings elsewhere (cron mails stay short)."""
-
-    def __init__(self) -> None:
-        self._bar: Any = None
-        self._task = None
-        self._console = stderr_console()
-
-    def start(self, total: int) -> None:
-        if not is_terminal(sys.stderr) or total == 0:
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self._bar = Progress(
-            TextColumn("describing"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[failed]} failed"),
-            TimeRemainingColumn(), console=self._console, transient=True,
-        )
-        self._bar.start()
-        self._task = self._bar.add_task("describe", total=total, failed=0)
-
-    def advance(self, ok: bool) -> None:
-        if self._bar is not None:
-            failed = self._bar.tasks[0].fields["failed"] + (0 if ok else 1)
-            self._bar.update(self._task, advance=1, failed=failed)
-
-    def warn(self, message: str) -> None:
-        if self._bar is not None:
-            self._bar.console.print(f"warning: {message}", markup=False, highlight=False)
-        else:
-            info(f"imgrag: warning: {message}")
-
-    def stop(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-            self._bar = None
-
-
-def describe_summary(s: DescribeSummary) -> None:
-    if s.estimate is not None:
-        info(_dry_run_line(s))
-        _quarantine_lines(s)
-        return
-    parts = [f"described {s.described}", f"failed {s.failed}", f"already done {s.already}"]
-    if s.remaining:
-        parts.append(f"{s.remaining} left")
-    tokens = s.prompt_tokens + s.completion_tokens
-    limited = f", {s.rate_limited} rate-limited" if s.rate_limited else ""
-    requests = f"{s.requests} request{'' if s.requests == 1 else 's'}"
-    line = "imgrag: " + ", ".join(parts) + f" ({requests}{limited}, {tokens:,} tokens)"
-    if s.stopped_by == "quota":
-        line += f"; daily quota spent: run again later for the {s.remaining} left"
-    elif s.stopped_by == "unavailable":
-        line += f"; stopped: {s.stop_reason}; run again later for the {s.remaining} left"
-    elif s.stopped_by == "interrupt":
-        line += "; interrupted"
-    info(line)
-    for path, reason in s.failures[:10]:
-        info(f"imgrag: failed: {path}: {reason}")
-    if len(s.failures) > 10:
-        info(f"imgrag: ... and {len(s.failures) - 10} more (see .imgrag/failures.jsonl)")
-    _quarantine_lines(s)
-
-
-def _quarantine_lines(s: DescribeSummary | BatchSummary) -> None:
-    """Photos set aside: said once when it happens, then counted in one short line."""
-    for path, reason, strikes in s.newly_quarantined[:10]:
-        info(f"imgrag: quarantined: {path}: {reason} ({strikes} times in a row; "
-             "skipped from now on, `imgrag describe --retry-failed` tries it again)")
-    if len(s.newly_quarantined) > 10:
-        info(f"imgrag: ... and {len(s.newly_quarantined) - 10} more quarantined (see `imgrag status`)")
-    if s.quarantined:
-        info(f"imgrag: {s.quarantined} quarantined photo{'' if s.quarantined == 1 else 's'} skipped "
-             "(see `imgrag status`; `imgrag describe --retry-failed` tries them again)")
-
-
-def _dry_run_line(s: DescribeSummary) -> str:
-    e = s.estimate
-    line = (
-        f"dry run: {s.found} photos, {s.already} already described, would describe {e.photos}: "
-        f"~{e.prompt_tokens:,} input + ~{e.completion_tokens:,} output tokens, ~${e.cost:.2f}"
-    )
-    if e.minutes is not None and e.photos:
-        limits = ", ".join(f"{v:,} {k.replace('_per_', '/').replace('_', ' ')}" for k, v in e.limits.items()
-                           if k != "tokens_per_photo")
-        line += f", {_duration(e.minutes)} of requests at {limits} ({e.limits_source})"
-        if e.runs > 1:
-            line += f"; the daily limit spreads it over {e.runs} daily runs"
-    elif e.photos:
-        line += f"; time unknown: {e.limits_source}"
-    return line + "; nothing was sent"
-
-
-def _duration(minutes: float) -> str:
-    if minutes < 1:
-        return "under a minute"
-    if minutes < 90:
-        return f"about {round(minutes)} min"
-    if minutes < 48 * 60:
-        return f"about {minutes / 60:.1f} h"
-    return f"about {minutes / 1440:.1f} days"
-
-
-def embed_summary(s: EmbedSummary) -> None:
-    kind = {"flat": "exact", "ivf-sq8": "IVF-SQ8"}.get(s.index_type, s.index_type)
-    info(
-        f"imgrag: indexed {s.described} of {s.photos} photos ({s.encoded} embedded now, "
-        + (f"{s.copies} {'copy' if s.copies == 1 else 'copies'} of another photo's description, " if s.copies else "")
-        + f"{s.cached} from cache)"
-        + (f"; {kind} index written" if s.rebuilt_index else "; index unchanged")
-        + (f"; {s.photos - s.described} not described yet" if s.photos > s.described else "")
-    )
 
 
 def _quarantined_status_lines(s: Status, shown: int = 10) -> list[str]:
@@ -373,59 +257,12 @@ def status_text(s: Status) -> str:
         counts = b.get("counts") or {}
         done = f", {counts.get('completed', 0)}/{counts.get('total', 0)} done" if counts.get("total") else ""
         lines.append(f"batch:        {b['id'] or '(submission interrupted)'}: {b['photos']} photos, {b['state']}{done}, "
-                     f"{_age(b['age_s'])} old" + (f" (as of {b['seen']})" if b.get("seen") else ""))
+                     f"{age(b['age_s'])} old" + (f" (as of {b['seen']})" if b.get("seen") else ""))
     lines.append(f"next run would: {next_step(s)}")
     return "\n".join(lines)
 
 
-def batch_summary(s: BatchSummary) -> None:
-    """What a `describe --batch` run did, on stderr."""
-    for line in _batch_lines(s):
-        info(line)
-    _quarantine_lines(s)
-
-
-def _batch_lines(s: BatchSummary) -> list[str]:
-    from imgrag.describe.batch import BATCH_DISCOUNT
-
-    lines = []
-    if s.estimate is not None:
-        e = s.estimate
-        held = f", {s.held} in open batches" if s.held else ""
-        lines.append(
-            f"dry run (batch): {s.found} photos, {s.already} already described{held}, would submit {e.photos}: "
-            f"~{e.prompt_tokens:,} input + ~{e.completion_tokens:,} output tokens, ~${e.cost:.2f} at the batch "
-            f"price (half of ~${e.cost / BATCH_DISCOUNT:.2f}), results within {s.window}; nothing was sent")
-        return lines
-    for b in s.collected:
-        lines.append(f"imgrag: collected batch {b.batch_id} ({b.status}): {b.described} described, {b.failed} failed"
-                     + (f", {b.unfinished} left for the next batch" if b.unfinished else ""))
-    for b in s.open:
-        counts = b.get("counts") or {}
-        done = f", {counts.get('completed', 0)}/{counts.get('total', 0)} done" if counts.get("total") else ""
-        lines.append(f"imgrag: batch {b['id']} of {b['photos']} photo(s): {b['state']}{done}, "
-                     f"submitted {_age(b['age_s'])} ago")
-    if s.cancelled:
-        lines.append(f"imgrag: cancelled {len(s.cancelled)} batch(es): {', '.join(s.cancelled)}; "
-                     "the next `imgrag describe --batch` collects what they finished")
-    if s.submitted:
-        photos = sum(n for _, n in s.submitted)
-        ids = ", ".join(i for i, _ in s.submitted)
-        lines.append(f"imgrag: submitted {photos} photo(s) in {len(s.submitted)} batch(es) ({ids}), completion "
-                     f"window {s.window}; run `imgrag describe --batch` again later to collect them")
-    elif not s.cancelled and not s.stopped_by:
-        waiting = f"; {s.held} photo(s) wait in open batches" if s.held else ""
-        lines.append(f"imgrag: nothing new to submit ({s.already + s.described} described{waiting})")
-    if s.stopped_by:
-        lines.append(f"imgrag: stopped: {s.stop_reason}; what finished is saved, run again later")
-    for path, reason in s.failures[:10]:
-        lines.append(f"imgrag: failed: {path}: {reason}")
-    if len(s.failures) > 10:
-        lines.append(f"imgrag: ... and {len(s.failures) - 10} more (see .imgrag/failures.jsonl)")
-    return lines
-
-
-def _age(seconds: float) -> str:
+def age(seconds: float) -> str:
     if seconds < 90:
         return f"{round(seconds)} s"
     if seconds < 90 * 60:

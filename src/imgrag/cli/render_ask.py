@@ -6,15 +6,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from imgrag.cli.render import hit_record, hits_paths, hits_table, info, is_terminal, shown_path
+from imgrag.ask.answer import AskPlan, AskResult
+from imgrag.ask.verify import VerifyResult
+from imgrag.cli.render import hits_paths, hits_table, info, is_terminal, shown_path
+from imgrag.search.ranking import Hit
 from imgrag.store.files import json_bytes
-
-if TYPE_CHECKING:
-    from imgrag.ask.answer import AskPlan, AskResult
-    from imgrag.ask.verify import VerifyResult
-    from imgrag.search.ranking import Hit
 
 
 def _json(doc: dict[str, Any]) -> None:
@@ -28,6 +26,7 @@ def dry_run(plan: AskPlan, json_out: bool) -> None:
     if plan.hits:
         print(plan.prompt())
         s = plan.settings
+        assert s is not None, "a plan with photos names the model that answers"
         images = f" (with {plan.images} image{'s' if plan.images != 1 else ''})" if plan.images else ""
         photos = f"{len(plan.hits)} photo{'s' if len(plan.hits) != 1 else ''}"
         info(f"dry run: {photos} for {s.provider} model {s.model}: ~{plan.prompt_tokens:,} prompt "
@@ -37,8 +36,6 @@ def dry_run(plan: AskPlan, json_out: bool) -> None:
 def answer(events: Iterator[str | AskResult], *, json_out: bool, thumbnails: str | None) -> AskResult:
     """Print the answer: streamed as it arrives on a terminal, whole off one; then the
     cited photos. Returns the final result."""
-    from imgrag.ask.answer import AskResult
-
     stream = is_terminal(sys.stdout) and not json_out
     shown = False
     result = None
@@ -64,7 +61,7 @@ def answer(events: Iterator[str | AskResult], *, json_out: bool, thumbnails: str
     if shown:
         sys.stdout.write("\n")
     else:
-        print(" ".join(result.answer.split()))
+        print(" ".join((result.answer or "").split()))
     cited = result.cited_hits()
     if stream:
         if cited:
@@ -89,14 +86,14 @@ def usage_line(result: AskResult) -> str:
 
 def verified_json(query: str, hits: list[Hit], result: VerifyResult) -> None:
     """Every candidate, with "verified" and "reason"; `count` is how many were kept."""
-    results = [{**hit_record(h), "verified": v.verified, "reason": v.reason} for h, v in zip(hits, result.verdicts)]
+    results = [{**h.as_dict(), "verified": v.verified, "reason": v.reason} for h, v in zip(hits, result.verdicts, strict=True)]
     _json({"query": query, "count": result.kept, "verified_by": result.model, "results": results})
 
 
 def verified_output(hits: list[Hit], result: VerifyResult, *, paths: bool, nul: bool, thumbnails: str | None) -> None:
     """--paths / -0 / table / piped lines: the kept photos only, with the model's reason."""
     kept = [replace(h, why=f"verified: {v.reason}" if v.reason else h.why)
-            for h, v in zip(hits, result.verdicts) if v.verified]
+            for h, v in zip(hits, result.verdicts, strict=True) if v.verified]
     if paths or nul:
         hits_paths(kept, nul=nul)
     elif kept:

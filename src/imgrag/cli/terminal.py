@@ -3,7 +3,6 @@ results to fit on one screen."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -20,12 +19,11 @@ SCREEN_MARGIN = 3
 TABLE_FRAME = 3
 
 
-def has_truecolor(env: dict[str, str] | None = None) -> bool:
-    """COLORTERM=truecolor|24bit, or inside tmux whose terminal has RGB (or Tc)."""
-    env = os.environ if env is None else env
-    if env.get("COLORTERM", "").strip().lower() in TRUECOLOR:
+def has_truecolor(colorterm: str, in_tmux: bool) -> bool:
+    """COLORTERM=truecolor|24bit (`colorterm`), or inside tmux whose terminal has RGB (or Tc)."""
+    if colorterm.strip().lower() in TRUECOLOR:
         return True
-    return bool(env.get("TMUX")) and _tmux_has_rgb()
+    return in_tmux and _tmux_has_rgb()
 
 
 def _tmux_has_rgb() -> bool:
@@ -40,7 +38,7 @@ def _tmux_has_rgb() -> bool:
 
 def _tmux(*args: str) -> str:
     try:
-        done = subprocess.run(["tmux", *args], capture_output=True, text=True, timeout=2)
+        done = subprocess.run(["tmux", *args], capture_output=True, text=True, timeout=2, check=False)
     except (OSError, subprocess.SubprocessError):
         return ""
     return done.stdout if done.returncode == 0 else ""

@@ -36,7 +36,7 @@ from imgrag.describe.plan import DescribeOptions, Estimate, estimate, plan
 from imgrag.describe.progress import Progress
 from imgrag.describe.records import Recorder, description_record
 from imgrag.describe.schema import ReplyError, parse_reply, request_messages
-from imgrag.errors import EXIT_OK, EXIT_SOME, EXIT_TEMPFAIL, UsageError
+from imgrag.errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_TEMPFAIL, UsageError
 from imgrag.photos.files import PhotoError, PhotoMeta, prepare_image, read_metadata
 from imgrag.providers import (
     FatalProviderError,
@@ -112,7 +112,7 @@ class BatchSummary:
     def exit_code(self) -> int:
         if self.stopped_by:
             return EXIT_TEMPFAIL
-        return EXIT_SOME if self.failed else EXIT_OK
+        return EXIT_SOME_FAILED if self.failed else EXIT_OK
 
 
 def window_hours(window: str) -> int:

@@ -35,7 +35,7 @@ from imgrag.describe.plan import (
 from imgrag.describe.progress import Progress
 from imgrag.describe.records import Recorder, description_record
 from imgrag.describe.schema import ReplyError, parse_reply, request_messages
-from imgrag.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME, EXIT_TEMPFAIL, UsageError
+from imgrag.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, EXIT_TEMPFAIL, UsageError
 from imgrag.photos.files import PhotoError, PhotoMeta, prepare_image, read_metadata
 from imgrag.providers import (
     FatalProviderError,
@@ -88,7 +88,7 @@ class DescribeSummary:
             return EXIT_INTERRUPTED
         if self.stopped_by in ("quota", "unavailable"):
             return EXIT_TEMPFAIL
-        return EXIT_SOME if self.failed else EXIT_OK
+        return EXIT_SOME_FAILED if self.failed else EXIT_OK
 
 
 def run_describe(photos: Path, settings: Settings, options: DescribeOptions, progress: Progress,

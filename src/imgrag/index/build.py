@@ -6,6 +6,7 @@ there are none, the model is never loaded."""
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import threading
 from collections.abc import Callable
@@ -32,8 +33,10 @@ from imgrag.index.generations import (
     previous_rows,
     read_meta,
     stable_order,
-    write_bundle,
+    write_generation,
 )
+from imgrag.index.onnx_export import ensure_export
+from imgrag.index.query_encoder import open_text_encoder
 from imgrag.store.descriptions import load_descriptions
 from imgrag.store.files import json_bytes, storage_errors
 from imgrag.store.scan import PhotoFile, by_content, scan
@@ -84,10 +87,13 @@ def docs_for(groups: dict[str, list[PhotoFile]], described: dict[str, dict]) -> 
 
 def run_embed(photos: Path | None, model_name: str | None, *, rebuild: bool = False, wait: bool = False,
               index: Path | None = None, show_progress: bool = False,
-              cancel: threading.Event | None = None, on_progress: Callable[[int, int], None] | None = None) -> EmbedSummary:
+              cancel: threading.Event | None = None, on_progress: Callable[[int, int], None] | None = None,
+              query_encoder: str = "auto") -> EmbedSummary:
     """`model_name` None: the model the index was built with (the default for a new one).
     `cancel` (set from another thread) stops between chunks of texts, keeping the vectors
-    already cached, with `Interrupted`; `on_progress(done, total)` follows the encoding."""
+    already cached, with `Interrupted`; `on_progress(done, total)` follows the encoding;
+    `query_encoder` (Settings.query_encoder) says whether a few new texts may be encoded
+    with the model's ONNX export."""
     ws = workspace_for(photos, index)
     if model_name is not None:
         model_name = resolve_model_name(model_name)  # a local folder: its absolute path
@@ -106,8 +112,8 @@ def run_embed(photos: Path | None, model_name: str | None, *, rebuild: bool = Fa
             known = _same_weights_moved(known, model_name, photos)
         summary.model = model_name
         keys = [text_key(d.text) for d in docs]
-        cache, encoder = _cache_for(ws, model_name, known, needed=keys)
-        todo = _unique([(k, d.text) for k, d in zip(keys, docs) if k not in cache])
+        cache, encoder = _cache_for(ws, model_name, known, needed=keys, query_encoder=query_encoder)
+        todo = _unique([(k, d.text) for k, d in zip(keys, docs, strict=True) if k not in cache])
         if todo:
             _encode_into(cache, encoder, todo, show_progress, cancel, on_progress)
         model = encoder if isinstance(encoder, LoadedModel) else None
@@ -126,7 +132,7 @@ def run_embed(photos: Path | None, model_name: str | None, *, rebuild: bool = Fa
             previous = None if rebuild else previous_rows(ws, embedding)
             docs, keys = stable_order(docs, keys, previous)
             vectors = cache.get(keys)
-            write_bundle(ws, docs, vectors, {"embedding": embedding, "signature": signature},
+            write_generation(ws, docs, vectors, {"embedding": embedding, "signature": signature},
                          keys=keys, previous=previous)
             summary.rebuilt_index = True
             meta = read_meta(ws)
@@ -135,8 +141,6 @@ def run_embed(photos: Path | None, model_name: str | None, *, rebuild: bool = Fa
         if docs:
             # Export the model for fast searches, once per model: loads it only when this run
             # did not and no export exists yet. Never fails the embed (falls back to slow search).
-            from imgrag.index.query_encoder import ensure_export
-
             ensure_export(ws, model_name, cache.fingerprint, model)
     return summary
 
@@ -156,7 +160,8 @@ def _same_weights_moved(known: dict, model_name: str, photos: Path | None) -> di
     )
 
 
-def _cache_for(ws: Workspace, model_name: str, known: dict, needed: list[str]) -> tuple[VectorCache, Any]:
+def _cache_for(ws: Workspace, model_name: str, known: dict, needed: list[str],
+               query_encoder: str = "auto") -> tuple[VectorCache, Any]:
     """The vector cache of this model, and an encoder only if some needed key is missing:
     the verified ONNX export for a few texts, else the model itself.
 
@@ -169,7 +174,7 @@ def _cache_for(ws: Workspace, model_name: str, known: dict, needed: list[str]) -
         missing = sum(1 for k in set(needed) if k not in cache)
         if missing == 0:
             return cache, None
-        small = _small_batch_encoder(ws, model_name, known["fingerprint"], missing)
+        small = _small_batch_encoder(ws, model_name, known["fingerprint"], missing, query_encoder)
         if small is not None:
             return cache, small
     model = load_model(model_name)
@@ -182,13 +187,11 @@ def _cache_for(ws: Workspace, model_name: str, known: dict, needed: list[str]) -
 SMALL_BATCH = 2000
 
 
-def _small_batch_encoder(ws: Workspace, model_name: str, fingerprint: str, count: int):
+def _small_batch_encoder(ws: Workspace, model_name: str, fingerprint: str, count: int, query_encoder: str) -> Any:
     """The verified ONNX export as a text encoder for a few new texts, or None (torch then)."""
     if count > SMALL_BATCH:
         return None
-    from imgrag.index.query_encoder import open_text_encoder
-
-    return open_text_encoder(ws, model_name, fingerprint)
+    return open_text_encoder(ws, model_name, fingerprint, query_encoder)
 
 
 def _encode_into(cache: VectorCache, model: Any, todo: list[tuple[str, str]], show_progress: bool,
@@ -222,9 +225,7 @@ def _unique(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 def index_signature(docs: list[Doc], keys: list[str]) -> str:
     """Changes whenever a row, its paths or its text would change, or a generation would hold more."""
-    import hashlib
-
     h = hashlib.sha256(f"contents {GENERATION_CONTENTS}".encode())
-    for d, k in zip(docs, keys):
+    for d, k in zip(docs, keys, strict=True):
         h.update(json_bytes([d.sha256, d.paths, k, d.taken, d.mtime, d.lexical]))  # paths may hold lone surrogates
     return h.hexdigest()[:32]

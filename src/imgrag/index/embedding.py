@@ -11,19 +11,21 @@ import functools
 import hashlib
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from imgrag.config import DEFAULT_EMBED_MODEL
 from imgrag.errors import UsageError
 from imgrag.store.files import fsync_dir
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-DEFAULT_MODEL = "all-MiniLM-L6-v2"
+DEFAULT_MODEL = DEFAULT_EMBED_MODEL  # all-MiniLM-L6-v2, packaged: works offline
 _PACKAGED_NAMES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 # model.safetensors of sentence-transformers/all-MiniLM-L6-v2 at revision 1110a243, as
 # published upstream: the packaged copy must match it before we trust it.
@@ -117,7 +119,7 @@ def load_model(name: str) -> LoadedModel:
 
     try:
         model = SentenceTransformer(str(local) if local else name, device="cpu")
-    except Exception as e:  # the hub raises many kinds: missing repo, offline, bad files
+    except Exception as e:  # noqa: BLE001 - the hub raises many kinds: missing repo, offline, bad files
         raise UsageError(
             f"cannot load embedding model {name!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
             f"check IMGRAG_EMBED_MODEL / --model (default {DEFAULT_MODEL} works offline)"
@@ -139,8 +141,6 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import warnings
-
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|sentence_transformers)")
     from transformers.utils import logging as hf_logging
 

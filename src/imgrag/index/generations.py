@@ -30,6 +30,9 @@ from typing import Any
 import numpy as np
 
 from imgrag.errors import TryLater, UsageError
+from imgrag.index import background, crowding
+from imgrag.index.embedding import text_key
+from imgrag.index.lexical import LexicalIndex, write_lexical
 from imgrag.store.files import fsync_dir, json_bytes, write_atomic
 from imgrag.store.paths import (
     CROWDING_FILE,
@@ -72,6 +75,7 @@ class Doc:
                   taken: str | None = None, mtime: int | None = None) -> Doc:
         """The row of a photo with this description: what is embedded and every word of it
         (ValueError for a description this version cannot read)."""
+        # describe's schema (pydantic) only builds rows: a search, which opens generations, never loads it
         from imgrag.describe.schema import embedding_text, lexical_text
 
         return cls(sha256, paths, str(description.get("caption", "")), embedding_text(description),
@@ -112,7 +116,7 @@ def build_faiss(vectors: np.ndarray, plan: dict[str, Any] | None = None) -> Any:
 def _empty_ivf(dim: int, plan: dict[str, Any]) -> Any:
     import faiss
 
-    index = faiss.index_factory(dim, f"IVF{plan['nlist']},SQ8", faiss.METRIC_INNER_PRODUCT)
+    index: Any = faiss.index_factory(dim, f"IVF{plan['nlist']},SQ8", faiss.METRIC_INNER_PRODUCT)  # an IndexIVFScalarQuantizer
     index.nprobe = plan["nprobe"]
     # The 8-bit range per dimension comes from the training sample; widen it a little so
     # photos added later, a bit outside that range, are not clipped.
@@ -156,9 +160,9 @@ def previous_rows(ws: Workspace, embedding: dict[str, Any]) -> Previous | None:
     meta = read_meta(ws)
     if not meta or meta.get("format") != INDEX_FORMAT or meta.get("embedding") != embedding or "dense" not in meta:
         return None
-    folder = ws.paths.index / meta["generation"]
+    folder = ws.paths.generation(meta["generation"])
     try:
-        db = sqlite3.connect(f"file:{folder / 'docs.sqlite'}?mode=ro", uri=True)
+        db = sqlite3.connect(read_only_uri(folder / GENERATION_DOCS), uri=True)
         try:
             rows = [(sha, key) for sha, key in db.execute("SELECT sha256, vkey FROM docs ORDER BY row")]
         finally:
@@ -229,7 +233,8 @@ class DenseIndex:
         if params is not None and self.kind != "flat":
             import faiss
 
-            ivf = faiss.SearchParametersIVF(sel=params.sel, nprobe=self.faiss.nlist)
+            # faiss's Python layer takes a parameter object's fields as keywords; its type stubs do not say so
+            ivf = faiss.SearchParametersIVF(sel=params.sel, nprobe=self.faiss.nlist)  # type: ignore[call-arg]
             return self.faiss.search(queries, k, params=ivf)
         return self.faiss.search(queries, k, params=params)
 
@@ -238,7 +243,10 @@ class DenseIndex:
 
 
 @dataclass
-class Bundle:
+class Generation:
+    """One index generation, open for searching (`open_generation`): its dense index, its
+    rows in SQLite, and the rest of its files loaded on first use."""
+
     folder: Path
     meta: dict[str, Any]
     index: DenseIndex
@@ -259,30 +267,22 @@ class Bundle:
     @functools.cached_property
     def lexical(self) -> Any:
         """The generation's BM25 index (imgrag.index.lexical.LexicalIndex), loaded on first use; None if it has none."""
-        from imgrag.index.lexical import LexicalIndex
-
         return LexicalIndex.load(self.folder / LEXICAL_DIR)
 
     @functools.cached_property
     def visible_text(self) -> Any:
         """BM25 over only the words seen written in each photo (a LexicalIndex); None if it has none."""
-        from imgrag.index.lexical import LexicalIndex
-
         return LexicalIndex.load(self.folder / VISIBLE_TEXT_DIR)
 
     @functools.cached_property
     def background(self) -> np.ndarray | None:
-        """A fixed sample of the rows' vectors (imgrag.search.cutoff), memory-mapped; None for an index built without it."""
-        from imgrag.search.cutoff import load
-
-        return load(self.folder)
+        """A fixed sample of the rows' vectors (imgrag.index.background); None for an index built without it."""
+        return background.load(self.folder)
 
     @functools.cached_property
     def crowding(self) -> np.ndarray | None:
         """Each row's crowding (imgrag.index.crowding), memory-mapped; None for an index built without it."""
-        from imgrag.index.crowding import load
-
-        return load(self.folder)
+        return crowding.load(self.folder)
 
     def locate(self, rows: Sequence[int]) -> dict[int, tuple[list[str], str | None]]:
         """Rows' stored copies and dates (PHOTO_TIME): the little a search needs of every
@@ -309,17 +309,15 @@ def rows_at_once(db: sqlite3.Connection, columns: str, rows: Sequence[int]) -> l
     return json.loads(db.execute(sql, [int(r) for r in rows]).fetchone()[0])
 
 
-def write_bundle(ws: Workspace, docs: list[Doc], vectors: np.ndarray, meta: dict[str, Any], *,
+def write_generation(ws: Workspace, docs: list[Doc], vectors: np.ndarray, meta: dict[str, Any], *,
                  keys: list[str] | None = None, previous: Previous | None = None) -> Path:
     """Write a new generation (row i = docs[i] = vectors[i]) and make it current.
 
     `keys` are the rows' vector-cache keys (default: computed from each doc's text);
     `previous` is the generation to extend where possible (see `previous_rows`)."""
-    from imgrag.index.embedding import text_key
-
     ws.paths.index.mkdir(parents=True, exist_ok=True)
     keys = keys if keys is not None else [text_key(d.text) for d in docs]
-    rows = [(d.sha256, k) for d, k in zip(docs, keys)]
+    rows = [(d.sha256, k) for d, k in zip(docs, keys, strict=True)]
     gen = f"{time.time_ns():x}"
     tmp = ws.paths.index / f".{gen}.tmp"
     tmp.mkdir()
@@ -329,8 +327,6 @@ def write_bundle(ws: Workspace, docs: list[Doc], vectors: np.ndarray, meta: dict
         _write_background(vectors, rows, tmp)
         _write_docs(tmp / GENERATION_DOCS, docs, keys)
         if docs:
-            from imgrag.index.lexical import write_lexical
-
             write_lexical(tmp, [d.lexical for d in docs])
         meta = {**meta, "format": INDEX_FORMAT, "count": len(docs), "generation": gen, "dense": dense}
         (tmp / GENERATION_META).write_text(json.dumps(meta, indent=2))
@@ -340,7 +336,7 @@ def write_bundle(ws: Workspace, docs: list[Doc], vectors: np.ndarray, meta: dict
             else:
                 fsync_dir(f)
         fsync_dir(tmp)  # its own entries too: the files above are no use if their names are lost
-        final = ws.paths.index / gen
+        final = ws.paths.generation(gen)
         tmp.rename(final)
         fsync_dir(ws.paths.index)
     except BaseException:
@@ -355,8 +351,6 @@ def write_bundle(ws: Workspace, docs: list[Doc], vectors: np.ndarray, meta: dict
 def _write_crowding(vectors: np.ndarray, rows: list[tuple[str, str]], previous: Previous | None, folder: Path) -> None:
     """Each row's crowding (see `crowding`): the previous generation's file when the rows are
     the same (it depends on nothing else), else computed afresh over every row."""
-    from imgrag.index import crowding
-
     if previous is not None and rows == previous.rows and (previous.dense.parent / CROWDING_FILE).exists():
         _link_or_copy(previous.dense.parent / CROWDING_FILE, folder / CROWDING_FILE)
         return
@@ -364,10 +358,8 @@ def _write_crowding(vectors: np.ndarray, rows: list[tuple[str, str]], previous: 
 
 
 def _write_background(vectors: np.ndarray, rows: list[tuple[str, str]], folder: Path) -> None:
-    """A fixed sample of the rows' vectors: what unrelated photos score for a query (see `cutoff`)."""
-    from imgrag.search import cutoff
-
-    cutoff.save(folder, cutoff.background_sample(vectors, [sha for sha, _ in rows]))
+    """A fixed sample of the rows' vectors: what unrelated photos score for a query (imgrag.index.background)."""
+    background.save(folder, background.background_sample(vectors, [sha for sha, _ in rows]))
 
 
 def _write_docs(path: Path, docs: list[Doc], keys: list[str]) -> None:
@@ -380,7 +372,7 @@ def _write_docs(path: Path, docs: list[Doc], keys: list[str]) -> None:
         db.executemany(
             "INSERT INTO docs VALUES (?,?,?,?,?,?,?,?,?)",
             [(i, d.sha256, json_bytes(d.paths).decode(), d.caption, d.text, d.lexical, d.taken, d.mtime, k)
-             for i, (d, k) in enumerate(zip(docs, keys))],
+             for i, (d, k) in enumerate(zip(docs, keys, strict=True))],
         )
     db.close()
 
@@ -409,7 +401,7 @@ def read_meta(ws: Workspace) -> dict[str, Any] | None:
     if gen is None:
         return None
     try:
-        return json.loads((ws.paths.index / gen / GENERATION_META).read_text())
+        return json.loads((ws.paths.generation(gen) / GENERATION_META).read_text())
     except (OSError, ValueError):
         return None
 
@@ -449,7 +441,7 @@ def read_only_uri(path: Path) -> str:
     return f"file:{urllib.parse.quote(str(path))}?mode=ro"
 
 
-def load_bundle(ws: Workspace) -> Bundle:
+def open_generation(ws: Workspace) -> Generation:
     """Open the current generation. An IVF index is memory-mapped: pages are read as queries touch them."""
     gen = current_generation(ws)
     if gen is None:
@@ -460,7 +452,7 @@ def load_bundle(ws: Workspace) -> Bundle:
         command = ws.command("embed" if described else "index")
         raise UsageError(f"{ws.root} has no search index yet: "
                          + (f"run `{command}`" if command else "run `imgrag index` on your photo folder"))
-    folder = ws.paths.index / gen
+    folder = ws.paths.generation(gen)
     try:
         meta = json.loads((folder / GENERATION_META).read_text())
     except (OSError, ValueError) as e:
@@ -472,4 +464,4 @@ def load_bundle(ws: Workspace) -> Bundle:
                     for _ in range(2))
     except (OSError, RuntimeError, sqlite3.Error) as e:
         raise UsageError(f"the index in {folder} is damaged ({e}): run `{ws.embed_command('--rebuild')}`") from None
-    return Bundle(folder, meta, index, db, scan)
+    return Generation(folder, meta, index, db, scan)

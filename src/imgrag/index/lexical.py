@@ -95,7 +95,7 @@ def query_terms(query: str, stopwords: frozenset[str] | None = None) -> list[Que
     found = content_words(query, stopwords)
     seen: set[str] = set()
     terms = []
-    for word, stem in zip(found, stems(found)):
+    for word, stem in zip(found, stems(found), strict=True):
         if stem not in seen:
             seen.add(stem)
             terms.append(QueryTerm(word, stem))
@@ -162,11 +162,12 @@ class LexicalIndex:
                 return None
             params = json.loads((folder / "params.index.json").read_text())
             vocab = json.loads((folder / "vocab.index.json").read_text(encoding="utf-8"))
-            arrays = [np.load(folder / f"{name}.csc.index.npy", mmap_mode="r") for name in ("data", "indices", "indptr")]
+            data, indices, indptr = (np.load(folder / f"{name}.csc.index.npy", mmap_mode="r")
+                                     for name in ("data", "indices", "indptr"))
             size, stopwords = int(params["num_docs"]), frozenset(about["stopwords"])
         except (OSError, ValueError, KeyError):
             return None
-        return cls(vocab, *arrays, size=size, stopwords=stopwords)
+        return cls(vocab, data, indices, indptr, size=size, stopwords=stopwords)
 
     def _doc_freq(self, column: int | None) -> int:
         """How many descriptions have the word (its column's entries); 0 for an unknown word."""

@@ -196,7 +196,7 @@ def file_sha256(path: Path) -> str:
 def _open_image(path: Path) -> Iterator[Image.Image]:
     """Open lazily (header only), rejecting anything we will not decode."""
     try:
-        f = open(path, "rb")
+        f = open(path, "rb")  # noqa: SIM115 - the context manager below closes it
     except OSError as e:
         raise PhotoError(_os_reason(e)) from e
     with f:
@@ -321,7 +321,8 @@ def _iso_datetime(text: str | None) -> str | None:
     if not match:
         return None
     try:  # rejects '0000:00:00 00:00:00' and other impossible dates
-        return datetime(*map(int, match.groups())).isoformat()
+        year, month, day, hour, minute, second = map(int, match.groups())
+        return datetime(year, month, day, hour, minute, second).isoformat()
     except ValueError:
         return None
 

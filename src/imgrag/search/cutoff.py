@@ -6,7 +6,7 @@ per query, from what imgrag knows about it:
 
 - how this query scores against photos in general: its cosine with a fixed sample of the
   collection's own photos (`background.npy`, written into the index generation at embed
-  time), summarised by a robust centre and spread, so a hit's *standing* is how many
+  time by `imgrag.index.background`), summarised by a robust centre and spread, so a hit's *standing* is how many
   spreads it scores above that centre (a z-score; unrelated text stands low in any
   collection and with any query wording);
 - the gap below the best hit: a hit far below the best one is a weaker kind of match
@@ -21,37 +21,8 @@ Flickr8k dev and COCO (README)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-
-from imgrag.store.paths import BACKGROUND_FILE
-
-BACKGROUND_MAX = 1024  # sampled photos: enough for a stable median and spread, 0.8 MB at 384-d (float16)
-
-
-def background_sample(vectors: np.ndarray, sha256s: list[str]) -> np.ndarray:
-    """A fixed sample of the collection's vectors (those with the smallest content hashes,
-    whatever order rows are in), float16."""
-    if not len(vectors):
-        return np.zeros((0, vectors.shape[1] if vectors.ndim == 2 else 0), np.float16)
-    chosen = np.sort(np.argsort(np.asarray(sha256s), kind="stable")[:BACKGROUND_MAX])
-    return np.asarray(vectors, dtype=np.float32)[chosen].astype(np.float16)
-
-
-def save(folder: Path, sample: np.ndarray) -> None:
-    np.save(folder / BACKGROUND_FILE, np.asarray(sample, dtype=np.float16))
-
-
-def load(folder: Path) -> np.ndarray | None:
-    """The generation's background sample as float32 (1.5 MB at most: every query multiplies
-    it, and converting float16 each time cost a server more than the product); None for an
-    index built without it."""
-    try:
-        return np.load(folder / BACKGROUND_FILE).astype(np.float32)
-    except (OSError, ValueError):
-        return None
-
 
 EVERY_WORD = 0.999  # a words share this high is every query word (the share is a float sum)
 BACKGROUND_MIN = 30  # fewer sampled photos than this say too little: the score rule alone then

@@ -5,14 +5,15 @@ same order."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from imgrag.errors import UsageError
-
-if TYPE_CHECKING:
-    from imgrag.search.ranking import Filters, Hit, Searcher, SearchOptions
+from imgrag.search.filters import Filters, parse_date
+from imgrag.search.ranking import DENSE_CANDIDATES, Hit, SearchOptions, search_options
+from imgrag.search.searcher import Searcher, Window, clean_query
 
 SORTS = ("relevance", "date")
 
@@ -20,8 +21,6 @@ SORTS = ("relevance", "date")
 def make_filters(in_folder: Path | None, after: str | None, before: str | None, *,
                  names: tuple[str, str] = ("--after", "--before")) -> Filters:
     """`--in/--after/--before` (or the `in/after/before` URL parameters) as Filters."""
-    from imgrag.search.ranking import Filters, parse_date
-
     return Filters(
         under=in_folder,
         after=parse_date(after, names[0]) if after is not None else None,
@@ -32,8 +31,6 @@ def make_filters(in_folder: Path | None, after: str | None, before: str | None, 
 def make_options(limit: int | None, min_score: float | None, show_all: bool = False) -> SearchOptions:
     """`--limit/--min-score/--all` (or the URL's limit/min_score/all) as SearchOptions. No
     min_score means the default result set, fitted to each query (see cutoff.py)."""
-    from imgrag.search.ranking import search_options
-
     return search_options(limit=limit, min_score=min_score, show_all=show_all)
 
 
@@ -45,7 +42,7 @@ def cut_off(options: SearchOptions) -> float | None:
 def why_nothing(searcher: Searcher, options: SearchOptions, *, flag: str = "--min-score", all_flag: str = "--all",
                 filter_flags: str = "--in/--after/--before") -> str:
     """Why a search found nothing and what to try: the CLI's hint, also the page's."""
-    if searcher.bundle.size == 0:
+    if searcher.generation.size == 0:
         return " (the index is empty)"
     if searcher.allowed is not None and not searcher.allowed:
         return f" (no indexed photo passes {filter_flags})"
@@ -65,8 +62,6 @@ def search_page(searcher: Searcher, options: SearchOptions, *, query: str | None
     """One page of results: hits[offset:offset+limit] of the search `--limit offset+limit`
     would make (so page after page is the CLI's list, cut up). sort="date" orders the
     relevant photos (every one above the cut-off among the nearest candidates) newest first."""
-    from imgrag.search.ranking import DENSE_CANDIDATES, Window
-
     if sort not in SORTS:
         raise UsageError(f"sort must be one of {', '.join(SORTS)}, not {sort!r}")
     stop = offset + options.limit + 1  # one more says whether a next page exists
@@ -77,3 +72,25 @@ def search_page(searcher: Searcher, options: SearchOptions, *, query: str | None
     shown = hits[: options.limit]
     return Page(shown, offset + len(shown) if len(hits) > options.limit else None)
 
+
+def queries_from(source: str) -> Iterator[str]:
+    """`--queries-from FILE|-`: one query per line, blank lines skipped, each read as it
+    arrives (a script may write a query and read its answer before writing the next)."""
+    if source == "-":
+        yield from _queries(sys.stdin, source)
+        return
+    try:  # only opening it is a usage error; the `with` below closes it
+        f = open(source, encoding="utf-8")  # noqa: SIM115
+    except OSError as e:
+        raise UsageError(f"--queries-from {source}: {e.strerror or e}") from None
+    with f:
+        yield from _queries(f, source)
+
+
+def _queries(lines: Iterable[str], source: str) -> Iterator[str]:
+    try:
+        for line in lines:
+            if line.strip():
+                yield clean_query(line)
+    except UnicodeDecodeError:
+        raise UsageError(f"--queries-from {source}: not UTF-8 text") from None

@@ -85,7 +85,7 @@ class BatchLog:
                 by_token[token] = BatchEntry(token, [str(p) for p in step["photos"]], str(step.get("model", "")),
                                              str(step.get("window", "")), str(step.get("time", "")))
                 continue
-            entry = by_token.get(token) if isinstance(token, str) else by_batch.get(step.get("batch_id"))
+            entry = by_token.get(token) if isinstance(token, str) else by_batch.get(str(step.get("batch_id")))
             if entry is None:
                 continue
             if event == "uploaded":

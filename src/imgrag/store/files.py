@@ -169,7 +169,7 @@ class JsonlAppender:
     def close(self) -> None:
         self._file.close()
 
-    def __enter__(self) -> JsonlAppender:
+    def __enter__(self) -> JsonlAppender:  # noqa: PYI034 - typing.Self is Python 3.11+
         return self
 
     def __exit__(self, *exc: object) -> None:

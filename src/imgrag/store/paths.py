@@ -12,7 +12,7 @@
   lock                 held by any writer (describe, embed, index, the page's jobs)
   vectors/             the embedding cache, one folder per model
   models/              the query encoder's ONNX export, one folder per model
-  thumbs/              thumbnails and previews made by `imgrag serve`
+  thumbs/              thumbnails and previews made by `imgrag serve` (<ab>/<sha256>-<size>.jpg)
   index/CURRENT        names the generation searches read
   index/<generation>/  one complete search index (the files named below)
 ```
@@ -88,6 +88,10 @@ class StorePaths:
     @property
     def thumbnails(self) -> Path:
         return self.root / "thumbs"
+
+    def thumbnail(self, sha256: str, size: int) -> Path:
+        """A photo's JPEG at `size` pixels on its long side (thumbnail or preview)."""
+        return self.thumbnails / sha256[:2] / f"{sha256}-{size}.jpg"
 
     @property
     def index(self) -> Path:

@@ -4,22 +4,32 @@ Each route turns its parameters into the calls `imgrag search/status/describe/em
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import mimetypes
+import os
 import re
-import threading
 import time
 from pathlib import Path, PurePath
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from imgrag.errors import UsageError
+from imgrag.photos.files import PhotoError
+from imgrag.search.live import Served, photo_file
+from imgrag.search.request import cut_off, make_filters, make_options, search_page, why_nothing
+from imgrag.search.searcher import clean_query
+from imgrag.status import collect_status, next_step
+from imgrag.store.files import json_bytes
+from imgrag.store.workspace import Workspace
+from imgrag.web.ask_api import refuse_cross_site, verified
 from imgrag.web.http_errors import Forbidden, NotFound
+from imgrag.web.jobs import Job
 from imgrag.web.security import SESSION_COOKIE, session_value
-from imgrag.web.state import Served, photo_file
+from imgrag.web.server import Server, ServerDep
 from imgrag.web.thumbnails import DEFAULT_THUMBNAIL, MAX_SIZE, MIN_SIZE, PREVIEW_SIZE, cached_jpeg
 
 router = APIRouter()
@@ -32,22 +42,12 @@ CACHE_FOREVER = "private, max-age=31536000, immutable"  # URLs name content by i
 STATUS_TTL = 5.0  # seconds a status is reused (it scans the photo folders)
 
 
-def _server(request: Request):
-    return request.app.state.server
-
-
-def _not_found(what: str) -> JSONResponse:
-    return JSONResponse({"error": f"not found: {what}"}, status_code=404)
-
-
 def _urls(sha: str) -> dict[str, str]:
     return {"thumbnail_url": f"/api/photos/{sha}/thumbnail", "preview_url": f"/api/photos/{sha}/preview",
             "file_url": f"/api/photos/{sha}/file"}
 
 
 def _rel(base: Path, path: str) -> str:
-    import os
-
     return PurePath(os.path.relpath(path, base)).as_posix()
 
 
@@ -56,6 +56,7 @@ def _rel(base: Path, path: str) -> str:
 
 @router.get("/api/search", summary="Search photos (the same results as `imgrag search --json`)")
 def search(
+    server: ServerDep,
     request: Request,
     q: str | None = Query(None, max_length=MAX_QUERY, description="What to look for"),
     limit: int = Query(10, ge=1, le=MAX_LIMIT),
@@ -69,17 +70,12 @@ def search(
     all_: bool = Query(False, alias="all", description="Every photo ranked, as `--all` (not with min_score)"),
     verify: bool = Query(False, description="Have the answer model check this page's results (`search --verify`)"),
 ):
-    from imgrag.search.request import cut_off, make_filters, make_options, search_page, why_nothing
-
-    server = _server(request)
     if (q is None) == (like is None):
         raise UsageError("give q (what to look for) or like (a photo id or indexed path), not both or neither")
     options = make_options(limit, min_score, all_)
     doc: dict[str, Any] = {"query": None, "like": like, "results": [], "next_offset": None,
                            "min_score": cut_off(options), "sort": sort, "hint": None, "generation": None}
     if q is not None:
-        from imgrag.search.ranking import clean_query
-
         doc["query"] = clean_query(q)
     filters = make_filters(server.ws.base / in_ if in_ else None, after, before, names=("after", "before"))
     served = server.index.current()
@@ -90,8 +86,8 @@ def search(
     like_path = _like_path(server, served, like) if like is not None else None
     page = search_page(searcher, options, query=doc["query"], like=like_path, offset=offset, sort=sort)
     base = server.ws.base
-    verdicts = _verdicts(request, doc["query"], page.hits) if verify else None
-    doc.update(index="ready", generation=served.generation, next_offset=page.next_offset, results=[{
+    verdicts = _verdicts(server, request, doc["query"], page.hits) if verify else None
+    doc.update(index="ready", generation=served.name, next_offset=page.next_offset, results=[{
         "id": h.sha256, "rank": h.rank, "score": h.score, "path": _rel(base, h.path), "paths": [_rel(base, p) for p in h.paths],
         "abs_path": h.path, "caption": h.caption, "date": h.date, "taken": h.taken,
         "why": h.why, **_urls(h.sha256), "extra": h.extra,
@@ -103,24 +99,20 @@ def search(
     return _fast_json(doc)
 
 
-def _verdicts(request: Request, query: str | None, hits: list) -> list:
+def _verdicts(server: Server, request: Request, query: str | None, hits: list) -> list:
     """verify=1: the answer model's verdict on each result of the page (imgrag.ask.verify)."""
-    from imgrag.web.ask_api import refuse_cross_site, verified
-
     refuse_cross_site(request)
     if query is None:
         raise UsageError("verify=1 checks results against the words of q: it cannot be combined with like")
-    return verified(request, query, hits)
+    return verified(server, query, hits)
 
 
 def _fast_json(doc: dict) -> Response:
     """Plain json.dumps: FastAPI's generic encoder costs more than the search on a busy server."""
-    from imgrag.store.files import json_bytes
-
     return Response(json_bytes(doc), media_type="application/json")
 
 
-def _like_path(server, served: Served, like: str) -> Path:
+def _like_path(server: Server, served: Served, like: str) -> Path:
     """The file of an indexed photo named by id or by indexed path (anything else: not found)."""
     sha = like if _SHA.fullmatch(like) and served.photos.row_of(like) is not None else served.photos.sha_of(like)
     if sha is None:
@@ -135,30 +127,29 @@ def _like_path(server, served: Served, like: str) -> Path:
 # -- photos ------------------------------------------------------------------------------------
 
 
-def _indexed(request: Request, photo_id: str) -> tuple[Any, str, Path | None]:
-    """(server, sha, its file) for an id of the index being served; raises a 404 otherwise."""
-    server = _server(request)
+def _indexed(server: Server, photo_id: str) -> tuple[Served, Path | None]:
+    """(the generation served, the photo's file) for an id of that generation; raises a 404 otherwise."""
     served = server.index.current()
     if not _SHA.fullmatch(photo_id) or served is None or served.photos.row_of(photo_id) is None:
         raise NotFound(f"no photo {photo_id[:80]!r} in the index")
     for rel in served.paths_of(photo_id):
         found = photo_file(server.ws, PurePath(rel).as_posix())
         if found is not None:
-            return server, photo_id, found
-    return server, photo_id, None
+            return served, found
+    return served, None
 
 
 @router.get("/api/photos/{photo_id}", summary="A photo's description record")
-def photo(request: Request, photo_id: str):
-    server, sha, path = _indexed(request, photo_id)
-    served = server.index.current()
+def photo(server: ServerDep, photo_id: str):
+    served, path = _indexed(server, photo_id)
+    sha = photo_id
     record = server.descriptions.get(sha) or {}
-    base = server.ws.base
     indexed = served.doc(sha)
     paths = [PurePath(p).as_posix() for p in indexed.paths] if indexed else []
     desc = record.get("description") or {}
     return {
-        "id": sha, "paths": paths, "abs_paths": [str(base / p) for p in paths], "caption": desc.get("caption", ""),
+        "id": sha, "paths": paths, "abs_paths": [str(server.ws.absolute(p)) for p in paths],
+        "caption": desc.get("caption", ""),
         "description": desc, "taken": record.get("taken"), "date": indexed.date if indexed else None,
         "camera": record.get("camera"), "gps": record.get("gps"), "width": record.get("width"),
         "height": record.get("height"), "size": record.get("size"), "model": record.get("model"),
@@ -171,16 +162,15 @@ def _not_modified(request: Request, etag: str) -> bool:
     return any(t.strip() in (etag, "*") for t in request.headers.get("if-none-match", "").split(","))
 
 
-def _jpeg(request: Request, photo_id: str, size: int) -> Response:
-    server, sha, path = _indexed(request, photo_id)
+def _jpeg(server: Server, request: Request, photo_id: str, size: int) -> Response:
+    _, path = _indexed(server, photo_id)
+    sha = photo_id
     etag = f'"{sha}"'
     headers = {"ETag": etag, "Cache-Control": CACHE_FOREVER}
     if _not_modified(request, etag):
         return Response(status_code=304, headers=headers)
     if path is None:
         raise NotFound(f"the file of photo {sha} is gone")
-    from imgrag.photos.files import PhotoError
-
     try:
         made = cached_jpeg(server.ws, sha, path, size)
     except PhotoError as e:
@@ -191,21 +181,22 @@ def _jpeg(request: Request, photo_id: str, size: int) -> Response:
 
 
 @router.get("/api/photos/{photo_id}/thumbnail", summary="A JPEG thumbnail (orientation applied, no metadata)")
-def thumbnail(request: Request, photo_id: str, size: int = Query(DEFAULT_THUMBNAIL, ge=MIN_SIZE, le=MAX_SIZE)):
-    return _jpeg(request, photo_id, size)
+def thumbnail(server: ServerDep, request: Request, photo_id: str,
+              size: int = Query(DEFAULT_THUMBNAIL, ge=MIN_SIZE, le=MAX_SIZE)):
+    return _jpeg(server, request, photo_id, size)
 
 
 @router.get("/api/photos/{photo_id}/preview", summary="A large JPEG preview")
-def preview(request: Request, photo_id: str):
-    return _jpeg(request, photo_id, PREVIEW_SIZE)
+def preview(server: ServerDep, request: Request, photo_id: str):
+    return _jpeg(server, request, photo_id, PREVIEW_SIZE)
 
 
 @router.get("/api/photos/{photo_id}/file", summary="The original file")
-def original(request: Request, photo_id: str):
-    server, sha, path = _indexed(request, photo_id)
+def original(server: ServerDep, request: Request, photo_id: str):
+    _, path = _indexed(server, photo_id)
     if path is None:
-        raise NotFound(f"the file of photo {sha} is gone")
-    return photo_response(request, sha, path)
+        raise NotFound(f"the file of photo {photo_id} is gone")
+    return photo_response(request, photo_id, path)
 
 
 def photo_response(request: Request, sha: str, path: Path) -> Response:
@@ -219,30 +210,23 @@ def photo_response(request: Request, sha: str, path: Path) -> Response:
 
 # -- status ------------------------------------------------------------------------------------
 
-_status_cache: dict[int, tuple[float, tuple, dict]] = {}
-_status_lock = threading.Lock()
-
-
 @router.get("/api/status", summary="The fields of `imgrag status --json`, and the server's own")
-def status(request: Request):
-    from imgrag.status import collect_status, next_step
-
-    server = _server(request)
+def status(server: ServerDep):
     job = server.jobs.running()
     served = server.index.current(wait=0)
-    key = (served.generation if served else None, job.version if job else None, _log_size(server.ws))
-    with _status_lock:
-        cached = _status_cache.get(id(server))
+    key = (served.name if served else None, job.version if job else None, _log_size(server.ws))
+    with server.status_lock:
+        cached = server.status_cache
         if cached is None or cached[1] != key or time.monotonic() - cached[0] > STATUS_TTL:
             state = collect_status(server.ws, server.config.photos)
             cached = (time.monotonic(), key, {**state.as_dict(), "next": next_step(state)})
-            _status_cache[id(server)] = cached
+            server.status_cache = cached
     return {**cached[2], "read_only": server.config.read_only, "auth": bool(server.config.token),
             "index_loaded": served is not None, "index_problem_serving": server.index.problem,
-            "generation": served.generation if served else None, "job": job.as_dict() if job else None}
+            "generation": served.name if served else None, "job": job.as_dict() if job else None}
 
 
-def _log_size(ws) -> int:
+def _log_size(ws: Workspace) -> int:
     try:
         return ws.paths.descriptions.stat().st_size
     except OSError:
@@ -258,47 +242,45 @@ class JobRequest(BaseModel):
     dry_run: bool = False
 
 
-def _read_only(server) -> None:
+def _read_only(server: Server) -> None:
     if server.config.read_only:
         raise Forbidden("this server is read-only (--read-only): jobs are off")
 
 
 @router.post("/api/jobs", status_code=202, summary="Start describe, embed or index (dry_run first gives the estimate)")
-def start_job(request: Request, body: JobRequest):
-    server = _server(request)
+def start_job(server: ServerDep, body: JobRequest):
     _read_only(server)
     job = server.jobs.start(body.kind, limit=body.limit, dry_run=body.dry_run)
     return job.as_dict()
 
 
 @router.get("/api/jobs", summary="Jobs of this server, newest first")
-def list_jobs(request: Request):
-    return {"jobs": [j.as_dict() for j in _server(request).jobs.all()]}
+def list_jobs(server: ServerDep):
+    return {"jobs": [j.as_dict() for j in server.jobs.all()]}
 
 
-def _job(request: Request, job_id: str):
-    job = _server(request).jobs.get(job_id)
+def _job(server: Server, job_id: str) -> Job:
+    job = server.jobs.get(job_id)
     if job is None:
         raise NotFound(f"no job {job_id[:40]!r}")
     return job
 
 
 @router.get("/api/jobs/{job_id}", summary="A job's state and progress")
-def get_job(request: Request, job_id: str):
-    return _job(request, job_id).as_dict()
+def get_job(server: ServerDep, job_id: str):
+    return _job(server, job_id).as_dict()
 
 
 @router.delete("/api/jobs/{job_id}", summary="Cancel a job (what is in flight finishes and is kept)")
-def cancel_job(request: Request, job_id: str):
-    job = _job(request, job_id)
-    _server(request).jobs.cancel(job)
+def cancel_job(server: ServerDep, job_id: str):
+    job = _job(server, job_id)
+    server.jobs.cancel(job)
     return job.as_dict()
 
 
 @router.get("/api/jobs/{job_id}/events", summary="A job's progress as server-sent events")
-async def job_events(request: Request, job_id: str):
-    job = _job(request, job_id)
-    server = _server(request)
+async def job_events(server: ServerDep, request: Request, job_id: str):
+    job = _job(server, job_id)
 
     async def events():
         sent = -1
@@ -325,10 +307,8 @@ class Login(BaseModel):
 
 
 @router.post("/api/login", summary="Log the page in: sets a session cookie when the token is right")
-async def login(request: Request, body: Login = Body(...)):
-    import hmac
-
-    token = _server(request).config.token
+async def login(server: ServerDep, request: Request, body: Annotated[Login, Body()]):
+    token = server.config.token
     if token is None:
         return {"ok": True, "auth": False}
     if not hmac.compare_digest(body.token.encode(), token.encode()):

@@ -4,60 +4,32 @@ endpoints (original_service.py), the page (static/), and errors as `{"error": ..
 from __future__ import annotations
 
 import logging
-import threading
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imgrag.errors import ImgragError
-from imgrag.store.description_lookup import Descriptions
-from imgrag.store.workspace import Workspace
+from imgrag.web import api, ask_api, original_service
 from imgrag.web.http_errors import Forbidden, NotFound
-from imgrag.web.jobs import Busy, Jobs
+from imgrag.web.jobs import Busy
 from imgrag.web.security import BodyTooLarge, Guard, Rules
-from imgrag.web.state import LiveIndex
+from imgrag.web.server import Server
 
 STATIC = Path(__file__).parent / "static"
 log = logging.getLogger("imgrag.serve")
 
 
-@dataclass
-class ServeConfig:
-    ws: Workspace
-    photos: Path | None = None  # the folder given to `imgrag serve PHOTOS`, if any
-    host: str = "127.0.0.1"
-    port: int = 8000
-    token: str | None = None
-    allow_hosts: list[str] = field(default_factory=list)
-    cors: str | None = None
-    read_only: bool = False
-    embed_model: str | None = None  # IMGRAG_EMBED_MODEL when set (an index made with another is refused)
-
-
-class Server:
-    """What the routes share: the live index, the jobs, the settings. Routes hold no logic."""
-
-    def __init__(self, config: ServeConfig) -> None:
-        self.config = config
-        self.ws = config.ws
-        self.index = LiveIndex(config.ws, config.embed_model)
-        self.jobs = Jobs(config.ws, config.photos, on_written=self.index.refresh)
-        self.descriptions = Descriptions(config.ws)
-        self.stopping = threading.Event()  # set on Ctrl-C/SIGTERM: event streams end, jobs stop
-
-
-def server_of(request: Request) -> Server:
-    return request.app.state.server
-
-
-def create_app(config: ServeConfig) -> FastAPI:
-    server = Server(config)
+def create_app(server: Server) -> FastAPI:
+    """The app serving `server` (what its routes share)."""
+    config = server.config
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -66,15 +38,10 @@ def create_app(config: ServeConfig) -> FastAPI:
         server.jobs.shutdown()  # a running job stops as describe does on Ctrl-C: nothing lost
 
     # fastapi-offline: /docs with Swagger UI's files served from here, not from a CDN (works offline).
-    from fastapi_offline import FastAPIOffline
-
     app = FastAPIOffline(title="imgrag", summary="Find photos by what is in them", lifespan=lifespan,
                          version=_version(), redoc_url=None, static_url="/docs-static")
-    app.state.server = server
+    app.state.server = server  # routes reach it through imgrag.web.server.ServerDep
     _errors(app)
-
-    from imgrag.web import api, ask_api, original_service
-
     app.include_router(api.router)
     app.include_router(ask_api.router)
     app.include_router(original_service.router)
@@ -85,8 +52,6 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static")
     if config.cors:
-        from fastapi.middleware.cors import CORSMiddleware
-
         app.add_middleware(CORSMiddleware, allow_origins=[config.cors], allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["Authorization", "Content-Type"], allow_credentials=False)
     app.add_middleware(Guard, rules=Rules(host=config.host, port=config.port, token=config.token,
@@ -95,8 +60,6 @@ def create_app(config: ServeConfig) -> FastAPI:
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("imgrag")
     except PackageNotFoundError:

@@ -8,36 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import threading
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import iterate_in_threadpool
 
+from imgrag.ask.answer import AskPlan, AskResult, answer_plan, plan_ask
+from imgrag.ask.verify import Verdict, verify_hits
+from imgrag.config import VISION_SETTINGS, answer_settings
 from imgrag.errors import ImgragError, TryLater
+from imgrag.search.ranking import Hit
+from imgrag.search.request import cut_off, make_filters, make_options
 from imgrag.web.http_errors import Forbidden
+from imgrag.web.server import Server, ServerDep
 
 router = APIRouter(tags=["answers"])
-
-_callers_lock = threading.Lock()
-
-
-def caller_for(request: Request, settings):
-    """One Caller per model for the whole server, so concurrent asks share one pacer."""
-    from imgrag.providers.retry import Caller
-
-    state = request.app.state
-    with _callers_lock:
-        callers = getattr(state, "answer_callers", None)
-        if callers is None:
-            callers = state.answer_callers = {}
-        key = (settings.provider, settings.base_url, settings.model)
-        if key not in callers:
-            callers[key] = Caller(settings)
-        return callers[key]
 
 
 def refuse_cross_site(request: Request) -> None:
@@ -45,11 +33,6 @@ def refuse_cross_site(request: Request) -> None:
     site = request.headers.get("sec-fetch-site")
     if site is not None and site not in ("same-origin", "none"):
         raise Forbidden(f"cross-site request refused (Sec-Fetch-Site: {site})")
-
-
-def verify_enabled() -> bool:
-    """IMGRAG_VERIFY=1: the original service's /get_image keeps only model-checked photos."""
-    return os.environ.get("IMGRAG_VERIFY", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 class AskBody(BaseModel):
@@ -75,32 +58,25 @@ def _doc(result) -> dict[str, Any]:
     return doc
 
 
-def _plan(request: Request, body: AskBody):
-    from imgrag.ask.answer import plan_ask
-    from imgrag.config import load_settings
-    from imgrag.search.request import cut_off, make_filters, make_options
-
-    server = request.app.state.server
+def _plan(server: Server, body: AskBody) -> AskPlan:
     served = server.index.current()
     if served is None:
         raise ImgragError(server.index.problem or "no search index yet: run an index job (or `imgrag index PHOTOS`)")
     filters = make_filters(server.ws.base / body.in_ if body.in_ else None, body.after, body.before,
                            names=("after", "before"))
     searcher = served.searcher.with_filters(filters) if filters.active() else served.searcher
-    settings = load_settings()
+    settings = server.settings.checked(*VISION_SETTINGS)
     settings.require_api_key()
     cutoff = cut_off(make_options(body.limit, body.min_score))
     return plan_ask(body.question, searcher, settings, limit=body.limit, look=body.look, min_score=cutoff)
 
 
 @router.post("/api/ask", summary="Answer a question from the photos (the shape of `imgrag ask --json`)")
-async def ask(request: Request, body: AskBody):
+async def ask(server: ServerDep, request: Request, body: AskBody):
     """JSON by default; with `Accept: text/event-stream`, events `chunk` ({"text"}) as the
     answer arrives, then `result` (the JSON document) or `error` ({"error", "status"})."""
-    from imgrag.ask.answer import AskResult, answer_plan
-
-    plan = await asyncio.to_thread(_plan, request, body)
-    caller = caller_for(request, plan.settings) if plan.hits else None
+    plan = await asyncio.to_thread(_plan, server, body)
+    caller = server.caller_for(plan.settings) if plan.hits and plan.settings is not None else None
     if "text/event-stream" in request.headers.get("accept", ""):
         return StreamingResponse(_events(answer_plan(plan, caller)), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -113,9 +89,7 @@ async def ask(request: Request, body: AskBody):
     return _doc(result)
 
 
-async def _events(events):
-    from imgrag.ask.answer import AskResult
-
+async def _events(events: Iterator[str | AskResult]) -> AsyncIterator[str]:
     def line(kind: str, data: dict) -> str:
         return f"event: {kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 
@@ -131,17 +105,11 @@ async def _events(events):
         yield line("error", {"error": str(e), "status": 400})
 
 
-def verified(request: Request, query: str, hits: list) -> list:
+def verified(server: Server, query: str, hits: list[Hit]) -> list[Verdict]:
     """The verdict on each hit (imgrag.ask.verify), through the server's shared Caller.
     Raises TryLater as a 429 (HTTPException) so the routes stay one line."""
-    from fastapi import HTTPException
-
-    from imgrag.ask.verify import verify_hits
-    from imgrag.config import answer_settings, load_settings
-
-    server = request.app.state.server
-    settings = load_settings()
+    settings = server.settings.checked(*VISION_SETTINGS)
     try:
-        return verify_hits(query, hits, server.ws, settings, caller_for(request, answer_settings(settings))).verdicts
+        return verify_hits(query, hits, server.ws, settings, server.caller_for(answer_settings(settings))).verdicts
     except TryLater as e:
         raise HTTPException(429, str(e), headers={"Retry-After": "60"}) from None

@@ -1,6 +1,6 @@
 """Jobs started over HTTP: describe, embed or index (both) of the served photos, in a thread,
-through the same functions and the same writer lock as the CLI. Cancelling a job stops it
-as Ctrl-C stops `imgrag describe`: requests in flight finish and are written."""
+through the pipeline the CLI runs (imgrag.pipeline) and the same writer lock. Cancelling a
+job stops it as Ctrl-C stops `imgrag describe`: requests in flight finish and are written."""
 
 from __future__ import annotations
 
@@ -12,15 +12,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imgrag.describe.plan import DescribeOptions
-from imgrag.describe.progress import NoProgress
+from imgrag.config import Settings
+from imgrag.describe.batch import BatchSummary
+from imgrag.describe.live import DescribeSummary
 from imgrag.errors import ImgragError, Interrupted
+from imgrag.index.build import EmbedSummary
+from imgrag.pipeline import Report, Steps, estimate_line, run_pipeline
 from imgrag.store.descriptions import now_iso
 from imgrag.store.workspace import Workspace
 
 log = logging.getLogger("imgrag.serve")
 
-KINDS = ("describe", "embed", "index")
 _KEEP_FINISHED = 50  # finished jobs remembered for GET /api/jobs
 
 
@@ -64,27 +66,13 @@ class Job:
         return self.state == "running"
 
 
-class _JobProgress(NoProgress):
-    """describe's progress, as the job's counters."""
-
-    def __init__(self, job: Job) -> None:
-        self.job = job
-
-    def start(self, total: int) -> None:
-        self.job.changed(total=self.job.done + total)
-
-    def advance(self, ok: bool) -> None:
-        self.job.changed(done=self.job.done + 1, failed=self.job.failed + (0 if ok else 1))
-
-    def warn(self, message: str) -> None:
-        self.job.changed(message=message)
-
-
 class Jobs:
     """At most one job at a time (there is one writer lock)."""
 
-    def __init__(self, ws: Workspace, photos: Path | None, on_written: Callable[[], None] | None = None) -> None:
+    def __init__(self, ws: Workspace, photos: Path | None, settings: Settings,
+                 on_written: Callable[[], None] | None = None) -> None:
         self.ws = ws
+        self.settings = settings
         self.on_written = on_written  # called before a job that wrote an index says it is done
         self.photos = photos  # the folder `imgrag serve PHOTOS` was given, else the index's roots
         self._jobs: dict[str, Job] = {}
@@ -129,17 +117,9 @@ class Jobs:
 
     def _check_lock(self) -> None:
         """409 now rather than a failed job, when a CLI describe/embed holds the lock."""
-        from filelock import FileLock, Timeout
-
-        if not self.ws.root.is_dir():
-            return  # no workspace yet: nobody can be writing it
-        lock = FileLock(str(self.ws.root / "lock"))
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
+        if self.ws.writer_busy():
             raise Busy(f"{self.ws.root} is busy: another imgrag describe/embed (e.g. a cron `imgrag index`) "
-                       "is writing it; try again when it has finished") from None
-        lock.release()
+                       "is writing it; try again when it has finished")
 
     def _forget_old(self) -> None:
         finished = [j for j in self.all() if not j.running]
@@ -149,13 +129,15 @@ class Jobs:
     # -- running -------------------------------------------------------------------
 
     def _run(self, job: Job) -> None:
+        steps = Steps(describe=job.kind in ("describe", "index"), embed=job.kind in ("embed", "index"),
+                      limit=job.limit, dry_run=job.dry_run, cancel=job.cancel)
+        report = _JobReport(job, self.on_written)
         try:
-            if job.kind in ("describe", "index"):
-                self._describe(job)
-            if job.kind in ("embed", "index") and not job.cancel.is_set():
-                self._embed(job)
-                if not job.dry_run and self.on_written is not None:
-                    self.on_written()  # so a search right after "done" sees what the job indexed
+            result = run_pipeline(self.photos, self.settings, steps, report, index=self.ws.root)
+            report.flush()
+            if result.pending is not None:
+                job.changed(estimate={**(job.estimate or {}), "embed": result.pending.next_embed,
+                                      "update_index": result.pending.next_rebuild_index})
             state = "cancelled" if job.cancel.is_set() else "done"
             job.changed(state=state, phase=None, finished=now_iso())
         except Interrupted as e:
@@ -168,78 +150,82 @@ class Jobs:
         finally:
             job.ended.set()
 
-    def _folders(self) -> list[Path]:
-        if self.photos is not None:
-            return [self.photos]
-        roots = [r for r in self.ws.roots() if r.is_dir()]
-        if not roots:
-            raise ImgragError(f"{self.ws.root} knows no photo folder: run `imgrag serve PHOTOS` with the folder to index")
-        return roots
 
-    def _describe(self, job: Job) -> None:
-        from imgrag.config import load_settings
-        from imgrag.describe.live import run_describe
+class _JobReport(Report):
+    """The pipeline's progress as the job's counters; what describe did, summed over the
+    folders, once it has described them all; the live index refreshed once embed wrote one."""
 
-        settings = load_settings()
-        job.changed(phase="describe")
-        left = job.limit
+    def __init__(self, job: Job, on_written: Callable[[], None] | None) -> None:
+        self.job = job
+        self.on_written = on_written
+        self.described_folders: list[DescribeSummary | BatchSummary] = []
+        self.describing = False  # the describe step ran, and what it did is not in the job yet
+
+    # describe's progress
+    def start(self, total: int) -> None:
+        self.job.changed(total=self.job.done + total)
+
+    def advance(self, ok: bool) -> None:
+        self.job.changed(done=self.job.done + 1, failed=self.job.failed + (0 if ok else 1))
+
+    def warn(self, message: str) -> None:
+        self.job.changed(message=message)
+
+    # the pipeline's steps
+    def phase(self, name: str) -> None:
+        if name == "describe":
+            self.describing = True
+            self.job.changed(phase="describe")
+        else:
+            self.flush()
+            self.job.changed(phase="embed", done=0, total=0, failed=0)
+
+    def described(self, summary: DescribeSummary | BatchSummary) -> None:
+        self.described_folders.append(summary)
+
+    def flush(self) -> None:
+        """What describe did, into the job (once, when it has done every folder)."""
+        if not self.describing:
+            return
+        self.describing = False
         totals: dict[str, Any] = {"described": 0, "failed": 0, "remaining": 0, "already": 0, "found": 0}
-        estimates = []
-        for folder in self._folders():
-            if job.cancel.is_set() or left == 0:
-                break
-            options = DescribeOptions(jobs=settings.jobs, limit=left, dry_run=job.dry_run, cancel=job.cancel)
-            summary = run_describe(folder, settings, options, _JobProgress(job), index=self.ws.root)
+        for summary in self.described_folders:
             for k in totals:
                 totals[k] += getattr(summary, k)
             if summary.stopped_by:
                 totals["stopped_by"], totals["stop_reason"] = summary.stopped_by, summary.stop_reason
-            if left is not None:
-                left = max(0, left - summary.todo)
-            if summary.estimate is not None:
-                estimates.append(summary)
-        job.changed(result={**job.result, **totals})
+        self.job.changed(result={**self.job.result, **totals})
+        estimates = [s for s in self.described_folders if isinstance(s, DescribeSummary) and s.estimate is not None]
         if estimates:
-            job.changed(estimate=_estimate_json(estimates))
+            self.job.changed(estimate=_estimate_json(estimates))
         if totals.get("stopped_by") in ("quota", "unavailable"):
-            job.changed(message=f"stopped: {totals.get('stop_reason')}; run it again later")
+            self.job.changed(message=f"stopped: {totals.get('stop_reason')}; run it again later")
 
-    def _embed(self, job: Job) -> None:
-        from imgrag.config import explicit_embed_model
-        from imgrag.index.build import run_embed
+    def embedding(self, done: int, total: int) -> None:
+        self.job.changed(done=done, total=total)
 
-        job.changed(phase="embed", done=0, total=0, failed=0)
-        if job.dry_run:
-            from imgrag.status import collect_status
-
-            status = collect_status(self.ws, self.photos)
-            job.changed(estimate={**(job.estimate or {}), "embed": status.next_embed,
-                                  "update_index": status.next_rebuild_index})
-            return
-        photos = self.photos
-        summary = run_embed(photos, explicit_embed_model(), index=self.ws.root, cancel=job.cancel,
-                            on_progress=lambda done, total: job.changed(done=done, total=total))
-        job.changed(done=summary.encoded, total=summary.encoded,
-                    result={**job.result, "embedded": summary.described, "encoded": summary.encoded,
-                            "rebuilt_index": summary.rebuilt_index})
+    def embedded(self, summary: EmbedSummary) -> None:
+        self.job.changed(done=summary.encoded, total=summary.encoded,
+                         result={**self.job.result, "embedded": summary.described, "encoded": summary.encoded,
+                                 "rebuilt_index": summary.rebuilt_index})
+        if self.on_written is not None:
+            self.on_written()  # so a search right after "done" sees what the job indexed
 
 
-def _estimate_json(summaries: list) -> dict[str, Any]:
+def _estimate_json(summaries: list[DescribeSummary]) -> dict[str, Any]:
     """The dry-run estimate of each folder, summed, with the CLI's line for each."""
-    from imgrag.cli.render import _dry_run_line
-
-    found = [s.estimate for s in summaries]
+    found = [s.estimate for s in summaries if s.estimate is not None]
     minutes = [e.minutes for e in found]
     return {
         "photos": sum(e.photos for e in found),
         "prompt_tokens": sum(e.prompt_tokens for e in found),
         "completion_tokens": sum(e.completion_tokens for e in found),
         "cost_usd": round(sum(e.cost for e in found), 4),
-        "seconds": round(sum(minutes) * 60, 1) if all(m is not None for m in minutes) else None,
+        "seconds": round(sum(m for m in minutes if m is not None) * 60, 1) if all(m is not None for m in minutes) else None,
         "runs": max(e.runs for e in found),
         "limits": found[0].limits,
         "limits_source": found[0].limits_source,
-        "text": "; ".join(_dry_run_line(s) for s in summaries),
+        "text": "; ".join(estimate_line(s) for s in summaries),
     }
 
 

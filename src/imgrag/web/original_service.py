@@ -17,10 +17,18 @@ from pathlib import PurePath
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
+from imgrag.describe.schema import embedding_text
 from imgrag.errors import UsageError
+from imgrag.pipeline import photo_folders
+from imgrag.search.live import photo_file
+from imgrag.search.request import make_options
+from imgrag.store.descriptions import load_descriptions
+from imgrag.store.scan import scan
+from imgrag.web.api import photo_response
+from imgrag.web.ask_api import verified
 from imgrag.web.http_errors import Forbidden, NotFound
-from imgrag.web.jobs import wait
-from imgrag.web.state import photo_file
+from imgrag.web.jobs import Job, wait
+from imgrag.web.server import Server, ServerDep
 
 router = APIRouter(tags=["original service"])
 
@@ -32,12 +40,12 @@ def healthcheck():
     return {"is_alive": True}
 
 
-def _writable(server) -> None:
+def _writable(server: Server) -> None:
     if server.config.read_only:
         raise Forbidden("this server is read-only (--read-only): it does not describe or embed")
 
 
-async def _run_job(server, kind: str):
+async def _run_job(server: Server, kind: str) -> Job:
     """Start a job as POST /api/jobs does and answer when it has ended."""
     job = server.jobs.start(kind)
     await asyncio.to_thread(wait, job)
@@ -47,21 +55,16 @@ async def _run_job(server, kind: str):
 
 
 @router.post("/generate_description", summary="Describe the photos not described yet; list every description")
-async def generate_description(request: Request):
-    server = request.app.state.server
+async def generate_description(server: ServerDep):
     _writable(server)
     await _run_job(server, "describe")
     return await asyncio.to_thread(_descriptions_list, server)
 
 
-def _descriptions_list(server) -> list[dict]:
+def _descriptions_list(server: Server) -> list[dict]:
     """One item per photo file under the served folders that has a description."""
-    from imgrag.describe.schema import embedding_text
-    from imgrag.store.descriptions import load_descriptions
-    from imgrag.store.scan import scan
-
     ws = server.ws
-    folders = [server.config.photos] if server.config.photos else [r for r in ws.roots() if r.is_dir()]
+    folders = photo_folders(server.config.photos, ws)
     described = load_descriptions(ws)
     items = []
     for f in scan(ws, folders, save=False):
@@ -86,10 +89,9 @@ class EmbedRequest(BaseModel):
 
 
 @router.post("/generate_description_embeddings", summary="Embed the descriptions (incremental)")
-async def generate_description_embeddings(request: Request, body: EmbedRequest):
+async def generate_description_embeddings(server: ServerDep, body: EmbedRequest):
     # The descriptions sent back are the ones /generate_description listed: the index is
     # built from imgrag's own records of them, so a client cannot plant text in it.
-    server = request.app.state.server
     _writable(server)
     job = await _run_job(server, "embed")
     return {"embedded": job.result.get("embedded", 0)}
@@ -100,30 +102,22 @@ class ImageQuery(BaseModel):
 
 
 @router.post("/get_image", summary="Up to 5 photo names for a query, as a JSON string")
-def get_image(request: Request, body: ImageQuery) -> str:
-    from imgrag.search.request import make_options
-
-    server = request.app.state.server
+def get_image(server: ServerDep, body: ImageQuery) -> str:
     served = server.index.current()
     names: list[str] = []
     if served is not None and body.query.strip():
         hits = served.searcher.search(body.query, make_options(GET_IMAGE_LIMIT, None))
-        from imgrag.web.ask_api import verified, verify_enabled
-
-        if verify_enabled() and hits:  # IMGRAG_VERIFY=1: the model keeps the real matches, as the original did
-            hits = [h for h, v in zip(hits, verified(request, body.query, hits)) if v.verified]
+        if server.settings.verify_get_image and hits:  # IMGRAG_VERIFY=1: the model keeps the real matches, as the original did
+            hits = [h for h, v in zip(hits, verified(server, body.query, hits), strict=True) if v.verified]
         names = [PurePath(os.path.relpath(h.path, server.ws.base)).as_posix() for h in hits]
     return json.dumps({"image_name": names})
 
 
 @router.get("/images/{name:path}", summary="A photo by the name /get_image gave")
-def image(request: Request, name: str):
-    from imgrag.web.api import photo_response
-
-    server = request.app.state.server
+def image(server: ServerDep, request: Request, name: str):
     served = server.index.current()
     sha = served.photos.sha_of(name) if served is not None else None
     path = photo_file(server.ws, name) if sha is not None else None
-    if path is None:
+    if sha is None or path is None:
         raise NotFound(f"no indexed photo named {name[:200]!r}")
     return photo_response(request, sha, path)

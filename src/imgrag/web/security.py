@@ -102,7 +102,8 @@ class Guard:
             if why:
                 return _error(403, why)
         preflight = method == "OPTIONS" and self.rules.cors is not None  # browsers send no credentials in these
-        if self.rules.token and not preflight and not self._public(scope["path"]) and not self._authorised(headers):
+        if (self.rules.token and self.session and not preflight and not self._public(scope["path"])
+                and not self._authorised(headers, self.rules.token, self.session)):
             return _error(401, "authentication required: send Authorization: Bearer <token>, or log in on the page",
                           login=True)
         length = headers.get("content-length")
@@ -113,10 +114,10 @@ class Guard:
     def _public(self, path: str) -> bool:
         return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
-    def _authorised(self, headers: Headers) -> bool:
+    def _authorised(self, headers: Headers, token: str, session: str) -> bool:
         auth = headers.get("authorization", "")
         scheme, _, value = auth.partition(" ")
-        if scheme.lower() == "bearer" and value and hmac.compare_digest(value.strip().encode(), self.rules.token.encode()):
+        if scheme.lower() == "bearer" and value and hmac.compare_digest(value.strip().encode(), token.encode()):
             return True
         cookie = SimpleCookie()
         try:
@@ -124,16 +125,16 @@ class Guard:
         except Exception:  # noqa: BLE001 - a malformed cookie header is simply no login
             return False
         morsel = cookie.get(SESSION_COOKIE)
-        return morsel is not None and hmac.compare_digest(morsel.value.encode(), self.session.encode())
+        return morsel is not None and hmac.compare_digest(morsel.value.encode(), session.encode())
 
     def _cross_site(self, headers: Headers) -> str | None:
         """Why a writing request looks cross-site, or None."""
         site = headers.get("sec-fetch-site")
         origin = headers.get("origin")
         if origin is not None:
-            if origin == "null" or not self._own_origin(origin, headers.get("host", "")):
-                if not (self.rules.cors and origin == self.rules.cors):
-                    return f"cross-site request refused (Origin {origin} is not this server)"
+            foreign = origin == "null" or not self._own_origin(origin, headers.get("host", ""))
+            if foreign and not (self.rules.cors and origin == self.rules.cors):
+                return f"cross-site request refused (Origin {origin} is not this server)"
             return None
         if site is not None and site not in ("same-origin", "none"):
             return f"cross-site request refused (Sec-Fetch-Site: {site})"

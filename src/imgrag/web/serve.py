@@ -8,18 +8,26 @@ import os
 import socket
 import sys
 import threading
+import webbrowser
 from pathlib import Path
+from types import FrameType
 from urllib.parse import urlsplit
 
+import uvicorn
+
+from imgrag.config import Settings, load_settings
+from imgrag.demo import demo_photos
 from imgrag.errors import UsageError
 from imgrag.store.workspace import DIR_NAME, Workspace
+from imgrag.web.app import create_app
 from imgrag.web.security import is_loopback
+from imgrag.web.server import ServeConfig, Server
 
 TOKEN_ENV = "IMGRAG_SERVE_TOKEN"
 MAX_HEADER_BYTES = 2 * 1024 * 1024  # h11's limit: past our own (security.MAX_URL_QUERY), so ours answers in JSON
 
 
-def resolve_workspace(photos: Path | None, index: Path | None) -> tuple[Workspace, Path | None]:
+def resolve_workspace(photos: Path | None, index: Path | None, settings: Settings) -> tuple[Workspace, Path | None]:
     """The workspace to serve and the photo folder jobs index (None: the index's own roots).
     With PHOTOS, its workspace also when it does not exist yet (a job creates it)."""
     if photos is not None:
@@ -31,24 +39,23 @@ def resolve_workspace(photos: Path | None, index: Path | None) -> tuple[Workspac
     except UsageError:
         if index is not None:
             raise
-    return _no_workspace_found()
+    return _no_workspace_found(settings)
 
 
-def _no_workspace_found() -> tuple[Workspace, Path | None]:
+def _no_workspace_found(settings: Settings) -> tuple[Workspace, Path | None]:
     """No PHOTOS and no index found: serve the demo photos (made once, offline), so a new
     user sees the page working, and say how to serve their own."""
-    from imgrag.demo import demo_photos
-
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    photos = demo_photos(say)
+    photos = demo_photos(say, settings.query_encoder)
     say(f"imgrag: no {DIR_NAME}/ folder here or in a parent folder: serving the demo photos; "
         "serve yours with `imgrag serve ~/Pictures` (the page can index them)")
     return Workspace.for_photos(photos), photos
 
 
-def read_token(token_file: Path | None) -> str | None:
+def read_token(token_file: Path | None, settings: Settings) -> str | None:
+    """The access token: from --token-file, else IMGRAG_SERVE_TOKEN (Settings.serve_token)."""
     if token_file is not None:
         try:
             token = token_file.expanduser().read_text(encoding="utf-8").strip()
@@ -57,7 +64,7 @@ def read_token(token_file: Path | None) -> str | None:
         if not token:
             raise UsageError(f"--token-file {token_file} is empty")
         return token
-    return os.environ.get(TOKEN_ENV, "").strip() or None
+    return settings.serve_token
 
 
 def _check_cors(origin: str | None) -> str | None:
@@ -93,64 +100,61 @@ def url_for(host: str, port: int) -> str:
 
 def run_serve(photos: Path | None, *, index: Path | None, host: str, port: int, allow_hosts: list[str],
               open_browser: bool, read_only: bool, token_file: Path | None, cors: str | None) -> int:
-    import uvicorn
-
-    from imgrag.config import explicit_embed_model, load_dotenv_once
-    from imgrag.web.app import ServeConfig, create_app
-
-    load_dotenv_once()  # IMGRAG_SERVE_TOKEN may come from .env, as every other setting
-    ws, folder = resolve_workspace(photos, index)
-    token = read_token(token_file)
+    settings = load_settings()  # read once: the routes and jobs receive it
+    ws, folder = resolve_workspace(photos, index, settings)
+    token = read_token(token_file, settings)
     if not is_loopback(host) and not token:
         raise UsageError(f"--host {host} lets other machines in: set a token first ({TOKEN_ENV}=..., or --token-file FILE)")
     config = ServeConfig(ws=ws, photos=folder, host=host, port=port, token=token, allow_hosts=list(allow_hosts),
-                         cors=_check_cors(cors), read_only=read_only, embed_model=explicit_embed_model())
+                         cors=_check_cors(cors), read_only=read_only, settings=settings)
     sock = _bind(host, port)
     config.port = sock.getsockname()[1]  # --port 0: the one the system chose
     _log_to_stderr()
-    app = create_app(config)
+    shared = Server(config)
+    app = create_app(shared)
     uv = uvicorn.Config(app, http="h11", h11_max_incomplete_event_size=MAX_HEADER_BYTES, lifespan="on",
                         log_level="warning", access_log=False, server_header=False, timeout_graceful_shutdown=30)
-    server = _Uvicorn(uv, app.state.server, url_for(host, config.port), open_browser)
+    server = _Uvicorn(uv, shared, url_for(host, config.port), open_browser)
     server.run(sockets=[sock])
     return 0
 
 
-class _Uvicorn:
+class _Uvicorn(uvicorn.Server):
     """uvicorn's server, told about Ctrl-C first so event streams end and jobs stop in time."""
 
-    def __new__(cls, config, shared, url: str, open_browser: bool):
-        import uvicorn
+    def __init__(self, config: uvicorn.Config, shared: Server, url: str, open_browser: bool) -> None:
+        super().__init__(config)
+        self.shared = shared
+        self.url = url
+        self.open_browser = open_browser
 
-        class Server(uvicorn.Server):
-            async def startup(self, sockets=None):
-                await super().startup(sockets=sockets)
-                if self.started:
-                    mode = " (read-only)" if shared.config.read_only else ""
-                    print(f"imgrag: serving {shared.ws.root} at {url}{mode}  (Ctrl-C stops)", file=sys.stderr, flush=True)
-                    if open_browser:
-                        import webbrowser
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            mode = " (read-only)" if self.shared.config.read_only else ""
+            print(f"imgrag: serving {self.shared.ws.root} at {self.url}{mode}  (Ctrl-C stops)", file=sys.stderr,
+                  flush=True)
+            if self.open_browser:
+                threading.Thread(target=webbrowser.open, args=(self.url,), daemon=True).start()
 
-                        threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
-
-            def handle_exit(self, sig, frame):
-                if shared.stopping.is_set():
-                    # A second Ctrl-C: abandon what is in flight (every record already written is safe).
-                    print("imgrag: stopped at once", file=sys.stderr, flush=True)
-                    os._exit(130)
-                shared.stopping.set()
-                running = shared.jobs.running()
-                if running is not None:
-                    print(f"imgrag: stopping: the {running.kind} job finishes its requests in flight "
-                          "(Ctrl-C again to abandon them)", file=sys.stderr, flush=True)
-                    shared.jobs.cancel(running)
-                super().handle_exit(sig, frame)
-
-        return Server(config)
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        shared = self.shared
+        if shared.stopping.is_set():
+            # A second Ctrl-C: abandon what is in flight (every record already written is safe).
+            print("imgrag: stopped at once", file=sys.stderr, flush=True)
+            os._exit(130)
+        shared.stopping.set()
+        running = shared.jobs.running()
+        if running is not None:
+            print(f"imgrag: stopping: the {running.kind} job finishes its requests in flight "
+                  "(Ctrl-C again to abandon them)", file=sys.stderr, flush=True)
+            shared.jobs.cancel(running)
+        super().handle_exit(sig, frame)
 
 
 def _log_to_stderr() -> None:
-    log = logging.getLogger("imgrag.serve")
+    """The server's log lines (imgrag.serve, imgrag.live), as they are, on stderr."""
+    log = logging.getLogger("imgrag")
     if not log.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))

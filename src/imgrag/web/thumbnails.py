@@ -19,7 +19,7 @@ _NO_LIMIT = 1 << 40  # prepare_image's base64 cap is for uploads, not for these
 
 def cached_jpeg(ws: Workspace, sha: str, photo: Path, size: int) -> Path | bytes:
     """The cached file, or the bytes when the cache cannot be written (read-only disk)."""
-    cached = ws.paths.thumbnails / sha[:2] / f"{sha}-{size}.jpg"
+    cached = ws.paths.thumbnail(sha, size)
     if cached.is_file():
         return cached
     jpeg = prepare_image(photo, max_side=size, max_base64_bytes=_NO_LIMIT, quality=85 if size > MAX_SIZE else 80).jpeg

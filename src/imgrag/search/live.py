@@ -1,6 +1,8 @@
-"""The index a server searches: loaded once in the background, then replaced whole when a
-new generation appears (a cron `imgrag index`, or a job of this server), so every answer
-comes from one complete generation and no request waits for a reload."""
+"""The index a long-lived server searches (`imgrag serve`, and any other server): loaded once
+in the background, then replaced whole when a new generation appears (a cron `imgrag
+index`, or a job of the server), so every answer comes from one complete generation and no
+request waits for a reload. With it: one generation's photos by id and by indexed name, and
+the file an indexed name stands for."""
 
 from __future__ import annotations
 
@@ -11,10 +13,12 @@ import time
 from pathlib import Path, PurePath
 
 from imgrag.errors import ImgragError
-from imgrag.index.generations import current_generation
+from imgrag.index.generations import Generation, current_generation
+from imgrag.search.ranking import SearchOptions
+from imgrag.search.searcher import Searcher
 from imgrag.store.workspace import Workspace
 
-log = logging.getLogger("imgrag.serve")
+log = logging.getLogger("imgrag.live")
 
 FIRST_LOAD_WAIT = 60.0  # seconds a search waits for the first load before saying "not ready"
 
@@ -23,13 +27,13 @@ class Photos:
     """One generation's photos by id (sha256) and by indexed name, for serving them.
 
     Two tables in an in-memory SQLite database attached to the generation's whole-table
-    connection (Bundle.scan, already open: the folder may be pruned later): built by one
+    connection (Generation.scan, already open: the folder may be pruned later): built by one
     statement each, in C and without the GIL, ~13 MB at 100k photos. Python dicts of the
     same took 52 MB per generation (and a server holds two while it swaps them), and
     reading them row by row stalled every request for seconds under load."""
 
-    def __init__(self, bundle) -> None:
-        self.db = bundle.scan
+    def __init__(self, generation: Generation) -> None:
+        self.db = generation.scan
         name = "value" if os.sep == "/" else f"replace(value, '{os.sep}', '/')"  # indexed names use '/'
         if any(db[1] == "lookup" for db in self.db.execute("PRAGMA database_list")):  # a retry
             self.db.execute("DETACH DATABASE lookup")
@@ -57,16 +61,16 @@ class Served:
     """One generation, open and ready: what a request uses from start to end. Its photo
     tables are read in the background, so the first search does not wait for them."""
 
-    def __init__(self, generation: str, searcher) -> None:
-        self.generation = generation
-        self.searcher = searcher  # imgrag.search.ranking.Searcher
+    def __init__(self, name: str, searcher: Searcher) -> None:
+        self.name = name  # the generation's folder name (what CURRENT named when it was opened)
+        self.searcher = searcher
         self._photos: Photos | None = None
         self._read = threading.Event()
         threading.Thread(target=self._read_photos, name="imgrag-photos", daemon=True).start()
 
     def _read_photos(self) -> None:
         try:
-            self._photos = Photos(self.searcher.bundle)
+            self._photos = Photos(self.searcher.generation)
         except Exception:
             log.exception("imgrag: reading the index's photo table failed")
         finally:
@@ -76,13 +80,13 @@ class Served:
     def photos(self) -> Photos:
         self._read.wait()
         if self._photos is None:
-            self._photos = Photos(self.searcher.bundle)
+            self._photos = Photos(self.searcher.generation)
         return self._photos
 
     def doc(self, sha: str):
         """The photo's row of the index (imgrag.index.generations.Doc), None when it has none."""
         row = self.photos.row_of(sha)
-        return None if row is None else self.searcher.bundle.docs([row]).get(row)
+        return None if row is None else self.searcher.generation.docs([row]).get(row)
 
     def paths_of(self, sha: str) -> list[str]:
         doc = self.doc(sha)
@@ -90,9 +94,10 @@ class Served:
 
 
 class LiveIndex:
-    def __init__(self, ws: Workspace, embed_model: str | None) -> None:
+    def __init__(self, ws: Workspace, embed_model: str | None, query_encoder: str = "auto") -> None:
         self.ws = ws
-        self.embed_model = embed_model
+        self.embed_model = embed_model  # Settings.embed_model, Settings.query_encoder: as Searcher takes them
+        self.query_encoder = query_encoder
         self._served: Served | None = None
         self._loading = threading.Lock()  # one load at a time
         self._first = threading.Event()  # set once the first load has been tried
@@ -118,7 +123,7 @@ class LiveIndex:
             return self._served  # still loading, and the caller would rather not wait (status)
         served = self._served
         gen = current_generation(self.ws)  # one small file read: cheap enough for every request
-        if gen is not None and (served is None or served.generation != gen):
+        if gen is not None and (served is None or served.name != gen):
             if served is None:
                 self.refresh()  # nothing to answer from meanwhile
             elif not self._loading.locked():
@@ -130,7 +135,7 @@ class LiveIndex:
         with self._loading:
             gen = current_generation(self.ws)
             previous = self._served
-            if gen is None or (previous is not None and previous.generation == gen):
+            if gen is None or (previous is not None and previous.name == gen):
                 return
             started = time.perf_counter()
             try:
@@ -146,26 +151,22 @@ class LiveIndex:
             self._served = served  # one reference swap: a request holds the old or the new, whole
             if previous is not None:
                 log.info("imgrag: now serving index generation %s (%d photos, opened in %.2f s)", gen,
-                         served.searcher.bundle.size, time.perf_counter() - started)
+                         served.searcher.generation.size, time.perf_counter() - started)
 
     def _open(self, gen: str, previous: Served | None) -> Served:
-        from imgrag.search.ranking import Searcher
-
-        searcher = Searcher(index=self.ws.root, embed_model=self.embed_model)
-        bundle = searcher.bundle
+        searcher = Searcher(index=self.ws.root, embed_model=self.embed_model, query_encoder=self.query_encoder)
+        generation = searcher.generation
         # Read everything a search touches now: a later cron run prunes this folder, and
         # only files already open stay readable after that.
-        bundle.lexical, bundle.visible_text, bundle.crowding  # noqa: B018
+        generation.lexical, generation.visible_text, generation.crowding  # noqa: B018
         if previous is not None:
             searcher.reuse_encoder(previous.searcher)
-        if bundle.size:
+        if generation.size:
             searcher.encoder().encode(["warm up"])  # load the model now, not on a user's first search
-        served = Served(bundle.folder.name, searcher)  # the folder CURRENT named when it was opened
-        if previous is not None and bundle.size:
+        served = Served(generation.folder.name, searcher)
+        if previous is not None and generation.size:
             # The old generation answers meanwhile: let one search and the photo tables touch
             # the new one's pages here, so that no request after the swap waits for them.
-            from imgrag.search.ranking import SearchOptions
-
             searcher.search("warm up", SearchOptions(limit=1, show_all=True))
             served.photos  # noqa: B018
         return served

@@ -1,0 +1,65 @@
+"""What the routes of `imgrag serve` share (the live index, the jobs, the settings), and the
+one way a route reaches it: a parameter `server: ServerDep` (FastAPI's `Depends(server_of)`).
+Routes hold no logic and build no paths: paths come from `server.ws.paths`."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+from imgrag.config import Settings
+from imgrag.providers.retry import Caller
+from imgrag.search.live import LiveIndex
+from imgrag.store.description_lookup import Descriptions
+from imgrag.store.workspace import Workspace
+from imgrag.web.jobs import Jobs
+
+
+@dataclass
+class ServeConfig:
+    ws: Workspace
+    photos: Path | None = None  # the folder given to `imgrag serve PHOTOS`, if any
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token: str | None = None
+    allow_hosts: list[str] = field(default_factory=list)
+    cors: str | None = None
+    read_only: bool = False
+    settings: Settings = field(default_factory=Settings)  # read once at start (load_settings)
+
+
+class Server:
+    """What the routes share: the live index, the jobs, the settings."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self.ws = config.ws
+        self.settings = config.settings
+        self.index = LiveIndex(config.ws, config.settings.embed_model, config.settings.query_encoder)
+        self.jobs = Jobs(config.ws, config.photos, config.settings, on_written=self.index.refresh)
+        self.descriptions = Descriptions(config.ws)
+        self.stopping = threading.Event()  # set on Ctrl-C/SIGTERM: event streams end, jobs stop
+        # GET /api/status: (when, key, document), reused for a few seconds (it scans the photo folders).
+        self.status_cache: tuple[float, tuple[Any, ...], dict[str, Any]] | None = None
+        self.status_lock = threading.Lock()
+        self._callers: dict[tuple[str, str | None, str | None], Caller] = {}
+        self._callers_lock = threading.Lock()
+
+    def caller_for(self, settings: Settings) -> Caller:
+        """One Caller per model for the whole server, so concurrent asks share one pacer."""
+        key = (settings.provider, settings.base_url, settings.model)
+        with self._callers_lock:
+            if key not in self._callers:
+                self._callers[key] = Caller(settings)
+            return self._callers[key]
+
+
+def server_of(request: Request) -> Server:
+    return request.app.state.server
+
+
+ServerDep = Annotated[Server, Depends(server_of)]
