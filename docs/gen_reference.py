@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import re
 import tempfile
-import typing
 from pathlib import Path
 
 import mkdocs_gen_files
@@ -108,14 +107,12 @@ def body_rows(schema: dict, spec: dict) -> list[str]:
 
 
 def http_page() -> str:
-    from imgrag.web.app import ServeConfig, create_app
+    from imgrag.store.workspace import Workspace
+    from imgrag.web.app import create_app
+    from imgrag.web.server import ServeConfig, Server
 
-    try:  # the .imgrag/ folder's class, wherever it lives
-        workspace = typing.get_type_hints(ServeConfig)["ws"]
-    except NameError:  # imported for type checking only
-        from imgrag.store.workspace import Workspace as workspace
     with tempfile.TemporaryDirectory() as tmp:
-        spec = create_app(ServeConfig(ws=workspace(Path(tmp) / ".imgrag"))).openapi()
+        spec = create_app(Server(ServeConfig(ws=Workspace(Path(tmp) / ".imgrag")))).openapi()
     title = f"{spec['info']['title']} {spec['info']['version']}"
     out = ["\n## Routes\n",
            (f"Generated from the server's OpenAPI schema (`/openapi.json`, {title}). Bad parameters are "

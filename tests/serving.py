@@ -35,20 +35,17 @@ def in_process(photos: Path | None = None, *, cwd: Path, env: dict, index: Path 
     directory hold while the client is open: jobs read their settings from them."""
     from fastapi.testclient import TestClient
 
-    from imgrag.config import explicit_embed_model, load_dotenv_once
-    from imgrag.web import api, serve
-    from imgrag.web.app import ServeConfig, create_app
+    from imgrag.config import load_dotenv_once
+    from imgrag.web import serve
+    from imgrag.web.app import create_app
+    from imgrag.web.server import Server
 
     host = "127.0.0.1"
     with as_a_new_run(env, cwd):
         load_dotenv_once()
-        ws, folder = serve.resolve_workspace(photos, index)
-        config = ServeConfig(ws=ws, photos=folder, host=host, port=port, token=serve.read_token(token_file),
-                             allow_hosts=list(allow_hosts), cors=serve._check_cors(cors), read_only=read_only,
-                             embed_model=explicit_embed_model())
-        # A status cached for an earlier app of this process (keyed by id(server)) is not this one's.
-        api._status_cache.clear()
-        with TestClient(create_app(config), base_url=serve.url_for(host, port)) as client:
+        config = serve.serve_config(photos, index=index, host=host, port=port, allow_hosts=list(allow_hosts),
+                                    read_only=read_only, token_file=token_file, cors=cors)
+        with TestClient(create_app(Server(config)), base_url=serve.url_for(host, port)) as client:
             yield client
 
 

@@ -348,7 +348,7 @@ def test_page_modules_are_served_as_javascript_and_packaged(http):
         assert r.status_code == 200 and r.headers["content-type"].split(";")[0] in JS_TYPES, (path, r.headers)
         imported = re.findall(r'^import .* from "\./([\w-]+\.js)";$', r.text, re.MULTILINE)
         todo += [f"/static/js/{name}" for name in imported if f"/static/js/{name}" not in seen]
-    web = Path(__file__).parents[1] / "src" / "imgrag" / "web"
+    web = Path(__file__).parents[2] / "src" / "imgrag" / "web"
     assert seen == {f"/static/js/{p.name}" for p in (web / "static" / "js").glob("*.js")}  # none left unused
     # A non-editable install ships what [tool.setuptools.package-data] names ("static/*" is not recursive).
     line = re.search(r'^"imgrag\.web" = \[(.*)\]$', (web.parents[2] / "pyproject.toml").read_text(), re.MULTILINE)

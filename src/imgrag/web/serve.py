@@ -98,15 +98,22 @@ def url_for(host: str, port: int) -> str:
     return f"http://[{shown}]:{port}/" if ":" in shown else f"http://{shown}:{port}/"
 
 
-def run_serve(photos: Path | None, *, index: Path | None, host: str, port: int, allow_hosts: list[str],
-              open_browser: bool, read_only: bool, token_file: Path | None, cors: str | None) -> int:
+def serve_config(photos: Path | None, *, index: Path | None, host: str, port: int, allow_hosts: list[str],
+                 read_only: bool, token_file: Path | None, cors: str | None) -> ServeConfig:
+    """What `imgrag serve` serves, and how, after its checks (a non-loopback host needs a token)."""
     settings = load_settings()  # read once: the routes and jobs receive it
     ws, folder = resolve_workspace(photos, index, settings)
     token = read_token(token_file, settings)
     if not is_loopback(host) and not token:
         raise UsageError(f"--host {host} lets other machines in: set a token first ({TOKEN_ENV}=..., or --token-file FILE)")
-    config = ServeConfig(ws=ws, photos=folder, host=host, port=port, token=token, allow_hosts=list(allow_hosts),
-                         cors=_check_cors(cors), read_only=read_only, settings=settings)
+    return ServeConfig(ws=ws, photos=folder, host=host, port=port, token=token, allow_hosts=list(allow_hosts),
+                       cors=_check_cors(cors), read_only=read_only, settings=settings)
+
+
+def run_serve(photos: Path | None, *, index: Path | None, host: str, port: int, allow_hosts: list[str],
+              open_browser: bool, read_only: bool, token_file: Path | None, cors: str | None) -> int:
+    config = serve_config(photos, index=index, host=host, port=port, allow_hosts=allow_hosts, read_only=read_only,
+                          token_file=token_file, cors=cors)
     sock = _bind(host, port)
     config.port = sock.getsockname()[1]  # --port 0: the one the system chose
     _log_to_stderr()
