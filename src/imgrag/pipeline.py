@@ -70,7 +70,7 @@ class Report(Progress):
     show_embed_bar = False  # embed draws its own progress bar (on a terminal)
 
     def phase(self, name: str) -> None:
-        """"describe", then "embed"."""
+        """Called with "describe", then with "embed"."""
 
     def described(self, summary: DescribeSummary | BatchSummary) -> None:
         """One folder described (or estimated)."""
