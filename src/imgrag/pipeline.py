@@ -4,7 +4,8 @@ page's jobs (describe, embed, index) and the original service's endpoints all ru
 through `run_pipeline`, by the same rules:
 
 - the photos are one folder, or every folder the index knows; each is described in turn,
-  through the live API or the Batch API (`batch`), and a `limit` counts over all of them;
+  through the live API or the Batch API (`batch`), and a `limit` counts over all of them
+  (`limit` 0 describes nothing but still reports what the first folder holds);
 - describing stops at the first folder the provider stops (quota spent, unavailable) or
   an interrupt stops (Ctrl-C, a cancelled job);
 - embedding follows describing even when some photos failed or the quota ran out, but
@@ -71,7 +72,7 @@ class Report(NoProgress):
     show_embed_bar = False  # embed draws its own progress bar (on a terminal)
 
     def phase(self, name: str) -> None:
-        """"describe", then "embed"."""
+        """Called with "describe", then with "embed"."""
 
     def described(self, summary: DescribeSummary | BatchSummary) -> None:
         """One folder described (or estimated)."""
@@ -130,8 +131,9 @@ def run_pipeline(photos: Path | None, settings: Settings, steps: Steps, report: 
 def _describe(photos: Path | None, settings: Settings, steps: Steps, report: Report, index: Path | None,
               result: PipelineResult) -> None:
     left = steps.limit
-    for folder in _folders(photos, index):
-        if (steps.cancel is not None and steps.cancel.is_set()) or left == 0:
+    for n, folder in enumerate(_folders(photos, index)):
+        # A limit used up by the folders before stops here; --limit 0 still reports the first.
+        if (steps.cancel is not None and steps.cancel.is_set()) or (n and left == 0):
             break
         summary = _describe_folder(folder, settings, steps, left, report, index)
         result.described.append(summary)

@@ -178,7 +178,7 @@ def photo_file(ws: Workspace, name: str) -> Path | None:
     if not name or os.path.isabs(name) or ".." in PurePath(name).parts or "\x00" in name:
         return None
     try:
-        real = (ws.base / name).resolve(strict=True)
+        real = ws.absolute(name).resolve(strict=True)
     except (OSError, RuntimeError):
         return None
     allowed = [ws.base.resolve(), *(r.resolve() for r in ws.roots())]

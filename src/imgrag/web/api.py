@@ -77,7 +77,7 @@ def search(
                            "min_score": cut_off(options), "sort": sort, "hint": None, "generation": None}
     if q is not None:
         doc["query"] = clean_query(q)
-    filters = make_filters(server.ws.base / in_ if in_ else None, after, before, names=("after", "before"))
+    filters = make_filters(server.ws.absolute(in_) if in_ else None, after, before, names=("after", "before"))
     served = server.index.current()
     if served is None:
         doc.update(index="none", hint=server.index.problem or "no search index yet: run an index job (or `imgrag index PHOTOS`)")

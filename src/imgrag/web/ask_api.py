@@ -62,7 +62,7 @@ def _plan(server: Server, body: AskBody) -> AskPlan:
     served = server.index.current()
     if served is None:
         raise ImgragError(server.index.problem or "no search index yet: run an index job (or `imgrag index PHOTOS`)")
-    filters = make_filters(server.ws.base / body.in_ if body.in_ else None, body.after, body.before,
+    filters = make_filters(server.ws.absolute(body.in_) if body.in_ else None, body.after, body.before,
                            names=("after", "before"))
     searcher = served.searcher.with_filters(filters) if filters.active() else served.searcher
     settings = server.settings.checked(*VISION_SETTINGS)
