@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from conftest import SCENES, draw_scene, run_imgrag
+from conftest import SCENES, draw_scene, invoke
 from imgrag.config import Settings
 from imgrag.errors import EXIT_OK
 from imgrag.index.generations import open_generation
@@ -71,7 +71,7 @@ def test_a_dry_run_sends_and_writes_nothing(tmp_path, standin):
 
 def test_describe_limit_0_reports_what_is_left_and_sends_nothing(home, standin):
     cwd, photos, env = home
-    r = run_imgrag("describe", photos, "--limit", "0", cwd=cwd, env=env)
+    r = invoke("describe", photos, "--limit", "0", cwd=cwd, env=env)
     assert r.code == 0, r.stderr
     assert "described 0" in r.stderr and "4 left" in r.stderr
     assert standin.stats()["requests"] == 0
