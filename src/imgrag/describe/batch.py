@@ -34,7 +34,7 @@ from imgrag.config import Settings
 from imgrag.describe.live import PREPARERS
 from imgrag.describe.plan import DescribeOptions, Estimate, estimate, plan
 from imgrag.describe.progress import Progress
-from imgrag.describe.records import Recorder, description_record
+from imgrag.describe.outcomes import Recorder, description_record
 from imgrag.describe.schema import ReplyError, parse_reply, request_messages
 from imgrag.errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_TEMPFAIL, UsageError
 from imgrag.photos.files import PhotoError, PhotoMeta, prepare_image, read_metadata
