@@ -32,9 +32,9 @@ from typing import IO, Any
 
 from imgrag.config import Settings
 from imgrag.describe.live import PREPARERS
+from imgrag.describe.outcomes import Recorder, description_record
 from imgrag.describe.plan import DescribeOptions, Estimate, estimate, plan
 from imgrag.describe.progress import Progress
-from imgrag.describe.outcomes import Recorder, description_record
 from imgrag.describe.schema import ReplyError, parse_reply, request_messages
 from imgrag.errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_TEMPFAIL, UsageError
 from imgrag.photos.files import PhotoError, PhotoMeta, prepare_image, read_metadata

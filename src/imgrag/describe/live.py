@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from imgrag.config import Settings
+from imgrag.describe.outcomes import Recorder, description_record
 from imgrag.describe.plan import (
     EST_TOKENS_PER_PHOTO,
     DescribeOptions,
@@ -33,7 +34,6 @@ from imgrag.describe.plan import (
     skip_photos_in_open_batches,
 )
 from imgrag.describe.progress import Progress
-from imgrag.describe.outcomes import Recorder, description_record
 from imgrag.describe.schema import ReplyError, parse_reply, request_messages
 from imgrag.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, EXIT_TEMPFAIL, UsageError
 from imgrag.photos.files import PhotoError, PhotoMeta, prepare_image, read_metadata
