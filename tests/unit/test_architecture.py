@@ -29,11 +29,6 @@ STAGES = {
 ALSO_ALLOWED = {
     ("cli", "web"),  # `imgrag serve` starts the server
 }
-# Known exceptions, left to the retry-policy work on providers/ and describe/.
-KNOWN_UPWARD = {
-    ("imgrag.providers.base", "imgrag.describe.schema"),
-    ("imgrag.providers.retry", "imgrag.describe.live"),
-}
 HEAVY = {"numpy", "faiss", "fastapi", "torch", "onnxruntime", "PIL", "sentence_transformers", "starlette"}
 
 
@@ -100,7 +95,7 @@ def test_dependencies_point_down_the_stages():
             stage_a, stage_b = a.split(".")[1] if "." in a else "", b.split(".")[1] if "." in b else ""
             if not stage_a or not stage_b or stage_a == stage_b or (stage_a, stage_b) in ALSO_ALLOWED:
                 continue
-            if STAGES[stage_b] >= STAGES[stage_a] and (a, b) not in KNOWN_UPWARD:
+            if STAGES[stage_b] >= STAGES[stage_a]:
                 wrong.append(f"{a} -> {b}")
     assert not wrong, "imports against the stages: " + ", ".join(sorted(wrong))
 

@@ -4,6 +4,7 @@ endpoints (original_service.py), the page (static/), and errors as `{"error": ..
 from __future__ import annotations
 
 import logging
+import mimetypes
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -24,6 +25,9 @@ from imgrag.web.security import BodyTooLarge, Guard, Rules
 from imgrag.web.server import Server
 
 STATIC = Path(__file__).parent / "static"
+# The page's scripts are ES modules, which browsers refuse unless served as JavaScript; some
+# systems' mimetypes tables (the Windows registry) map .js to text/plain.
+mimetypes.add_type("text/javascript", ".js")
 log = logging.getLogger("imgrag.serve")
 
 
