@@ -266,3 +266,22 @@ def library_dir(tmp_path_factory) -> Path:
     from libraries import build_ask_library
 
     return built_once(tmp_path_factory, "ask-library", build_ask_library)
+
+
+# -- the API key the tests give imgrag, and the checks that it never leaks ----------------------
+
+KEY = "gsk_test_secret_key_1234567890"
+
+
+def images_sent(server) -> dict[str, int]:
+    """How many times the stand-in vision server was sent each image (by content hash)."""
+    return server.stats()["images"]
+
+
+def assert_key_never_written(root: Path, *texts: str) -> None:
+    """KEY is in no file under `root` and in none of `texts` (output a run printed)."""
+    for path in root.rglob("*"):
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), path
+    for text in texts:
+        assert KEY not in text

@@ -11,30 +11,16 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import IMGRAG, SCENES, draw_scene, invoke, scene_catalog
+from conftest import IMGRAG, KEY, SCENES, assert_key_never_written, draw_scene, images_sent, invoke, scene_catalog
 from imgrag.store.descriptions import load_descriptions
 from imgrag.store.files import read_jsonl
 from imgrag.store.workspace import Workspace
 from reliability_support import seed_query_encoder
 from standin_vlm import StandinVLM
 
-KEY = "gsk_test_secret_key_1234567890"
-
 
 def records(photos: Path) -> list[dict]:
     return list(read_jsonl(photos.parent / ".imgrag" / "descriptions.jsonl"))
-
-
-def images_sent(server: StandinVLM) -> dict[str, int]:
-    return server.stats()["images"]
-
-
-def assert_key_never_written(root: Path, *texts: str) -> None:
-    for path in root.rglob("*"):
-        if path.is_file():
-            assert KEY.encode() not in path.read_bytes(), path
-    for text in texts:
-        assert KEY not in text
 
 
 def env_for(home_env: dict, **extra: str) -> dict:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import ExifTags, Image
 
-from conftest import SCENES, draw_scene, scene_catalog
+from conftest import KEY, SCENES, assert_key_never_written, draw_scene, images_sent, scene_catalog
 from imgrag.cli import report
 from imgrag.config import DEFAULT_GROQ_MODEL, Settings
 from imgrag.describe.live import DescribeSummary, run_describe
@@ -28,8 +28,6 @@ from imgrag.store.descriptions import load_descriptions
 from imgrag.store.files import read_jsonl
 from imgrag.store.workspace import Workspace
 from standin_vlm import INJECTION, StandinVLM
-
-KEY = "gsk_test_secret_key_1234567890"
 
 
 class Recorder(NoProgress):
@@ -59,18 +57,6 @@ def records(photos: Path) -> list[dict]:
 
 def failures(photos: Path) -> list[dict]:
     return list(read_jsonl(photos.parent / ".imgrag" / "failures.jsonl"))
-
-
-def images_sent(server: StandinVLM) -> dict[str, int]:
-    return server.stats()["images"]
-
-
-def assert_key_never_written(root: Path, *texts: str) -> None:
-    for path in root.rglob("*"):
-        if path.is_file():
-            assert KEY.encode() not in path.read_bytes(), path
-    for text in texts:
-        assert KEY not in text
 
 
 # -- resume, identity, --force, --refresh, --limit ------------------------------------------
