@@ -399,6 +399,25 @@ def _degrees(value: object, ref: object, positive: str, negative: str, limit: fl
 # --------------------------------------------------------------------------- upload
 
 
+def give_decoded_memory_back() -> None:
+    """Make a long-lived process (`imgrag serve`) return a big decode's memory to the system.
+
+    glibc raises its mmap threshold to the size of the last big block freed (up to 32 MB), so
+    after the first decode Pillow's 16 MB image blocks come from the heap and stay in the
+    process: 0.9 GB kept after one 170 MP PNG. Fixing the threshold (which turns that
+    adjustment off) keeps them mmapped and unmapped when freed. No-op off glibc."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        if libc is not None and hasattr(libc, "mallopt"):
+            libc.mallopt(-3, 4 << 20)  # M_MMAP_THRESHOLD: blocks of 4 MB and more are mmapped
+    except OSError:
+        pass
+
+
 class PixelBudget:
     """At most `total` pixels decoded at once, first come first served.
 
