@@ -41,7 +41,8 @@ class Thumbnails:
     def __init__(self, ws: Workspace, limit: int = CACHE_LIMIT) -> None:
         self.ws = ws
         self.limit = limit
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _making
+        self._count_lock = threading.Lock()  # guards _total (a first count or a sweep walks the folder)
         self._total: int | None = None  # bytes in the folder, counted on the first write
         self._making: dict[Path, tuple[threading.Lock, int]] = {}  # thumbnail -> (its lock, requests waiting)
 
@@ -85,7 +86,7 @@ class Thumbnails:
         return cached
 
     def _added(self, size: int) -> None:
-        with self._lock:
+        with self._count_lock:
             if self._total is None:
                 self._total = sum(size for _, size, _ in _files(self.ws.paths.thumbnails))
             else:
