@@ -17,6 +17,7 @@ from imgrag.search.live import LiveIndex
 from imgrag.store.description_lookup import Descriptions
 from imgrag.store.workspace import Workspace
 from imgrag.web.jobs import Jobs
+from imgrag.web.sessions import Sessions, Throttle
 
 
 @dataclass
@@ -42,6 +43,8 @@ class Server:
         self.index = LiveIndex(config.ws, config.settings.embed_model, config.settings.query_encoder)
         self.jobs = Jobs(config.ws, config.photos, config.settings, on_written=self.index.refresh)
         self.descriptions = Descriptions(config.ws)
+        self.sessions = Sessions()  # the page's logins (with a token)
+        self.throttle = Throttle()  # wrong tokens per client address
         self.stopping = threading.Event()  # set on Ctrl-C/SIGTERM: event streams end, jobs stop
         # GET /api/status: (when, key, document), reused for a few seconds (it scans the photo folders).
         self.status_cache: tuple[float, tuple[Any, ...], dict[str, Any]] | None = None
