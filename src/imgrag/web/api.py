@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from imgrag.errors import UsageError
 from imgrag.photos.files import PhotoError
@@ -183,19 +183,29 @@ def _jpeg(server: Server, request: Request, photo_id: str, size: int) -> Respons
 UNREADABLE: dict[int | str, dict[str, Any]] = {422: {"description": "The photo's file cannot be read as an image"}}
 
 
+def answers(description: str, *media_types: str) -> dict[int | str, dict[str, Any]]:
+    """A route's 200 in the schema, for a route that answers other than JSON (with response_class=Response)."""
+    return {200: {"description": description, "content": {t: {} for t in media_types}}}
+
+
+JPEG = {**answers("A JPEG image", "image/jpeg"), **UNREADABLE}
+# The original file: an image of any kind imgrag indexes (or a type the system cannot name).
+ORIGINAL = answers("The original file", "image/*", "application/octet-stream")
+
+
 @router.get("/api/photos/{photo_id}/thumbnail", summary="A JPEG thumbnail (orientation applied, no metadata)",
-            responses=UNREADABLE)
+            response_class=Response, responses=JPEG)
 def thumbnail(server: ServerDep, request: Request, photo_id: str,
               size: int = Query(DEFAULT_THUMBNAIL, ge=MIN_SIZE, le=MAX_SIZE)):
     return _jpeg(server, request, photo_id, size)
 
 
-@router.get("/api/photos/{photo_id}/preview", summary="A large JPEG preview", responses=UNREADABLE)
+@router.get("/api/photos/{photo_id}/preview", summary="A large JPEG preview", response_class=Response, responses=JPEG)
 def preview(server: ServerDep, request: Request, photo_id: str):
     return _jpeg(server, request, photo_id, PREVIEW_SIZE)
 
 
-@router.get("/api/photos/{photo_id}/file", summary="The original file")
+@router.get("/api/photos/{photo_id}/file", summary="The original file", response_class=Response, responses=ORIGINAL)
 def original(server: ServerDep, request: Request, photo_id: str):
     _, path = _indexed(server, photo_id)
     if path is None:
@@ -241,6 +251,8 @@ def _log_size(ws: Workspace) -> int:
 
 
 class JobRequest(BaseModel):
+    model_config = ConfigDict(strict=True)  # JSON types as the schema says: "dry_run": 0 is not false
+
     kind: Literal["describe", "embed", "index"]
     limit: int | None = Field(None, ge=0, le=10_000_000)
     dry_run: bool = False
@@ -283,7 +295,8 @@ def cancel_job(server: ServerDep, job_id: str):
     return job.as_dict()
 
 
-@router.get("/api/jobs/{job_id}/events", summary="A job's progress as server-sent events")
+@router.get("/api/jobs/{job_id}/events", summary="A job's progress as server-sent events", response_class=Response,
+            responses=answers("Events `job`, each the whole job as GET /api/jobs/{id} gives it", "text/event-stream"))
 async def job_events(server: ServerDep, request: Request, job_id: str):
     job = _job(server, job_id)
 
@@ -308,6 +321,8 @@ async def job_events(server: ServerDep, request: Request, job_id: str):
 
 
 class Login(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     token: str = Field(..., max_length=4096)
 
 

@@ -16,7 +16,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
+from starlette.routing import compile_path
 
 from imgrag.errors import ImgragError
 from imgrag.web import api, ask_api, original_service
@@ -90,7 +90,7 @@ def _errors(app: FastAPI) -> None:
             message = f"not found: {request.url.path}"
         headers = getattr(exc, "headers", None)
         if exc.status_code == 405:  # Starlette's Allow names the first route of that path only
-            headers = {**(headers or {}), "Allow": ", ".join(_allowed(request))}
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed(request) or [(headers or {}).get("Allow", "")])}
         return JSONResponse({"error": message}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
@@ -152,12 +152,13 @@ def _document_errors(app: FastAPI) -> None:
 
 
 def _allowed(request: Request) -> list[str]:
-    """Every method some route of this path answers (for a 405's Allow header)."""
+    """The methods the schema gives this path, for a 405's Allow header (FastAPI's included
+    routers hide their routes, and Starlette's Allow names only the first route of the path)."""
     methods: set[str] = set()
-    for route in request.app.router.routes:
-        if getattr(route, "methods", None) and route.matches(request.scope)[0] != Match.NONE:
-            methods |= route.methods
-    return sorted(methods)
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        if compile_path(template)[0].match(request.scope["path"]):
+            methods |= {m.upper() for m in operations}
+    return sorted(methods | ({"HEAD"} if "GET" in methods else set()))
 
 
 def _validation_message(exc: RequestValidationError) -> str:

@@ -28,7 +28,7 @@ router = APIRouter(tags=["answers"])
 
 
 class AskBody(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", strict=True)
 
     question: str = Field(..., min_length=1, max_length=2000)
     in_: str | None = Field(None, alias="in", max_length=4096, description="Only photos inside this folder")
