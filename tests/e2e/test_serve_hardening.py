@@ -22,11 +22,10 @@ import httpx
 import pytest
 
 from conftest import copy_tree
-from serving import Served, start_server
-from standin_vlm import StandinVLM
-
 from imgrag.web.protocol import BODY_SECONDS, HEADER_SECONDS, MAX_PER_CLIENT
 from imgrag.web.sessions import FAILURE_BURST, SESSION_SECONDS
+from serving import Served, start_server
+from standin_vlm import StandinVLM
 
 TOKEN = "hardening-token-5c1e0a9d"
 

@@ -43,12 +43,13 @@ def served(library, tmp_path_factory):
 
 def test_every_answer_is_what_the_schema_says(served):
     server, root = served
+    config = Path(__file__).with_name("schemathesis.toml")
     run = subprocess.run(
-        [str(SCHEMATHESIS), "--config-file", str(Path(__file__).with_name("schemathesis.toml")), "run",
-         server.url + "openapi.json", "--checks", "all", "--exclude-checks", "positive_data_acceptance", "--max-examples", str(MAX_EXAMPLES),
+        [str(SCHEMATHESIS), "--config-file", str(config), "run", server.url + "openapi.json",
+         "--checks", "all", "--exclude-checks", "positive_data_acceptance", "--max-examples", str(MAX_EXAMPLES),
          "--max-time", str(MAX_SECONDS), "--request-timeout", "60", "--workers", "1", "--no-color",
          "--suppress-health-check", "all"],
-        cwd=root, capture_output=True, text=True, timeout=MAX_SECONDS + 120)
+        check=False, cwd=root, capture_output=True, text=True, timeout=MAX_SECONDS + 120)
     failures = run.stdout.split("= FAILURES =")[-1].split("= WARNINGS =")[0] if "= FAILURES =" in run.stdout else ""
     assert run.returncode == 0, (failures or run.stdout)[:12000] + run.stderr[-2000:]
     assert "Tested: " in run.stdout and " failed" not in run.stdout.split("SUMMARY")[-1], run.stdout[-4000:]
