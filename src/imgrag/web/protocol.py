@@ -24,7 +24,7 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 HEADER_SECONDS = 10.0
-BODY_SECONDS = 30.0  # a 1 MB body (security.MAX_BODY) at 35 KB/s
+BODY_SECONDS = 20.0  # a 1 MB body (security.MAX_BODY) at 50 KB/s
 MAX_CONNECTIONS = 512
 MAX_PER_CLIENT = 64
 BAD_REQUEST = json.dumps({"error": "bad request: the request line or a header is not valid HTTP/1.1"}).encode()
