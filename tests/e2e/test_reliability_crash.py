@@ -65,6 +65,8 @@ def test_second_writer_is_told_busy_or_waits(home, standin):
         r = invoke(*cmd, cwd=cwd, env=env)
         assert r.code == 2 and "busy" in r.stderr and "--wait" in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1 and TRACEBACK not in r.stderr
+    dry = invoke("describe", photos, "--dry-run", cwd=cwd, env=env)  # writes nothing, so needs no lock
+    assert dry.code == 0 and "nothing was sent" in dry.stdout + dry.stderr, dry.stderr
     assert first.poll() is None, "the first run was still writing during the checks"
 
     second = spawn_imgrag("describe", photos, "--jobs", "4", "--wait", cwd=cwd, env=env)

@@ -162,6 +162,9 @@ def test_like_leaves_out_the_photo_and_explains(library):
     (["   "], "the query is empty"),
     (["dog", "--after", "last tuesday"], "--after 'last tuesday' is not a date"),
     (["dog", "--in", "no/such/folder"], "--in no/such/folder: no such folder"),
+    (["dog", "--in", "x" * 300], "no such folder inside"),
+    (["dog", "--after", "0001-01-01T00:00+14:00"], "--after '0001-01-01T00:00+14:00' is out of range"),
+    (["dog", "--before", "9999-12-31T23:59:59-14:00"], "--before '9999-12-31T23:59:59-14:00' is out of range"),
     (["--queries-from", "no-such-file.txt"], "--queries-from no-such-file.txt: No such file"),
 ])
 def test_usage_errors(library, args, message):
@@ -177,7 +180,15 @@ def test_like_errors(library, tmp_path):
     r = library.search("--like", str(tmp_path / "gone.jpg"))
     assert r.code == 2 and "no such photo" in one_line(r.stderr)
     r = library.search("--like", library.path("home/kitchen.jpg"), "--in", str(tmp_path))
-    assert r.code == 2 and "not inside" in one_line(r.stderr)
+    assert r.code == 2 and "no such folder inside" in one_line(r.stderr)
+
+
+def test_in_that_is_a_symlink_loop_is_one_line(library, tmp_path):
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    for folder in (loop, loop / "inside"):
+        r = library.search("dog", "--in", str(folder))
+        assert r.code == 2 and "no such folder inside" in one_line(r.stderr), r.stderr
 
 
 # -- thumbnails --------------------------------------------------------------------------

@@ -424,6 +424,7 @@ def test_running_job_makes_the_cli_busy_shows_progress_and_cancels(lib, http):
         assert http.delete(f"/api/jobs/{job_id}").status_code == 200
         job = wait_job(http, job_id)
         assert job["state"] == "cancelled" and 1 <= job["done"] < 24
+        assert job["message"].startswith("cancelled") and "cancelling" not in job["message"]
         with http.stream("GET", f"/api/jobs/{job_id}/events") as stream:  # a finished job: its end, then close
             last = [json.loads(x[6:]) for x in stream.iter_lines() if x.startswith("data: ")]
         assert last[-1]["state"] == "cancelled"

@@ -305,7 +305,7 @@ def serve(
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on (0: any free one).")] = 8000,
     allow_host: Annotated[list[str] | None, typer.Option("--allow-host", help="Another name clients reach this server by (Host header); repeatable.", show_default=False, metavar="NAME")] = None,
     open_browser: Annotated[bool, typer.Option("--open", help="Open the page in a browser.")] = False,
-    read_only: Annotated[bool, typer.Option("--read-only", help="Search and browse only: no describe/embed jobs.")] = False,
+    read_only: Annotated[bool, typer.Option("--read-only", help="Search and browse only: no describe/embed jobs. Ask and search --verify still call the answer model (they spend, but write nothing).")] = False,
     token_file: Annotated[Path | None, typer.Option("--token-file", help="Read the access token from FILE (else IMGRAG_SERVE_TOKEN).", show_default=False, metavar="FILE")] = None,
     cors: Annotated[str | None, typer.Option("--cors", help="Let pages from ORIGIN (e.g. https://app.example.org) call the API.", show_default=False, metavar="ORIGIN")] = None,
 ) -> int:

@@ -25,6 +25,7 @@ import tempfile
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -132,7 +133,7 @@ def run_batch(photos: Path, settings: Settings, options: BatchOptions, progress:
     window_hours(options.window)
     options.window = options.window.strip().lower()
     summary = BatchSummary(workspace=ws.root, window=options.window)
-    with ws.writer_lock(wait=options.wait):
+    with nullcontext() if options.dry_run else ws.writer_lock(wait=options.wait):  # a dry run writes nothing
         manifest = ws.read_manifest()
         chosen = plan(ws, photos, DescribeOptions(force=options.force, refresh=options.refresh), settings,
                       on_skip=lambda s: progress.warn(f"skipped {s.path}: {s.reason}"))

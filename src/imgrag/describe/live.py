@@ -17,6 +17,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections import deque
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -99,7 +100,8 @@ def run_describe(photos: Path, settings: Settings, options: DescribeOptions, pro
     if options.jobs < 1:
         raise UsageError("--jobs must be at least 1")
     summary = DescribeSummary(workspace=ws.root)
-    with ws.writer_lock(wait=options.wait):
+    # A dry run writes nothing, so it needs no lock: it runs beside a writer (a cron `imgrag index`).
+    with nullcontext() if options.dry_run else ws.writer_lock(wait=options.wait):
         manifest = ws.read_manifest()  # refuse a manifest from a newer version before writing anything
         chosen = plan(ws, photos, options, settings, on_skip=lambda s: progress.warn(f"skipped {s.path}: {s.reason}"))
         summary.found, summary.already, summary.quarantined = len(chosen.groups), chosen.already, chosen.quarantined

@@ -22,6 +22,7 @@ class Filters:
     under: Path | None = None  # a photo matches when any of its copies is inside this folder
     after: datetime | None = None  # taken at or after
     before: datetime | None = None  # taken strictly before
+    in_name: str = "--in"  # how the user named `under`, for messages ("in" over HTTP)
 
     def active(self) -> bool:
         return self.under is not None or self.after is not None or self.before is not None
@@ -41,10 +42,13 @@ def parse_date(text: str, flag: str) -> datetime:
         when = datetime.fromisoformat(text)
     except ValueError:
         raise UsageError(
-            f"{flag} {text!r} is not a date: use YYYY-MM-DD (or YYYY, YYYY-MM, or a time such as 2024-06-01T18:30)"
+            f"{flag} {text[:80]!r} is not a date: use YYYY-MM-DD (or YYYY, YYYY-MM, or a time such as 2024-06-01T18:30)"
         ) from None
     if when.tzinfo is not None:
-        when = when.astimezone().replace(tzinfo=None)  # the same instant on this machine's clock
+        try:
+            when = when.astimezone().replace(tzinfo=None)  # the same instant on this machine's clock
+        except (OverflowError, ValueError):  # 0001-01-01T00:00+14:00 is before year 1 here
+            raise UsageError(f"{flag} {text!r} is out of range: give a date between the years 1 and 9999") from None
     return when
 
 
@@ -55,7 +59,7 @@ def allowed_rows(generation: Generation, ws: Workspace, filters: Filters) -> set
     clauses: list[str] = []
     params: list[object] = []
     if filters.under is not None:
-        folder = _folder_in_workspace(ws, filters.under)
+        folder = _folder_in_workspace(ws, filters.under, filters.in_name)
         if folder != ".":
             prefix = folder + os.sep
             clauses.append("EXISTS (SELECT 1 FROM json_each(docs.paths) WHERE value = ? OR substr(value, 1, ?) = ?)")
@@ -72,12 +76,18 @@ def allowed_rows(generation: Generation, ws: Workspace, filters: Filters) -> set
     return set(map(int, found.split(","))) if found else set()
 
 
-def _folder_in_workspace(ws: Workspace, under: Path) -> str:
-    """`--in` as stored paths spell it: relative to the workspace base ('.' for the base itself)."""
-    folder = under.expanduser().resolve()
-    if not folder.exists():
-        raise UsageError(f"--in {under}: no such folder")
-    rel = os.path.relpath(folder, ws.base.resolve())
+def _folder_in_workspace(ws: Workspace, under: Path, flag: str = "--in") -> str:
+    """`--in` as stored paths spell it: relative to the workspace base ('.' for the base itself).
+    Every refusal says the same, so that `in=` over HTTP cannot tell which paths exist."""
+    refused = UsageError(f"{flag} {str(under)[:300]}: no such folder inside {ws.base}, the folder the index in "
+                         f"{ws.root} covers")
+    try:
+        # strict: a missing path, a NUL, a name too long or a symlink loop all raise here
+        folder = Path(os.path.realpath(under.expanduser(), strict=True))
+        base = Path(os.path.realpath(ws.base, strict=True))
+    except (OSError, ValueError, RuntimeError):
+        raise refused from None
+    rel = os.path.relpath(folder, base)
     if rel == os.pardir or rel.startswith(os.pardir + os.sep) or os.path.isabs(rel):
-        raise UsageError(f"--in {under}: not inside {ws.base}, the folder the index in {ws.root} covers")
+        raise refused
     return rel

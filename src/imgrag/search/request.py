@@ -19,10 +19,10 @@ SORTS = ("relevance", "date")
 
 
 def make_filters(in_folder: Path | None, after: str | None, before: str | None, *,
-                 names: tuple[str, str] = ("--after", "--before")) -> Filters:
+                 names: tuple[str, str, str] = ("--after", "--before", "--in")) -> Filters:
     """`--in/--after/--before` (or the `in/after/before` URL parameters) as Filters."""
     return Filters(
-        under=in_folder,
+        under=in_folder, in_name=names[2],
         after=parse_date(after, names[0]) if after is not None else None,
         before=parse_date(before, names[1]) if before is not None else None,
     )

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from imgrag.errors import UsageError
 from imgrag.photos.files import PhotoError
@@ -25,10 +25,10 @@ from imgrag.status import collect_status, next_step
 from imgrag.store.files import json_bytes
 from imgrag.store.serving import PhotoFile, Refused
 from imgrag.store.workspace import Workspace
-from imgrag.web.ask_api import refuse_cross_site, verified
+from imgrag.web.ask_api import verified
 from imgrag.web.http_errors import Forbidden, NotFound
 from imgrag.web.jobs import Job
-from imgrag.web.security import SESSION_COOKIE, session_value
+from imgrag.web.security import SESSION_COOKIE, session_cookie, throttled
 from imgrag.web.server import Server, ServerDep
 from imgrag.web.thumbnails import DEFAULT_THUMBNAIL, MAX_SIZE, MIN_SIZE, PREVIEW_SIZE, thumbnail_size
 
@@ -80,7 +80,7 @@ def search(
                            "min_score": cut_off(options), "sort": sort, "hint": None, "generation": None}
     if q is not None:
         doc["query"] = clean_query(q)
-    filters = make_filters(server.ws.absolute(in_) if in_ else None, after, before, names=("after", "before"))
+    filters = make_filters(server.ws.absolute(in_) if in_ else None, after, before, names=("after", "before", "in"))
     served = server.index.current()
     if served is None:
         doc.update(index="none", hint=server.index.problem or "no search index yet: run an index job (or `imgrag index PHOTOS`)")
@@ -103,8 +103,8 @@ def search(
 
 
 def _verdicts(server: Server, request: Request, query: str | None, hits: list) -> list:
-    """verify=1: the answer model's verdict on each result of the page (imgrag.ask.verify)."""
-    refuse_cross_site(request)
+    """verify=1: the answer model's verdict on each result of the page (imgrag.ask.verify).
+    (Cross-site browsers were refused before this ran: security.spends.)"""
     if query is None:
         raise UsageError("verify=1 checks results against the words of q: it cannot be combined with like")
     return verified(server, query, hits)
@@ -213,7 +213,21 @@ def _jpeg(server: Server, request: Request, photo_id: str, size: int) -> Respons
     return FileResponse(made, media_type="image/jpeg", headers=headers)
 
 
-@router.get("/api/photos/{photo_id}/thumbnail", summary="A JPEG thumbnail (orientation applied, no metadata)")
+UNREADABLE: dict[int | str, dict[str, Any]] = {422: {"description": "The photo's file cannot be read as an image"}}
+
+
+def answers(description: str, *media_types: str) -> dict[int | str, dict[str, Any]]:
+    """A route's 200 in the schema, for a route that answers other than JSON (with response_class=Response)."""
+    return {200: {"description": description, "content": {t: {} for t in media_types}}}
+
+
+JPEG = {**answers("A JPEG image", "image/jpeg"), **UNREADABLE}
+# The original file: an image of any kind imgrag indexes (or a type the system cannot name).
+ORIGINAL = answers("The original file", "image/*", "application/octet-stream")
+
+
+@router.get("/api/photos/{photo_id}/thumbnail", summary="A JPEG thumbnail (orientation applied, no metadata)",
+            response_class=Response, responses=JPEG)
 def thumbnail(server: ServerDep, request: Request, photo_id: str,
               size: int = Query(DEFAULT_THUMBNAIL, ge=MIN_SIZE, le=MAX_SIZE,
                                 description="Pixels on the long side: 96, 256 or 512 are made; "
@@ -221,12 +235,13 @@ def thumbnail(server: ServerDep, request: Request, photo_id: str,
     return _jpeg(server, request, photo_id, thumbnail_size(size))
 
 
-@router.get("/api/photos/{photo_id}/preview", summary="A large JPEG preview")
+@router.get("/api/photos/{photo_id}/preview", summary="A large JPEG preview", response_class=Response, responses=JPEG)
 def preview(server: ServerDep, request: Request, photo_id: str):
     return _jpeg(server, request, photo_id, PREVIEW_SIZE)
 
 
-@router.get("/api/photos/{photo_id}/file", summary="The original file (only while it still holds the indexed content)")
+@router.get("/api/photos/{photo_id}/file", summary="The original file (only while it still holds the indexed content)",
+            response_class=Response, responses=ORIGINAL)
 def original(server: ServerDep, request: Request, photo_id: str):
     return photo_response(request, checked_photo(server, photo_id, _indexed_names(server, photo_id)))
 
@@ -287,6 +302,8 @@ def _log_size(ws: Workspace) -> int:
 
 
 class JobRequest(BaseModel):
+    model_config = ConfigDict(strict=True)  # JSON types as the schema says: "dry_run": 0 is not false
+
     kind: Literal["describe", "embed", "index"]
     limit: int | None = Field(None, ge=0, le=10_000_000)
     dry_run: bool = False
@@ -297,7 +314,8 @@ def _read_only(server: Server) -> None:
         raise Forbidden("this server is read-only (--read-only): jobs are off")
 
 
-@router.post("/api/jobs", status_code=202, summary="Start describe, embed or index (dry_run first gives the estimate)")
+@router.post("/api/jobs", status_code=202, summary="Start describe, embed or index (dry_run first gives the estimate)",
+             responses={409: {"description": "Another job, or a CLI describe/embed, is writing the index"}})
 def start_job(server: ServerDep, body: JobRequest):
     _read_only(server)
     job = server.jobs.start(body.kind, limit=body.limit, dry_run=body.dry_run)
@@ -328,7 +346,8 @@ def cancel_job(server: ServerDep, job_id: str):
     return job.as_dict()
 
 
-@router.get("/api/jobs/{job_id}/events", summary="A job's progress as server-sent events")
+@router.get("/api/jobs/{job_id}/events", summary="A job's progress as server-sent events", response_class=Response,
+            responses=answers("Events `job`, each the whole job as GET /api/jobs/{id} gives it", "text/event-stream"))
 async def job_events(server: ServerDep, request: Request, job_id: str):
     job = _job(server, job_id)
 
@@ -353,25 +372,37 @@ async def job_events(server: ServerDep, request: Request, job_id: str):
 
 
 class Login(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     token: str = Field(..., max_length=4096)
 
 
 @router.post("/api/login", summary="Log the page in: sets a session cookie when the token is right")
 async def login(server: ServerDep, request: Request, body: Annotated[Login, Body()]):
+    """A new random session, held by the server (revoked by logout, expires after a week).
+    Wrong tokens are throttled per client address: 429 with Retry-After once past the allowance."""
     token = server.config.token
     if token is None:
         return {"ok": True, "auth": False}
+    client = request.client.host if request.client else "unknown"
+    refusal = throttled(server.throttle, client)
+    if refusal is not None:
+        return refusal
     if not hmac.compare_digest(body.token.encode(), token.encode()):
-        await asyncio.sleep(0.5)  # slows guessing
+        server.throttle.failed(client)
         return JSONResponse({"error": "wrong token", "login": True}, status_code=401)
     response = JSONResponse({"ok": True, "auth": True})
-    response.set_cookie(SESSION_COOKIE, session_value(token), httponly=True, samesite="strict", path="/",
-                        secure=request.url.scheme == "https")
+    response.set_cookie(SESSION_COOKIE, server.sessions.new(), max_age=int(server.sessions.lifetime), httponly=True,
+                        samesite="strict", path="/", secure=request.url.scheme == "https")
     return response
 
 
-@router.post("/api/logout", summary="Forget the page's session cookie")
-def logout():
+@router.post("/api/logout", summary="Log out: the session is revoked on the server and its cookie removed")
+def logout(server: ServerDep, request: Request):
+    session = session_cookie(request.headers.get("cookie", ""))
+    if session is not None:
+        server.sessions.revoke(session)
     response = JSONResponse({"ok": True})
-    response.delete_cookie(SESSION_COOKIE, path="/")
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict",
+                           secure=request.url.scheme == "https")
     return response

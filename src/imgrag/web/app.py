@@ -16,12 +16,13 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from imgrag.errors import ImgragError
 from imgrag.web import api, ask_api, original_service
 from imgrag.web.http_errors import Forbidden, NotFound
 from imgrag.web.jobs import Busy
-from imgrag.web.security import BodyTooLarge, Guard, Rules
+from imgrag.web.security import Guard, Rules
 from imgrag.web.server import Server
 
 STATIC = Path(__file__).parent / "static"
@@ -46,6 +47,7 @@ def create_app(server: Server) -> FastAPI:
                          version=_version(), redoc_url=None, static_url="/docs-static")
     app.state.server = server  # routes reach it through imgrag.web.server.ServerDep
     _errors(app)
+    _document_errors(app)
     app.include_router(api.router)
     app.include_router(ask_api.router)
     app.include_router(original_service.router)
@@ -59,7 +61,8 @@ def create_app(server: Server) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=[config.cors], allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["Authorization", "Content-Type"], allow_credentials=False)
     app.add_middleware(Guard, rules=Rules(host=config.host, port=config.port, token=config.token,
-                                          allow_hosts=config.allow_hosts, cors=config.cors))
+                                          allow_hosts=config.allow_hosts, cors=config.cors),
+                       sessions=server.sessions, throttle=server.throttle)
     return app
 
 
@@ -85,7 +88,10 @@ def _errors(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else "error"
         if exc.status_code == 404 and message == "Not Found":
             message = f"not found: {request.url.path}"
-        return JSONResponse({"error": message}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:  # Starlette's Allow names the first route of that path only
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed(request) or [(headers or {}).get("Allow", "")])}
+        return JSONResponse({"error": message}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError):
@@ -99,14 +105,64 @@ def _errors(app: FastAPI) -> None:
     async def photo_refused(request: Request, exc: api.PhotoRefused):
         return api.refused_response(exc)
 
-    @app.exception_handler(BodyTooLarge)
-    async def too_large(request: Request, exc: BodyTooLarge):
-        return JSONResponse({"error": "the request body is too large"}, status_code=413)
-
     @app.exception_handler(Exception)
     async def bug(request: Request, exc: Exception):
         log.exception("imgrag: internal error on %s %s", request.method, request.url.path)
         return JSONResponse({"error": f"internal error ({type(exc).__name__}); see the server's log"}, status_code=500)
+
+
+# What any route may answer besides its own success (the Guard's refusals, bad parameters).
+COMMON_ERRORS = {
+    "400": "Bad parameter or body (FastAPI's validation errors, answered as 400, not 422)",
+    "401": "Authentication required, or a wrong token (only when the server has a token)",
+    "403": "Refused: a Host name this server does not answer to, a cross-site browser request, or --read-only",
+    "404": "No such photo, job or route",
+    "413": "Request body over 1 MB",
+    "414": "URL path or query over 16 KB",
+    "429": "Too many wrong tokens from this client (Retry-After says when to try again), or the model's quota",
+}
+
+
+def _document_errors(app: FastAPI) -> None:
+    """The schema says what is sent: errors are `{"error": ...}` (never FastAPI's 422 shape),
+    with the statuses of COMMON_ERRORS on every route."""
+    made = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = made()
+        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+        for name in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(name, None)
+        schemas["Error"] = {"type": "object", "required": ["error"], "properties": {
+            "error": {"type": "string", "description": "What went wrong, in one line"},
+            "login": {"type": "boolean", "description": "true when logging in would help"}}}
+        error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                responses = operation.setdefault("responses", {})
+                if "HTTPValidationError" in str(responses.get("422")):
+                    del responses["422"]
+                for status, why in COMMON_ERRORS.items():
+                    responses.setdefault(status, {"description": why})
+                for status, response in responses.items():
+                    if status.startswith("4"):  # a route's own errors (409, 422) as well
+                        response["content"] = error
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _allowed(request: Request) -> list[str]:
+    """The methods the schema gives this path, for a 405's Allow header (FastAPI's included
+    routers hide their routes, and Starlette's Allow names only the first route of the path)."""
+    methods: set[str] = set()
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        if compile_path(template)[0].match(request.scope["path"]):
+            methods |= {m.upper() for m in operations}
+    return sorted(methods | ({"HEAD"} if "GET" in methods else set()))
 
 
 def _validation_message(exc: RequestValidationError) -> str:

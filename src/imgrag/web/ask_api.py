@@ -22,21 +22,13 @@ from imgrag.config import VISION_SETTINGS, answer_settings
 from imgrag.errors import ImgragError, TryLater
 from imgrag.search.ranking import Hit
 from imgrag.search.request import cut_off, make_filters, make_options
-from imgrag.web.http_errors import Forbidden
 from imgrag.web.server import Server, ServerDep
 
 router = APIRouter(tags=["answers"])
 
 
-def refuse_cross_site(request: Request) -> None:
-    """A GET that spends (verify=1) refuses cross-site browsers as writing requests do."""
-    site = request.headers.get("sec-fetch-site")
-    if site is not None and site not in ("same-origin", "none"):
-        raise Forbidden(f"cross-site request refused (Sec-Fetch-Site: {site})")
-
-
 class AskBody(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", strict=True)
 
     question: str = Field(..., min_length=1, max_length=2000)
     in_: str | None = Field(None, alias="in", max_length=4096, description="Only photos inside this folder")
@@ -63,7 +55,7 @@ def _plan(server: Server, body: AskBody) -> AskPlan:
     if served is None:
         raise ImgragError(server.index.problem or "no search index yet: run an index job (or `imgrag index PHOTOS`)")
     filters = make_filters(server.ws.absolute(body.in_) if body.in_ else None, body.after, body.before,
-                           names=("after", "before"))
+                           names=("after", "before", "in"))
     searcher = served.searcher.with_filters(filters) if filters.active() else served.searcher
     settings = server.settings.checked(*VISION_SETTINGS)
     settings.require_api_key()

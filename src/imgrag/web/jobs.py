@@ -138,8 +138,11 @@ class Jobs:
             if result.pending is not None:
                 job.changed(estimate={**(job.estimate or {}), "embed": result.pending.next_embed,
                                       "update_index": result.pending.next_rebuild_index})
-            state = "cancelled" if job.cancel.is_set() else "done"
-            job.changed(state=state, phase=None, finished=now_iso())
+            if job.cancel.is_set():  # its last word is no longer "cancelling…"
+                job.changed(state="cancelled", phase=None, finished=now_iso(),
+                            message="cancelled: the requests in flight finished and were kept")
+            else:
+                job.changed(state="done", phase=None, finished=now_iso())
         except Interrupted as e:
             job.changed(state="cancelled", phase=None, message=str(e), finished=now_iso())
         except ImgragError as e:

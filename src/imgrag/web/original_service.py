@@ -14,7 +14,7 @@ import json
 import os
 from pathlib import PurePath
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
 from imgrag.describe.schema import embedding_text
@@ -23,7 +23,7 @@ from imgrag.pipeline import photo_folders
 from imgrag.search.request import make_options
 from imgrag.store.descriptions import load_descriptions
 from imgrag.store.scan import scan
-from imgrag.web.api import checked_photo, photo_response
+from imgrag.web.api import ORIGINAL, checked_photo, photo_response
 from imgrag.web.ask_api import verified
 from imgrag.web.http_errors import Forbidden, NotFound
 from imgrag.web.jobs import Job, wait
@@ -112,7 +112,8 @@ def get_image(server: ServerDep, body: ImageQuery) -> str:
     return json.dumps({"image_name": names})
 
 
-@router.get("/images/{name:path}", summary="A photo by the name /get_image gave")
+@router.get("/images/{name:path}", summary="A photo by the name /get_image gave", response_class=Response,
+            responses=ORIGINAL)
 def image(server: ServerDep, request: Request, name: str):
     served = server.index.current()
     sha = served.photos.sha_of(name) if served is not None else None

@@ -20,6 +20,7 @@ from imgrag.demo import demo_photos
 from imgrag.errors import UsageError
 from imgrag.store.workspace import DIR_NAME, Workspace
 from imgrag.web.app import create_app
+from imgrag.web.protocol import GuardedH11Protocol
 from imgrag.web.security import is_loopback
 from imgrag.web.server import ServeConfig, Server
 
@@ -119,7 +120,8 @@ def run_serve(photos: Path | None, *, index: Path | None, host: str, port: int, 
     _log_to_stderr()
     shared = Server(config)
     app = create_app(shared)
-    uv = uvicorn.Config(app, http="h11", h11_max_incomplete_event_size=MAX_HEADER_BYTES, lifespan="on",
+    # GuardedH11Protocol: h11 with header/body deadlines and a connection cap (web/protocol.py).
+    uv = uvicorn.Config(app, http=GuardedH11Protocol, h11_max_incomplete_event_size=MAX_HEADER_BYTES, lifespan="on",
                         log_level="warning", access_log=False, server_header=False, timeout_graceful_shutdown=30)
     server = _Uvicorn(uv, shared, url_for(host, config.port), open_browser)
     server.run(sockets=[sock])

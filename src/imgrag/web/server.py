@@ -19,6 +19,7 @@ from imgrag.store.description_lookup import Descriptions
 from imgrag.store.serving import PhotoFiles
 from imgrag.store.workspace import Workspace
 from imgrag.web.jobs import Jobs
+from imgrag.web.sessions import Sessions, Throttle
 from imgrag.web.thumbnails import Thumbnails
 
 
@@ -48,6 +49,8 @@ class Server:
         self.photo_files = PhotoFiles(config.ws)  # the one gate a photo's file passes before it is sent
         self.thumbnails = Thumbnails(config.ws)
         give_decoded_memory_back()  # a server lives long: a huge photo's decode must not stay in it
+        self.sessions = Sessions()  # the page's logins (with a token)
+        self.throttle = Throttle()  # wrong tokens per client address
         self.stopping = threading.Event()  # set on Ctrl-C/SIGTERM: event streams end, jobs stop
         # GET /api/status: (when, key, document), reused for a few seconds (it scans the photo folders).
         self.status_cache: tuple[float, tuple[Any, ...], dict[str, Any]] | None = None
