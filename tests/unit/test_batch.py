@@ -71,7 +71,7 @@ def test_files_over_the_line_or_size_limit_are_split(photos, server):
 
 
 def test_openai_sdk_path(photos, server):
-    settings = settings_for(server, provider="openai", base_url=server.openai_base_url, model="standin-vision")
+    settings = settings_for(server, provider="openai", api_key=KEY, base_url=server.openai_base_url, model="standin-vision")
     s = run_batch(photos, settings, BatchOptions(), Quiet())
     assert [n for _, n in s.submitted] == [4]
     wait_until_done(server)
