@@ -76,7 +76,7 @@ def _check_cors(origin: str | None) -> str | None:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def bind_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -114,7 +114,7 @@ def run_serve(photos: Path | None, *, index: Path | None, host: str, port: int, 
               open_browser: bool, read_only: bool, token_file: Path | None, cors: str | None) -> int:
     config = serve_config(photos, index=index, host=host, port=port, allow_hosts=allow_hosts, read_only=read_only,
                           token_file=token_file, cors=cors)
-    sock = _bind(host, port)
+    sock = bind_socket(host, port)
     config.port = sock.getsockname()[1]  # --port 0: the one the system chose
     _log_to_stderr()
     shared = Server(config)
