@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imgrag.config import VISION_SETTINGS, Settings
 from imgrag.errors import ImgragError, UsageError
@@ -19,6 +19,9 @@ from imgrag.search.request import cut_off, make_filters, make_options, why_nothi
 from imgrag.search.searcher import Searcher, clean_query
 from imgrag.status import collect_status, next_step
 from imgrag.store.workspace import Workspace
+
+if TYPE_CHECKING:
+    from imgrag.web.jobs import Job
 
 ESTIMATE_VALID = 15 * 60  # seconds an index estimate stays good for starting the run it priced
 
@@ -36,6 +39,7 @@ class Library:
         self.index = self.server.index
         self.allow_index = allow_index
         self._estimated_at: float | None = None  # when `index` last gave its estimate
+        self._job: Job | None = None  # the last index run `index` started (status shows it)
 
     def start(self) -> None:
         self.index.start()  # load the index in the background: the first call need not wait for it
@@ -150,8 +154,7 @@ class Library:
         doc = {**state.as_dict(), "next": next_step(state), "index_loaded": served is not None,
                "generation": served.name if served else None, "index_tool": self.allow_index}
         if self.allow_index:
-            job = next(iter(self.server.jobs.all()), None)
-            doc["job"] = job.as_dict() if job else None
+            doc["job"] = self._job.as_dict() if self._job else None
         return doc
 
     def run_index(self, *, confirm: bool, limit: int | None) -> dict[str, Any]:
@@ -173,7 +176,7 @@ class Library:
             if self._estimated_at is None or time.monotonic() - self._estimated_at > ESTIMATE_VALID:
                 raise UsageError("call index without confirm first: it gives the estimate (photos, cost, time) "
                                  "to show the user before anything is sent")
-            job = self.server.jobs.start("index", limit=limit)
+            job = self._job = self.server.jobs.start("index", limit=limit)
         except Busy as e:
             raise UsageError(str(e)) from None
         self._estimated_at = None  # the next run is priced again
