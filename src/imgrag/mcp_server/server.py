@@ -54,12 +54,13 @@ min_score=0 or all=true. Narrow with `folder`, `after` and `before`.
 
 Returns {"query", "count", "results": [...]}, the same photos in the same order as \
 `imgrag search --json`. Each result: rank (1 = best), id (the photo's content hash: pass it to \
-get_photo or like), score (higher is better; about 0.3 and up is a good match), path (absolute \
-path of the photo file), caption (the vision model's one-line description), why (the query \
-words found in the photo's description and in which field, e.g. 'visible text: "STOP"', or \
-'near in meaning' when no word is shared), date (when it was taken, ISO, or null), taken \
-(EXIF time, or null), copies (every path, when the same photo is stored more than once). \
-When nothing matches, "hint" says why and what to try."""
+get_photo or like), score (higher is better; compare scores within one search), path (absolute \
+path of the photo file), caption (the vision model's one-line description), why (why it \
+matched: the query words found in the photo's description and the fields holding them, e.g. \
+'matched "stop", "sign" in caption, visible text; visible text: STOP', or 'near in meaning, \
+no word in common; objects: ...' when it matched by meaning alone), date (ISO time the date \
+filters use: when it was taken per EXIF, else the file's time), taken (the EXIF time, or null), \
+copies (every path, when the same photo is stored more than once). When nothing matches, "hint" says why and what to try."""
 
 ASK = """\
 Answer a question from the user's photos: the best-matching photos' descriptions are sent to \
