@@ -340,6 +340,9 @@ def test_http_gives_the_same_results_and_checks_the_host(lib, stdio, tmp_path):
         assert r.status_code == 403 and "Host" in r.json()["error"]
         r = httpx.post(server.url, json=initialize, headers={**headers, "Origin": "http://evil.example"}, timeout=30)
         assert r.status_code == 403 and "cross-site" in r.json()["error"]
+        for body in (b"x" * 2_000_000, (b"x" * 100_000 for _ in range(20))):  # with Content-Length, and chunked
+            r = httpx.post(server.url, content=body, headers=headers, timeout=30)
+            assert r.status_code == 413 and "too large" in r.text
         r = httpx.post(server.url, json=initialize, headers=headers, timeout=30)
         assert r.status_code == 200, r.text
 

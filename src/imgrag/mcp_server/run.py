@@ -79,17 +79,19 @@ def _run_http(library: Library, *, host: str, port: int, allow_hosts: list[str],
     from mcp.server.transport_security import TransportSecuritySettings
 
     from imgrag.mcp_server.server import build_server
-    from imgrag.web.security import Guard, Rules
+    from imgrag.web.security import MAX_BODY, Guard, Rules
     from imgrag.web.serve import MAX_HEADER_BYTES, bind_socket, url_for
 
     sock = bind_socket(host, port)
     port = sock.getsockname()[1]  # --port 0: the one the system chose
     # The Guard checks the Host header (and the token, and cross-site browsers) as for `imgrag
     # serve`; the SDK's own Host check, which knows neither --allow-host nor the token, is off.
+    # The SDK limits bodies itself (413), also one sent without Content-Length: the Guard's
+    # check, raised inside the SDK's reading, would come out as a 500.
     app = build_server(library).streamable_http_app(
-        streamable_http_path=MCP_PATH, host=host,
+        streamable_http_path=MCP_PATH, host=host, max_request_body_size=MAX_BODY,
         transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False))
-    guarded = Guard(app, Rules(host=host, port=port, token=token, allow_hosts=list(allow_hosts)))
+    guarded = Guard(app, Rules(host=host, port=port, token=token, allow_hosts=list(allow_hosts), max_body=None))
     config = uvicorn.Config(guarded, http="h11", h11_max_incomplete_event_size=MAX_HEADER_BYTES, lifespan="on",
                             log_level="warning", access_log=False, server_header=False, timeout_graceful_shutdown=5)
     url = url_for(host, port).rstrip("/") + MCP_PATH

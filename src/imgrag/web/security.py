@@ -55,6 +55,7 @@ class Rules:
     token: str | None = None
     allow_hosts: list[str] = field(default_factory=list)
     cors: str | None = None  # the one other origin allowed to call (--cors)
+    max_body: int | None = MAX_BODY  # bytes, past which a body is refused (413); None: the app limits them itself
 
     def host_names(self) -> set[str]:
         names = {"localhost", "127.0.0.1", "::1", self.host.lower().strip("[]")}
@@ -88,7 +89,8 @@ class Guard:
         if refusal is not None:
             await refusal(scope, receive, send)
             return
-        await self.app(scope, self._limited(receive, send), self._headers(scope, send))
+        limited = self._limited(receive, self.rules.max_body) if self.rules.max_body is not None else receive
+        await self.app(scope, limited, self._headers(scope, send))
 
     def check(self, scope) -> JSONResponse | None:
         headers = Headers(scope=scope)
@@ -107,8 +109,9 @@ class Guard:
             return _error(401, "authentication required: send Authorization: Bearer <token>, or log in on the page",
                           login=True)
         length = headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
-            return _error(413, f"the request body is too large (over {MAX_BODY} bytes)")
+        limit = self.rules.max_body
+        if limit is not None and length is not None and (not length.isdigit() or int(length) > limit):
+            return _error(413, f"the request body is too large (over {limit} bytes)")
         return None
 
     def _public(self, path: str) -> bool:
@@ -145,8 +148,8 @@ class Guard:
         return parts.scheme in ("http", "https") and parts.netloc.lower() == host_header.strip().lower() \
             and _host_name(parts.netloc) in self.names
 
-    def _limited(self, receive, send):
-        """Stop reading a body that grows past MAX_BODY (one sent without Content-Length)."""
+    def _limited(self, receive, limit: int):
+        """Stop reading a body that grows past max_body (one sent without Content-Length)."""
         seen = 0
 
         async def limited():
@@ -154,7 +157,7 @@ class Guard:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > MAX_BODY:
+                if seen > limit:
                     raise BodyTooLarge()
             return message
 
