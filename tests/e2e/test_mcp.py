@@ -293,7 +293,7 @@ def test_index_needs_allow_index_and_an_estimate_first(lib, tmp_path):
     with session(stdio_params(lib, str(base / "photos"), "--allow-index", cwd=base)) as s:
         assert "index" in s.tools()
         assert "confirm" in s.tools()["index"].input_schema["properties"]
-        assert "estimate first" in s.error("index", {"confirm": True}) or "without confirm" in s.error("index", {"confirm": True})
+        assert "call index without confirm first" in s.error("index", {"confirm": True})
         estimate = s.ok("index")
         assert estimate["dry_run"] is True and estimate["estimate"]["photos"] == 1
         assert estimate["estimate"]["prompt_tokens"] > 0 and "cost_usd" in estimate["estimate"]
