@@ -181,8 +181,8 @@ def mcp_page() -> str:
     with tempfile.TemporaryDirectory() as tmp:
         server = build_server(Library(Workspace(Path(tmp) / ".imgrag"), None, Settings(), allow_index=True))
         tools = anyio.run(server.list_tools)
-    out = ["\n## Tools\n", "Generated from the server's own tool list (`tools/list`). `index` is listed only "
-           "with `--allow-index`."]
+    out = ["\n## Tools\n", ("Generated from the server's own tool list (`tools/list`). `index` is listed only "
+                            "with `--allow-index`.")]
     for tool in tools:
         out.append(f"\n### {tool.name}\n")
         out.append("```text\n" + (tool.description or "").strip() + "\n```\n")

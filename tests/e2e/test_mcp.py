@@ -309,6 +309,17 @@ def test_index_needs_allow_index_and_an_estimate_first(lib, tmp_path):
         hits = s.ok("search", {"query": "birthday cake with candles"})["results"]
         assert hits and hits[0]["path"].endswith("party/birthday.jpg")
         assert "without confirm" in s.error("index", {"confirm": True})  # each run is priced again
+        # A cron `imgrag index` beside it (a new copy of a photo): the server answers from the new
+        # generation without a restart.
+        draw_scene(base / "photos" / "street" / "stop_sign.jpg", "stop_sign", quality=92)
+        assert invoke("index", base / "photos", cwd=base, env=lib.env).code == 0
+        deadline = time.monotonic() + 30
+        while s.ok("status")["generation"] != (base / ".imgrag" / "index" / "CURRENT").read_text().strip():
+            assert time.monotonic() < deadline, "the server never loaded the new generation"
+            s.ok("search", {"query": "stop sign"})  # a call notices the new generation
+            time.sleep(0.2)
+        hits = s.ok("search", {"query": "stop sign", "min_score": 0})["results"]
+        assert any(p.endswith("street/stop_sign.jpg") for h in hits for p in h.get("copies", [h["path"]]))
 
 
 def test_without_an_index_it_says_so_at_once(lib, tmp_path):
