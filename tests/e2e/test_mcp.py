@@ -395,4 +395,4 @@ def test_stdio_stops_when_the_assistant_closes_it(lib):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = proc.communicate(b"", timeout=90)
     assert proc.returncode == 0, err.decode()
-    assert out == b""
+    assert out == b"" and b"MCP server for" in err

@@ -67,6 +67,8 @@ def _run_stdio(library: Library) -> None:
 
     server = build_server(library)
     library.start()
+    # On stderr, which an assistant keeps as the server's log; stdout is the protocol's.
+    print(f"imgrag: MCP server for {library.ws.root} on stdin/stdout", file=sys.stderr, flush=True)
     try:
         anyio.run(server.run_stdio_async)
     except KeyboardInterrupt:
