@@ -245,7 +245,7 @@ def test_an_unknown_tool_or_photo_resource_is_an_error(stdio):
 
 def test_get_photo_gives_the_record_and_a_thumbnail(lib, stdio):
     hit = stdio.ok("search", {"query": "stop sign"})["results"][0]
-    result = stdio.call("get_photo", {"photo": hit["id"], "size": 128})
+    result = stdio.call("get_photo", {"photo": hit["id"], "size": 200})  # the nearest size made: 256
     assert not result.is_error, result.content
     record = result.structured_content
     assert record["id"] == hit["id"] and record["caption"] == hit["caption"] == "A red STOP sign at a street corner."
@@ -255,7 +255,7 @@ def test_get_photo_gives_the_record_and_a_thumbnail(lib, stdio):
     assert json.loads(text.text) == record
     assert image.type == "image" and image.mime_type == "image/jpeg"
     thumb = Image.open(io.BytesIO(base64.b64decode(image.data)))
-    assert thumb.format == "JPEG" and max(thumb.size) == 128
+    assert thumb.format == "JPEG" and max(thumb.size) == 256
     by_path = stdio.ok("get_photo", {"photo": str(lib.photos / "trips" / "stop_sign.jpg")})
     assert by_path["id"] == hit["id"]
     contents = stdio.read(f"photo://{hit['id']}").contents
@@ -320,6 +320,13 @@ def test_index_needs_allow_index_and_an_estimate_first(lib, tmp_path):
             time.sleep(0.2)
         hits = s.ok("search", {"query": "stop sign", "min_score": 0})["results"]
         assert any(p.endswith("street/stop_sign.jpg") for h in hits for p in h.get("copies", [h["path"]]))
+        # A photo replaced in place is no longer its id's content: the record, but no thumbnail of it.
+        kitchen = s.ok("search", {"query": "kettle on the stove"})["results"][0]
+        draw_scene(base / "photos" / "kitchen.png", "birthday")
+        result = s.call("get_photo", {"photo": kitchen["id"], "size": 96})
+        assert not result.is_error and [c.type for c in result.content] == ["text"]
+        assert result.structured_content["caption"] == kitchen["caption"]
+        assert "changed" in result.structured_content["thumbnail_error"]
 
 
 def test_without_an_index_it_says_so_at_once(lib, tmp_path):

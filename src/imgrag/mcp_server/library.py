@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from imgrag.config import VISION_SETTINGS, Settings
 from imgrag.errors import ImgragError, UsageError
 from imgrag.search.live import Served
-from imgrag.search.photo_record import indexed_file, photo_id_of, photo_record
+from imgrag.search.photo_record import indexed_file, indexed_names, photo_id_of, photo_record
 from imgrag.search.ranking import Hit
 from imgrag.search.request import cut_off, make_filters, make_options, why_nothing
 from imgrag.search.searcher import Searcher, clean_query
@@ -112,11 +112,21 @@ class Library:
         file = indexed_file(self.ws, served, sha)
         return photo_record(self.ws, served, self.server.descriptions, sha, file), file
 
-    def thumbnail(self, photo_id: str, file: Path, size: int) -> bytes:
-        """A JPEG of the photo, `size` px on its long side (orientation applied, no metadata)."""
-        from imgrag.web.thumbnails import cached_jpeg  # the page's thumbnails, and their cache
+    def thumbnail(self, photo_id: str, size: int) -> bytes:
+        """The page's JPEG thumbnail of the photo nearest `size` px on its long side (orientation
+        applied, no metadata), made from a file the serving gate let through, and cached."""
+        from imgrag.photos.files import PhotoError
+        from imgrag.store.serving import Refused
+        from imgrag.web.thumbnails import thumbnail_size
 
-        made = cached_jpeg(self.ws, photo_id, file, size)
+        try:
+            photo = self.server.photo_files.open(photo_id, indexed_names(self._served(), photo_id))
+            try:
+                made = self.server.thumbnails.jpeg(photo, thumbnail_size(size))
+            finally:
+                photo.close()
+        except (Refused, PhotoError) as e:
+            raise ImgragError(f"no thumbnail: {e}") from None
         return made if isinstance(made, bytes) else made.read_bytes()
 
     # -- ask ---------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from pydantic import Field
 from imgrag import __version__
 from imgrag.errors import ImgragError
 from imgrag.mcp_server.library import Library
-from imgrag.web.thumbnails import DEFAULT_THUMBNAIL, MAX_SIZE, MIN_SIZE
+from imgrag.web.thumbnails import MAX_SIZE, MIN_SIZE, THUMBNAIL_SIZES
 
 T = TypeVar("T")
 
@@ -163,15 +163,16 @@ def build_server(library: Library) -> MCPServer:
     async def get_photo(
         photo: Annotated[str, Field(min_length=1, max_length=4096, description="A photo's id or path.")],
         size: Annotated[int, Field(ge=MIN_SIZE, le=MAX_SIZE, description=(
-            "The thumbnail's longer side in pixels."))] = DEFAULT_THUMBNAIL * 2,
+            "The thumbnail's longer side in pixels: 96, 256 or 512 are made, another size gets the nearest.")
+        )] = max(THUMBNAIL_SIZES),
     ) -> CallToolResult:
         record, file = await _runs_in_thread(library.photo)(photo)
         image: list[ImageContent] = []
         if file is not None:
             try:
-                jpeg = await _runs_in_thread(library.thumbnail)(record["id"], file, size)
-            except (ToolError, OSError) as e:  # an unreadable file: the record still helps
-                record["thumbnail_error"] = f"cannot read this photo: {e}"
+                jpeg = await _runs_in_thread(library.thumbnail)(record["id"], size)
+            except (ToolError, OSError) as e:  # an unreadable or replaced file: the record still helps
+                record["thumbnail_error"] = str(e)
             else:
                 image.append(ImageContent(type="image", data=base64.b64encode(jpeg).decode(), mime_type="image/jpeg"))
         text = TextContent(type="text", text=json.dumps(record, ensure_ascii=False))

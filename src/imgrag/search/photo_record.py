@@ -19,6 +19,12 @@ def is_indexed(served: Served, photo_id: str) -> bool:
     return bool(SHA.fullmatch(photo_id)) and served.photos.row_of(photo_id) is not None
 
 
+def indexed_names(served: Served, photo_id: str) -> list[str]:
+    """Every name the photo is indexed under (relative to the folder holding .imgrag/, with
+    '/'): what imgrag.store.serving checks before a file or a thumbnail is sent."""
+    return [PurePath(rel).as_posix() for rel in served.paths_of(photo_id)]
+
+
 def indexed_file(ws: Workspace, served: Served, photo_id: str) -> Path | None:
     """The first copy of an indexed photo still on disk inside the photo tree (None: all gone)."""
     for rel in served.paths_of(photo_id):

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from imgrag.errors import UsageError
 from imgrag.photos.files import PhotoError
 from imgrag.search.live import Served
-from imgrag.search.photo_record import indexed_file, is_indexed, photo_id_of, photo_record
+from imgrag.search.photo_record import indexed_file, indexed_names, is_indexed, photo_id_of, photo_record
 from imgrag.search.request import cut_off, make_filters, make_options, search_page, why_nothing
 from imgrag.search.searcher import clean_query
 from imgrag.status import collect_status, next_step
@@ -170,9 +170,9 @@ def refused_response(e: PhotoRefused) -> JSONResponse:
 
 def _indexed_names(server: Server, photo_id: str) -> list[str]:
     served = server.index.current()
-    if not _SHA.fullmatch(photo_id) or served is None or served.photos.row_of(photo_id) is None:
+    if served is None or not is_indexed(served, photo_id):
         raise NotFound(f"no photo {photo_id[:80]!r} in the index")
-    return [PurePath(rel).as_posix() for rel in served.paths_of(photo_id)]
+    return indexed_names(served, photo_id)
 
 
 def _jpeg(server: Server, request: Request, photo_id: str, size: int) -> Response:
