@@ -80,7 +80,8 @@ One photo: its full description record and a JPEG thumbnail to look at.
 as JSON: id, paths, abs_paths, caption, description (everything the vision model wrote: \
 caption, objects, scene, visible text, people, colours, ...), date, taken, camera, gps, \
 width, height, size (bytes), model (the vision model that described it), created (when), \
-file_exists; then the thumbnail as an image (none when the file is gone from disk)."""
+file_exists; then the thumbnail as an image (none when the file is gone or no longer holds \
+the described content: "thumbnail_error" then says why)."""
 
 STATUS = """\
 What the photo library's index holds: photos found, described, failed, embedded, the index's \
