@@ -165,6 +165,39 @@ def config_page() -> str:
     return "\n".join(rows) + "\n"
 
 
+# -- the MCP server ----------------------------------------------------------------------
+
+
+def mcp_page() -> str:
+    """Every tool of `imgrag mcp --allow-index` with the description and arguments the
+    assistant reads, from the server made for an empty temporary folder (never started)."""
+    import anyio
+
+    from imgrag.config import Settings
+    from imgrag.mcp_server.library import Library
+    from imgrag.mcp_server.server import build_server
+    from imgrag.store.workspace import Workspace
+
+    with tempfile.TemporaryDirectory() as tmp:
+        server = build_server(Library(Workspace(Path(tmp) / ".imgrag"), None, Settings(), allow_index=True))
+        tools = anyio.run(server.list_tools)
+    out = ["\n## Tools\n", ("Generated from the server's own tool list (`tools/list`). `index` is listed only "
+                            "with `--allow-index`.")]
+    for tool in tools:
+        out.append(f"\n### {tool.name}\n")
+        out.append("```text\n" + (tool.description or "").strip() + "\n```\n")
+        schema = tool.input_schema
+        required = set(schema.get("required", []))
+        props = schema.get("properties", {})
+        if props:
+            out += ["| argument | type | required | limits | description |", "|---|---|---|---|---|"]
+            out += [f"| `{name}` | {schema_type(prop, {})} | {'yes' if name in required else ''} | "
+                    f"{cell(limits(prop))} | {cell(prop.get('description', ''))} |" for name, prop in props.items()]
+        else:
+            out.append("No arguments.")
+    return "\n".join(out) + "\n"
+
+
 # Each page's hand-written part (in docs/) comes first; the generated part is appended.
 with mkdocs_gen_files.open("reference/cli.md", "w") as f:
     f.write(command_page())
@@ -172,3 +205,5 @@ with mkdocs_gen_files.open("reference/http-api.md", "a") as f:
     f.write(http_page())
 with mkdocs_gen_files.open("reference/configuration.md", "a") as f:
     f.write(config_page())
+with mkdocs_gen_files.open("reference/mcp.md", "a") as f:
+    f.write(mcp_page())

@@ -23,11 +23,13 @@ STAGES = {
     "index": 4,
     "search": 5, "status": 5,
     "ask": 6, "pipeline": 6, "demo": 6,
-    "cli": 7, "web": 7,
+    "cli": 7, "web": 7, "mcp_server": 7,
     "__main__": 8,
 }
 ALSO_ALLOWED = {
     ("cli", "web"),  # `imgrag serve` starts the server
+    ("cli", "mcp_server"),  # `imgrag mcp` starts the MCP server
+    ("mcp_server", "web"),  # the MCP server is `imgrag serve`'s state, guard and thumbnails without the page
 }
 HEAVY = {"numpy", "faiss", "fastapi", "torch", "onnxruntime", "PIL", "sentence_transformers", "starlette"}
 

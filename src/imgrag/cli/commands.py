@@ -316,6 +316,31 @@ def serve(
                      read_only=read_only, token_file=token_file, cors=cors)
 
 
+@app.command(epilog=(
+    "Examples:\n\n"
+    "  imgrag mcp ~/Pictures                       # an assistant starts it (stdio)\n\n"
+    "  imgrag mcp ~/Pictures --allow-index         # ...and may index new photos (an estimate first)\n\n"
+    "  imgrag mcp ~/Pictures --http --port 8765    # Streamable HTTP at http://127.0.0.1:8765/mcp\n\n"
+    "Tools: search, ask, get_photo, status (and index with --allow-index). Resource: photo://{id}."
+))
+@_exits
+def mcp(
+    photos: Annotated[Path | None, typer.Argument(help="Photo folder (default: the index found from here).", show_default=False, metavar="PHOTOS")] = None,
+    index: IndexOpt = None,
+    allow_index: Annotated[bool, typer.Option("--allow-index", help="Offer the index tool: the assistant may describe and embed new photos (a dry-run estimate first; it sends photos to your vision provider).")] = False,
+    http: Annotated[bool, typer.Option("--http", help="Serve Streamable HTTP at /mcp instead of stdio.")] = False,
+    host: Annotated[str, typer.Option("--host", help="With --http: address to listen on. Anything but loopback needs a token (IMGRAG_SERVE_TOKEN or --token-file).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="With --http: port to listen on (0: any free one).")] = 8765,
+    allow_host: Annotated[list[str] | None, typer.Option("--allow-host", help="With --http: another name clients reach this server by (Host header); repeatable.", show_default=False, metavar="NAME")] = None,
+    token_file: Annotated[Path | None, typer.Option("--token-file", help="With --http: read the access token from FILE (else IMGRAG_SERVE_TOKEN); clients send Authorization: Bearer TOKEN.", show_default=False, metavar="FILE")] = None,
+) -> int:
+    """Serve your photos to AI assistants over the Model Context Protocol (MCP)."""
+    from imgrag.mcp_server.run import run_mcp
+
+    return run_mcp(photos, index=index, allow_index=allow_index, http=http, host=host, port=port,
+                   allow_hosts=allow_host or [], token_file=token_file)
+
+
 def _warn_stale(searcher) -> None:
     from imgrag.cli import render
 

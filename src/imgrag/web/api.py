@@ -7,7 +7,6 @@ import asyncio
 import hmac
 import json
 import os
-import re
 import time
 from pathlib import Path, PurePath
 from typing import Annotated, Any, Literal
@@ -18,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from imgrag.errors import UsageError
 from imgrag.photos.files import PhotoError
-from imgrag.search.live import Served, photo_file
+from imgrag.search.live import Served
+from imgrag.search.photo_record import indexed_file, indexed_names, is_indexed, photo_id_of, photo_record
 from imgrag.search.request import cut_off, make_filters, make_options, search_page, why_nothing
 from imgrag.search.searcher import clean_query
 from imgrag.status import collect_status, next_step
@@ -34,7 +34,6 @@ from imgrag.web.thumbnails import DEFAULT_THUMBNAIL, MAX_SIZE, MIN_SIZE, PREVIEW
 
 router = APIRouter()
 
-_SHA = re.compile(r"[0-9a-f]{64}")
 MAX_LIMIT = 100
 MAX_OFFSET = 10_000
 MAX_QUERY = 4096  # characters; the encoder reads far fewer (search.MAX_QUERY_CHARS)
@@ -117,14 +116,13 @@ def _fast_json(doc: dict) -> Response:
 
 def _like_path(server: Server, served: Served, like: str) -> Path:
     """The file of an indexed photo named by id or by indexed path (anything else: not found)."""
-    sha = like if _SHA.fullmatch(like) and served.photos.row_of(like) is not None else served.photos.sha_of(like)
+    sha = photo_id_of(server.ws, served, like)
     if sha is None:
         raise NotFound(f"like={like}: no such photo in the index")
-    for rel in served.paths_of(sha):
-        found = photo_file(server.ws, PurePath(rel).as_posix())
-        if found is not None:
-            return found
-    raise NotFound(f"like={like}: the photo's file is gone")
+    found = indexed_file(server.ws, served, sha)
+    if found is None:
+        raise NotFound(f"like={like}: the photo's file is gone")
+    return found
 
 
 # -- photos ------------------------------------------------------------------------------------
@@ -133,32 +131,16 @@ def _like_path(server: Server, served: Served, like: str) -> Path:
 def _indexed(server: Server, photo_id: str) -> tuple[Served, Path | None]:
     """(the generation served, the photo's file) for an id of that generation; raises a 404 otherwise."""
     served = server.index.current()
-    if not _SHA.fullmatch(photo_id) or served is None or served.photos.row_of(photo_id) is None:
+    if served is None or not is_indexed(served, photo_id):
         raise NotFound(f"no photo {photo_id[:80]!r} in the index")
-    for rel in served.paths_of(photo_id):
-        found = photo_file(server.ws, PurePath(rel).as_posix())
-        if found is not None:
-            return served, found
-    return served, None
+    return served, indexed_file(server.ws, served, photo_id)
 
 
 @router.get("/api/photos/{photo_id}", summary="A photo's description record")
 def photo(server: ServerDep, photo_id: str):
     served, path = _indexed(server, photo_id)
-    sha = photo_id
-    record = server.descriptions.get(sha) or {}
-    indexed = served.doc(sha)
-    paths = [PurePath(p).as_posix() for p in indexed.paths] if indexed else []
-    desc = record.get("description") or {}
-    return {
-        "id": sha, "paths": paths, "abs_paths": [str(server.ws.absolute(p)) for p in paths],
-        "caption": desc.get("caption", ""),
-        "description": desc, "taken": record.get("taken"), "date": indexed.date if indexed else None,
-        "camera": record.get("camera"), "gps": record.get("gps"), "width": record.get("width"),
-        "height": record.get("height"), "size": record.get("size"), "model": record.get("model"),
-        "provider": record.get("provider"), "created": record.get("created"), "file_exists": path is not None,
-        **_urls(sha), "like_url": f"/api/search?like={sha}",
-    }
+    return {**photo_record(server.ws, served, server.descriptions, photo_id, path), **_urls(photo_id),
+            "like_url": f"/api/search?like={photo_id}"}
 
 
 def _not_modified(request: Request, etag: str) -> bool:
@@ -188,9 +170,9 @@ def refused_response(e: PhotoRefused) -> JSONResponse:
 
 def _indexed_names(server: Server, photo_id: str) -> list[str]:
     served = server.index.current()
-    if not _SHA.fullmatch(photo_id) or served is None or served.photos.row_of(photo_id) is None:
+    if served is None or not is_indexed(served, photo_id):
         raise NotFound(f"no photo {photo_id[:80]!r} in the index")
-    return [PurePath(rel).as_posix() for rel in served.paths_of(photo_id)]
+    return indexed_names(served, photo_id)
 
 
 def _jpeg(server: Server, request: Request, photo_id: str, size: int) -> Response:

@@ -54,6 +54,7 @@ class Rules:
     token: str | None = None
     allow_hosts: list[str] = field(default_factory=list)
     cors: str | None = None  # the one other origin allowed to call (--cors)
+    max_body: int | None = MAX_BODY  # bytes, past which a body is refused (413); None: the app limits them itself
 
     def host_names(self) -> set[str]:
         names = {"localhost", "127.0.0.1", "::1", self.host.lower().strip("[]")}
@@ -105,7 +106,10 @@ class Guard:
         if refusal is not None:
             await refusal(scope, receive, send)
             return
-        await self._limited(scope, receive, self._headers(scope, send))
+        if self.rules.max_body is None:  # the app limits bodies itself
+            await self.app(scope, receive, self._headers(scope, send))
+        else:
+            await self._limited(scope, receive, self._headers(scope, send), self.rules.max_body)
 
     def check(self, scope) -> JSONResponse | None:
         headers = Headers(scope=scope)
@@ -126,8 +130,9 @@ class Guard:
             if refusal is not None:
                 return refusal
         length = headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
-            return _error(413, f"the request body is too large (over {MAX_BODY} bytes)")
+        limit = self.rules.max_body
+        if limit is not None and length is not None and (not length.isdigit() or int(length) > limit):
+            return _error(413, f"the request body is too large (over {limit} bytes)")
         return None
 
     def _public(self, path: str) -> bool:
@@ -174,8 +179,8 @@ class Guard:
         return parts.scheme in ("http", "https") and parts.netloc.lower() == host_header.strip().lower() \
             and _host_name(parts.netloc) in self.names
 
-    async def _limited(self, scope, receive, send) -> None:
-        """Run the app, answering 413 from here when a body grows past MAX_BODY (a chunked one
+    async def _limited(self, scope, receive, send, limit: int) -> None:
+        """Run the app, answering 413 from here when a body grows past `limit` (a chunked one
         has no Content-Length to refuse it by). The app is then told the client left, and
         whatever it answers after that is dropped: FastAPI would call the cut body a 400."""
         seen = 0
@@ -188,10 +193,10 @@ class Guard:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > MAX_BODY:
+                if seen > limit:
                     refused = True
                     if not started:
-                        await _error(413, f"the request body is too large (over {MAX_BODY} bytes)")(scope, receive, send)
+                        await _error(413, f"the request body is too large (over {limit} bytes)")(scope, receive, send)
                     return {"type": "http.disconnect"}
             return message
 

@@ -77,7 +77,7 @@ def _check_cors(origin: str | None) -> str | None:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def bind_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -115,17 +115,22 @@ def run_serve(photos: Path | None, *, index: Path | None, host: str, port: int, 
               open_browser: bool, read_only: bool, token_file: Path | None, cors: str | None) -> int:
     config = serve_config(photos, index=index, host=host, port=port, allow_hosts=allow_hosts, read_only=read_only,
                           token_file=token_file, cors=cors)
-    sock = _bind(host, port)
+    sock = bind_socket(host, port)
     config.port = sock.getsockname()[1]  # --port 0: the one the system chose
     _log_to_stderr()
     shared = Server(config)
     app = create_app(shared)
-    # GuardedH11Protocol: h11 with header/body deadlines and a connection cap (web/protocol.py).
-    uv = uvicorn.Config(app, http=GuardedH11Protocol, h11_max_incomplete_event_size=MAX_HEADER_BYTES, lifespan="on",
-                        log_level="warning", access_log=False, server_header=False, timeout_graceful_shutdown=30)
-    server = _Uvicorn(uv, shared, url_for(host, config.port), open_browser)
+    server = _Uvicorn(uvicorn_config(app, graceful_seconds=30), shared, url_for(host, config.port), open_browser)
     server.run(sockets=[sock])
     return 0
+
+
+def uvicorn_config(app, *, graceful_seconds: int) -> uvicorn.Config:
+    """How imgrag runs uvicorn (`serve`, `mcp --http`). GuardedH11Protocol: h11 with
+    header/body deadlines and a connection cap (web/protocol.py)."""
+    return uvicorn.Config(app, http=GuardedH11Protocol, h11_max_incomplete_event_size=MAX_HEADER_BYTES, lifespan="on",
+                          log_level="warning", access_log=False, server_header=False,
+                          timeout_graceful_shutdown=graceful_seconds)
 
 
 class _Uvicorn(uvicorn.Server):
