@@ -316,6 +316,31 @@ def serve(
                      read_only=read_only, token_file=token_file, cors=cors)
 
 
+@app.command(epilog=(
+    "Examples:\n\n"
+    "  imgrag watch ~/Pictures\n\n"
+    "  imgrag watch ~/Pictures /mnt/nas/photos --jobs 2\n\n"
+    "Runs until stopped (Ctrl-C: exit 130; SIGTERM: exit 0). As a service: see the docs' how-to."
+))
+@_exits
+def watch(
+    photos: Annotated[list[Path], typer.Argument(help="Photo folders to watch (searched recursively).", show_default=False, metavar="PHOTOS...")],
+    provider: ProviderOpt = None,
+    model: ModelOpt = None,
+    base_url: BaseUrlOpt = None,
+    jobs: JobsOpt = None,
+    index: IndexOpt = None,
+    poll: Annotated[bool, typer.Option("--poll", help="Poll the folders instead of waiting for the system's change events (network filesystems are polled anyway).")] = False,
+    poll_interval: Annotated[float, typer.Option("--poll-interval", min=0.1, help="Seconds between two scans of a polled folder.", metavar="SECONDS")] = 30.0,
+) -> int:
+    """Keep folders indexed: new, changed, moved and deleted photos are searchable (or gone) on their own."""
+    from imgrag.watch.command import run_watch
+    from imgrag.watch.watcher import WatchOptions
+
+    settings = _settings(provider=provider, model=model, base_url=base_url)
+    return run_watch(photos, settings, WatchOptions(poll=poll, poll_interval=poll_interval, jobs=jobs), index=index)
+
+
 def _warn_stale(searcher) -> None:
     from imgrag.cli import render
 
