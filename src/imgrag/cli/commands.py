@@ -295,7 +295,8 @@ def _search_many(searcher, source: str, options) -> int:
     "Examples:\n\n"
     "  imgrag serve ~/Pictures            # then open http://127.0.0.1:8000/\n\n"
     "  IMGRAG_SERVE_TOKEN=... imgrag serve ~/Pictures --host 0.0.0.0 --allow-host photos.lan\n\n"
-    "  imgrag serve --read-only --port 8080"
+    "  imgrag serve --read-only --port 8080\n\n"
+    "  imgrag serve ~/Pictures --watch     # new photos become searchable on their own"
 ))
 @_exits
 def serve(
@@ -308,12 +309,13 @@ def serve(
     read_only: Annotated[bool, typer.Option("--read-only", help="Search and browse only: no describe/embed jobs.")] = False,
     token_file: Annotated[Path | None, typer.Option("--token-file", help="Read the access token from FILE (else IMGRAG_SERVE_TOKEN).", show_default=False, metavar="FILE")] = None,
     cors: Annotated[str | None, typer.Option("--cors", help="Let pages from ORIGIN (e.g. https://app.example.org) call the API.", show_default=False, metavar="ORIGIN")] = None,
+    watch: Annotated[bool, typer.Option("--watch", help="Index new, changed, moved and deleted photos as they appear, as `imgrag watch` does (in this process).")] = False,
 ) -> int:
     """Serve your photos in a browser, and an HTTP API (OpenAPI at /docs)."""
     from imgrag.web.serve import run_serve
 
     return run_serve(photos, index=index, host=host, port=port, allow_hosts=allow_host or [], open_browser=open_browser,
-                     read_only=read_only, token_file=token_file, cors=cors)
+                     read_only=read_only, token_file=token_file, cors=cors, watch=watch)
 
 
 @app.command(epilog=(
