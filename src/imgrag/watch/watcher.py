@@ -23,6 +23,7 @@ from pathlib import Path
 from imgrag.config import VISION_SETTINGS, Settings
 from imgrag.errors import EXIT_TEMPFAIL, Interrupted, TryLater, UsageError
 from imgrag.photos.files import discover
+from imgrag.pipeline import Report, Steps, run_pipeline
 from imgrag.store.workspace import IndexBusy, Workspace
 from imgrag.watch.changes import Changes
 from imgrag.watch.observe import POLL_INTERVAL, start_observers, stop_observers
@@ -87,16 +88,15 @@ class Watcher:
     # -- one run -------------------------------------------------------------------------------
 
     def _run(self, root: Path) -> None:
-        from imgrag.pipeline import Steps, run_pipeline
-
         ws = Workspace.for_photos(root, self.index)
         has_photos = self._has_settled_photo(root)
         if not has_photos and not ws.paths.descriptions.exists():
             return  # nothing to index yet
         steps = Steps(describe=has_photos, jobs=self.options.jobs, cancel=self._cancel, hold=self.changes.holds)
         started = time.monotonic()
+        timing = _Timing()
         try:
-            result = run_pipeline(root, self.settings, steps, index=self.index)
+            result = run_pipeline(root, self.settings, steps, timing, index=self.index)
         except IndexBusy:
             if not self._waiting_said:
                 self.say(f"imgrag: watch: another imgrag is writing {ws.root}: waiting for it")
@@ -125,7 +125,7 @@ class Watcher:
             what = f"{described} photo(s) described" + (f", {failed} failed" if failed else "") + "; " \
                 if described or failed else ""
             self.say(f"imgrag: watch: {root}: {what}index updated: {embedded.described} photo(s) searchable "
-                     f"({time.monotonic() - started:.1f} s)")
+                     f"({timing.line(time.monotonic() - started)})")
         elif failed:
             self.say(f"imgrag: watch: {root}: {failed} photo(s) could not be described (see `imgrag status`)")
 
@@ -153,3 +153,20 @@ class Watcher:
             if not self.changes.holds(PhotoFile(path, "", st.st_size, st.st_mtime_ns, "")):
                 return True
         return False
+
+
+class _Timing(Report):
+    """How long each step of a run took, for its summary line."""
+
+    def __init__(self) -> None:
+        self.began = time.monotonic()
+        self.steps: dict[str, float] = {}
+
+    def phase(self, name: str) -> None:
+        self.steps[name] = time.monotonic()
+
+    def line(self, total: float) -> str:
+        if "embed" not in self.steps:
+            return f"{total:.1f} s"
+        embed = self.began + total - self.steps["embed"]
+        return f"{total:.1f} s, embed {embed:.1f} s"
