@@ -27,6 +27,7 @@ from imgrag.pipeline import Report, Steps, run_pipeline
 from imgrag.store.workspace import IndexBusy, Workspace
 from imgrag.watch.changes import Changes
 from imgrag.watch.observe import POLL_INTERVAL, start_observers, stop_observers
+from imgrag.watch.preembed import PreEmbed
 
 BACKOFF_FIRST = 5.0  # seconds before trying a provider that was down again; doubles each time
 BACKOFF_CAP = 600.0
@@ -94,7 +95,7 @@ class Watcher:
             return  # nothing to index yet
         steps = Steps(describe=has_photos, jobs=self.options.jobs, cancel=self._cancel, hold=self.changes.holds)
         started = time.monotonic()
-        timing = _Timing()
+        timing = _RunReport(PreEmbed(ws, self.settings.query_encoder) if has_photos else None)
         try:
             result = run_pipeline(root, self.settings, steps, timing, index=self.index)
         except IndexBusy:
@@ -108,6 +109,8 @@ class Watcher:
         except TryLater as e:  # e.g. another run is building the first index right now
             self._again(root, self._next_backoff(), str(e))
             return
+        finally:
+            timing.stop()
         self._waiting_said = False
         if self.stopping.is_set():
             return
@@ -155,18 +158,29 @@ class Watcher:
         return False
 
 
-class _Timing(Report):
-    """How long each step of a run took, for its summary line."""
+class _RunReport(Report):
+    """Embeds ahead while describe runs (preembed.py); times the steps for the summary line."""
 
-    def __init__(self) -> None:
+    def __init__(self, ahead: PreEmbed | None) -> None:
+        self.ahead = ahead
         self.began = time.monotonic()
         self.steps: dict[str, float] = {}
 
     def phase(self, name: str) -> None:
+        if self.ahead is not None:
+            if name == "describe":
+                self.ahead.start()
+            else:
+                self.ahead.flush()
         self.steps[name] = time.monotonic()
+
+    def stop(self) -> None:
+        if self.ahead is not None:
+            self.ahead.stop()
 
     def line(self, total: float) -> str:
         if "embed" not in self.steps:
             return f"{total:.1f} s"
         embed = self.began + total - self.steps["embed"]
-        return f"{total:.1f} s, embed {embed:.1f} s"
+        ahead = f", {len(self.ahead.vectors)} text(s) embedded ahead" if self.ahead is not None else ""
+        return f"{total:.1f} s, embed {embed:.1f} s{ahead}"
