@@ -182,5 +182,5 @@ class _RunReport(Report):
         if "embed" not in self.steps:
             return f"{total:.1f} s"
         embed = self.began + total - self.steps["embed"]
-        ahead = f", {len(self.ahead.vectors)} text(s) embedded ahead" if self.ahead is not None else ""
+        ahead = f", {len(self.ahead.vectors)} text(s) embedded ahead" if self.ahead and self.ahead.vectors else ""
         return f"{total:.1f} s, embed {embed:.1f} s{ahead}"
