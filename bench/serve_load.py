@@ -225,6 +225,21 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return round(int(fields["VmRSS"].split()[0]) / 1024, 1), round(int(fields["VmHWM"].split()[0]) / 1024, 1)
 
 
+def record_as_indexed(base: Path, hits: list[dict]) -> None:
+    """Write these photos into .imgrag/scan.json under their ids, as `imgrag index` records
+    what it hashed: the library's ids are made up, and the server sends a photo only while its
+    file holds the indexed content (size and mtime as recorded, else it hashes it again)."""
+    scan_path = base / ".imgrag" / "scan.json"
+    try:
+        data = json.loads(scan_path.read_bytes())
+    except (OSError, ValueError):
+        data = {"version": 1, "files": {}}
+    for h in hits:
+        st = (base / h["path"]).stat()
+        data["files"][h["path"]] = [st.st_size, st.st_mtime_ns, h["id"]]
+    scan_path.write_text(json.dumps(data))
+
+
 def thumbnail_grid(url: str, base: Path) -> dict:
     """48 thumbnails by 8 clients (as a browser fills a grid): cold, then warm."""
     import httpx
@@ -240,6 +255,7 @@ def thumbnail_grid(url: str, base: Path) -> dict:
             img = Image.new("RGB", (2000, 1500), (40 + i * 4, 90, 160))
             ImageDraw.Draw(img).ellipse([300, 200, 1700, 1300], fill=(230, 200 - i * 3, 60))
             img.save(path, quality=90)
+    record_as_indexed(base, hits)
     shutil.rmtree(base / ".imgrag" / "thumbs", ignore_errors=True)
 
     def grid() -> float:

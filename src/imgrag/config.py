@@ -119,14 +119,13 @@ class Settings:
 
     def with_flags(self, **flags: Any) -> Settings:
         """Flags given on the command line (not None) win over everything else. A provider
-        chosen by flag brings its own key from the environment, when it has one there."""
+        chosen by flag brings its own key from the environment, or none."""
         known = {f.name for f in fields(self)}
         changes = {k: v for k, v in flags.items() if v is not None and k in known}
         provider = changes.get("provider")
         if provider and provider != self.provider and "api_key" not in changes:
-            key = self.api_keys.get("groq" if provider == "groq" else "openai")
-            if key:
-                changes["api_key"] = key
+            # Never the other provider's key: a Groq key must not reach another server.
+            changes["api_key"] = self.api_keys.get("groq" if provider == "groq" else "openai")
         return replace(self, **changes)
 
     def checked(self, *names: str) -> Settings:

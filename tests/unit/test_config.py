@@ -32,6 +32,12 @@ def test_a_provider_chosen_by_flag_brings_its_own_key():
     assert settings.with_flags(provider="openai", api_key="sk-3").api_key == "sk-3"
 
 
+def test_a_groq_key_never_goes_to_an_openai_compatible_server():
+    settings = settings_from({"GROQ_API_KEY": "gsk-1"})
+    assert settings.with_flags(provider="openai").api_key is None
+    assert settings.with_flags(provider="openai").require_api_key() == "unused"
+
+
 def test_answer_model_and_prices():
     answering = answer_settings(settings_from({"IMGRAG_ANSWER_MODEL": "m", "IMGRAG_ANSWER_PRICE_OUTPUT": "2"}))
     assert (answering.model, answering.price_input, answering.price_output) == ("m", 0.15, 2.0)

@@ -433,7 +433,8 @@ def test_average_usage_reads_the_newest_records_by_time_not_by_first_position():
     from imgrag.store.descriptions import average_usage
 
     def rec(hour: int, prompt: int) -> dict:
-        return {"time": f"2026-11-24T{hour:02d}:00:00+00:00", "usage": {"prompt_tokens": prompt, "completion_tokens": 10}}
+        # the field describe writes (describe/outcomes.py)
+        return {"created": f"2026-11-24T{hour:02d}:00:00+00:00", "usage": {"prompt_tokens": prompt, "completion_tokens": 10}}
 
     # "a" was described first (cheap), then again last (expensive, e.g. after --refresh):
     # it keeps its first place in the dict, but it is the newest record.

@@ -783,3 +783,67 @@ def test_pillow_heif_is_imported_lazily():
     code = "import sys, imgrag.photos.files; assert 'pillow_heif' not in sys.modules"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+# --------------------------------------------------------------------------- big photos: reduced decodes
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "1", "I;16", "RGB", "L", "CMYK"])
+def test_a_big_photo_is_reduced_in_every_mode_with_the_colours_of_a_full_decode(tmp_path, mode):
+    """Shrunk by a whole factor (strip by strip for modes Image.reduce would copy whole) before
+    orientation and colour conversion: the same picture as converting first, within JPEG noise."""
+    full = Image.new("RGBA", (3000, 600), (255, 0, 0, 255))
+    ImageDraw.Draw(full).rectangle((1500, 0, 2999, 599), fill=(0, 0, 255, 0))  # right half transparent
+    img = {"P": full.convert("RGB").convert("P"), "1": full.convert("1"),
+           "I;16": full.convert("L").convert("I;16"), "CMYK": full.convert("RGB").convert("CMYK")}.get(mode)
+    img = img if img is not None else full.convert(mode)
+    path = tmp_path / ("p.tiff" if mode in ("I;16", "CMYK") else "p.png")
+    img.save(path)
+    expected = photos._to_rgb(Image.open(path))
+    expected.thumbnail((256, 256), Image.Resampling.LANCZOS)
+
+    out = decoded(prepare_image(path, max_side=256))  # 3000 // 512: reduced 5 times first
+
+    assert out.size == expected.size == (256, 51)
+    diff = np.abs(np.asarray(out, dtype=int) - np.asarray(expected, dtype=int))
+    assert diff[:, 8:120].max() < 24 and diff[:, 136:248].max() < 24  # away from the edge between halves
+
+
+def test_a_big_oriented_tiff_keeps_its_orientation_when_reduced(tmp_path):
+    path = tmp_path / "o.tiff"
+    exif = exif_with(orientation=6)
+    marked((2400, 1200)).save(path, exif=exif)
+    out = decoded(prepare_image(path, max_side=200))  # reduced 6 times before it is turned
+    assert out.size == (100, 200) and is_red(corner_pixel(out, CORNER_AFTER_ORIENTATION[6]))
+
+
+def test_decodes_share_a_pixel_budget_first_come_first_served():
+    import threading
+
+    budget = photos.PixelBudget(100)
+    held, peak, order = [0], [0], []
+    lock = threading.Lock()
+    go = threading.Event()
+
+    def decode(name: str, pixels: int) -> None:
+        with budget.hold(pixels):
+            with lock:
+                held[0] += min(pixels, 100)
+                peak[0] = max(peak[0], held[0])
+                order.append(name)
+            if name == "first":
+                go.wait()  # holds its share until every other one is queued
+            with lock:
+                held[0] -= min(pixels, 100)
+
+    threads = []
+    for queued, (name, pixels) in enumerate([("first", 30), ("big", 90), ("small", 30), ("huge", 500), ("tiny", 10)]):
+        threads.append(threading.Thread(target=decode, args=(name, pixels)))
+        threads[-1].start()
+        while len(budget._queue) < queued:  # wait until it queues, so they queue in this order
+            threading.Event().wait(0.001)
+    go.set()
+    for t in threads:
+        t.join()
+    assert peak[0] <= 100  # a photo over the whole budget takes all of it, not more
+    assert order == ["first", "big", "small", "huge", "tiny"]  # small and tiny would fit beside big: they wait

@@ -10,14 +10,17 @@ import math
 import os
 import re
 import struct
+import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
+from PIL import ExifTags, Image, JpegImagePlugin, UnidentifiedImageError
 
 PHOTO_SUFFIXES: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif"}
@@ -31,6 +34,18 @@ MAX_PIXELS = 180_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 _CHUNK = 1 << 20
+# Pixels decoded at once by this process (describe's workers and the server's thumbnails
+# alike): a 170 MP PNG decodes whole (Pillow has no reduced decode but JPEG's), ~0.5-0.7 GB,
+# so a burst of them must queue instead of each taking that much.
+DECODE_BUDGET = MAX_PIXELS
+# Shrink by whole factors (a cheap box average) down to this many times the target size, then
+# resample the rest properly: Pillow's `reducing_gap`, done here so it also runs in strips.
+_REDUCING_GAP = 2
+_STRIP_PIXELS = 4_000_000  # pixels of the source converted at a time while reducing
+# What a photo is, by its content (Pillow's format name), as served over HTTP.
+MEDIA_TYPES = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp",
+               "GIF": "image/gif", "BMP": "image/bmp", "TIFF": "image/tiff", "HEIF": "image/heif",
+               "AVIF": "image/avif"}
 _MIN_QUALITY = 40
 _QUALITY_STEP = 10
 _SHRINK = 0.75
@@ -193,23 +208,43 @@ def file_sha256(path: Path) -> str:
 
 
 @contextmanager
-def _open_image(path: Path) -> Iterator[Image.Image]:
-    """Open lazily (header only), rejecting anything we will not decode."""
+def _open_image(source: Path | BinaryIO) -> Iterator[Image.Image]:
+    """Open lazily (header only), rejecting anything we will not decode. A file object
+    (an already checked one, see imgrag.store.serving) is read from its start and left open."""
+    if not isinstance(source, Path):
+        source.seek(0)
+        yield from _opened_image(source)
+        return
     try:
-        f = open(path, "rb")  # noqa: SIM115 - the context manager below closes it
+        f = open(source, "rb")  # noqa: SIM115 - the context manager below closes it
     except OSError as e:
         raise PhotoError(_os_reason(e)) from e
     with f:
-        if os.fstat(f.fileno()).st_size == 0:
-            raise PhotoError("empty file")
-        if _looks_like_heif(f):
-            _register_heif()
-        with _identify(f) as img:
-            _check_pixels(*img.size)
-            yield img
+        yield from _opened_image(f)
 
 
-def _identify(f: io.BufferedReader) -> Image.Image:
+def _opened_image(f: BinaryIO) -> Iterator[Image.Image]:
+    if os.fstat(f.fileno()).st_size == 0:
+        raise PhotoError("empty file")
+    if _looks_like_heif(f):
+        _register_heif()
+    with _identify(f) as img:
+        _check_pixels(*img.size)
+        yield img
+
+
+def media_type(f: BinaryIO) -> str:
+    """The photo's media type from its content (header only), never from its name: a file
+    Pillow does not read as one of the photo formats is refused (PhotoError)."""
+    with _open_image(f) as img:
+        kind = MEDIA_TYPES.get(img.format or "")
+    f.seek(0)
+    if kind is None:
+        raise PhotoError("not a photo format")
+    return kind
+
+
+def _identify(f: BinaryIO) -> Image.Image:
     try:
         return Image.open(f)
     except UnidentifiedImageError as e:
@@ -220,7 +255,7 @@ def _identify(f: io.BufferedReader) -> Image.Image:
         raise PhotoError("truncated or corrupt image") from e
 
 
-def _looks_like_heif(f: io.BufferedReader) -> bool:
+def _looks_like_heif(f: BinaryIO) -> bool:
     # ISO-BMFF files start with a size then 'ftyp'; sniffing catches misnamed HEICs too.
     head = f.read(12)
     f.seek(0)
@@ -364,18 +399,74 @@ def _degrees(value: object, ref: object, positive: str, negative: str, limit: fl
 # --------------------------------------------------------------------------- upload
 
 
+def give_decoded_memory_back() -> None:
+    """Make a long-lived process (`imgrag serve`) return a big decode's memory to the system.
+
+    glibc raises its mmap threshold to the size of the last big block freed (up to 32 MB), so
+    after the first decode Pillow's 16 MB image blocks come from the heap and stay in the
+    process: 0.9 GB kept after one 170 MP PNG. Fixing the threshold (which turns that
+    adjustment off) keeps them mmapped and unmapped when freed. No-op off glibc."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        if libc is not None and hasattr(libc, "mallopt"):
+            libc.mallopt(-3, 4 << 20)  # M_MMAP_THRESHOLD: blocks of 4 MB and more are mmapped
+    except OSError:
+        pass
+
+
+class PixelBudget:
+    """At most `total` pixels decoded at once, first come first served.
+
+    threading.Semaphore counts units, not weights: one 170 MP decode must hold what forty
+    4 MP ones would, and a FIFO queue keeps a stream of small ones from starving a big one."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self._free = total
+        self._queue: deque[object] = deque()
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        pixels = max(1, min(pixels, self.total))
+        ticket = object()
+        with self._cond:
+            self._queue.append(ticket)
+            self._cond.wait_for(lambda: self._queue[0] is ticket and self._free >= pixels)
+            self._queue.popleft()
+            self._free -= pixels
+            self._cond.notify_all()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._free += pixels
+                self._cond.notify_all()
+
+
+DECODES = PixelBudget(DECODE_BUDGET)
+
+
 def prepare_image(
-    path: Path, *, max_side: int = 1536, max_base64_bytes: int = 4_000_000, quality: int = 85
+    source: Path | BinaryIO, *, max_side: int = 1536, max_base64_bytes: int = 4_000_000, quality: int = 85
 ) -> PreparedImage:
-    with _open_image(path) as img:
+    """The photo as a JPEG of at most max_side pixels a side, oriented, without metadata.
+    A big photo is decoded reduced where the format allows (JPEG) and shrunk before any
+    copy is made, and decodes wait for their turn in DECODES."""
+    with _open_image(source) as img:
         is_jpeg = isinstance(img, JpegImagePlugin.JpegImageFile)  # includes MPO from phones
         if is_jpeg:
             _draft(img, max_side)
-        _decode(img, is_jpeg)
-        try:
-            img = ImageOps.exif_transpose(img)
-        except _CORRUPT:  # unreadable EXIF: show the pixels as stored
-            pass
+        with DECODES.hold(img.width * img.height):
+            _decode(img, is_jpeg)
+            turn = _turn(img)  # read from the file's image: a reduced copy may not carry it (TIFF)
+            img = _reduce(img, max_side)
+        if turn is not None:
+            img = img.transpose(turn)
         img = _to_rgb(img)
     img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     img.info.clear()  # Pillow copies some info keys (e.g. comment) into saved files
@@ -388,6 +479,39 @@ def _draft(img: Image.Image, max_side: int) -> None:
     scale = max_side / max(img.size)
     if scale < 1:
         img.draft(None, (math.ceil(img.width * scale), math.ceil(img.height * scale)))
+
+
+# EXIF orientation -> the turn that shows the photo upright (as ImageOps.exif_transpose).
+_TURNS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+          5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+          8: Image.Transpose.ROTATE_90}
+
+
+def _turn(img: Image.Image) -> Image.Transpose | None:
+    try:
+        return _TURNS.get(_orientation(img.getexif()) or 1)
+    except _CORRUPT:  # unreadable EXIF: show the pixels as stored
+        return None
+
+
+def _reduce(img: Image.Image, max_side: int) -> Image.Image:
+    """The decoded image shrunk by a whole factor, still at least _REDUCING_GAP times max_side.
+
+    Done before orientation and colour conversion, each of which copies the whole image.
+    Modes Image.reduce cannot do, or does through a full-size copy (alpha is premultiplied
+    first), are converted to RGB and reduced a strip at a time, so no second full-size image
+    is ever made."""
+    factor = max(img.size) // (max_side * _REDUCING_GAP)
+    if factor < 2:
+        return img
+    if img.mode not in ("1", "P", "LA", "PA", "RGBA") and not img.mode.startswith("I;16"):
+        return img.reduce(factor)
+    out = Image.new("RGB", (-(-img.width // factor), -(-img.height // factor)))
+    rows = factor * max(1, _STRIP_PIXELS // (img.width * factor))
+    for top in range(0, img.height, rows):
+        strip = _to_rgb(img.crop((0, top, img.width, min(img.height, top + rows))))
+        out.paste(strip.reduce(factor), (0, top // factor))
+    return out
 
 
 def _decode(img: Image.Image, is_jpeg: bool) -> None:

@@ -38,9 +38,9 @@ def newest_per_photo(path: Path, valid: Callable[[dict[str, Any]], bool]) -> dic
 
 def average_usage(records: dict[str, dict[str, Any]], recent: int = 200) -> tuple[int, int] | None:
     """(prompt, completion) tokens an average photo cost in the newest records, if known.
-    Newest by their time: a photo described again keeps its first place in `records`."""
+    Newest by when they were written: a photo described again keeps its first place in `records`."""
     prompt = completion = count = 0
-    for record in sorted(records.values(), key=lambda r: str(r.get("time") or ""))[-recent:]:
+    for record in sorted(records.values(), key=lambda r: str(r.get("created") or ""))[-recent:]:
         usage = record.get("usage")
         if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int) and usage["prompt_tokens"] > 0:
             prompt += usage["prompt_tokens"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import mimetypes
 import os
 import re
 import time
@@ -24,13 +23,14 @@ from imgrag.search.request import cut_off, make_filters, make_options, search_pa
 from imgrag.search.searcher import clean_query
 from imgrag.status import collect_status, next_step
 from imgrag.store.files import json_bytes
+from imgrag.store.serving import PhotoFile, Refused
 from imgrag.store.workspace import Workspace
 from imgrag.web.ask_api import refuse_cross_site, verified
 from imgrag.web.http_errors import Forbidden, NotFound
 from imgrag.web.jobs import Job
 from imgrag.web.security import SESSION_COOKIE, session_value
 from imgrag.web.server import Server, ServerDep
-from imgrag.web.thumbnails import DEFAULT_THUMBNAIL, MAX_SIZE, MIN_SIZE, PREVIEW_SIZE, cached_jpeg
+from imgrag.web.thumbnails import DEFAULT_THUMBNAIL, MAX_SIZE, MIN_SIZE, PREVIEW_SIZE, thumbnail_size
 
 router = APIRouter()
 
@@ -39,6 +39,9 @@ MAX_LIMIT = 100
 MAX_OFFSET = 10_000
 MAX_QUERY = 4096  # characters; the encoder reads far fewer (search.MAX_QUERY_CHARS)
 CACHE_FOREVER = "private, max-age=31536000, immutable"  # URLs name content by its hash
+# On everything sent as a photo (with the nosniff every answer carries, see security.py): a
+# photo opened on its own is a sandboxed document that may run nothing and load nothing.
+PHOTO_CSP = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
 STATUS_TTL = 5.0  # seconds a status is reused (it scans the photo folders)
 
 
@@ -162,19 +165,49 @@ def _not_modified(request: Request, etag: str) -> bool:
     return any(t.strip() in (etag, "*") for t in request.headers.get("if-none-match", "").split(","))
 
 
-def _jpeg(server: Server, request: Request, photo_id: str, size: int) -> Response:
-    _, path = _indexed(server, photo_id)
-    sha = photo_id
-    etag = f'"{sha}"'
-    headers = {"ETag": etag, "Cache-Control": CACHE_FOREVER}
-    if _not_modified(request, etag):
-        return Response(status_code=304, headers=headers)
-    if path is None:
-        raise NotFound(f"the file of photo {sha} is gone")
+def checked_photo(server: Server, photo_id: str, names: list[str]) -> PhotoFile:
+    """The photo's file, open, once imgrag.store.serving has let it through (else a 404 with
+    its reason, never cached: the id's old content must not keep its immutable caching)."""
     try:
-        made = cached_jpeg(server.ws, sha, path, size)
-    except PhotoError as e:
-        return JSONResponse({"error": f"cannot read this photo: {e}"}, status_code=422)
+        return server.photo_files.open(photo_id, names)
+    except Refused as e:
+        raise PhotoRefused(e) from None
+
+
+class PhotoRefused(NotFound):
+    """404 for a photo whose file may not be served; the app adds `reason` and no-store."""
+
+    def __init__(self, refused: Refused) -> None:
+        super().__init__(str(refused))
+        self.reason = refused.reason
+
+
+def refused_response(e: PhotoRefused) -> JSONResponse:
+    return JSONResponse({"error": str(e), "reason": e.reason}, status_code=404, headers={"Cache-Control": "no-store"})
+
+
+def _indexed_names(server: Server, photo_id: str) -> list[str]:
+    served = server.index.current()
+    if not _SHA.fullmatch(photo_id) or served is None or served.photos.row_of(photo_id) is None:
+        raise NotFound(f"no photo {photo_id[:80]!r} in the index")
+    return [PurePath(rel).as_posix() for rel in served.paths_of(photo_id)]
+
+
+def _jpeg(server: Server, request: Request, photo_id: str, size: int) -> Response:
+    photo = checked_photo(server, photo_id, _indexed_names(server, photo_id))
+    try:
+        etag = f'"{photo_id}-{size}"'  # each size is other bytes
+        headers = {"ETag": etag, "Cache-Control": CACHE_FOREVER, "Content-Security-Policy": PHOTO_CSP}
+        if _not_modified(request, etag):
+            return Response(status_code=304, headers=headers)
+        try:
+            made = server.thumbnails.jpeg(photo, size)
+        except PhotoError as e:
+            return JSONResponse({"error": f"cannot read this photo: {e}"}, status_code=422)
+        except Refused as e:
+            raise PhotoRefused(e) from None
+    finally:
+        photo.close()
     if isinstance(made, bytes):
         return Response(made, media_type="image/jpeg", headers=headers)
     return FileResponse(made, media_type="image/jpeg", headers=headers)
@@ -182,8 +215,10 @@ def _jpeg(server: Server, request: Request, photo_id: str, size: int) -> Respons
 
 @router.get("/api/photos/{photo_id}/thumbnail", summary="A JPEG thumbnail (orientation applied, no metadata)")
 def thumbnail(server: ServerDep, request: Request, photo_id: str,
-              size: int = Query(DEFAULT_THUMBNAIL, ge=MIN_SIZE, le=MAX_SIZE)):
-    return _jpeg(server, request, photo_id, size)
+              size: int = Query(DEFAULT_THUMBNAIL, ge=MIN_SIZE, le=MAX_SIZE,
+                                description="Pixels on the long side: 96, 256 or 512 are made; "
+                                            "another size gets the nearest of them")):
+    return _jpeg(server, request, photo_id, thumbnail_size(size))
 
 
 @router.get("/api/photos/{photo_id}/preview", summary="A large JPEG preview")
@@ -191,21 +226,36 @@ def preview(server: ServerDep, request: Request, photo_id: str):
     return _jpeg(server, request, photo_id, PREVIEW_SIZE)
 
 
-@router.get("/api/photos/{photo_id}/file", summary="The original file")
+@router.get("/api/photos/{photo_id}/file", summary="The original file (only while it still holds the indexed content)")
 def original(server: ServerDep, request: Request, photo_id: str):
-    _, path = _indexed(server, photo_id)
-    if path is None:
-        raise NotFound(f"the file of photo {photo_id} is gone")
-    return photo_response(request, photo_id, path)
+    return photo_response(request, checked_photo(server, photo_id, _indexed_names(server, photo_id)))
 
 
-def photo_response(request: Request, sha: str, path: Path) -> Response:
-    etag = f'"{sha}"'
-    headers = {"ETag": etag, "Cache-Control": CACHE_FOREVER}
-    if _not_modified(request, etag):
-        return Response(status_code=304, headers=headers)
-    media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    return FileResponse(path, media_type=media, headers=headers)
+def photo_response(request: Request, photo: PhotoFile) -> Response:
+    """The checked file's bytes, read from the file that was checked (not its path again),
+    typed by its content. Closes the photo."""
+    etag = f'"{photo.sha256}"'
+    headers = {"ETag": etag, "Cache-Control": CACHE_FOREVER, "Content-Security-Policy": PHOTO_CSP}
+    try:
+        if _not_modified(request, etag):
+            photo.close()
+            return Response(status_code=304, headers=headers)
+        media = photo.media_type()
+    except Refused as e:
+        photo.close()
+        raise PhotoRefused(e) from None
+    return StreamingResponse(_chunks(photo), media_type=media,
+                             headers={**headers, "Content-Length": str(photo.size)})
+
+
+def _chunks(photo: PhotoFile, chunk: int = 1 << 20):
+    try:
+        left = photo.size  # the size checked: a file growing meanwhile does not send more
+        while left > 0 and (data := photo.file.read(min(chunk, left))):
+            left -= len(data)
+            yield data
+    finally:
+        photo.close()
 
 
 # -- status ------------------------------------------------------------------------------------

@@ -121,6 +121,10 @@ def _errors(app: FastAPI) -> None:
     for kind, status in ((NotFound, 404), (Forbidden, 403), (ImgragError, 400), (Busy, 409)):
         app.add_exception_handler(kind, _as_json(status))
 
+    @app.exception_handler(api.PhotoRefused)
+    async def photo_refused(request: Request, exc: api.PhotoRefused):
+        return api.refused_response(exc)
+
     @app.exception_handler(BodyTooLarge)
     async def too_large(request: Request, exc: BodyTooLarge):
         return JSONResponse({"error": "the request body is too large"}, status_code=413)

@@ -20,11 +20,10 @@ from pydantic import BaseModel, Field
 from imgrag.describe.schema import embedding_text
 from imgrag.errors import UsageError
 from imgrag.pipeline import photo_folders
-from imgrag.search.live import photo_file
 from imgrag.search.request import make_options
 from imgrag.store.descriptions import load_descriptions
 from imgrag.store.scan import scan
-from imgrag.web.api import photo_response
+from imgrag.web.api import checked_photo, photo_response
 from imgrag.web.ask_api import verified
 from imgrag.web.http_errors import Forbidden, NotFound
 from imgrag.web.jobs import Job, wait
@@ -117,7 +116,6 @@ def get_image(server: ServerDep, body: ImageQuery) -> str:
 def image(server: ServerDep, request: Request, name: str):
     served = server.index.current()
     sha = served.photos.sha_of(name) if served is not None else None
-    path = photo_file(server.ws, name) if sha is not None else None
-    if sha is None or path is None:
+    if sha is None:
         raise NotFound(f"no indexed photo named {name[:200]!r}")
-    return photo_response(request, sha, path)
+    return photo_response(request, checked_photo(server, sha, [name]))

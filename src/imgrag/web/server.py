@@ -14,12 +14,15 @@ from fastapi import Depends, Request
 
 from imgrag.config import Settings
 from imgrag.errors import UsageError
+from imgrag.photos.files import give_decoded_memory_back
 from imgrag.providers.retry import Caller
 from imgrag.search.live import LiveIndex
 from imgrag.store.description_lookup import Descriptions
+from imgrag.store.serving import PhotoFiles
 from imgrag.store.workspace import Workspace
 from imgrag.watch.watcher import Watcher
 from imgrag.web.jobs import Jobs
+from imgrag.web.thumbnails import Thumbnails
 
 log = logging.getLogger("imgrag.serve")
 
@@ -48,6 +51,9 @@ class Server:
         self.index = LiveIndex(config.ws, config.settings.embed_model, config.settings.query_encoder)
         self.jobs = Jobs(config.ws, config.photos, config.settings, on_written=self.index.refresh)
         self.descriptions = Descriptions(config.ws)
+        self.photo_files = PhotoFiles(config.ws)  # the one gate a photo's file passes before it is sent
+        self.thumbnails = Thumbnails(config.ws)
+        give_decoded_memory_back()  # a server lives long: a huge photo's decode must not stay in it
         self.stopping = threading.Event()  # set on Ctrl-C/SIGTERM: event streams end, jobs stop
         self.watcher = _watcher(config, self.index.refresh) if config.watch else None
         # GET /api/status: (when, key, document), reused for a few seconds (it scans the photo folders).
