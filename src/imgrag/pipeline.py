@@ -22,6 +22,7 @@ job counts); `run_pipeline` returns every summary and the exit code `imgrag inde
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from imgrag.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, EXIT_TEMP
 from imgrag.index.build import EmbedSummary, run_embed, workspace_for
 from imgrag.priority import step_back_when_unattended
 from imgrag.status import Status, collect_status
+from imgrag.store.scan import PhotoFile
 from imgrag.store.workspace import Workspace
 
 # Describe's exit codes, the one that says most first: a run of several folders gives it.
@@ -62,6 +64,7 @@ class Steps:
     # -- running --------------------------------------------------------------------------
     wait: bool = False  # wait for another writer of the index instead of refusing
     cancel: threading.Event | None = None  # set from another thread: stop as Ctrl-C does
+    hold: Callable[[PhotoFile], bool] | None = None  # photos describe leaves for a later run (still being written)
     background: bool = False  # a process of its own: step back when unattended
 
 
@@ -168,7 +171,7 @@ def _describe_folder(folder: Path, settings: Settings, steps: Steps, limit: int 
         return run_batch(folder, settings, batch, report, index=index)
     live = DescribeOptions(jobs=steps.jobs if steps.jobs is not None else settings.jobs, limit=limit,
                            force=steps.force, refresh=steps.refresh, dry_run=steps.dry_run, wait=steps.wait,
-                           retry_failed=steps.retry_failed, cancel=steps.cancel)
+                           retry_failed=steps.retry_failed, cancel=steps.cancel, hold=steps.hold)
     return run_describe(folder, settings, live, report, index=index)
 
 

@@ -23,6 +23,7 @@ STAGES = {
     "index": 4,
     "search": 5, "status": 5,
     "ask": 6, "pipeline": 6, "demo": 6,
+    "watch": 6.5,
     "cli": 7, "web": 7, "mcp_server": 7,
     "__main__": 8,
 }

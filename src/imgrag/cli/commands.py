@@ -295,7 +295,8 @@ def _search_many(searcher, source: str, options) -> int:
     "Examples:\n\n"
     "  imgrag serve ~/Pictures            # then open http://127.0.0.1:8000/\n\n"
     "  IMGRAG_SERVE_TOKEN=... imgrag serve ~/Pictures --host 0.0.0.0 --allow-host photos.lan\n\n"
-    "  imgrag serve --read-only --port 8080"
+    "  imgrag serve --read-only --port 8080\n\n"
+    "  imgrag serve ~/Pictures --watch     # new photos become searchable on their own"
 ))
 @_exits
 def serve(
@@ -308,12 +309,38 @@ def serve(
     read_only: Annotated[bool, typer.Option("--read-only", help="Search and browse only: no describe/embed jobs. Ask and search --verify still call the answer model (they spend, but write nothing).")] = False,
     token_file: Annotated[Path | None, typer.Option("--token-file", help="Read the access token from FILE (else IMGRAG_SERVE_TOKEN).", show_default=False, metavar="FILE")] = None,
     cors: Annotated[str | None, typer.Option("--cors", help="Let pages from ORIGIN (e.g. https://app.example.org) call the API.", show_default=False, metavar="ORIGIN")] = None,
+    watch: Annotated[bool, typer.Option("--watch", help="Index new, changed, moved and deleted photos as they appear, as `imgrag watch` does (in this process).")] = False,
 ) -> int:
     """Serve your photos in a browser, and an HTTP API (OpenAPI at /docs)."""
     from imgrag.web.serve import run_serve
 
     return run_serve(photos, index=index, host=host, port=port, allow_hosts=allow_host or [], open_browser=open_browser,
-                     read_only=read_only, token_file=token_file, cors=cors)
+                     read_only=read_only, token_file=token_file, cors=cors, watch=watch)
+
+
+@app.command(epilog=(
+    "Examples:\n\n"
+    "  imgrag watch ~/Pictures\n\n"
+    "  imgrag watch ~/Pictures /mnt/nas/photos --jobs 2\n\n"
+    "Runs until stopped (Ctrl-C: exit 130; SIGTERM: exit 0). As a service: see the docs' how-to."
+))
+@_exits
+def watch(
+    photos: Annotated[list[Path], typer.Argument(help="Photo folders to watch (searched recursively).", show_default=False, metavar="PHOTOS...")],
+    provider: ProviderOpt = None,
+    model: ModelOpt = None,
+    base_url: BaseUrlOpt = None,
+    jobs: JobsOpt = None,
+    index: IndexOpt = None,
+    poll: Annotated[bool, typer.Option("--poll", help="Poll the folders instead of waiting for the system's change events (network filesystems are polled anyway).")] = False,
+    poll_interval: Annotated[float, typer.Option("--poll-interval", min=0.1, help="Seconds between two scans of a polled folder.", metavar="SECONDS")] = 30.0,
+) -> int:
+    """Keep folders indexed: new, changed, moved and deleted photos are searchable (or gone) on their own."""
+    from imgrag.watch.command import run_watch
+    from imgrag.watch.watcher import WatchOptions
+
+    settings = _settings(provider=provider, model=model, base_url=base_url)
+    return run_watch(photos, settings, WatchOptions(poll=poll, poll_interval=poll_interval, jobs=jobs), index=index)
 
 
 @app.command(epilog=(

@@ -48,6 +48,8 @@ class DescribeOptions:
     retry_failed: bool = False  # try quarantined photos again too
     # Set from another thread (imgrag serve's cancel) to stop as Ctrl-C does: what is in flight is written.
     cancel: threading.Event | None = None
+    # Photos to leave for a later run (imgrag watch: files still being written).
+    hold: Callable[[PhotoFile], bool] | None = None
 
 
 @dataclass
@@ -79,7 +81,8 @@ def plan(ws: Workspace, photos: Path, options: DescribeOptions, settings: Settin
 
     A new model re-describes only with --refresh, and the old description stays searchable
     until the new one replaces it."""
-    groups = by_content(scan(ws, [photos], on_skip=on_skip))
+    found = scan(ws, [photos], on_skip=on_skip)
+    groups = by_content(f for f in found if not (options.hold and options.hold(f)))
     described = load_descriptions(ws)
     held = {} if options.retry_failed else load_quarantine(ws, described)
     model = settings.vision_model

@@ -23,6 +23,11 @@ from imgrag.store.paths import DIR_NAME, StorePaths
 FORMAT_VERSION = 1
 
 
+class IndexBusy(UsageError):
+    """Another describe/embed holds the writer lock (exit 2, as any usage error): a caller
+    that can wait (imgrag watch) tells it from other errors and tries again later."""
+
+
 @dataclass(frozen=True)
 class Workspace:
     """One `.imgrag/` folder. Photo paths inside are relative to `base`, its parent."""
@@ -128,7 +133,7 @@ class Workspace:
                 self.root.mkdir(parents=True, exist_ok=True)
                 lock.acquire(timeout=-1 if wait else 0)
         except Timeout:
-            raise UsageError(
+            raise IndexBusy(
                 f"{self.root} is busy: another imgrag describe/embed is writing it "
                 "(run again later, or pass --wait)"
             ) from None

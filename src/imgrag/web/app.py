@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import mimetypes
+import threading
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -39,8 +40,13 @@ def create_app(server: Server) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         server.index.start()
+        watching = _start_watching(server)
         yield
+        if server.watcher is not None:  # its run stops as describe does on Ctrl-C: nothing lost
+            server.watcher.stop()
         server.jobs.shutdown()  # a running job stops as describe does on Ctrl-C: nothing lost
+        if watching is not None:
+            watching.join()
 
     # fastapi-offline: /docs with Swagger UI's files served from here, not from a CDN (works offline).
     app = FastAPIOffline(title="imgrag", summary="Find photos by what is in them", lifespan=lifespan,
@@ -64,6 +70,26 @@ def create_app(server: Server) -> FastAPI:
                                           allow_hosts=config.allow_hosts, cors=config.cors),
                        sessions=server.sessions, throttle=server.throttle)
     return app
+
+
+def _start_watching(server: Server) -> threading.Thread | None:
+    """serve --watch: the watcher in a thread of the server process; what it cannot get past
+    (a bad key, a full disk) is logged and ends the watching, not the serving."""
+    watcher = server.watcher
+    if watcher is None:
+        return None
+
+    def watch() -> None:
+        try:
+            watcher.run()
+        except ImgragError as e:
+            log.error("imgrag: watch stopped: %s", e)
+        except Exception:
+            log.exception("imgrag: watch crashed")
+
+    thread = threading.Thread(target=watch, name="imgrag-watch")
+    thread.start()
+    return thread
 
 
 def _version() -> str:

@@ -100,21 +100,24 @@ def url_for(host: str, port: int) -> str:
 
 
 def serve_config(photos: Path | None, *, index: Path | None, host: str, port: int, allow_hosts: list[str],
-                 read_only: bool, token_file: Path | None, cors: str | None) -> ServeConfig:
+                 read_only: bool, token_file: Path | None, cors: str | None, watch: bool = False) -> ServeConfig:
     """What `imgrag serve` serves, and how, after its checks (a non-loopback host needs a token)."""
     settings = load_settings()  # read once: the routes and jobs receive it
     ws, folder = resolve_workspace(photos, index, settings)
     token = read_token(token_file, settings)
     if not is_loopback(host) and not token:
         raise UsageError(f"--host {host} lets other machines in: set a token first ({TOKEN_ENV}=..., or --token-file FILE)")
+    if watch and read_only:
+        raise UsageError("--watch writes the index and --read-only forbids that: choose one")
     return ServeConfig(ws=ws, photos=folder, host=host, port=port, token=token, allow_hosts=list(allow_hosts),
-                       cors=_check_cors(cors), read_only=read_only, settings=settings)
+                       cors=_check_cors(cors), read_only=read_only, settings=settings, watch=watch)
 
 
 def run_serve(photos: Path | None, *, index: Path | None, host: str, port: int, allow_hosts: list[str],
-              open_browser: bool, read_only: bool, token_file: Path | None, cors: str | None) -> int:
+              open_browser: bool, read_only: bool, token_file: Path | None, cors: str | None,
+              watch: bool = False) -> int:
     config = serve_config(photos, index=index, host=host, port=port, allow_hosts=allow_hosts, read_only=read_only,
-                          token_file=token_file, cors=cors)
+                          token_file=token_file, cors=cors, watch=watch)
     sock = bind_socket(host, port)
     config.port = sock.getsockname()[1]  # --port 0: the one the system chose
     _log_to_stderr()
@@ -158,6 +161,8 @@ class _Uvicorn(uvicorn.Server):
             print("imgrag: stopped at once", file=sys.stderr, flush=True)
             os._exit(130)
         shared.stopping.set()
+        if shared.watcher is not None:
+            shared.watcher.stop()  # its run finishes its requests in flight, as a job does
         running = shared.jobs.running()
         if running is not None:
             print(f"imgrag: stopping: the {running.kind} job finishes its requests in flight "

@@ -4,6 +4,7 @@ Routes hold no logic and build no paths: paths come from `server.ws.paths`."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,15 +13,19 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 
 from imgrag.config import Settings
+from imgrag.errors import UsageError
 from imgrag.photos.files import give_decoded_memory_back
 from imgrag.providers.retry import Caller
 from imgrag.search.live import LiveIndex
 from imgrag.store.description_lookup import Descriptions
 from imgrag.store.serving import PhotoFiles
 from imgrag.store.workspace import Workspace
+from imgrag.watch.watcher import Watcher
 from imgrag.web.jobs import Jobs
 from imgrag.web.sessions import Sessions, Throttle
 from imgrag.web.thumbnails import Thumbnails
+
+log = logging.getLogger("imgrag.serve")
 
 
 @dataclass
@@ -34,6 +39,7 @@ class ServeConfig:
     cors: str | None = None
     read_only: bool = False
     settings: Settings = field(default_factory=Settings)  # read once at start (load_settings)
+    watch: bool = False  # --watch: index new photos as they appear (imgrag.watch)
 
 
 class Server:
@@ -52,6 +58,7 @@ class Server:
         self.sessions = Sessions()  # the page's logins (with a token)
         self.throttle = Throttle()  # wrong tokens per client address
         self.stopping = threading.Event()  # set on Ctrl-C/SIGTERM: event streams end, jobs stop
+        self.watcher = _watcher(config, self.index.refresh) if config.watch else None
         # GET /api/status: (when, key, document), reused for a few seconds (it scans the photo folders).
         self.status_cache: tuple[float, tuple[Any, ...], dict[str, Any]] | None = None
         self.status_lock = threading.Lock()
@@ -65,6 +72,15 @@ class Server:
             if key not in self._callers:
                 self._callers[key] = Caller(settings)
             return self._callers[key]
+
+
+def _watcher(config: ServeConfig, on_written) -> Watcher:
+    """--watch: the served folder (else the index's photo folders), watched in this process; each
+    generation it writes is swapped in as a page job's is."""
+    folders = [config.photos] if config.photos is not None else [r for r in config.ws.roots() if r.is_dir()]
+    if not folders:
+        raise UsageError(f"--watch: {config.ws.root} knows no photo folder: run `imgrag serve PHOTOS --watch`")
+    return Watcher(folders, config.settings, index=config.ws.root, say=log.info, on_written=on_written)
 
 
 async def server_of(request: Request) -> Server:
