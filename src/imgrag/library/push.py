@@ -99,7 +99,7 @@ def _push_one(conn: Any, library: Library, doc: Any, files: list[Any], record: d
         cached = ws.paths.thumbnail(sha, size)
         try:
             jpeg = cached.read_bytes() if cached.is_file() else _jpeg(files[0].path, size)
-        except Exception:  # noqa: BLE001 - an unreadable file: the page shows no thumbnail, search still finds it
+        except Exception:  # noqa: BLE001, S112 - an unreadable file: the page shows no thumbnail, search still finds it
             continue
         conn.execute("INSERT INTO thumbnails (photo, size, jpeg) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
                      (photo, size, jpeg))

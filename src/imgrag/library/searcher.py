@@ -45,7 +45,7 @@ class StoreSearcher(Searcher):
     """A Searcher whose generation is a store's (see the module docstring)."""
 
     def __init__(self, library: Library, *, embed_model: str | None, filters: Filters | None = None,
-                 query_encoder: str = "auto") -> None:  # noqa: super().__init__ opens a .imgrag/ folder
+                 query_encoder: str = "auto") -> None:  # not super().__init__: it opens a .imgrag/ folder
         self.library = library
         self.ws = None  # type: ignore[assignment]
         self.query_encoder = query_encoder
@@ -89,6 +89,12 @@ class StoreSearcher(Searcher):
             raise UsageError(f"--like {photo}: this photo is not in the store {self.library.safe_name} "
                              "(run `imgrag index` on its folder with --store first)")
         return found[0], sha, found[1]
+
+    def records(self, shas: list[str]) -> dict[str, dict]:
+        """Photos' description records (what `imgrag ask` tells the model), by content hash."""
+        found = self.generation.query("SELECT sha256, record FROM photos WHERE sha256 = ANY(%s) "  # type: ignore[attr-defined]
+                                      "AND record IS NOT NULL", (list(shas),))
+        return {sha: record for sha, record in found}
 
     def like_sha(self, sha: str):
         """(row, caption) of an indexed photo by its content hash, or None (the web page's like=)."""

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from imgrag.config import Settings
-from imgrag.errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_TEMPFAIL, TryLater, UsageError
+from imgrag.errors import EXIT_OK, EXIT_SOME_FAILED, TryLater, UsageError
 from imgrag.library.connection import store_errors
 from imgrag.library.generation import publish, set_embedding
 from imgrag.library.library import Library
@@ -197,7 +197,7 @@ class _Describer:
 
     def describe(self, claimed: tuple[int, str]) -> tuple[dict[str, Any] | None, str | None, dict[int, bytes]]:
         from imgrag.describe.outcomes import description_record
-        from imgrag.describe.schema import ReplyError, parse_reply, request_messages
+        from imgrag.describe.schema import ReplyError, parse_reply
         from imgrag.photos.files import PhotoError, prepare_image, read_metadata
         from imgrag.providers import FatalProviderError, InvalidReply, PhotoRejected, QuotaExhausted
         from imgrag.providers.retry import GaveUp, Stopped, send_with_retries
