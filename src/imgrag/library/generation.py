@@ -239,6 +239,7 @@ class StoreGeneration:
         """pgvector's HNSW search, with the filters in the same SQL (iterative scans keep
         looking until enough rows pass them), re-ordered by exact inner product."""
         dim = self.dim
+        depth = min(self.size, max(depth, 1))  # --all asks for sys.maxsize
         where = f" AND {self.filters.where}" if self.filters.active else ""
         if allowed is not None:
             where += " AND p.id = ANY(%s)"

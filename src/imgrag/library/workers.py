@@ -34,7 +34,7 @@ from imgrag.library.connection import store_errors
 from imgrag.library.generation import publish, set_embedding
 from imgrag.library.library import Library
 
-CLAIM_BATCH = 16  # photos claimed at a time per worker (at most `jobs` of them in flight)
+CLAIM_BATCH = 16  # photos claimed at a time by default (a describe worker claims `jobs`: those in flight)
 GIVE_UP_AFTER = 3  # failures of one photo before workers stop claiming it
 THUMBNAIL_SIZES = (256, 1600)  # the web page's thumbnail and preview (imgrag.web.thumbnails)
 
@@ -157,7 +157,7 @@ def describe_into(library: Library, photos: Path, settings: Settings, *, jobs: i
             who = worker_id()
             with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
                 while limit is None or summary.described + summary.failed < limit:
-                    want = CLAIM_BATCH if limit is None else min(CLAIM_BATCH, limit - summary.described - summary.failed)
+                    want = max(1, jobs) if limit is None else min(max(1, jobs), limit - summary.described - summary.failed)
                     claimed = claim(conn, shas, kind="describe", who=who, lease=lease, batch=want)
                     if not claimed:
                         if held_by_others(conn, shas, kind="describe"):
