@@ -43,7 +43,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
-from scale import collection  # noqa: E402  (the same synthetic collection as bench/scale.py)
+from scale import collection  # the same synthetic collection as bench/scale.py
 
 CACHE = REPO / "bench" / ".cache"
 LIBRARY = CACHE / "library-100000"

@@ -32,7 +32,10 @@ from imgrag.store.paths import LEXICAL_DIR, VISIBLE_TEXT_DIR
 _PUBLISH_LOCK = 0x696D67726168
 KEEP_GENERATIONS = 2  # the newest, and the one servers may still be reading
 HNSW_M, HNSW_EF_CONSTRUCTION = 16, 64  # pgvector's defaults
-HNSW_EF_SEARCH_MIN = 100  # candidates the HNSW search keeps at least: recall@10 >= 0.95
+HNSW_EF_SEARCH = 200  # candidates the HNSW search keeps (search.ranking.DENSE_CANDIDATES): recall@10 >= 0.95
+# Each searching connection's settings: a filter keeps the HNSW scan going (pgvector >= 0.8)
+# until enough rows pass it, in roughly distance order (nearest() sorts them again).
+SEARCH_SETTINGS = (f"SET hnsw.ef_search = {HNSW_EF_SEARCH}", "SET hnsw.iterative_scan = relaxed_order")
 
 
 def embedding_of(conn: Any) -> dict[str, Any] | None:
@@ -253,11 +256,15 @@ class StoreGeneration:
         if allowed is not None:
             params.append(self.ids[allowed].tolist())
         params += [vec, depth]
-        with self.pool.connection() as conn, conn.transaction():
-            conn.execute(f"SET LOCAL hnsw.ef_search = {min(1000, max(depth, HNSW_EF_SEARCH_MIN))}")
-            if self.filters.active or allowed is not None:
-                conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
-            found = conn.execute(sql, params).fetchall()
+        with self.pool.connection() as conn:
+            # The pool's connections search with ef_search = HNSW_EF_SEARCH and iterative scans
+            # (search_settings): one round trip, unless --all or a deep page asks for more.
+            if depth > HNSW_EF_SEARCH:
+                with conn.transaction():
+                    conn.execute(f"SET LOCAL hnsw.ef_search = {min(1000, depth)}")
+                    found = conn.execute(sql, params).fetchall()
+            else:
+                found = conn.execute(sql, params).fetchall()
         ids = np.array([f[0] for f in found], dtype=np.int64)
         scores = np.array([f[1] for f in found], dtype=np.float32)
         rows, which = self.rows_of(ids)

@@ -8,7 +8,7 @@ from typing import Any
 
 from imgrag.errors import UsageError
 from imgrag.library import connection, schema
-from imgrag.library.generation import StoreGeneration, newest_generation, newest_id
+from imgrag.library.generation import SEARCH_SETTINGS, StoreGeneration, newest_generation, newest_id
 
 POOL_MAX = 8  # connections a server keeps: its threads search at once
 
@@ -51,6 +51,8 @@ class Library:
             def configure(conn: Any) -> None:
                 connection.register_vector(conn)
                 conn.autocommit = True
+                for setting in SEARCH_SETTINGS:
+                    conn.execute(setting)
 
             self._pool = ConnectionPool(self.url, min_size=1, max_size=POOL_MAX, configure=configure, open=True,
                                         kwargs={"connect_timeout": connection.CONNECT_TIMEOUT,
