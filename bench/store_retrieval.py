@@ -98,7 +98,7 @@ def main() -> int:
     def figures(positions: list[int]) -> dict:
         p = np.array(positions)
         return {"R@1": round(float(np.mean((p >= 0) & (p < 1))), 4),
-                "MRR": round(float(np.mean(np.where(p >= 0, 1.0 / (p + 1), 0.0))), 4)}
+                "MRR": round(float(np.mean(np.where(p >= 0, 1.0 / np.maximum(p + 1, 1), 0.0))), 4)}
 
     print(json.dumps({"bench": "store_retrieval", "dataset": "flickr8k", "split": "dev", "docs": len(docs),
                       "queries": len(queries), "top10_same_all": round(same["all"] / len(queries), 4),
