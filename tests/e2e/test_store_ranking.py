@@ -1,4 +1,4 @@
-"""The store ranks as the local index does: on a dev set of 400 described photos and 120
+"""The store ranks as the local index does: on a dev set of 400 described photos and 70
 queries, the store's top 10 (pgvector's HNSW candidates, the same fusion, cut-off and
 why) equals the local index's for at least 95% of the queries (the issue's bar)."""
 
@@ -63,7 +63,7 @@ def dev_set(tmp_path_factory):
     r = invoke("push", photos, "--store", url, cwd=base, env=env)
     assert r.code == 0, r.stderr
     queries = [f"{rng.choice(COLOURS)} {rng.choice(SUBJECTS)} {rng.choice(ACTIONS)} {rng.choice(PLACES)}"
-               for _ in range(100)] + [f"{s} {p}" for s, p in zip(SUBJECTS, PLACES * 2, strict=False)]
+               for _ in range(50)] + [f"{s} {p}" for s, p in zip(SUBJECTS, PLACES * 2, strict=False)]
     return base, url, env, queries
 
 
