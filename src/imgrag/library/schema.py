@@ -52,7 +52,7 @@ def check_version(conn: Any, name: str, *, writing: bool) -> int | None:
 
 
 def migrate(conn: Any, name: str) -> int:
-    """Apply the migrations the database lacks, each in its own transaction; the version after."""
+    """Apply the migrations the database lacks, all in one transaction (a failed one leaves none applied); the version after."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
         conn.execute("CREATE TABLE IF NOT EXISTS imgrag_migrations (version integer PRIMARY KEY, "
