@@ -95,6 +95,10 @@ class Settings:
     # for a new one), and a search takes whichever model the index was built with.
     embed_model: str | None = None
     query_encoder: str = "auto"  # as given; imgrag.index.query_encoder checks it
+    # -- a library in PostgreSQL (imgrag.library) ------------------------------------------
+    store: str | None = field(default=None, repr=False)  # IMGRAG_STORE: postgresql://... (may hold a password)
+    store_library: str | None = None  # IMGRAG_STORE_LIBRARY: whose copies this machine's paths are (default: host name)
+    store_lease: float = 600.0  # IMGRAG_STORE_LEASE: seconds a worker's claim on a photo lasts
     # -- the terminal (the CLI's renderer) --------------------------------------------------
     thumbnails: str = "auto"  # IMGRAG_THUMBNAILS as given; imgrag.cli.render checks it
     no_color: bool = False  # NO_COLOR is set
@@ -189,6 +193,9 @@ def settings_from(env: Mapping[str, str]) -> Settings:
         embed_model=env.get("IMGRAG_EMBED_MODEL") or None,
         query_encoder=(env.get("IMGRAG_QUERY_ENCODER") or "auto").strip().lower(),
         thumbnails=env.get("IMGRAG_THUMBNAILS", "").strip().lower() or "auto",
+        store=env.get("IMGRAG_STORE", "").strip() or None,
+        store_library=env.get("IMGRAG_STORE_LIBRARY", "").strip() or None,
+        store_lease=number("store_lease", "IMGRAG_STORE_LEASE", float, default.store_lease),
         no_color=bool(env.get("NO_COLOR")),
         dumb_terminal=env.get("TERM") == "dumb",
         colorterm=env.get("COLORTERM", "").strip().lower(),

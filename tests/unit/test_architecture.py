@@ -22,6 +22,7 @@ STAGES = {
     "describe": 3,
     "index": 4,
     "search": 5, "status": 5,
+    "library": 5.5,
     "ask": 6, "pipeline": 6, "demo": 6,
     "watch": 6.5,
     "cli": 7, "web": 7, "mcp_server": 7,

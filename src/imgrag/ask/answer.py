@@ -139,7 +139,9 @@ def plan_ask(question: str, searcher: Searcher, settings: Settings, *, limit: in
     hits = searcher.search(question, SearchOptions(limit=limit, min_score=min_score))
     if not hits:
         return AskPlan(question, [])
-    records = load_records(searcher.ws, [h.sha256 for h in hits])
+    # A library in PostgreSQL (imgrag.library) keeps the records itself; a .imgrag/ folder in descriptions.jsonl.
+    stored = getattr(searcher, "records", None)
+    records = stored([h.sha256 for h in hits]) if stored else load_records(searcher.ws, [h.sha256 for h in hits])
     items = [answer_item(searcher.ws, h, records.get(h.sha256)) for h in hits]
     images = _images(hits[:look], settings) if look else []
     if images:  # the photos themselves: the vision model answers

@@ -51,7 +51,9 @@ def _photo_time(hit: Hit, record: dict[str, Any] | None) -> dict[str, str]:
     return {}
 
 
-def _folder(ws: Workspace, path: str) -> str:
+def _folder(ws: Workspace | None, path: str) -> str:
+    if ws is None:  # a library in PostgreSQL: its paths are absolute, on their own machines
+        return os.path.dirname(path)
     try:
         return os.path.relpath(os.path.dirname(path), ws.base)
     except ValueError:
@@ -62,7 +64,7 @@ def _nonempty(item: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in item.items() if v not in (None, "", [], {})}
 
 
-def answer_item(ws: Workspace, hit: Hit, record: dict[str, Any] | None) -> dict[str, Any]:
+def answer_item(ws: Workspace | None, hit: Hit, record: dict[str, Any] | None) -> dict[str, Any]:
     """One photo for `ask`: caption, description, objects, visible text, date, folder, GPS."""
     d = (record or {}).get("description") or {"caption": hit.caption}
     people = d.get("people") or {}

