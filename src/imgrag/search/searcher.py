@@ -221,6 +221,20 @@ class Searcher:
         if previous._vectors is not None and previous.generation.meta.get("embedding") == self.generation.meta.get("embedding"):
             self._vectors = previous._vectors
 
+    def description_vectors(self, shas: list[str]) -> np.ndarray | None:
+        """The stored vectors of these photos (by content hash), one row each; None when the
+        index keeps no vectors or a photo is not in it."""
+        rows = []
+        for sha in shas:
+            found = self.generation.scan.execute("SELECT row FROM docs WHERE sha256 = ?", (sha,)).fetchone()
+            if found is None:
+                return None
+            rows.append(int(found[0]))
+        try:
+            return np.asarray(self.generation.index.reconstruct_batch(np.asarray(rows, np.int64)), dtype=np.float32)
+        except RuntimeError:  # an index type that keeps no vectors
+            return None
+
     def _stored_vector(self, row: int) -> np.ndarray:
         try:
             return np.asarray(self.generation.index.reconstruct(row), dtype=np.float32)
