@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from imgrag.errors import UsageError
+from imgrag.index import crosslingual
 from imgrag.index.embedding import resolve_model_name
 from imgrag.index.generations import Generation, open_generation
 from imgrag.index.query_encoder import QueryEncoder, open_encoder
@@ -105,7 +106,8 @@ class Searcher:
             # The ONNX export made at embed time when valid (no torch import), else this model.
             embedding = self.generation.meta["embedding"]
             encoder = open_encoder(self.ws, embedding["model"], embedding.get("fingerprint"), self.query_encoder)
-            self._vectors = QueryVectors(encoder)
+            # Queries in other languages through the multilingual model (imgrag.index.crosslingual)
+            self._vectors = QueryVectors(crosslingual.for_model(encoder, embedding["model"]))
         return self._vectors
 
     def search(self, query: str, options: SearchOptions, window: Window | None = None) -> list[Hit]:
