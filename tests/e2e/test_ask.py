@@ -372,3 +372,17 @@ def test_ask_finds_the_photos_a_question_is_about(lib):
         wanted = lib.path("trips/stop_sign.jpg" if "stop sign" in question else "trips/beach_dog.jpg")
         assert sent and sent[0] == wanted, (question, sent)
     assert lib.chats() == []
+
+
+def test_search_and_ask_in_other_languages(lib):
+    # The descriptions are English; a query in another language finds the same photos
+    # (imgrag.index.crosslingual: bench/crosslingual.py measures it).
+    for query, photo in (("海辺を走る犬", "trips/beach_dog.jpg"), ("кухня с красным чайником", "home/kitchen.jpg"),
+                         ("un perro corriendo en la playa", "trips/beach_dog.jpg")):
+        r = lib.run("search", query, "--json")
+        assert r.code == 0, (query, r.stderr)
+        assert json.loads(r.stdout)["results"][0]["path"] == lib.path(photo), query
+    r = lib.run("ask", "Küche mit rotem Wasserkocher", "--dry-run", "--json")
+    assert r.code == 0, r.stderr
+    assert json.loads(r.stdout)["photos"][0]["path"] == lib.path("home/kitchen.jpg")
+    assert lib.chats() == []
