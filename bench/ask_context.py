@@ -3,8 +3,8 @@ the answer model, and how many prompt tokens an ask costs, on Flickr8k dev.
 
 Each photo's caption is its description (as in bench/retrieval.py, whose data loading and
 cached vectors this reuses); each query is ranked by `search.rank` with ask's default
-cut-off, exactly as `imgrag ask` retrieves (`answer.plan_ask` -> `Searcher.search` ->
-`rank`), and the prompt is built by the same `context.answer_item` + `prompts.answer_messages`.
+cut-off, as `imgrag ask` retrieves a caption-like query before it tops the set up
+(imgrag.ask.context; bench/ask_questions.py measures natural questions), and the prompt is built by the same `context.answer_item` + `prompts.answer_messages`.
 Tokens are estimated as --dry-run estimates them (characters / 4). Prints one JSON line.
 
     bench/ask_context.py                # Flickr8k dev: 1,000 photos, 4,000 questions

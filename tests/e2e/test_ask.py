@@ -359,3 +359,30 @@ def test_answer_streams_in_a_real_terminal(lib):
     assert "\u2580" * 14 in final  # the cited photo's thumbnail
     partial = [s for s in screens if "From the photos:" in s and "birthday cake." not in s]
     assert partial, "the answer never showed in part: not streamed"
+
+
+def test_ask_finds_the_photos_a_question_is_about(lib):
+    # Asked as people ask: the question's form ("which photos were taken at …", "when were we
+    # last …") is not searched as if it were a caption (bench/ask_questions.py measures it).
+    for question in ("which photos were taken at a beach?", "when were we last at the beach?",
+                     "do I have any pictures of a stop sign?"):
+        r = lib.run("ask", question, "--dry-run", "--json")
+        assert r.code == 0, (question, r.stderr)
+        sent = [p["path"] for p in json.loads(r.stdout)["photos"]]
+        wanted = lib.path("trips/stop_sign.jpg" if "stop sign" in question else "trips/beach_dog.jpg")
+        assert sent and sent[0] == wanted, (question, sent)
+    assert lib.chats() == []
+
+
+def test_search_and_ask_in_other_languages(lib):
+    # The descriptions are English; a query in another language finds the same photos
+    # (imgrag.index.crosslingual: bench/crosslingual.py measures it).
+    for query, photo in (("海辺を走る犬", "trips/beach_dog.jpg"), ("кухня с красным чайником", "home/kitchen.jpg"),
+                         ("un perro corriendo en la playa", "trips/beach_dog.jpg")):
+        r = lib.run("search", query, "--json")
+        assert r.code == 0, (query, r.stderr)
+        assert json.loads(r.stdout)["results"][0]["path"] == lib.path(photo), query
+    r = lib.run("ask", "Küche mit rotem Wasserkocher", "--dry-run", "--json")
+    assert r.code == 0, r.stderr
+    assert json.loads(r.stdout)["photos"][0]["path"] == lib.path("home/kitchen.jpg")
+    assert lib.chats() == []

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from imgrag.ask.context import context_hits
 from imgrag.ask.photo_briefs import answer_item, load_records
 from imgrag.ask.prompts import answer_messages, prompt_text, text_chars
 from imgrag.config import Settings, answer_settings
@@ -23,7 +24,7 @@ from imgrag.photos.files import PhotoError, prepare_image
 from imgrag.providers import TransientError, redact
 from imgrag.providers.chat import make_text_provider
 from imgrag.providers.retry import Caller
-from imgrag.search.ranking import Hit, SearchOptions
+from imgrag.search.ranking import Hit
 from imgrag.search.searcher import Searcher, clean_query
 
 DEFAULT_LIMIT = 8
@@ -136,7 +137,7 @@ def plan_ask(question: str, searcher: Searcher, settings: Settings, *, limit: in
         raise UsageError("--limit must be at least 1")
     if look < 0:
         raise UsageError("--look must be 0 or more")
-    hits = searcher.search(question, SearchOptions(limit=limit, min_score=min_score))
+    hits = context_hits(searcher, question, limit, min_score)
     if not hits:
         return AskPlan(question, [])
     # A library in PostgreSQL (imgrag.library) keeps the records itself; a .imgrag/ folder in descriptions.jsonl.

@@ -49,6 +49,7 @@ class SearchOptions:
     min_score: float | None = None  # a fixed cut-off; None: the default set, fitted to the query (imgrag.search.cutoff)
     allowed_rows: set[int] | None = None  # only these index rows may be returned (filters); None: any
     show_all: bool = False  # no cut-off at all (`--all`): the ranking as it is, up to `limit`
+    cutoff: Cutoff | None = None  # the default set's rule; None: DEFAULT_CUTOFF (`ask` relaxes it: imgrag.ask.context)
 
 
 def search_options(*, limit: int | None = None, min_score: float | None = None, show_all: bool = False) -> SearchOptions:
@@ -254,6 +255,7 @@ def shown_set(generation: Generation, query_vec: np.ndarray, query: str, rows: n
         return np.ones(len(rows), dtype=bool)
     if options.min_score is not None:
         return scores >= options.min_score
+    cutoff = options.cutoff or cutoff
     lexical = generation.lexical
     words = lexical.words_present(query, rows) if lexical is not None else np.zeros(len(rows), np.float32)
     return default_set.shown(scores, words, default_set.background_for(generation.background, query_vec, cutoff), cutoff)

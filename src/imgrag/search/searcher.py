@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from imgrag.errors import UsageError
+from imgrag.index import crosslingual
 from imgrag.index.embedding import resolve_model_name
 from imgrag.index.generations import Generation, open_generation
 from imgrag.index.query_encoder import QueryEncoder, open_encoder
@@ -105,7 +106,8 @@ class Searcher:
             # The ONNX export made at embed time when valid (no torch import), else this model.
             embedding = self.generation.meta["embedding"]
             encoder = open_encoder(self.ws, embedding["model"], embedding.get("fingerprint"), self.query_encoder)
-            self._vectors = QueryVectors(encoder)
+            # Queries in other languages through the multilingual model (imgrag.index.crosslingual)
+            self._vectors = QueryVectors(crosslingual.for_model(encoder, embedding["model"]))
         return self._vectors
 
     def search(self, query: str, options: SearchOptions, window: Window | None = None) -> list[Hit]:
@@ -220,6 +222,20 @@ class Searcher:
         when it embeds with the same model."""
         if previous._vectors is not None and previous.generation.meta.get("embedding") == self.generation.meta.get("embedding"):
             self._vectors = previous._vectors
+
+    def description_vectors(self, shas: list[str]) -> np.ndarray | None:
+        """The stored vectors of these photos (by content hash), one row each; None when the
+        index keeps no vectors or a photo is not in it."""
+        rows = []
+        for sha in shas:
+            found = self.generation.scan.execute("SELECT row FROM docs WHERE sha256 = ?", (sha,)).fetchone()
+            if found is None:
+                return None
+            rows.append(int(found[0]))
+        try:
+            return np.asarray(self.generation.index.reconstruct_batch(np.asarray(rows, np.int64)), dtype=np.float32)
+        except RuntimeError:  # an index type that keeps no vectors
+            return None
 
     def _stored_vector(self, row: int) -> np.ndarray:
         try:
