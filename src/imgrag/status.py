@@ -55,7 +55,7 @@ class Status:
 def collect_status(ws: Workspace, photos: Path | None = None) -> Status:
     manifest = ws.read_manifest() if ws.root.is_dir() else {}
     roots = list(manifest.get("roots", []))
-    if photos is not None and ws.relative(photos.resolve()) not in roots:
+    if photos is not None and ws.relative(photos.resolve()) not in roots and not ws.covers(photos):
         roots.append(ws.relative(photos.resolve()))
     status = Status(workspace=str(ws.root), exists=ws.root.is_dir(), roots=sorted(roots))
     folders = [ws.absolute(r) for r in roots if ws.absolute(r).is_dir()]

@@ -41,6 +41,9 @@ IndexOpt = Annotated[
     Path | None,
     typer.Option("--index", envvar="IMGRAG_INDEX", help="The .imgrag/ folder to use (or the folder holding it).", show_default=False),
 ]
+NewIndexOpt = Annotated[bool, typer.Option("--new-index", help=(
+    "Make (or use) an index of PHOTOS' own, in PHOTOS/../.imgrag, even when an index in a parent folder "
+    "already covers PHOTOS (by default that one is used, as git finds .git)."))]
 WaitOpt = Annotated[bool, typer.Option("--wait", help="If another imgrag is writing the index, wait for it instead of exiting.")]
 
 
@@ -83,13 +86,15 @@ def _settings(**flags) -> Settings:
     return settings
 
 
-def _run_pipeline(photos: Path | None, index: Path | None, flags: dict[str, Any], **steps: Any) -> int:
+def _run_pipeline(photos: Path | None, index: Path | None, flags: dict[str, Any], new_index: bool = False,
+                  **steps: Any) -> int:
     """describe, embed and index: imgrag.pipeline with these `steps` (and the settings these
     `flags` change), its progress and summaries on stderr. A process of its own: it steps
     back in CPU priority when unattended (cron)."""
-    from imgrag.cli.report import PipelineProgress
+    from imgrag.cli.report import PipelineProgress, which_index
     from imgrag.pipeline import Steps, run_pipeline
 
+    index = which_index(photos, index, new_index)
     result = run_pipeline(photos, _settings(**flags), Steps(background=True, **steps), PipelineProgress(), index=index)
     return result.exit_code
 
@@ -129,13 +134,15 @@ def describe(
     batch: BatchOpt = False,
     window: WindowOpt = "24h",
     cancel: CancelOpt = False,
+    new_index: NewIndexOpt = False,
 ) -> int:
     """Describe new photos with the vision model into .imgrag/descriptions.jsonl (resumable)."""
     if cancel and not batch:
         raise UsageError("--cancel cancels the open batches: give it with --batch")
     return _run_pipeline(photos, index, {"provider": provider, "model": model, "base_url": base_url}, embed=False,
                          jobs=jobs, limit=limit, force=force, refresh=refresh, retry_failed=retry_failed,
-                         dry_run=dry_run, batch=batch, window=window, cancel_batches=cancel, wait=wait)
+                         dry_run=dry_run, batch=batch, window=window, cancel_batches=cancel, wait=wait,
+                         new_index=new_index)
 
 
 EmbedModelOpt = Annotated[str | None, typer.Option("--model", help="Sentence-transformers model: a hub name or a model folder. Env: IMGRAG_EMBED_MODEL (default: the index's own model; all-MiniLM-L6-v2 for a new index, works offline).", show_default=False)]
@@ -150,10 +157,12 @@ def embed(
     rebuild: RebuildOpt = False,
     index: IndexOpt = None,
     wait: WaitOpt = False,
+    new_index: NewIndexOpt = False,
 ) -> int:
     """Embed the descriptions and write the search index (only new texts are encoded)."""
     # No --model and no IMGRAG_EMBED_MODEL: the index keeps the model it was built with.
-    return _run_pipeline(photos, index, {}, describe=False, embed_model=model, rebuild=rebuild, wait=wait)
+    return _run_pipeline(photos, index, {}, describe=False, embed_model=model, rebuild=rebuild, wait=wait,
+                         new_index=new_index)
 
 
 @app.command("index", epilog=("Example (crontab): 0 3 * * *  imgrag index ~/Pictures >> ~/imgrag.log 2>&1\n\n"
@@ -171,11 +180,13 @@ def index_cmd(
     wait: WaitOpt = False,
     batch: BatchOpt = False,
     window: WindowOpt = "24h",
+    new_index: NewIndexOpt = False,
 ) -> int:
     """Describe new photos, then embed: the one command for cron."""
     # Embeds what was described even when some photos failed or the quota ran out; exits as describe did.
     return _run_pipeline(photos, index, {"provider": provider, "model": model, "base_url": base_url}, jobs=jobs,
-                         limit=limit, batch=batch, window=window, embed_model=embed_model, wait=wait)
+                         limit=limit, batch=batch, window=window, embed_model=embed_model, wait=wait,
+                         new_index=new_index)
 
 
 @app.command(epilog="Example: imgrag status ~/Pictures/2024 --json")

@@ -5,13 +5,31 @@ and `index`)."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 from imgrag.cli.render import age, info, is_terminal, stderr_console
 from imgrag.describe.batch import BATCH_DISCOUNT, BatchSummary
 from imgrag.describe.live import DescribeSummary
+from imgrag.errors import UsageError
 from imgrag.index.build import EmbedSummary
 from imgrag.pipeline import Report, estimate_line
+from imgrag.store.workspace import Workspace
+
+
+def which_index(photos: Path | None, index: Path | None, new_index: bool) -> Path | None:
+    """The --index a describe/embed/index run uses: PHOTOS' own with --new-index; when an
+    index in a parent folder covers PHOTOS (and will be used), one line on stderr says so."""
+    if new_index:
+        if photos is None or index is not None:
+            raise UsageError("--new-index makes an index beside PHOTOS: give PHOTOS, and not --index")
+        return Workspace.beside(photos).root
+    if photos is not None and index is None and photos.is_dir():
+        ws = Workspace.for_photos(photos)
+        if ws.root != Workspace.beside(photos).root:
+            info(f"imgrag: using the index in {ws.root}, which covers {photos.resolve()} "
+                 "(--new-index makes one of its own)")
+    return index
 
 
 class PipelineProgress(Report):

@@ -1,0 +1,41 @@
+"""What a new user tripped over (issue 20, section 3), each through the `imgrag` command:
+the enclosing index found upwards, hints and wording, numbers that agree, a truncated JPEG,
+the terminal at 80x24 (tmux), the vision server's URL in messages. In process, but for
+the terminal (tmux) and the progress bar (a real process on a real terminal)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from conftest import SCENES, draw_scene, images_sent, invoke, user_env
+
+# -- the enclosing index ------------------------------------------------------------------
+
+
+def test_a_subfolder_uses_the_enclosing_index_and_a_second_one_only_when_asked(home, standin):
+    base, photos, env = home
+    draw_scene(photos / "trips" / "beach2.jpg", "beach_dog", size=(600, 400), quality=90)
+    r = invoke("index", photos, cwd=base, env=env)
+    assert r.code == 0, r.stderr
+    sent = sum(images_sent(standin).values())
+    r = invoke("index", photos / "trips", cwd=base, env=env)
+    assert r.code == 0, r.stderr
+    assert sum(images_sent(standin).values()) == sent, "nothing described again"
+    assert not (photos / ".imgrag").exists(), "no second index beside trips/"
+    assert f"using the index in {base / '.imgrag'}" in r.stderr and "--new-index" in r.stderr
+    manifest = json.loads((base / ".imgrag" / "manifest.json").read_text())
+    assert manifest["roots"] == ["photos"], "trips/ is inside a folder already indexed"
+    r = invoke("status", photos / "trips", "--json", cwd=base, env=env)
+    doc = json.loads(r.stdout)
+    assert doc["workspace"] == str(base / ".imgrag") and doc["photos"] == 5 and doc["files"] == 5
+    r = invoke("search", "dog on the beach", "--paths", cwd=photos / "trips", env=env)
+    assert r.code == 0 and str(photos / "beach_dog.jpg") in r.stdout, "searches see the whole index"
+    # Asked for: an index of trips/ alone, beside it; then found first from inside trips/.
+    r = invoke("index", photos / "trips", "--new-index", cwd=base, env=env)
+    assert r.code == 0, r.stderr
+    assert json.loads((photos / ".imgrag" / "manifest.json").read_text())["roots"] == ["trips"]
+    r = invoke("search", "dog on the beach", "--paths", "--all", cwd=photos / "trips", env=env)
+    assert r.stdout.splitlines() == [str(photos / "trips" / "beach2.jpg")]
+    r = invoke("index", photos / "trips", "--new-index", "--index", base, cwd=base, env=env)
+    assert r.code == 2 and "--new-index" in r.stderr
