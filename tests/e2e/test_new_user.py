@@ -8,7 +8,11 @@ from __future__ import annotations
 import json
 import shutil
 
-from conftest import SCENES, draw_scene, images_sent, invoke, user_env
+import pytest
+
+from conftest import SCENES, copy_tree, draw_scene, images_sent, invoke, user_env
+from libraries import ask_catalog, ask_env
+from standin_vlm import StandinVLM
 
 # -- the enclosing index ------------------------------------------------------------------
 
@@ -39,3 +43,26 @@ def test_a_subfolder_uses_the_enclosing_index_and_a_second_one_only_when_asked(h
     assert r.stdout.splitlines() == [str(photos / "trips" / "beach2.jpg")]
     r = invoke("index", photos / "trips", "--new-index", "--index", base, cwd=base, env=env)
     assert r.code == 2 and "--new-index" in r.stderr
+
+
+# -- ask ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def ask_lib(library_dir, tmp_path):
+    """A copy of the ask library and a stand-in that answers from what it is sent."""
+    base = copy_tree(library_dir, tmp_path / "lib")
+    with StandinVLM(catalog=ask_catalog(tmp_path / "refs")) as server:
+        yield base, {**ask_env(), "IMGRAG_BASE_URL": server.url}
+
+
+def test_ask_suggests_only_flags_it_has_and_piped_citations_end_cleanly(ask_lib):
+    base, env = ask_lib
+    r = invoke("ask", "quarterly tax spreadsheet with invoice numbers", cwd=base, env=env)
+    assert r.code == 1 and "no photo matches the question" in r.stderr
+    assert "--all" not in r.stderr and "--min-score 0" in r.stderr
+    r = invoke("ask", "a red stop sign at a street corner", cwd=base, env=env)
+    assert r.code == 0, r.stderr
+    cited = r.stdout.splitlines()[1:]
+    assert any(line.split("\t")[1] == str(base / "photos" / "trips" / "stop_sign.jpg") for line in cited), r.stdout
+    assert cited and not any(line.endswith("\t") for line in cited), cited

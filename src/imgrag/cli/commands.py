@@ -425,7 +425,7 @@ def ask(
         if result.found:
             render.info(render_ask.usage_line(result))
     if not plan.hits:
-        render.info(f"imgrag: no photo matches the question{why_nothing(searcher, options)}; "
+        render.info(f"imgrag: no photo matches the question{why_nothing(searcher, options, all_flag=None)}; "
                     "nothing was sent to the model")
         return EXIT_NOTHING_FOUND
     return EXIT_OK
