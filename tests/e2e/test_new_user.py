@@ -66,3 +66,18 @@ def test_ask_suggests_only_flags_it_has_and_piped_citations_end_cleanly(ask_lib)
     cited = r.stdout.splitlines()[1:]
     assert any(line.split("\t")[1] == str(base / "photos" / "trips" / "stop_sign.jpg") for line in cited), r.stdout
     assert cited and not any(line.endswith("\t") for line in cited), cited
+
+
+# -- search --in ------------------------------------------------------------------------------
+
+
+def test_search_in_a_folder_shows_the_copy_inside_it(library):
+    """home/birthday.jpg and trips/birthday_copy.jpg are one photo."""
+    for folder, shown in (("trips", "trips/birthday_copy.jpg"), ("home", "home/birthday.jpg")):
+        r = library.search("children with a birthday cake", "--in", f"photos/{folder}", "--json", "--limit", "1")
+        assert r.code == 0, r.stderr
+        [hit] = json.loads(r.stdout)["results"]
+        assert hit["path"] == library.path(shown) and set(hit["paths"]) == {
+            library.path("trips/birthday_copy.jpg"), library.path("home/birthday.jpg")}
+        r = library.search("children with a birthday cake", "--in", f"photos/{folder}", "--paths", "--limit", "1")
+        assert r.stdout == library.path(shown) + "\n"
