@@ -81,3 +81,25 @@ def test_search_in_a_folder_shows_the_copy_inside_it(library):
             library.path("trips/birthday_copy.jpg"), library.path("home/birthday.jpg")}
         r = library.search("children with a birthday cake", "--in", f"photos/{folder}", "--paths", "--limit", "1")
         assert r.stdout == library.path(shown) + "\n"
+
+
+# -- a JPEG cut short ------------------------------------------------------------------------
+
+
+def test_a_jpeg_missing_its_last_rows_is_described_with_a_warning(home, standin):
+    from PIL import ImageFile
+
+    base, photos, env = home
+    whole = (photos / "stop_sign.jpg").read_bytes()
+    (photos / "stop_sign.jpg").write_bytes(whole[: len(whole) * 9 // 10])  # its last rows are gone
+    r = invoke("index", photos, cwd=base, env=env)
+    assert r.code == 0, r.stderr
+    assert "warning: stop_sign.jpg: truncated: its last" in r.stderr.replace("photos/", "")
+    assert "described what decodes" in r.stderr and "failed 0" in r.stderr and "quarantined" not in r.stderr
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False, "scoped to that one image, not set for the process"
+    r = invoke("search", "a red stop sign at a street corner", "--paths", "--limit", "1", cwd=base, env=env)
+    assert r.stdout == f"{photos / 'stop_sign.jpg'}\n", "described as the stop sign it shows"
+    # Half a photo is not a photo: still refused, as before.
+    (photos / "kitchen.jpg").write_bytes((photos / "kitchen.jpg").read_bytes()[:1000])
+    r = invoke("describe", photos, "--force", cwd=base, env=env)
+    assert r.code == 1 and "kitchen.jpg: unreadable photo: truncated or corrupt image" in r.stderr
