@@ -221,6 +221,15 @@ def hits_table(hits: list[Hit], thumbnails: str | None = None, *, fit_screen: bo
     console.print(table)
 
 
+def _failed_status_lines(s: Status, shown: int = 10) -> list[str]:
+    """`failed: N`, then which photos and why (a count alone leaves the user to dig in .imgrag/)."""
+    lines = [f"failed:       {s.failed}" + (" (tried again by the next run)" if s.failed else "")]
+    lines += [f"  {p['path']}: {p['reason']}" for p in s.failed_photos[:shown]]
+    if s.failed > shown:
+        lines.append(f"  ... and {s.failed - shown} more (imgrag status --json lists them all)")
+    return lines
+
+
 def _quarantined_status_lines(s: Status, shown: int = 10) -> list[str]:
     if not s.quarantined:
         return []
@@ -244,7 +253,7 @@ def status_text(s: Status) -> str:
         f"folders:      {', '.join(s.roots) or '-'}",
         f"photos:       {s.photos} found" + (f" ({s.files} files)" if s.files != s.photos else ""),
         f"described:    {s.described}",
-        f"failed:       {s.failed}",
+        *_failed_status_lines(s),
         *_quarantined_status_lines(s),
         f"embedded:     {s.embedded}",
         f"index:        {index}",

@@ -120,12 +120,14 @@ def _quarantine_lines(s: DescribeSummary | BatchSummary) -> None:
 
 def embed_summary(s: EmbedSummary) -> None:
     kind = {"flat": "exact", "ivf-sq8": "IVF-SQ8"}.get(s.index_type, s.index_type)
+    undescribed = s.photos - s.described - s.quarantined
     info(
         f"imgrag: indexed {s.described} of {s.photos} photos ({s.encoded} embedded now, "
-        + (f"{s.copies} {'copy' if s.copies == 1 else 'copies'} of another photo's description, " if s.copies else "")
+        + (f"{s.copies} share{'s' if s.copies == 1 else ''} a description with another photo, " if s.copies else "")
         + f"{s.cached} from cache)"
         + (f"; {kind} index written" if s.rebuilt_index else "; index unchanged")
-        + (f"; {s.photos - s.described} not described yet" if s.photos > s.described else "")
+        + (f"; {undescribed} not described yet" if undescribed > 0 else "")
+        + (f"; {s.quarantined} quarantined (see `imgrag status`)" if s.quarantined else "")
     )
 
 
