@@ -25,9 +25,11 @@ app = App(
         "Find photos by what is in them.\n\n"
         "A vision model describes each photo once; the descriptions are embedded into a local index "
         "in .imgrag/ beside your photo folder.\n\n"
-        "  imgrag demo                           # try it on sample photos: no key, no network\n\n"
-        "  imgrag index ~/Pictures/2024          # describe + embed (safe to run from cron)\n\n"
-        "  imgrag search \"dog on the beach\"      # from anywhere under ~/Pictures"
+        # \b: click keeps these lines as they are (one example a line, within 80 columns).
+        "\b\n"
+        "  imgrag demo                       # sample photos: no key, no network\n"
+        "  imgrag index ~/Pictures/2024      # describe + embed (fine from cron)\n"
+        "  imgrag search \"dog on the beach\"  # from anywhere under ~/Pictures"
     ),
     no_args_is_help=True,
     add_completion=False,

@@ -210,7 +210,9 @@ def _encode_into(cache: VectorCache, model: Any, todo: list[tuple[str, str]], sh
         if cancel is not None and cancel.is_set():
             raise Interrupted(f"embedding cancelled: {start} of {len(todo)} new texts were embedded and kept")
         part = todo[start : start + chunk]
-        vecs = model.encode([t for _, t in part], show_progress=show_progress and bar is None)
+        # Never sentence-transformers' own "Batches" bar: a bar of ours (above) or none, so a
+        # terminal sees imgrag's progress and summary only.
+        vecs = model.encode([t for _, t in part], show_progress=False)
         cache.add([k for k, _ in part], vecs)
         if bar is not None:
             bar.update(len(part))
