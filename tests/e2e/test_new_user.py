@@ -6,7 +6,8 @@ the terminal (tmux) and the progress bar (a real process on a real terminal)."""
 from __future__ import annotations
 
 import json
-import shutil
+import socket
+import time
 
 import pytest
 
@@ -103,3 +104,111 @@ def test_a_jpeg_missing_its_last_rows_is_described_with_a_warning(home, standin)
     (photos / "kitchen.jpg").write_bytes((photos / "kitchen.jpg").read_bytes()[:1000])
     r = invoke("describe", photos, "--force", cwd=base, env=env)
     assert r.code == 1 and "kitchen.jpg: unreadable photo: truncated or corrupt image" in r.stderr
+
+
+# -- numbers that agree -------------------------------------------------------------------------
+
+
+def test_failed_and_quarantined_photos_are_named_and_counted_apart(home):
+    from serving import in_process
+
+    base, photos, env = home
+    (photos / "notes.jpg").write_text("shopping list: eggs, milk\n")
+    r = invoke("index", photos, cwd=base, env=env)
+    assert r.code == 1 and "failed: photos/notes.jpg: unreadable photo: not an image" in r.stderr
+    r = invoke("status", photos, cwd=base, env=env)
+    assert "failed:       1" in r.stdout and "  photos/notes.jpg: unreadable photo: not an image" in r.stdout, r.stdout
+    doc = json.loads(invoke("status", "--json", cwd=base, env=env).stdout)
+    assert [(p["path"], p["reason"]) for p in doc["failed_photos"]] == [("photos/notes.jpg", "unreadable photo: not an image")]
+
+    # A page's index job, finished: its counters say what its result says.
+    with in_process(photos, cwd=base, env=env) as http:
+        job = http.post("/api/jobs", json={"kind": "index"}).json()
+        job = wait_job(http, job["id"])
+        assert job["state"] == "done" and job["result"]["failed"] == 1 and job["result"]["described"] == 0
+        assert (job["done"], job["total"], job["failed"]) == (1, 1, 1), job
+        # One job at a time, said in English.
+        (photos / "more").mkdir()
+        for i in range(3):
+            draw_scene(photos / "more" / f"k{i}.jpg", "kitchen", quality=50 + i)
+    # Three strikes: quarantined, then neither failed nor "not described yet".
+    r = invoke("index", photos, cwd=base, env=env)
+    assert "quarantined: photos/notes.jpg" in r.stderr
+    r = invoke("embed", photos, cwd=base, env=env)
+    assert r.code == 0 and "not described yet" not in r.stderr and "1 quarantined" in r.stderr, r.stderr
+    doc = json.loads(invoke("status", "--json", cwd=base, env=env).stdout)
+    assert doc["failed"] == 0 and doc["failed_photos"] == [] and doc["quarantined"] == 1
+
+
+def wait_job(http, job_id: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = http.get(f"/api/jobs/{job_id}").json()
+        if job["state"] != "running":
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} still running")
+
+
+def test_a_second_job_is_refused_in_english(home, standin):
+    from serving import in_process
+
+    base, photos, env = home
+    for i in range(6):
+        draw_scene(photos / "more" / f"k{i}.jpg", "kitchen", quality=50 + i)
+    standin.set_default(latency=1.0)
+    try:
+        with in_process(photos, cwd=base, env=env) as http:
+            job = http.post("/api/jobs", json={"kind": "index"}).json()
+            r = http.post("/api/jobs", json={"kind": "describe"})
+            assert r.status_code == 409 and r.json()["error"].startswith("an index job is already running"), r.text
+            http.delete(f"/api/jobs/{job['id']}")
+            wait_job(http, job["id"])
+    finally:
+        standin.set_default(latency=0.0)
+
+
+def test_like_scores_stay_within_0_and_1(home, standin):
+    from PIL import Image
+
+    base, photos, env = home
+    original = Image.open(photos / "beach_dog.jpg")
+    original.save(photos / "beach_dog_q70.jpg", quality=70)  # other bytes, the same picture and description
+    assert invoke("index", photos, cwd=base, env=env).code == 0
+    doc = json.loads(invoke("search", "--like", photos / "beach_dog.jpg", "--json", "--all", cwd=base, env=env).stdout)
+    top = doc["results"][0]
+    assert top["path"] == str(photos / "beach_dog_q70.jpg") and top["score"] == 1.0, top
+    assert all(0 <= h["score"] <= 1 for h in doc["results"])
+
+
+# -- messages and wording -------------------------------------------------------------------
+
+
+def test_an_unreachable_server_from_groq_base_url_is_named_by_its_url(home):
+    base, photos, env = home
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    env = {k: v for k, v in env.items() if k != "IMGRAG_BASE_URL"}
+    r = invoke("describe", photos, cwd=base, env={**env, "GROQ_BASE_URL": dead, "IMGRAG_MAX_RETRIES": "1"})
+    assert r.code == 75, r.stderr
+    assert f"cannot connect to {dead}" in r.stderr and "check GROQ_BASE_URL and the network" in r.stderr
+    assert "IMGRAG_BASE_URL" not in r.stderr
+
+
+def test_one_photo_is_one_photo(home):
+    base, photos, env = home
+    for name in ("kitchen", "stop_sign", "birthday"):
+        (photos / f"{name}.jpg").unlink()
+    r = invoke("describe", photos, "--dry-run", cwd=base, env=env)
+    assert r.code == 0 and "dry run: 1 photo, 0 already described, would describe 1:" in r.stderr, r.stderr
+
+
+def test_top_level_help_examples_fit_80_columns(tmp_path):
+    r = invoke("--help", cwd=tmp_path, env=user_env(COLUMNS="80"))
+    lines = r.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    for command, comment in (("imgrag demo", "no network"), ("imgrag index ~/Pictures", "cron"),
+                             ('imgrag search "dog on the beach"', "~/Pictures")):
+        [line] = [line for line in lines if command in line]
+        assert comment in line, f"the example and its comment on one line: {line!r}"

@@ -204,13 +204,13 @@ class _JobReport(Report):
             self.job.changed(message=f"stopped: {totals.get('stop_reason')}; run it again later")
 
     def final_counts(self) -> None:
-        """A finished job's done/total/failed agree with its result: the photos it described
-        (done: described or failed; total: those and the ones left), else the texts it embedded."""
+        """A finished job's done/total/failed agree with its result: the photos it was to
+        describe (done: described or failed; total: described and those still to do, the failed
+        ones among them), else the texts it embedded."""
         if not self.described_folders:
             return
         r = self.job.result
-        done = r["described"] + r["failed"]
-        self.job.changed(done=done, total=done + r["remaining"], failed=r["failed"])
+        self.job.changed(done=r["described"] + r["failed"], total=r["described"] + r["remaining"], failed=r["failed"])
 
     def embedding(self, done: int, total: int) -> None:
         self.job.changed(done=done, total=total)
