@@ -9,6 +9,7 @@ import json
 import socket
 import time
 
+import numpy as np
 import pytest
 
 from conftest import SCENES, copy_tree, draw_scene, images_sent, invoke, user_env
@@ -212,3 +213,39 @@ def test_top_level_help_examples_fit_80_columns(tmp_path):
                              ('imgrag search "dog on the beach"', "~/Pictures")):
         [line] = [line for line in lines if command in line]
         assert comment in line, f"the example and its comment on one line: {line!r}"
+
+
+# -- the stand-in vision server ------------------------------------------------------------------
+
+
+def same_ups_and_downs(grid: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Another grid of grey levels whose rows rise and fall where `grid`'s do: the same dhash
+    (which compares neighbours along each row), a different picture (phash far apart)."""
+    out = np.zeros_like(grid)
+    for i, row in enumerate(grid):
+        signs = np.where(np.diff(row) < 0, -1, 1)
+        seq = np.concatenate([[0], np.cumsum(signs * rng.integers(15, 60, len(signs)))])
+        seq -= seq.min()
+        out[i] = 20 + seq * 200 // max(int(seq.max()), 1)
+    return out
+
+
+def test_a_photo_without_a_catalog_entry_gets_a_generic_description(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(48)
+    known = rng.integers(20, 236, (8, 9))
+    blocks = np.ones((40, 40))
+    known_image = Image.fromarray(np.uint8(np.kron(known, blocks))).convert("RGB")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(np.uint8(np.kron(same_ups_and_downs(known, rng), blocks))).convert("RGB").save(
+        photos / "stranger.jpg", quality=90)
+    with StandinVLM(catalog=[(known_image, {"caption": "A red fire engine parked outside the station."})]) as server:
+        env = user_env(GROQ_API_KEY="test-key-123", IMGRAG_BASE_URL=server.url, NO_COLOR="1")
+        r = invoke("describe", photos, cwd=tmp_path, env=env)
+    assert r.code == 0, r.stderr
+    [record] = [json.loads(line) for line in (tmp_path / ".imgrag" / "descriptions.jsonl").read_text().splitlines()]
+    description = record["description"]
+    assert "fire engine" not in json.dumps(description)
+    assert description["caption"].startswith("a 360x320 image") and description["tags"] == ["unknown"]
