@@ -6,15 +6,19 @@ the terminal (tmux) and the progress bar (a real process on a real terminal)."""
 from __future__ import annotations
 
 import json
+import re
+import shlex
+import shutil
 import socket
 import time
 
 import numpy as np
 import pytest
 
-from conftest import SCENES, copy_tree, draw_scene, images_sent, invoke, user_env
+from conftest import IMGRAG, copy_tree, draw_scene, images_sent, invoke, user_env
 from libraries import ask_catalog, ask_env
 from standin_vlm import StandinVLM
+from tmux_screen import tmux_screen
 
 # -- the enclosing index ------------------------------------------------------------------
 
@@ -249,3 +253,40 @@ def test_a_photo_without_a_catalog_entry_gets_a_generic_description(tmp_path):
     description = record["description"]
     assert "fire engine" not in json.dumps(description)
     assert description["caption"].startswith("a 360x320 image") and description["tags"] == ["unknown"]
+
+
+# -- an 80x24 terminal (tmux) ---------------------------------------------------------------------
+
+
+def terminal_env(env: dict) -> dict:
+    env = {k: v for k, v in env.items() if k not in ("NO_COLOR", "COLUMNS", "LINES")}
+    return {**env, "TERM": "xterm-256color"}
+
+
+def test_80x24_terminal_keeps_the_notice_on_screen_and_wraps_paths_between_names(library, tmp_path):
+    # A deeper folder than a user's ~/Pictures/..., so paths need two lines at 80 columns.
+    lib = copy_tree(library.base, tmp_path / "a-library-with-a-long-folder-name" / "for-the-terminal")
+    search = f"cd {shlex.quote(str(lib))} && {shlex.quote(str(IMGRAG))} search"
+    screen, _ = tmux_screen(f"{search} 'a photo' --all", terminal_env(library.env), lines=24, columns=80,
+                            scrollback=False)
+    assert "Traceback" not in screen
+    lines = screen.rstrip("\n").splitlines()
+    assert lines[-1] == "__END__" and re.fullmatch(r"imgrag: \d+ more not shown: --limit \d+ shows them all, "
+                                                    r"--no-thumbnails lists them", lines[-2]), screen
+    assert all(len(line) <= 80 for line in lines)
+    # The text column of the first row: the path's pieces, each ending at a folder's "/".
+    cells = [line.split("│")[4].strip() for line in lines if line.count("│") == 5]
+    first = cells[: next(i for i, c in enumerate(cells) if c.endswith(".jpg")) + 1]  # its path comes first
+    path = "".join(first)
+    assert path.startswith(str(lib / "photos")) and path.endswith(".jpg") and len(first) > 1, cells
+    assert all(piece.endswith("/") for piece in first[:-1]), f"a path broke inside a name: {first}"
+
+
+def test_no_sentence_transformers_bar_during_index_on_a_terminal(library, tmp_path):
+    lib = copy_tree(library.base, tmp_path / "lib")
+    shutil.rmtree(lib / ".imgrag" / "vectors")  # every description is embedded again, by the model itself (torch)
+    env = {**terminal_env(library.env), "IMGRAG_QUERY_ENCODER": "torch", "HF_HUB_OFFLINE": "1"}
+    screen, _ = tmux_screen(f"cd {shlex.quote(str(lib))} && {shlex.quote(str(IMGRAG))} embed photos", env, lines=24,
+                            columns=80)
+    assert "imgrag: indexed 4 of 4 photos (4 embedded now" in screen, screen
+    assert "Batches" not in screen and "it/s" not in screen and "s/it" not in screen, screen
