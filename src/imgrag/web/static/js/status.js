@@ -68,7 +68,7 @@ function failedList(s) {
   if (!photos.length) return null;
   const shown = 10;
   return h("ul", { id: "status-failed" },
-    photos.slice(0, shown).map((p) => h("li", {}, h("span", { class: "path", text: p.path }), `: ${p.reason}`)),
+    photos.slice(0, shown).map((p) => h("li", {}, h("code", { text: p.path }), `: ${p.reason}`)),
     photos.length > shown ? h("li", { text: `… and ${formatNumber(photos.length - shown)} more (imgrag status --json lists them all)` }) : null);
 }
 
