@@ -43,7 +43,8 @@ def command_page() -> str:
         "# Commands\n",
         "Generated from the `imgrag` command itself: each flag's text is what `imgrag COMMAND --help` prints.",
         "Every command also takes `-h`/`--help`. Exit codes: see [Exit codes](exit-codes.md).\n",
-        "```text\n" + (group.help or "").strip() + "\n```\n",
+        # "\b" on a line of its own is Click's "keep these lines as they are", not text.
+        "```text\n" + (group.help or "").replace("\b\n", "").strip() + "\n```\n",
         "| command | what it does |", "|---|---|",
     ]
     names = group.list_commands(ctx)

@@ -48,6 +48,8 @@ VISION_SETTINGS = ("provider", "jobs", "timeout", "max_retries", "max_side", "pr
 ANSWER_SETTINGS = ("answer_price_input", "answer_price_output")
 
 _API_KEY_VARS = {"groq": "GROQ_API_KEY", "openai": "OPENAI_API_KEY"}
+# Read by the provider's own SDK when IMGRAG_BASE_URL (or --base-url) is not set.
+_SDK_BASE_URL_VARS = {"groq": "GROQ_BASE_URL", "openai": "OPENAI_BASE_URL"}
 _TRUE = ("1", "true", "yes", "on")
 
 _env_loaded = False
@@ -110,6 +112,8 @@ class Settings:
     verify_get_image: bool = False  # IMGRAG_VERIFY: the original POST /get_image keeps verified photos only
     # Every provider's key from the environment, for a provider chosen by flag (`with_flags`).
     api_keys: Mapping[str, str | None] = field(default_factory=dict, repr=False, compare=False)
+    # GROQ_BASE_URL / OPENAI_BASE_URL as set (each SDK reads its own; IMGRAG_BASE_URL wins), for messages.
+    sdk_base_urls: Mapping[str, str | None] = field(default_factory=dict, compare=False)
     # Values the environment gave that are not valid, as (setting, error): raised by `checked`.
     invalid: tuple[tuple[str, str], ...] = ()
 
@@ -120,6 +124,15 @@ class Settings:
         if self.provider == "groq":
             return DEFAULT_GROQ_MODEL
         raise UsageError("no vision model set: pass --model or set IMGRAG_MODEL (e.g. llama3.2-vision for Ollama)")
+
+    def base_url_setting(self) -> str:
+        """The setting that chose the vision server's URL, for messages that name it."""
+        if self.base_url:
+            return "IMGRAG_BASE_URL (or --base-url)"
+        var = _SDK_BASE_URL_VARS.get(self.provider)
+        if var and self.sdk_base_urls.get(self.provider):
+            return var
+        return "IMGRAG_BASE_URL"  # the provider's default URL: this is how to point elsewhere
 
     def with_flags(self, **flags: Any) -> Settings:
         """Flags given on the command line (not None) win over everything else. A provider
@@ -203,6 +216,7 @@ def settings_from(env: Mapping[str, str]) -> Settings:
         serve_token=env.get("IMGRAG_SERVE_TOKEN", "").strip() or None,
         verify_get_image=env.get("IMGRAG_VERIFY", "").strip().lower() in _TRUE,
         api_keys=keys,
+        sdk_base_urls={p: env.get(var) or None for p, var in _SDK_BASE_URL_VARS.items()},
         invalid=tuple(invalid),
     )
 

@@ -180,7 +180,7 @@ def estimate_line(s: DescribeSummary) -> str:
     e = s.estimate
     assert e is not None, "a dry run's summary"
     line = (
-        f"dry run: {s.found} photos, {s.already} already described, would describe {e.photos}: "
+        f"dry run: {s.found} photo{'' if s.found == 1 else 's'}, {s.already} already described, would describe {e.photos}: "
         f"~{e.prompt_tokens:,} input + ~{e.completion_tokens:,} output tokens, ~${e.cost:.2f}"
     )
     if e.minutes is not None and e.photos:

@@ -30,6 +30,7 @@ class Status:
     photos: int = 0  # distinct contents among them (copies count once)
     described: int = 0  # photos with a description
     failed: int = 0  # photos whose last description attempt failed (retried by the next run)
+    failed_photos: list[dict[str, Any]] = field(default_factory=list)  # path, reason, time: which ones, and why
     quarantined: int = 0  # photos set aside after failing again and again (see quarantine.py)
     quarantined_photos: list[dict[str, Any]] = field(default_factory=list)  # path, reason, strikes, since
     embedded: int = 0  # described photos whose vector is cached
@@ -55,7 +56,7 @@ class Status:
 def collect_status(ws: Workspace, photos: Path | None = None) -> Status:
     manifest = ws.read_manifest() if ws.root.is_dir() else {}
     roots = list(manifest.get("roots", []))
-    if photos is not None and ws.relative(photos.resolve()) not in roots:
+    if photos is not None and ws.relative(photos.resolve()) not in roots and not ws.covers(photos):
         roots.append(ws.relative(photos.resolve()))
     status = Status(workspace=str(ws.root), exists=ws.root.is_dir(), roots=sorted(roots))
     folders = [ws.absolute(r) for r in roots if ws.absolute(r).is_dir()]
@@ -66,7 +67,10 @@ def collect_status(ws: Workspace, photos: Path | None = None) -> Status:
     status.files, status.photos = len(files), len(groups)
     status.described = sum(1 for sha in groups if sha in described)
     held = load_quarantine(ws, described)
-    status.failed = sum(1 for sha in groups if sha in failures and sha not in described and sha not in held)
+    failed = [sha for sha in groups if sha in failures and sha not in described and sha not in held]
+    status.failed = len(failed)
+    status.failed_photos = sorted(({"path": groups[sha][0].rel, "reason": failures[sha].get("reason", ""),
+                                    "time": failures[sha].get("time")} for sha in failed), key=lambda r: r["path"])
     _quarantine_status(status, groups, held)
     status.vision_models = dict(Counter(str(described[sha].get("model")) for sha in groups if sha in described))
     status.next_describe = status.photos - status.described - status.quarantined

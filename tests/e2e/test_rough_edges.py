@@ -193,7 +193,7 @@ def test_embed_counts_copies_of_one_description_as_copies_not_cache(own_library,
     r = invoke("index", lib.photos, cwd=lib.base, env={**lib.env, "IMGRAG_BASE_URL": standin.url})
     assert r.code == 0, r.stderr
     assert "described 2" in r.stderr
-    assert "indexed 6 of 6 photos (4 embedded now, 2 copies of another photo's description, 0 from cache)" in r.stderr
+    assert "indexed 6 of 6 photos (4 embedded now, 2 share a description with another photo, 0 from cache)" in r.stderr
 
 
 def test_why_line_of_a_match_by_meaning_adds_to_the_caption(library):

@@ -602,3 +602,104 @@ def test_ask_box_streams_an_answer_with_clickable_citations(server, open_page):
     expect(page.locator("#answer-meta")).to_contain_text("nothing was sent")
     expect(page.locator("#answer-text a.citation")).to_have_count(0)
     expect(page.locator("#answer-cited li")).to_have_count(0)
+
+
+# ---- what a new user tripped over (issue 20) ---------------------------------------------------
+
+def test_show_the_nearest_anyway_is_for_that_query_only(server, open_page):
+    page = open_page(server.url + "?q=zebra+in+the+snow")
+    page.click("#show-nearest")
+    expect(page.locator("#grid .tile")).to_have_count(4)
+    search(page, "red stop sign")
+    expect(page.locator("#grid .tile").first.locator("img")).to_have_attribute("alt", caption("stop_sign"))
+    assert "min_score" not in page.url  # the default set again, not every photo
+    expect(page.locator("#grid .tile")).to_have_count(1)
+    # A minimum score chosen in Filters stays for the next query.
+    page.goto(server.url + "?q=red+stop+sign&min_score=0.1")
+    search(page, "kettle on stove")
+    expect(page).to_have_url(re.compile(r"q=kettle.*min_score=0\.1"))
+
+
+def test_ask_box_says_which_filters_it_uses(server, open_page):
+    page = open_page(server.url + "?q=photo&in=photos%2Fhome&after=2020")
+    scope = page.locator("#ask-scope")
+    expect(scope).to_be_visible()
+    expect(scope).to_contain_text("in photos/home")
+    expect(scope).to_contain_text("taken from 2020")
+    page.click("#filters-clear")
+    expect(scope).to_be_hidden()
+
+
+def test_an_old_answer_goes_when_another_search_is_shown(server, open_page):
+    page = open_page(server.url + "?q=kettle+on+stove")
+    page.fill("#ask-q", "is there a kettle on a gas stove?")
+    page.press("#ask-q", "Enter")
+    expect(page.locator("#answer-text")).to_contain_text(caption("kitchen"))
+    page.locator("#answer-text a.citation").click()  # opening a cited photo keeps it
+    page.keyboard.press("Escape")
+    expect(page.locator("#answer")).to_be_visible()
+    search(page, "red stop sign")  # a later search: the answer to the earlier one goes
+    expect(page.locator("#grid .tile").first.locator("img")).to_have_attribute("alt", caption("stop_sign"))
+    expect(page.locator("#answer")).to_be_hidden()
+
+
+def run_job(server: Served, kind: str) -> None:
+    job = httpx.post(server.url + "api/jobs", json={"kind": kind}, headers=AUTH, timeout=30).json()
+    deadline = time.monotonic() + 120
+    while httpx.get(server.url + f"api/jobs/{job['id']}", headers=AUTH).json()["state"] == "running":
+        assert time.monotonic() < deadline, f"the {kind} job did not end"
+        time.sleep(0.2)
+    server.wait_until_loaded(AUTH)
+
+
+def test_phone_width_cited_paths_wrap_and_the_detail_view_steps(server, open_page):
+    # A copy of the kitchen photo under names with no place to break a line (no vision request:
+    # the same content), asked about within its folder so that the copy there is cited.
+    folder = server.photos / "Holidays_2024_Lisbon_Sintra_Cascais_with_the_grandparents"
+    folder.mkdir()
+    copy = folder / "IMG_20240715_103000123456789_HDR_edited_final.jpg"
+    copy.write_bytes((server.photos / "home" / "kitchen.jpg").read_bytes())
+    try:
+        run_job(server, "embed")
+        page = open_page(server.url + f"?in=photos/{folder.name}", viewport={"width": 390, "height": 844},
+                         is_mobile=True, has_touch=True)
+        page.fill("#ask-q", "is there a kettle on a gas stove?")
+        page.press("#ask-q", "Enter")
+        expect(page.locator("#answer-cited li")).to_have_count(1)
+        expect(page.locator("#answer-cited li")).to_contain_text(str(copy))
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing sideways
+    finally:
+        copy.unlink()
+        folder.rmdir()
+        run_job(server, "embed")
+
+    page.goto(server.url + "?q=photo&min_score=0")
+    expect(page.locator("#grid .tile")).to_have_count(4)
+    first = tile_alts(page)
+    page.locator("#grid .tile").first.tap()
+    expect(page.locator("#detail-next")).to_be_visible()
+    expect(page.locator("#detail-prev")).to_be_visible()
+    page.locator("#detail-next").scroll_into_view_if_needed()
+    page.locator("#detail-next").tap()
+    expect(page.locator("#detail-caption")).to_have_text(first[1])
+    page.locator("#detail-prev").tap()
+    expect(page.locator("#detail-caption")).to_have_text(first[0])
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+
+
+def test_status_panel_names_the_photo_that_failed(server, open_page):
+    photos = server.photos
+    broken = photos / "home" / "notes.jpg"
+    broken.write_text("shopping list: eggs, milk\n")
+    try:
+        run_job(server, "describe")
+        page = open_page(server.url)
+        page.click("#status-toggle")
+        expect(page.locator("#status-failed li")).to_have_count(1)
+        expect(page.locator("#status-failed")).to_contain_text("photos/home/notes.jpg: unreadable photo: not an image")
+        # The estimate of one photo says "1 photo".
+        page.locator("#job-buttons [data-kind=describe]").click()
+        expect(page.locator("#job-text")).to_contain_text("Would describe 1 photo:")
+        page.click("#job-cancel")
+    finally:
+        broken.unlink()

@@ -25,9 +25,11 @@ app = App(
         "Find photos by what is in them.\n\n"
         "A vision model describes each photo once; the descriptions are embedded into a local index "
         "in .imgrag/ beside your photo folder.\n\n"
-        "  imgrag demo                           # try it on sample photos: no key, no network\n\n"
-        "  imgrag index ~/Pictures/2024          # describe + embed (safe to run from cron)\n\n"
-        "  imgrag search \"dog on the beach\"      # from anywhere under ~/Pictures"
+        # \b: click keeps these lines as they are (one example a line, within 80 columns).
+        "\b\n"
+        "  imgrag demo                       # sample photos: no key, no network\n"
+        "  imgrag index ~/Pictures/2024      # describe + embed (fine from cron)\n"
+        "  imgrag search \"dog on the beach\"  # from anywhere under ~/Pictures"
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -41,6 +43,9 @@ IndexOpt = Annotated[
     Path | None,
     typer.Option("--index", envvar="IMGRAG_INDEX", help="The .imgrag/ folder to use (or the folder holding it).", show_default=False),
 ]
+NewIndexOpt = Annotated[bool, typer.Option("--new-index", help=(
+    "Make (or use) an index of PHOTOS' own, in PHOTOS/../.imgrag, even when an index in a parent folder "
+    "already covers PHOTOS (by default that one is used, as git finds .git)."))]
 WaitOpt = Annotated[bool, typer.Option("--wait", help="If another imgrag is writing the index, wait for it instead of exiting.")]
 StoreOpt = Annotated[str | None, typer.Option(
     "--store", help="A photo library in PostgreSQL + pgvector instead of .imgrag/: postgresql://[user@]host[:port]/db "
@@ -116,13 +121,15 @@ def _run_store(url: str, photos: Path | None, settings: Settings, **steps: Any) 
     return result.exit_code
 
 
-def _run_pipeline(photos: Path | None, index: Path | None, flags: dict[str, Any], **steps: Any) -> int:
+def _run_pipeline(photos: Path | None, index: Path | None, flags: dict[str, Any], new_index: bool = False,
+                  **steps: Any) -> int:
     """describe, embed and index: imgrag.pipeline with these `steps` (and the settings these
     `flags` change), its progress and summaries on stderr. A process of its own: it steps
     back in CPU priority when unattended (cron)."""
-    from imgrag.cli.report import PipelineProgress
+    from imgrag.cli.report import PipelineProgress, which_index
     from imgrag.pipeline import Steps, run_pipeline
 
+    index = which_index(photos, index, new_index)
     result = run_pipeline(photos, _settings(**flags), Steps(background=True, **steps), PipelineProgress(), index=index)
     return result.exit_code
 
@@ -163,6 +170,7 @@ def describe(
     window: WindowOpt = "24h",
     cancel: CancelOpt = False,
     store: StoreOpt = None,
+    new_index: NewIndexOpt = False,
 ) -> int:
     """Describe new photos with the vision model into .imgrag/descriptions.jsonl (resumable)."""
     if cancel and not batch:
@@ -175,7 +183,8 @@ def describe(
         return _run_store(url, photos, settings, describe=True, embed=False, jobs=jobs, limit=limit)
     return _run_pipeline(photos, index, {"provider": provider, "model": model, "base_url": base_url}, embed=False,
                          jobs=jobs, limit=limit, force=force, refresh=refresh, retry_failed=retry_failed,
-                         dry_run=dry_run, batch=batch, window=window, cancel_batches=cancel, wait=wait)
+                         dry_run=dry_run, batch=batch, window=window, cancel_batches=cancel, wait=wait,
+                         new_index=new_index)
 
 
 EmbedModelOpt = Annotated[str | None, typer.Option("--model", help="Sentence-transformers model: a hub name or a model folder. Env: IMGRAG_EMBED_MODEL (default: the index's own model; all-MiniLM-L6-v2 for a new index, works offline).", show_default=False)]
@@ -191,6 +200,7 @@ def embed(
     index: IndexOpt = None,
     wait: WaitOpt = False,
     store: StoreOpt = None,
+    new_index: NewIndexOpt = False,
 ) -> int:
     """Embed the descriptions and write the search index (only new texts are encoded)."""
     url = _store(_settings(), store)
@@ -198,7 +208,8 @@ def embed(
         _refuse_with_store(rebuild=rebuild, index=index, wait=wait)
         return _run_store(url, photos, _settings(), describe=False, embed=True, embed_model=model)
     # No --model and no IMGRAG_EMBED_MODEL: the index keeps the model it was built with.
-    return _run_pipeline(photos, index, {}, describe=False, embed_model=model, rebuild=rebuild, wait=wait)
+    return _run_pipeline(photos, index, {}, describe=False, embed_model=model, rebuild=rebuild, wait=wait,
+                         new_index=new_index)
 
 
 @app.command("index", epilog=("Example (crontab): 0 3 * * *  imgrag index ~/Pictures >> ~/imgrag.log 2>&1\n\n"
@@ -217,6 +228,7 @@ def index_cmd(
     batch: BatchOpt = False,
     window: WindowOpt = "24h",
     store: StoreOpt = None,
+    new_index: NewIndexOpt = False,
 ) -> int:
     """Describe new photos, then embed: the one command for cron."""
     settings = _settings(provider=provider, model=model, base_url=base_url)
@@ -227,7 +239,8 @@ def index_cmd(
                           embed_model=embed_model)
     # Embeds what was described even when some photos failed or the quota ran out; exits as describe did.
     return _run_pipeline(photos, index, {"provider": provider, "model": model, "base_url": base_url}, jobs=jobs,
-                         limit=limit, batch=batch, window=window, embed_model=embed_model, wait=wait)
+                         limit=limit, batch=batch, window=window, embed_model=embed_model, wait=wait,
+                         new_index=new_index)
 
 
 @app.command(epilog="Example: imgrag status ~/Pictures/2024 --json")
@@ -563,7 +576,7 @@ def ask(
         if result.found:
             render.info(render_ask.usage_line(result))
     if not plan.hits:
-        render.info(f"imgrag: no photo matches the question{why_nothing(searcher, options)}; "
+        render.info(f"imgrag: no photo matches the question{why_nothing(searcher, options, all_flag=None)}; "
                     "nothing was sent to the model")
         return EXIT_NOTHING_FOUND
     return EXIT_OK

@@ -13,7 +13,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imgrag.cli.terminal import fit_thumbnails, has_truecolor, screen_lines, thumbnail_cells
+from imgrag.cli.terminal import (
+    fit_thumbnails,
+    has_truecolor,
+    path_lines,
+    screen_lines,
+    text_column_width,
+    thumbnail_cells,
+)
 from imgrag.config import Settings
 from imgrag.errors import UsageError
 from imgrag.store.files import json_bytes
@@ -186,15 +193,16 @@ def hits_table(hits: list[Hit], thumbnails: str | None = None, *, fit_screen: bo
     from rich.text import Text
 
     pictures: list[tuple[Any, int]] = []
+    not_shown = ""
     if thumbnails is None:
         console = _console(sys.stdout)
     else:  # thumbnails were asked for, or the terminal shows them: colour is part of them
         console = Console(file=sys.stdout, force_terminal=True, no_color=False, highlight=False, soft_wrap=False,
                           color_system="truecolor" if has_truecolor(_settings.colorterm, _settings.in_tmux) else "auto")
         fit = fit_thumbnails(len(hits), screen_lines(sys.stdout), cut=fit_screen)
-        if fit.shown < len(hits):
-            info(f"imgrag: {len(hits) - fit.shown} more not shown (thumbnails fill the screen): "
-                 f"--limit {len(hits)} shows them all, --no-thumbnails lists them compactly")
+        if fit.shown < len(hits):  # said under the table, where it stays on screen; short for 80 columns
+            not_shown = (f"imgrag: {len(hits) - fit.shown} more not shown: --limit {len(hits)} shows them all, "
+                         "--no-thumbnails lists them")
             hits = hits[: fit.shown]
         pictures = [_thumbnail(h.path, thumbnails, fit.rows) for h in hits]
     table = Table(show_header=True, header_style="bold", expand=False, show_lines=thumbnails is not None)
@@ -203,9 +211,13 @@ def hits_table(hits: list[Hit], thumbnails: str | None = None, *, fit_screen: bo
         table.add_column("photo", no_wrap=True, width=max(cols for _, cols in pictures))
     table.add_column("score", justify="right", no_wrap=True)
     table.add_column("path, caption, why it matched", overflow="fold")
+    others = [len(str(max((h.rank for h in hits), default=1))), 5]  # rank and score
+    if thumbnails is not None:
+        others.append(max(cols for _, cols in pictures))
+    width = text_column_width(console.width, others)
     for i, h in enumerate(hits):
         about = Text()
-        about.append(shown_path(h.path), style="bold")
+        about.append(path_lines(shown_path(h.path), width), style="bold")
         if len(h.paths) > 1:  # the same photo (same bytes) in other places too
             more = len(h.paths) - 1
             about.append(f"  (+{more} {'copy' if more == 1 else 'copies'})", style="dim")
@@ -219,6 +231,18 @@ def hits_table(hits: list[Hit], thumbnails: str | None = None, *, fit_screen: bo
             cells.insert(1, pictures[i][0])
         table.add_row(*cells)
     console.print(table)
+    if not_shown:
+        sys.stdout.flush()
+        info(not_shown)
+
+
+def _failed_status_lines(s: Status, shown: int = 10) -> list[str]:
+    """`failed: N`, then which photos and why (a count alone leaves the user to dig in .imgrag/)."""
+    lines = [f"failed:       {s.failed}" + (" (tried again by the next run)" if s.failed else "")]
+    lines += [f"  {p['path']}: {p['reason']}" for p in s.failed_photos[:shown]]
+    if s.failed > shown:
+        lines.append(f"  ... and {s.failed - shown} more (imgrag status --json lists them all)")
+    return lines
 
 
 def _quarantined_status_lines(s: Status, shown: int = 10) -> list[str]:
@@ -244,7 +268,7 @@ def status_text(s: Status) -> str:
         f"folders:      {', '.join(s.roots) or '-'}",
         f"photos:       {s.photos} found" + (f" ({s.files} files)" if s.files != s.photos else ""),
         f"described:    {s.described}",
-        f"failed:       {s.failed}",
+        *_failed_status_lines(s),
         *_quarantined_status_lines(s),
         f"embedded:     {s.embedded}",
         f"index:        {index}",

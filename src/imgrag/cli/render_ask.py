@@ -69,7 +69,8 @@ def answer(events: Iterator[str | AskResult], *, json_out: bool, thumbnails: str
             hits_table([replace(h, rank=n) for n, h in cited], thumbnails)
     else:
         for n, h in cited:
-            print(f"[{n}]\t{shown_path(h.path)}\t{h.taken or ''}")
+            # No empty last field (a line ending in a tab): the date only when the photo has one.
+            print("\t".join([f"[{n}]", shown_path(h.path), *([h.taken] if h.taken else [])]))
     sys.stdout.flush()
     return result
 

@@ -5,13 +5,31 @@ and `index`)."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 from imgrag.cli.render import age, info, is_terminal, stderr_console
 from imgrag.describe.batch import BATCH_DISCOUNT, BatchSummary
 from imgrag.describe.live import DescribeSummary
+from imgrag.errors import UsageError
 from imgrag.index.build import EmbedSummary
 from imgrag.pipeline import Report, estimate_line
+from imgrag.store.workspace import Workspace
+
+
+def which_index(photos: Path | None, index: Path | None, new_index: bool) -> Path | None:
+    """The --index a describe/embed/index run uses: PHOTOS' own with --new-index; when an
+    index in a parent folder covers PHOTOS (and will be used), one line on stderr says so."""
+    if new_index:
+        if photos is None or index is not None:
+            raise UsageError("--new-index makes an index beside PHOTOS: give PHOTOS, and not --index")
+        return Workspace.beside(photos).root
+    if photos is not None and index is None and photos.is_dir():
+        ws = Workspace.for_photos(photos)
+        if ws.root != Workspace.beside(photos).root:
+            info(f"imgrag: using the index in {ws.root}, which covers {photos.resolve()} "
+                 "(--new-index makes one of its own)")
+    return index
 
 
 class PipelineProgress(Report):
@@ -102,12 +120,14 @@ def _quarantine_lines(s: DescribeSummary | BatchSummary) -> None:
 
 def embed_summary(s: EmbedSummary) -> None:
     kind = {"flat": "exact", "ivf-sq8": "IVF-SQ8"}.get(s.index_type, s.index_type)
+    undescribed = s.photos - s.described - s.quarantined
     info(
         f"imgrag: indexed {s.described} of {s.photos} photos ({s.encoded} embedded now, "
-        + (f"{s.copies} {'copy' if s.copies == 1 else 'copies'} of another photo's description, " if s.copies else "")
+        + (f"{s.copies} share{'s' if s.copies == 1 else ''} a description with another photo, " if s.copies else "")
         + f"{s.cached} from cache)"
         + (f"; {kind} index written" if s.rebuilt_index else "; index unchanged")
-        + (f"; {s.photos - s.described} not described yet" if s.photos > s.described else "")
+        + (f"; {undescribed} not described yet" if undescribed > 0 else "")
+        + (f"; {s.quarantined} quarantined (see `imgrag status`)" if s.quarantined else "")
     )
 
 

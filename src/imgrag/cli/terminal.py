@@ -82,3 +82,24 @@ def thumbnail_cells(width: int, height: int, rows: int) -> tuple[int, int]:
     if cols <= most:
         return max(1, cols), rows
     return most, max(1, round(most * height / (2 * width)))
+
+
+def path_lines(path: str, width: int) -> str:
+    """`path` broken into lines of at most `width` characters after a `/` (or the system's
+    separator), so a narrow terminal wraps it between names, not inside one; a single name
+    longer than `width` is left for the table to fold."""
+    if width <= 0 or len(path) <= width:
+        return path
+    lines = [""]
+    for part in re.split(r"(?<=[/\\])", path):
+        if lines[-1] and len(lines[-1]) + len(part) > width:
+            lines.append("")
+        lines[-1] += part
+    return "\n".join(lines)
+
+
+def text_column_width(console_width: int, other_columns: list[int]) -> int:
+    """The width rich gives a table's last column when the table fills `console_width`:
+    each column has one space of padding on either side, and a border before each and at the end."""
+    borders = len(other_columns) + 2
+    return console_width - borders - sum(w + 2 for w in other_columns) - 2

@@ -415,7 +415,10 @@ class _BatchJob:
         yield sha, json_line({"custom_id": sha, "method": "POST", "url": CHAT_URL, "body": body})
 
     def _data_url(self, sha: str) -> str:
-        return prepare_image(self.groups[sha][0].path, max_side=self.settings.max_side).data_url()
+        image = prepare_image(self.groups[sha][0].path, max_side=self.settings.max_side)
+        if image.warning:  # a JPEG cut short: described as far as it decodes, as viewers show it
+            self.progress.warn(f"{self.groups[sha][0].rel}: {image.warning}")
+        return image.data_url()
 
     def _submit_file(self, photos: list[str], content: IO[bytes]) -> None:
         """intent -> upload -> uploaded -> create (token in its metadata) -> submitted: a kill

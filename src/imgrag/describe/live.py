@@ -272,6 +272,8 @@ class _Job:
         except (PhotoError, OSError) as e:
             self._fail(sha, f"unreadable photo: {e}", "photo")
             return None
+        if image.warning:  # a JPEG cut short: described as far as it decodes, as viewers show it
+            self.progress.warn(f"{self.groups[sha][0].rel}: {image.warning}")
         return _Prepared(sha, image.data_url(), meta)
 
     def _describe(self, photo: _Prepared) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imgrag.describe.quarantine import load_quarantine
 from imgrag.errors import Interrupted, UsageError
 from imgrag.index.embedding import (
     DEFAULT_MODEL,
@@ -50,6 +51,7 @@ class EmbedSummary:
     encoded: int = 0  # texts embedded this run
     cached: int = 0  # texts whose vector was in the cache before this run
     copies: int = 0  # photos whose text was encoded this run for another photo with the same text
+    quarantined: int = 0  # photos without a description because they are quarantined (never described)
     rebuilt_index: bool = False
     index_type: str = ""  # the dense index kind: flat (exact) or ivf-sq8
     model: str = ""
@@ -61,13 +63,16 @@ def workspace_for(photos: Path | None, index: Path | None) -> Workspace:
     return Workspace.for_photos(photos, index) if photos is not None else Workspace.find(Path.cwd(), index)
 
 
-def collect_docs(ws: Workspace, photos: Path | None) -> tuple[list[Doc], int]:
-    """The index rows: every photo under the roots that has a description."""
+def collect_docs(ws: Workspace, photos: Path | None) -> tuple[list[Doc], int, int]:
+    """The index rows: every photo under the roots that has a description; with the count
+    of photos, and of those quarantined (they will not get one: not "to describe")."""
     if photos is not None:
         ws.add_root(photos)
     # A root that is gone (unplugged drive, deleted folder) contributes no photos.
     groups = by_content(scan(ws, [r for r in ws.roots() if r.is_dir()]))
-    return docs_for(groups, load_descriptions(ws)), len(groups)
+    described = load_descriptions(ws)
+    held = load_quarantine(ws, described)
+    return docs_for(groups, described), len(groups), sum(1 for sha in groups if sha in held)
 
 
 def docs_for(groups: dict[str, list[PhotoFile]], described: dict[str, dict]) -> list[Doc]:
@@ -101,7 +106,7 @@ def run_embed(photos: Path | None, model_name: str | None, *, rebuild: bool = Fa
     # A full or read-only disk: one line, and the previous index stays searchable.
     with ws.writer_lock(wait=wait), storage_errors(ws.root):
         manifest = ws.read_manifest()
-        docs, summary.photos = collect_docs(ws, photos)
+        docs, summary.photos, summary.quarantined = collect_docs(ws, photos)
         summary.described = len(docs)
         if not docs and photos is not None and not ws.paths.descriptions.exists():
             raise UsageError(f"no descriptions yet for {photos}: run `imgrag describe {photos}` first")
@@ -205,7 +210,9 @@ def _encode_into(cache: VectorCache, model: Any, todo: list[tuple[str, str]], sh
         if cancel is not None and cancel.is_set():
             raise Interrupted(f"embedding cancelled: {start} of {len(todo)} new texts were embedded and kept")
         part = todo[start : start + chunk]
-        vecs = model.encode([t for _, t in part], show_progress=show_progress and bar is None)
+        # Never sentence-transformers' own "Batches" bar: a bar of ours (above) or none, so a
+        # terminal sees imgrag's progress and summary only.
+        vecs = model.encode([t for _, t in part], show_progress=False)
         cache.add([k for k, _ in part], vecs)
         if bar is not None:
             bar.update(len(part))

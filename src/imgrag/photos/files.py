@@ -82,6 +82,7 @@ class PreparedImage:
     jpeg: bytes = field(repr=False)
     width: int
     height: int
+    warning: str | None = None  # the photo was usable, but not whole (a JPEG cut short)
 
     def data_url(self) -> str:
         return "data:image/jpeg;base64," + base64.b64encode(self.jpeg).decode("ascii")
@@ -462,7 +463,7 @@ def prepare_image(
         if is_jpeg:
             _draft(img, max_side)
         with DECODES.hold(img.width * img.height):
-            _decode(img, is_jpeg)
+            warning = _decode(img, is_jpeg)
             turn = _turn(img)  # read from the file's image: a reduced copy may not carry it (TIFF)
             img = _reduce(img, max_side)
         if turn is not None:
@@ -471,7 +472,7 @@ def prepare_image(
     img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     img.info.clear()  # Pillow copies some info keys (e.g. comment) into saved files
     img, jpeg = _encode_within(img, quality, max_base64_bytes)
-    return PreparedImage(jpeg=jpeg, width=img.width, height=img.height)
+    return PreparedImage(jpeg=jpeg, width=img.width, height=img.height, warning=warning)
 
 
 def _draft(img: Image.Image, max_side: int) -> None:
@@ -514,32 +515,64 @@ def _reduce(img: Image.Image, max_side: int) -> Image.Image:
     return out
 
 
-def _decode(img: Image.Image, is_jpeg: bool) -> None:
-    # A full load, with ImageFile.LOAD_TRUNCATED_IMAGES left off, is what makes a cut-off
-    # file raise instead of being padded with grey.
+def _decode(img: Image.Image, is_jpeg: bool) -> str | None:
+    """Decode the pixels; a JPEG cut short but mostly there decodes as far as it goes (what
+    viewers show), and a warning says so. Anything less raises PhotoError."""
+    ended_early = _end_at_eof(img) if is_jpeg else None
     try:
         img.load()
     except Image.DecompressionBombError as e:
         raise PhotoError(_bomb_reason(e)) from e
     except _CORRUPT as e:
         raise PhotoError("truncated or corrupt image") from e
-    if is_jpeg and img.mode in ("L", "RGB") and _grey_padded(img):
+    missing = _grey_padded_rows(img) if is_jpeg and img.mode in ("L", "RGB") else 0
+    if missing > img.height * (1 - MIN_DECODED):
         raise PhotoError("truncated or corrupt image")
+    if missing:
+        return f"truncated: its last {missing / img.height:.0%} of rows are missing; described what decodes"
+    if ended_early is not None and ended_early():
+        return "truncated file: described what decodes"
+    return None
 
 
-def _grey_padded(img: Image.Image) -> bool:
-    """True when libjpeg filled the image's tail with mid-grey.
+# A cut-off JPEG is described when at least this share of its rows decodes (the bottom
+# strip of a photo rarely decides what it shows); less is treated as unreadable.
+MIN_DECODED = 0.75
+
+
+def _end_at_eof(img: Image.Image) -> Callable[[], bool]:
+    """Pillow's ImageFile.LOAD_TRUNCATED_IMAGES for this one image: at a premature end of
+    the file, hand libjpeg the end-of-image marker, so it finishes with what it has (and
+    pads the rest with grey). That setting is global to the process, and other threads
+    decode other photos meanwhile, so this shadows the image's own `load_read`
+    (JpegImageFile.load_read's truncated branch) instead. Returns whether it happened."""
+    read = img.load_read  # type: ignore[attr-defined]
+    ended = False
+
+    def load_read(read_bytes: int) -> bytes:
+        nonlocal ended
+        data = read(read_bytes)
+        if not data and not ended:
+            ended = True
+            return b"\xff\xd9"
+        return data
+
+    img.load_read = load_read  # type: ignore[attr-defined]
+    return lambda: ended
+
+
+def _grey_padded_rows(img: Image.Image) -> int:
+    """How many rows at the bottom libjpeg filled with mid-grey: the part of a JPEG cut short.
 
     A scan that hits an end marker early is padded with exact 128 grey and libjpeg only
     warns, which Pillow does not surface. Padding always reaches the bottom row; a top row
     that is grey too means a flat grey picture rather than missing data.
     """
-    def flat_grey(y: int) -> bool:
-        extrema = img.crop((0, y, img.width, y + 1)).getextrema()
-        bands = extrema if isinstance(extrema[0], tuple) else (extrema,)
-        return all(band == (128, 128) for band in bands)
-
-    return flat_grey(img.height - 1) and not flat_grey(0)
+    pixels = np.asarray(img)
+    grey = (pixels == 128).reshape(img.height, -1).all(axis=1)
+    if not grey[-1] or grey[0]:
+        return 0
+    return int(img.height - np.flatnonzero(~grey)[-1] - 1)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

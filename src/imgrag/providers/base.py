@@ -39,7 +39,8 @@ class VisionProvider(Protocol):
     name: str
     model: str
     key_setting: str  # the setting that holds its API key, for messages
-    base_url: str | None
+    base_url: str | None  # the URL requests go to (the SDK's, whichever setting chose it), for messages
+    base_url_setting: str  # the setting that chose it, for messages
     timeout: float
     client: Any  # the SDK's client: the Batch API and the chat model send through it too
     sdk: ModuleType
@@ -68,14 +69,18 @@ def make_chat_provider(settings: Settings, sdk: ModuleType, client_class: Any, *
     )
     return ChatCompletionsProvider(
         name=name, client=client, sdk=sdk, model=settings.vision_model, key_setting=key_setting,
-        base_url=settings.base_url, timeout=settings.timeout,
+        # The URL the SDK uses: IMGRAG_BASE_URL, else its own GROQ_/OPENAI_BASE_URL, else its default.
+        base_url=str(client.base_url).rstrip("/"), timeout=settings.timeout,
+        base_url_setting=settings.base_url_setting(),
     )
 
 
 class ChatCompletionsProvider:
     def __init__(self, *, name: str, client: Any, sdk: ModuleType, model: str, key_setting: str,
-                 base_url: str | None = None, timeout: float = 60.0) -> None:
+                 base_url: str | None = None, timeout: float = 60.0,
+                 base_url_setting: str = "IMGRAG_BASE_URL") -> None:
         self.name = name
+        self.base_url_setting = base_url_setting
         self.client = client
         self.sdk = sdk
         self.model = model
@@ -127,7 +132,8 @@ class ChatCompletionsProvider:
             return TransientError("the request timed out")
         if isinstance(e, self.sdk.APIConnectionError):
             where = self.base_url or f"the {self.name} API"
-            return TransientError(f"cannot connect to {where} ({e.__cause__ or e}): check IMGRAG_BASE_URL and the network")
+            return TransientError(f"cannot connect to {where} ({e.__cause__ or e}): check {self.base_url_setting} "
+                                  "and the network")
         return TransientError(f"unreadable response ({e})")  # a response the SDK cannot read
 
     def _create(self, params: dict[str, Any]) -> tuple[dict[str, str], bytes]:
@@ -193,7 +199,7 @@ class ChatCompletionsProvider:
         if status == 404 and code != "model_not_found" and "model" not in message.lower():
             return FatalProviderError(
                 f"no chat-completions endpoint at {self.base_url or 'the default URL'} (404: {message}): "
-                "check IMGRAG_BASE_URL (or --base-url); OpenAI-compatible servers usually end in /v1",
+                f"check {self.base_url_setting}; OpenAI-compatible servers usually end in /v1",
                 headers,
             )
         if status == 404 or code == "model_not_found":

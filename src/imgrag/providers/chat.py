@@ -85,6 +85,7 @@ def make_text_provider(settings: Settings, model_setting: str = "IMGRAG_ANSWER_M
     """The provider for `settings.model`, its client built as describe builds its own."""
     base = make_provider(settings)
     provider = TextChatProvider(name=base.name, client=base.client, sdk=base.sdk, model=base.model,
-                                key_setting=base.key_setting, base_url=base.base_url, timeout=base.timeout)
+                                key_setting=base.key_setting, base_url=base.base_url, timeout=base.timeout,
+                                base_url_setting=base.base_url_setting)
     provider.model_setting = model_setting
     return provider

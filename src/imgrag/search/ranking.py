@@ -228,7 +228,9 @@ def read_hits(generation: Generation, ranked: Ranked, picked: Iterable[int], pat
         shown = paths[row] if paths is not None else absolute_paths(generation, d.paths)
         hits.append(Hit(
             rank=i,
-            score=round(score, 4),
+            # Shown from 0 to 1, as documented: meaning plus word evidence can sum past 1 (a
+            # --like of a photo whose copy has the same description); the order uses the sum.
+            score=round(min(score, 1.0), 4),
             sha256=d.sha256,
             path=shown[0] if shown else "",
             paths=shown,

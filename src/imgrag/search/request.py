@@ -39,16 +39,19 @@ def cut_off(options: SearchOptions) -> float | None:
     return None if options.show_all else options.min_score
 
 
-def why_nothing(searcher: Searcher, options: SearchOptions, *, flag: str = "--min-score", all_flag: str = "--all",
-                filter_flags: str = "--in/--after/--before") -> str:
-    """Why a search found nothing and what to try: the CLI's hint, also the page's."""
+def why_nothing(searcher: Searcher, options: SearchOptions, *, flag: str = "--min-score",
+                all_flag: str | None = "--all", filter_flags: str = "--in/--after/--before") -> str:
+    """Why a search found nothing and what to try: the CLI's hint, also the page's
+    (`all_flag` None: the command has no such flag, as `ask` has not)."""
     if searcher.generation.size == 0:
         return " (the index is empty)"
     if searcher.allowed is not None and not searcher.allowed:
         return f" (no indexed photo passes {filter_flags})"
+    anyway = f"{flag} 0 or {all_flag}" if all_flag else f"{flag} 0"
     if options.min_score is not None:
-        return f" (none scored {options.min_score:g} or more; {flag} 0 or {all_flag} shows the nearest anyway)"
-    return f" (none stands out as a match for this query; {all_flag} or {flag} 0 shows the nearest anyway)"
+        return f" (none scored {options.min_score:g} or more; {anyway} shows the nearest anyway)"
+    anyway = f"{all_flag} or {flag} 0" if all_flag else f"{flag} 0"
+    return f" (none stands out as a match for this query; {anyway} shows the nearest anyway)"
 
 
 @dataclass

@@ -88,6 +88,7 @@ class Searcher:
         self.query_encoder = query_encoder
         self.generation = open_index(self.ws, embed_model)
         self.allowed = allowed_rows(self.generation, self.ws, filters or Filters())
+        self.inside = _inside(self.ws, filters)  # --in: the copies inside it are the ones shown
         self.missing: set[str] = set()  # indexed files found gone while searching (see _rank)
         # A server is asked the same few filters again and again, and the rows that pass them
         # stay the same for this index generation: select them once (at 100k photos the SQL
@@ -144,7 +145,7 @@ class Searcher:
             located = self.generation.locate(ranked.rows.tolist())
             kept: list[tuple[int, list[str]]] = []  # (position in `ranked`, copies on disk)
             for i, row in enumerate(ranked.rows.tolist()):
-                there = self._on_disk(absolute_paths(self.generation, located[row][0]))
+                there = self._shown_first(self._on_disk(absolute_paths(self.generation, located[row][0])))
                 if there:
                     kept.append((i, there))
                     if len(kept) == need:
@@ -160,6 +161,14 @@ class Searcher:
         for h in hits:
             h.rank += window.start
         return hits
+
+    def _shown_first(self, paths: list[str]) -> list[str]:
+        """The copies inside the `--in` folder first: a photo found there is shown there,
+        not at a copy elsewhere (`path` is the first copy)."""
+        if self.inside is None:
+            return paths
+        prefix = self.inside + os.sep
+        return sorted(paths, key=lambda p: not (p == self.inside or p.startswith(prefix)))
 
     def _on_disk(self, paths: list[str]) -> list[str]:
         """The copies that still exist (each one gone is remembered, for stale_warning)."""
@@ -204,6 +213,7 @@ class Searcher:
         """This open index and its loaded encoder, under other filters (one request's)."""
         other = copy.copy(self)  # shares this one's caches
         other.allowed = self._allowed_for(filters)
+        other.inside = _inside(self.ws, filters)
         return other
 
     def _allowed_for(self, filters: Filters) -> set[int] | None:
@@ -243,6 +253,14 @@ class Searcher:
         except RuntimeError:  # an index type that keeps no vectors: embed its text again
             text = self.generation.docs([row])[row].text
             return self.encoder().encode([text])[0]
+
+
+def _inside(ws: Workspace, filters: Filters | None) -> str | None:
+    """The `--in` folder as the index's absolute paths spell it (under the workspace base)."""
+    if filters is None or filters.under is None:
+        return None
+    folder = os.path.relpath(filters.under.expanduser().resolve(), ws.base.resolve())
+    return os.path.normpath(os.path.join(ws.base, folder))
 
 
 def run_search(query: str, *, index: Path | None, embed_model: str | None, options: SearchOptions,

@@ -44,7 +44,9 @@ class Workspace:
 
     @classmethod
     def for_photos(cls, photos: Path, index: Path | None = None) -> Workspace:
-        """The workspace that `describe`/`embed PHOTOS` write: `--index`, else PHOTOS/../.imgrag."""
+        """The workspace that `describe`/`embed PHOTOS` write: `--index`, else the nearest
+        index in a parent folder that already covers PHOTOS (one of its photo folders holds
+        it, as git finds `.git`), else a new one beside PHOTOS (PHOTOS/../.imgrag)."""
         resolved = photos.resolve()
         if DIR_NAME in resolved.parts:
             # Photos kept in our own state folder would index themselves (and nest a new .imgrag/).
@@ -55,7 +57,34 @@ class Workspace:
         if not resolved.exists():
             raise UsageError(f"no such folder: {resolved}")
         folder = resolved if resolved.is_dir() else resolved.parent
+        return cls.covering(folder) or cls.beside(folder)
+
+    @classmethod
+    def beside(cls, folder: Path) -> Workspace:
+        """A workspace of `folder`'s own, next to it (`--new-index`): FOLDER/../.imgrag."""
+        folder = folder.resolve()
         return cls(folder.parent / DIR_NAME)
+
+    @classmethod
+    def covering(cls, folder: Path) -> Workspace | None:
+        """The nearest existing workspace, in `folder` or a parent, one of whose photo
+        folders is `folder` or holds it: indexing a subfolder of an indexed folder uses that
+        index, instead of making a second one that hides it and describes its photos again."""
+        for parent in (folder, *folder.parents):
+            candidate = parent / DIR_NAME
+            if candidate.is_dir():
+                ws = cls(candidate)
+                try:
+                    if ws.covers(folder):
+                        return ws
+                except UsageError:  # a manifest this imgrag cannot read: not ours to take over
+                    continue
+        return None
+
+    def covers(self, folder: Path) -> bool:
+        """Whether `folder` is one of this workspace's photo folders or inside one."""
+        folder = folder.resolve()
+        return any(folder == root or root in folder.parents for root in (r.resolve() for r in self.roots()))
 
     @classmethod
     def find(cls, start: Path, index: Path | None = None) -> Workspace:
@@ -111,9 +140,10 @@ class Workspace:
         return manifest
 
     def add_root(self, photos: Path) -> None:
+        """Remember a photo folder (not one inside a folder already remembered: it would be scanned twice)."""
         roots = list(self.read_manifest().get("roots", []))
         rel = self.relative(photos.resolve())
-        if rel not in roots:
+        if rel not in roots and not self.covers(photos):
             self.update_manifest(roots=sorted([*roots, rel]))
 
     def roots(self) -> list[Path]:

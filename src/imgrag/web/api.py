@@ -24,7 +24,6 @@ from imgrag.search.searcher import clean_query
 from imgrag.status import collect_status, next_step
 from imgrag.store.files import json_bytes
 from imgrag.store.serving import PhotoFile, Refused
-from imgrag.store.workspace import Workspace
 from imgrag.web.ask_api import verified
 from imgrag.web.http_errors import Forbidden, NotFound
 from imgrag.web.jobs import Job
@@ -261,7 +260,9 @@ def _chunks(photo: PhotoFile, chunk: int = 1 << 20):
 def status(server: ServerDep):
     job = server.jobs.running()
     served = server.index.current(wait=0)
-    key = (served.name if served else None, job.version if job else None, _log_size(server.ws))
+    # The logs' sizes: a describe job that only failed photos changes failures.jsonl alone.
+    key = (served.name if served else None, job.version if job else None, _log_size(server.ws.paths.descriptions),
+           _log_size(server.ws.paths.failures))
     with server.status_lock:
         cached = server.status_cache
         if cached is None or cached[1] != key or time.monotonic() - cached[0] > STATUS_TTL:
@@ -273,9 +274,9 @@ def status(server: ServerDep):
             "generation": served.name if served else None, "job": job.as_dict() if job else None}
 
 
-def _log_size(ws: Workspace) -> int:
+def _log_size(log: Path) -> int:
     try:
-        return ws.paths.descriptions.stat().st_size
+        return log.stat().st_size
     except OSError:
         return -1
 

@@ -92,7 +92,7 @@ class Jobs:
         with self._lock:
             busy = self.running()
             if busy is not None:
-                raise Busy(f"a {busy.kind} job is already running (id {busy.id}): wait for it or cancel it")
+                raise Busy(f"{_a(busy.kind)} {busy.kind} job is already running (id {busy.id}): wait for it or cancel it")
             if not dry_run:
                 self._check_lock()
             job = Job(kind=kind, dry_run=dry_run, limit=limit)
@@ -135,6 +135,7 @@ class Jobs:
         try:
             result = run_pipeline(self.photos, self.settings, steps, report, index=self.ws.root)
             report.flush()
+            report.final_counts()
             if result.pending is not None:
                 job.changed(estimate={**(job.estimate or {}), "embed": result.pending.next_embed,
                                       "update_index": result.pending.next_rebuild_index})
@@ -181,7 +182,8 @@ class _JobReport(Report):
             self.job.changed(phase="describe")
         else:
             self.flush()
-            self.job.changed(phase="embed", done=0, total=0, failed=0)
+            self.job.changed(phase="embed", done=0, total=0)  # texts from here; `failed` stays the photos'
+
 
     def described(self, summary: DescribeSummary | BatchSummary) -> None:
         self.described_folders.append(summary)
@@ -204,6 +206,15 @@ class _JobReport(Report):
         if totals.get("stopped_by") in ("quota", "unavailable"):
             self.job.changed(message=f"stopped: {totals.get('stop_reason')}; run it again later")
 
+    def final_counts(self) -> None:
+        """A finished job's done/total/failed agree with its result: the photos it was to
+        describe (done: described or failed; total: described and those still to do, the failed
+        ones among them), else the texts it embedded."""
+        if not self.described_folders:
+            return
+        r = self.job.result
+        self.job.changed(done=r["described"] + r["failed"], total=r["described"] + r["remaining"], failed=r["failed"])
+
     def embedding(self, done: int, total: int) -> None:
         self.job.changed(done=done, total=total)
 
@@ -213,6 +224,11 @@ class _JobReport(Report):
                                  "rebuilt_index": summary.rebuilt_index})
         if self.on_written is not None:
             self.on_written()  # so a search right after "done" sees what the job indexed
+
+
+def _a(word: str) -> str:
+    """The article before `word`: "an index job", "a describe job"."""
+    return "an" if word[:1] in "aeiou" else "a"
 
 
 def _estimate_json(summaries: list[DescribeSummary]) -> dict[str, Any]:

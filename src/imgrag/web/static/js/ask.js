@@ -4,12 +4,33 @@
 
 import { postEvents } from "./api.js";
 import { $, clear, h, show } from "./dom.js";
-import { openPhoto, readUrl } from "./url-state.js";
+import { openPhoto, readUrl, searchKey } from "./url-state.js";
 
 const ui = {
-  form: $("ask-form"), input: $("ask-q"), box: $("answer"),
+  form: $("ask-form"), input: $("ask-q"), box: $("answer"), scope: $("ask-scope"),
   text: $("answer-text"), cited: $("answer-cited"), meta: $("answer-meta"),
 };
+const ASK_FILTERS = [["in", "in"], ["after", "taken from"], ["before", "taken before"], ["min_score", "minimum score"]];
+let answeredFor = null; // the search (URL without the open photo) the answer shown was asked under
+
+/** The search's filters apply to the Ask box too: say which, under it (nothing when none). */
+function showScope(params) {
+  const used = ASK_FILTERS.filter(([key]) => params[key]).map(([key, label]) => `${label} ${params[key]}`);
+  ui.scope.textContent = used.length ? `Asks only about photos that pass the search's filters: ${used.join(", ")}.` : "";
+  show(ui.scope, used.length > 0);
+}
+
+/** The URL changed: the filters line follows it, and an answer goes once another search is shown. */
+export function askFollowsUrl(params) {
+  showScope(params);
+  if (answeredFor !== null && searchKey(params) !== answeredFor) {
+    answeredFor = null;
+    show(ui.box, false);
+    ui.text.textContent = "";
+    clear(ui.cited);
+    ui.meta.textContent = "";
+  }
+}
 
 async function askQuestion(event) {
   event.preventDefault();
@@ -19,6 +40,7 @@ async function askQuestion(event) {
   const params = readUrl();
   for (const key of ["in", "after", "before"]) if (params[key]) body[key] = params[key];
   if (params.min_score) body.min_score = Number(params.min_score);
+  answeredFor = searchKey(params);
   show(ui.box, true);
   ui.text.textContent = "";
   clear(ui.cited);

@@ -17,6 +17,9 @@ export function formatDate(text, withTime = false) {
 
 export function formatNumber(n) { return typeof n === "number" ? n.toLocaleString() : String(n ?? ""); }
 
+/** "1 photo", "2 photos": a count and its noun, agreeing. */
+export function countOf(n, one, many = `${one}s`) { return `${formatNumber(n)} ${n === 1 ? one : many}`; }
+
 export function formatDuration(seconds) {
   if (seconds === null || seconds === undefined || !isFinite(seconds)) return "";
   if (seconds < 90) return `${Math.max(1, Math.round(seconds))} s`;

@@ -3,7 +3,7 @@
 
 import { api } from "./api.js";
 import { $, show, togglePanel } from "./dom.js";
-import { formatDuration, formatNumber } from "./format.js";
+import { countOf, formatDuration, formatNumber } from "./format.js";
 
 const JOB_LABELS = { describe: "Describe", embed: "Embed", index: "Index" };
 const FINISHED = new Set(["done", "failed", "cancelled"]); // a job's final states (GET /api/jobs/{id})
@@ -55,7 +55,7 @@ function estimateText(kind, job) {
   const parts = [];
   if (kind !== "embed") {
     const photos = e.photos || 0;
-    parts.push(photos ? `Would describe ${formatNumber(photos)} photos` : "No photo needs describing");
+    parts.push(photos ? `Would describe ${countOf(photos, "photo")}` : "No photo needs describing");
     if (photos && (e.prompt_tokens || e.completion_tokens)) {
       parts.push(`: ~${formatNumber(e.prompt_tokens || 0)} input + ~${formatNumber(e.completion_tokens || 0)} output tokens`);
     }
@@ -67,7 +67,7 @@ function estimateText(kind, job) {
   }
   if (kind !== "describe") {
     const waiting = e.embed || 0;
-    if (waiting) parts.push(`${parts.length ? " " : ""}Would embed ${formatNumber(waiting)} descriptions waiting (on this machine: no vision request).`);
+    if (waiting) parts.push(`${parts.length ? " " : ""}Would embed ${countOf(waiting, "description")} waiting (on this machine: no vision request).`);
     else if (kind === "embed") parts.push(e.update_index ? "Would update the index (photos moved or deleted)." : "Nothing to embed: the index is up to date.");
   }
   return parts.join("");

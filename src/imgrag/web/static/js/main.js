@@ -2,7 +2,7 @@
 // Hand-written ES modules, no framework or build step. This one wires them together and
 // shows what the URL says.
 
-import { initAsk } from "./ask.js";
+import { askFollowsUrl, initAsk } from "./ask.js";
 import { gridChanged, initDetail, renderDetail } from "./detail.js";
 import { $ } from "./dom.js";
 import { forgetSearch, initGrid, showSearch } from "./grid.js";
@@ -19,6 +19,7 @@ function showUrl() {
   const params = readUrl();
   fillForms(params);
   showSearch(params);
+  askFollowsUrl(params);
   renderDetail(params);
 }
 

@@ -42,6 +42,9 @@ export function initSearchForm() {
     event.preventDefault();
     const q = ui.q.value.trim();
     const params = readUrl();
+    // Minimum score 0 is what "Show the nearest anyway" sets for the query it was shown for:
+    // a new query gets the default set again (a minimum score above 0 set in Filters stays).
+    if (q !== params.q && Number(params.min_score) === 0) delete params.min_score;
     delete params.photo;
     delete params.like;
     if (q) params.q = q; else delete params.q;

@@ -30,7 +30,7 @@ export async function loadStatus({ open = false } = {}) {
   if (!missing) {
     row("Photos", `${formatNumber(s.photos)} found${s.files && s.files !== s.photos ? ` (${formatNumber(s.files)} files)` : ""}`);
     row("Described", formatNumber(s.described));
-    row("Failed", formatNumber(s.failed));
+    fields.append(h("div", {}, h("dt", { text: "Failed" }), h("dd", {}, formatNumber(s.failed), failedList(s))));
     row("Embedded", formatNumber(s.embedded));
     row("Index", s.index_size ? `${formatNumber(s.index_size)} photos, ${s.index_up_to_date ? "up to date" : "out of date"}` : "not built yet");
   }
@@ -59,6 +59,17 @@ export async function loadStatus({ open = false } = {}) {
   }
   // A job running already (started from another tab, or before a reload): follow it.
   followRunning(s.job);
+}
+
+/** Which photos failed (and which are quarantined), and why: a count alone leaves nothing to act on. */
+function failedList(s) {
+  const photos = [...(s.failed_photos || []),
+    ...(s.quarantined_photos || []).map((p) => ({ ...p, reason: `quarantined: ${p.reason}` }))];
+  if (!photos.length) return null;
+  const shown = 10;
+  return h("ul", { id: "status-failed" },
+    photos.slice(0, shown).map((p) => h("li", {}, h("code", { text: p.path }), `: ${p.reason}`)),
+    photos.length > shown ? h("li", { text: `… and ${formatNumber(photos.length - shown)} more (imgrag status --json lists them all)` }) : null);
 }
 
 export function initStatus() {
