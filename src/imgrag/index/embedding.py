@@ -99,12 +99,13 @@ def load_model(name: str) -> LoadedModel:
 
 
 def require_sentence_transformers(name: str) -> None:
-    """One line naming the extra when a model needs sentence-transformers and it is not installed."""
-    import importlib.util
-
-    if importlib.util.find_spec("sentence_transformers") is None or importlib.util.find_spec("torch") is None:
+    """One line naming the extra when a model needs sentence-transformers (torch) and it is
+    not installed. (Imported here because loading the model imports it next anyway.)"""
+    try:
+        import sentence_transformers  # noqa: F401
+    except ImportError:
         raise UsageError(f"the embedding model {name!r} needs sentence-transformers and torch: {MODELS_EXTRA} "
-                         f"(the default {DEFAULT_MODEL} needs neither)")
+                         f"(the default {DEFAULT_MODEL} needs neither)") from None
 
 
 @functools.cache
@@ -113,11 +114,10 @@ def load_sentence_transformer(name: str) -> LoadedModel:
     offline (tests compare the ONNX path with this), a local folder as it is, others from
     the hub cache."""
     name = resolve_model_name(name)
-    require_sentence_transformers(name)
     local = default_model.weights_folder() if default_model.is_default(name) else None
     if local is not None or is_local_model(name):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub for a local folder
-    _quiet_libraries()
+    _quiet_libraries(name)
     from sentence_transformers import SentenceTransformer
 
     try:
@@ -139,12 +139,14 @@ def embedding_dimension(model: Any) -> int | None:
     return get_dim()
 
 
-def _quiet_libraries() -> None:
-    """Loading bars and deprecation chatter from transformers would land in cron mail."""
+def _quiet_libraries(name: str) -> None:
+    """Loading bars and deprecation chatter from transformers would land in cron mail (set
+    before sentence-transformers is first imported: they are read then)."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|sentence_transformers)")
+    require_sentence_transformers(name)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
