@@ -163,7 +163,7 @@ class _Graph:
         elif array.dtype.kind in "iu":
             array = array.astype(np.int64)
         name = self.name(hint)
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        self.initializers.append(numpy_helper.from_array(array if array.flags.c_contiguous else array.copy(order="C"), name))
         return name
 
     def node(self, op: str, inputs: list[str], outputs: list[str] | None = None, **attrs: Any) -> str:

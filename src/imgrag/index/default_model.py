@@ -131,7 +131,8 @@ def download(folder: Path, base_url: str = HUB_URL) -> None:
                     out.write(chunk)
         except httpx.HTTPError as e:
             tmp.unlink(missing_ok=True)
-            raise UsageError(f"cannot download the {NAME} embedding model ({type(e).__name__}: {e}); "
+            reason = (str(e).splitlines() or [""])[0]  # httpx adds a line of advice
+            raise UsageError(f"cannot download the {NAME} embedding model ({type(e).__name__}: {reason}); "
                              f"{OFFLINE_HINT}") from None
         if digest.hexdigest() != want:
             tmp.unlink(missing_ok=True)
