@@ -15,6 +15,7 @@ versions by running each with its own command:
 
     python bench/memory.py                                   # this checkout's .venv/bin/imgrag
     python bench/memory.py --imgrag "env PYTHONPATH=/other/src /other/.venv/bin/imgrag" --label before
+    python bench/memory.py --serve-only            # serve the library the last run embedded
 
 Prints one JSON line."""
 
@@ -96,8 +97,8 @@ def serve_peak(cmd: list[str], cwd: Path, env: dict) -> tuple[float, float]:
     try:
         deadline = time.monotonic() + 120
         while True:
-            try:
-                httpx.get(url + "/api/status", timeout=5)
+            try:  # /healthcheck: /api/status scans the photo folders, seconds at 100,000 photos
+                httpx.get(url + "/healthcheck", timeout=5)
                 break
             except httpx.HTTPError:
                 if time.monotonic() > deadline or proc.poll() is not None:
@@ -118,7 +119,8 @@ def serve_peak(cmd: list[str], cwd: Path, env: dict) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--imgrag", default=str(REPO / ".venv" / "bin" / "imgrag"), help="the command to measure")
-    parser.add_argument("--label", default="this checkout")
+    parser.add_argument("--label", default="this-checkout", help="names the run's library in bench/.cache")
+    parser.add_argument("--serve-only", action="store_true", help="serve the library this label's last run embedded")
     args = parser.parse_args()
     cmd = shlex.split(args.imgrag)
     template = CACHE / f"memory-{PHOTOS}"
@@ -128,18 +130,20 @@ def main() -> None:
         build(template)
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMGRAG_")}
     env["NO_COLOR"] = "1"
-    with tempfile.TemporaryDirectory(prefix="imgrag-memory-") as tmp:
-        base = Path(tmp) / "library"
+    base = CACHE / f"memory-run-{args.label}" / "library"
+    embed_s = embed_mb = None
+    if not args.serve_only or not (base / ".imgrag" / "index").exists():
+        shutil.rmtree(base.parent, ignore_errors=True)
         shutil.copytree(template, base, copy_function=os.link, ignore=shutil.ignore_patterns("vectors"))
         shutil.copytree(template / ".imgrag" / "vectors", base / ".imgrag" / "vectors")  # appended to: a real copy
         log(f"{args.label}: imgrag embed ({PHOTOS} photos, {NEW} new texts)")
         embed_s, embed_mb, said = peak_of([*cmd, "embed", str(base / "photos")], base, env)
         log(f"  {embed_s:.1f}s, peak {embed_mb:.0f} MB: {said.strip().splitlines()[-1:]}")
-        log(f"{args.label}: imgrag serve, {len(QUERIES)} searches")
-        first_search_s, serve_mb = serve_peak(cmd, base, env)
-        log(f"  peak {serve_mb:.0f} MB")
+    log(f"{args.label}: imgrag serve, {len(QUERIES)} searches")
+    first_search_s, serve_mb = serve_peak(cmd, base, env)
+    log(f"  peak {serve_mb:.0f} MB")
     print(json.dumps({"bench": "memory", "label": args.label, "photos": PHOTOS, "new_texts": NEW,
-                      "embed_s": round(embed_s, 1), "embed_peak_rss_mb": round(embed_mb),
+                      "embed_s": embed_s and round(embed_s, 1), "embed_peak_rss_mb": embed_mb and round(embed_mb),
                       "serve_searches": len(QUERIES), "serve_first_search_s": first_search_s,
                       "serve_peak_rss_mb": round(serve_mb), "loadavg": [round(x, 2) for x in os.getloadavg()]}),
           flush=True)
