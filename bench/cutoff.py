@@ -49,7 +49,6 @@ sys.path.insert(0, str(REPO / "bench"))
 from imgrag.index.embedding import DEFAULT_MODEL, VectorCache, cache_dir_name, load_model
 from imgrag.index.generations import Doc, open_generation, write_generation
 from imgrag.index.lexical import stems, words
-from imgrag.index.query_encoder import SentenceTransformersEncoder
 from imgrag.search.cutoff import DEFAULT_CUTOFF, Cutoff
 from imgrag.search.ranking import DEFAULT_LIMIT, SearchOptions, rank
 from imgrag.store.workspace import Workspace
@@ -156,7 +155,7 @@ def shown_ids(generation, vec, query: str, options: SearchOptions, cutoff: Cutof
 def run(photos: list[Photo], size: int, samples: int, model_name: str, cutoffs: dict[str, Cutoff | float],
         seed: int = 0) -> tuple[dict[str, Tally], int]:
     model = load_model(model_name)
-    encoder = SentenceTransformersEncoder(model_name)
+    encoder = model  # queries as imgrag search embeds them with this model
     name = cache_dir_name(model_name, model.fingerprint)
     doc_cache = VectorCache(CACHE / "docs" / name, model.dim)
     query_cache = VectorCache(CACHE / "queries" / name, model.dim)

@@ -38,9 +38,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
+from imgrag.index import default_model
 from imgrag.index.embedding import DEFAULT_MODEL, VectorCache, cache_dir_name, load_model, text_key
 from imgrag.index.generations import Doc, open_generation, write_generation
-from imgrag.index.query_encoder import SentenceTransformersEncoder
+from imgrag.index.query_encoder import QueryEncoder
 from imgrag.search.ranking import (
     DEFAULT_FUSION,
     DEFAULT_MIN_SCORE,
@@ -101,12 +102,11 @@ def cached_vectors(texts: list[str], cache: VectorCache, encode) -> np.ndarray:
 
 def embed_all(items: list[Item], docs: list[Doc], model_name: str, folder: Path) -> tuple[np.ndarray, list[str], np.ndarray]:
     """Document vectors as `imgrag embed` makes them, query vectors as `imgrag search` does, cached in `folder`."""
-    model = load_model(model_name)
-    encoder = SentenceTransformersEncoder(model_name)
+    model = load_model(model_name)  # the default: ONNX Runtime, as embed and search run it; others: sentence-transformers
     queries = [q for it in items for q in it.queries]
     name = cache_dir_name(model_name, model.fingerprint)
     doc_vecs = cached_vectors([d.text for d in docs], VectorCache(folder / "docs" / name, model.dim), model.encode)
-    query_vecs = cached_vectors(queries, VectorCache(folder / "queries" / name, model.dim), encoder.encode)
+    query_vecs = cached_vectors(queries, VectorCache(folder / "queries" / name, model.dim), model.encode)
     return doc_vecs, queries, query_vecs
 
 
@@ -146,7 +146,7 @@ def tune(all_found: list[Candidates], targets: list[int]) -> dict:
     return {"dense": dense, "best": max(safe, key=lambda g: g["MRR"]), "grid": grid}
 
 
-def cutoff_figures(generation, encoder: SentenceTransformersEncoder, right_scores: np.ndarray, positions: np.ndarray) -> dict:
+def cutoff_figures(generation, encoder: QueryEncoder, right_scores: np.ndarray, positions: np.ndarray) -> dict:
     """How a fixed cut-off (DEFAULT_MIN_SCORE, the default before imgrag.search.cutoff) treats right answers found in the top 10, and off-topic queries."""
     in_top10 = (positions >= 0) & (positions < 10)
     right = right_scores[in_top10]
@@ -173,7 +173,7 @@ def cutoff_figures(generation, encoder: SentenceTransformersEncoder, right_score
     }
 
 
-def default_set_figures(generation, encoder: SentenceTransformersEncoder, all_found: list[Candidates], queries: list[str],
+def default_set_figures(generation, encoder: QueryEncoder, all_found: list[Candidates], queries: list[str],
                         query_vecs: np.ndarray, positions: np.ndarray) -> dict:
     """How the default result set (imgrag.search.cutoff) treats right answers found in the top 10,
     and off-topic queries (bench/cutoff.py measures it on one-concept queries)."""
@@ -214,14 +214,18 @@ def speed_figures(models: list[str], docs: list[Doc], queries: list[str], rounds
         for name, model in loaded.items():
             ws = Workspace(Path(tmp) / cache_dir_name(name, model.fingerprint) / ".imgrag")
             ws.root.mkdir(parents=True)
-            print(f"retrieval: exporting {name} to ONNX", file=sys.stderr)
-            record = export(ws, model)  # the ONNX export `imgrag embed` makes for fast searches
-            folder = next((ws.root / "models").iterdir())
+            if model.onnx is not None:  # the default model: its graph, built once per user, serves both
+                folder, record = default_model.encoder_folder()
+            else:
+                print(f"retrieval: exporting {name} to ONNX", file=sys.stderr)
+                record = export(ws, model)  # the ONNX export `imgrag embed` makes for fast searches
+                folder = next((ws.root / "models").iterdir())
             cache = VectorCache(CACHE / "docs" / cache_dir_name(name, model.fingerprint), model.dim)
             vecs = cached_vectors([d.text for d in docs], cache, model.encode)
             write_generation(ws, docs, vecs, {"embedding": {"model": name}})
             setup[name] = {"ws": ws, "generation": open_generation(ws), "record": record,
-                           "encoder": OnnxQueryEncoder(folder, record) if record.get("verified") else None}
+                           "encoder": model.onnx or (OnnxQueryEncoder(folder, record) if record.get("verified") else None),
+                           "onnx_folder": folder}
             model.encode(texts[:32])  # warm-up
         embed_s: dict[str, list[float]] = {m: [] for m in models}
         query_ms: dict[str, list[float]] = {m: [] for m in models}
@@ -247,14 +251,15 @@ def speed_figures(models: list[str], docs: list[Doc], queries: list[str], rounds
             dense = next(ws.paths.index.rglob("dense.faiss"))
             out[name] = {
                 "dim": model.dim,
-                "max_seq_length": int(model.model.max_seq_length),
+                "max_seq_length": int(model.model.max_seq_length if model.model is not None
+                                      else model.onnx.pipeline["max_seq_length"]),
                 "embed_texts_per_s": round(len(texts) / statistics.median(embed_s[name]), 1),
                 "embed_texts": len(texts),
                 "query_ms": round(statistics.median(query_ms[name]), 2) if query_ms[name] else None,
                 "query_encoder": "onnx" if setup[name]["encoder"] else f"refused: {setup[name]['record'].get('reason')}",
                 "index_bytes": folder_bytes(ws.paths.index),
                 "dense_bytes_per_photo": round(dense.stat().st_size / len(docs), 1),
-                "onnx_export_bytes": folder_bytes(ws.root / "models"),
+                "onnx_export_bytes": folder_bytes(setup[name]["onnx_folder"]),
                 "rounds": rounds,
                 "loadavg_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
             }
@@ -316,7 +321,7 @@ def quality(args, path: Path, dataset: str, items: list[Item], docs: list[Doc], 
                     "model": model, **tune(all_found, targets)}
         dense, _, _ = evaluate(all_found, targets, DENSE_ONLY)
         fused, positions, right_scores = evaluate(all_found, targets, DEFAULT_FUSION)
-        encoder = SentenceTransformersEncoder(model)
+        encoder = load_model(model)
         cutoff = cutoff_figures(generation, encoder, right_scores, positions)
         default_set = default_set_figures(generation, encoder, all_found, queries, query_vecs, positions)
         generation.close()

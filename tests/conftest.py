@@ -208,14 +208,6 @@ def copy_tree(src: Path, dst: Path) -> Path:
     return dst
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _share_the_query_encoder_export(tmp_path_factory):
-    """seed_query_encoder (tests/reliability_support.py) makes its export once per session."""
-    import reliability_support
-
-    reliability_support.EXPORT_HOME = shared_root(tmp_path_factory) / "query-encoder-export"
-
-
 # -- fixtures ----------------------------------------------------------------------------------
 
 

@@ -157,53 +157,15 @@ def index_rows(root: Path) -> list[tuple[str, list[str], bytes]]:
     return sorted(rows)
 
 
-EXPORT_HOME: Path | None = None  # where the export is made; tests/conftest.py: one folder a test session
-
-
 def seed_query_encoder(ws_root: Path) -> None:
-    """Give a new `.imgrag/` the packaged model's query-encoder export, made once.
+    """Make sure the default model's encoder is ready before a test that is about something else.
 
-    `imgrag embed` exports the embedding model for fast searches the first time it runs in
-    a workspace (many seconds); tests that are about something else reuse one export
-    instead of paying for it again. The export is keyed by model and weights, not by the
-    photos, and embed checks it file by file before trusting it. It is made by a real
-    `run_embed` in a workspace of its own, once for every process that shares EXPORT_HOME
-    (under a lock), and its files are hard-linked into ws_root (embed writes a new export
-    beside a bad one, never into it)."""
-    import shutil
-    import tempfile
+    The default model needs no export in `ws_root` (once, the first `imgrag embed` of a
+    workspace exported it): its ONNX graph is built once per user
+    (imgrag.index.default_model), safely from several processes at once."""
+    from imgrag.index import default_model
 
-    from filelock import FileLock
-
-    from imgrag.store.workspace import Workspace
-
-    home = EXPORT_HOME or Path(tempfile.gettempdir()) / f"imgrag-export-{os.getpid()}"
-    source = Workspace(home / ".imgrag").paths.models
-    with FileLock(str(home) + ".lock"):
-        if not (home / "ready").exists():
-            from imgrag.config import DEFAULT_EMBED_MODEL
-            from imgrag.index.build import run_embed
-
-            shutil.rmtree(home, ignore_errors=True)
-            draw_photo(home / "photos" / "one.jpg", 1)
-            (home / ".imgrag").mkdir()
-            record = {"sha256": _sha256(home / "photos" / "one.jpg"), "paths": ["photos/one.jpg"],
-                      "description": {"caption": "a photo"}}
-            (home / ".imgrag" / "descriptions.jsonl").write_text(json.dumps(record) + "\n")
-            run_embed(home / "photos", DEFAULT_EMBED_MODEL, index=home / ".imgrag")
-            records = [json.loads(p.read_text()) for p in source.glob("*/encoder.json")]
-            assert records and all(r.get("verified") for r in records), f"no verified export in {source}: {records}"
-            (home / "ready").touch()
-    shutil.copytree(source, Workspace(ws_root).paths.models, dirs_exist_ok=True, copy_function=_link_or_copy)
-
-
-def _link_or_copy(src: str, dst: str) -> None:
-    import shutil
-
-    try:
-        os.link(src, dst)
-    except OSError:  # another file system
-        shutil.copy2(src, dst)
+    default_model.encoder_folder()
 
 
 def _sha256(path: Path) -> str:

@@ -14,13 +14,15 @@ WORDS = ["a", "an", "the", "of", "on", "in", "at", "by", "and", "with", "to", "i
 
 
 def make_tiny_model(folder: Path, seed: int, pooling: str = "mean", max_seq_length: int = 48,
-                    dense: list[tuple[int, str]] = ()) -> Path:
+                    dense: list[tuple[int, str]] = (), kind: str = "bert") -> Path:
     """Write a model folder; a different `seed` gives other weights, same shape. `dense`:
-    Dense layers after the pooling, as (output size, activation class name in torch.nn)."""
+    Dense layers after the pooling, as (output size, activation class name in torch.nn).
+    `kind`: "bert", or "xlm-roberta" (positions counted from the padding id, one token type:
+    the family of multilingual models), with the same word-piece tokenizer."""
     import torch
     import transformers
     from sentence_transformers import SentenceTransformer
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from transformers import BertConfig, BertModel, BertTokenizerFast, XLMRobertaConfig, XLMRobertaModel
 
     try:
         from sentence_transformers.sentence_transformer import modules as models
@@ -35,9 +37,14 @@ def make_tiny_model(folder: Path, seed: int, pooling: str = "mean", max_seq_leng
     (raw / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
     BertTokenizerFast(vocab_file=str(raw / "vocab.txt"), do_lower_case=True).save_pretrained(raw)
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=len(dict.fromkeys(vocab)), hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
-    BertModel(config).save_pretrained(raw)
+    shape = {"vocab_size": len(dict.fromkeys(vocab)), "hidden_size": 32, "num_hidden_layers": 2,
+             "num_attention_heads": 2, "intermediate_size": 64}
+    if kind == "xlm-roberta":
+        config = XLMRobertaConfig(**shape, max_position_embeddings=130, pad_token_id=0, type_vocab_size=1)
+        XLMRobertaModel(config, add_pooling_layer=False).save_pretrained(raw)
+    else:
+        config = BertConfig(**shape, max_position_embeddings=128)
+        BertModel(config).save_pretrained(raw)
     transformer = models.Transformer(str(raw), max_seq_length=max_seq_length)
     pool = models.Pooling(config.hidden_size, pooling_mode=pooling)
     layers, width = [], config.hidden_size

@@ -1,7 +1,8 @@
-"""The fast query encoder seen from the command: `--help` imports nothing heavy, and a
-search through the ONNX export imports no torch and ranks exactly like sentence-transformers
-(real processes: which modules a fresh process imports is the point).
-The export itself is tested in process in tests/unit/test_query_encoder.py."""
+"""The query encoder seen from the command: `--help` imports nothing heavy, and the default
+model indexes and searches without importing torch, ranking exactly like sentence-transformers
+(real processes: which modules a fresh process imports is the point). The export of other
+models is tested in process in tests/unit/test_query_encoder.py; the default model's graph
+in tests/unit/test_default_model.py."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import IMGRAG, invoke, user_env
+from imgrag.index import default_model
 from imgrag.index import query_encoder as qe
 from imgrag.store.workspace import Workspace
 
@@ -36,19 +38,21 @@ def test_help_imports_nothing_heavy(tmp_path):
         assert not names & set(HEAVY), f"imgrag {' '.join(args)} imported {sorted(names & set(HEAVY))}"
 
 
-def test_cli_fast_path_ranks_exactly_like_sentence_transformers(home):
-    """The first embed exports the query encoder (in process; the one test that pays for a
-    fresh export through the command); a search in a fresh process then needs no torch."""
+def test_default_model_never_imports_torch_and_ranks_like_sentence_transformers(home):
+    """The default model runs on ONNX Runtime: `imgrag index` (describe + embed) and `imgrag
+    search` in fresh processes never import torch, though it is installed here, and make no
+    export in the workspace; the ranking is sentence-transformers' own (IMGRAG_QUERY_ENCODER=torch)."""
     cwd, photos, env = home
-    assert invoke("describe", photos, cwd=cwd, env=env).code == 0
-    r = invoke("embed", photos, cwd=cwd, env=env)
-    assert r.code == 0, r.stderr
+    indexed, names = imported_modules(["index", str(photos)], cwd, env)
+    assert indexed.returncode == 0, indexed.stderr
+    assert "onnxruntime" in names and not names & {"torch", "sentence_transformers", "transformers"}
     manifest = json.loads((cwd / ".imgrag" / "manifest.json").read_text())
-    folder = qe.export_dir(Workspace(cwd / ".imgrag"), MODEL, manifest["embedding"]["fingerprint"])
-    assert qe.read_record(folder)["verified"], "embed exported the query encoder"
+    assert manifest["embedding"] == {"model": MODEL, "fingerprint": default_model.FINGERPRINT, "dim": 384}, \
+        "the fingerprint of indexes embedded with sentence-transformers: they stay valid"
+    assert not qe.export_dir(Workspace(cwd / ".imgrag"), MODEL, default_model.FINGERPRINT).exists()
 
     query = ["search", "a dog running by the sea", "--json", "--limit", "4", "--min-score=-1"]
-    fast, names = imported_modules(query, cwd, {**env, qe.ENV_VAR: "onnx"})
+    fast, names = imported_modules(query, cwd, env)
     assert fast.returncode == 0, fast.stderr
     assert "onnxruntime" in names and not names & {"torch", "sentence_transformers", "transformers"}
     slow = invoke(*query, cwd=cwd, env={**env, qe.ENV_VAR: "torch"})
@@ -58,7 +62,7 @@ def test_cli_fast_path_ranks_exactly_like_sentence_transformers(home):
     assert [h["sha256"] for h in fast_hits] == [h["sha256"] for h in slow_hits]
     assert [h["score"] for h in fast_hits] == pytest.approx([h["score"] for h in slow_hits], abs=2e-4)
 
-    # nothing new to embed and the export in place: the model is not even imported
+    # nothing new to embed: the model is not even imported
     again, names = imported_modules(["embed", str(photos)], cwd, env)
     assert again.returncode == 0, again.stderr
-    assert not names & {"torch", "sentence_transformers"}
+    assert not names & {"torch", "sentence_transformers", "onnxruntime"}

@@ -1,9 +1,12 @@
-"""The fast query encoder: an ONNX export of the index's model, verified against
-sentence-transformers, used by search when valid and skipped (slow path) when not.
-In process; what a fresh `imgrag` process imports is in tests/e2e/test_query_encoder_cli.py."""
+"""The fast query encoder of a sentence-transformers model: an ONNX export of the index's
+model, verified against sentence-transformers, used by search when valid and skipped (slow
+path) when not. The model here is all-MiniLM-L6-v2's files as a model folder, which is
+a sentence-transformers model like any other (the default model by name needs no export:
+tests/unit/test_default_model.py). In process; what a fresh `imgrag` process imports is in tests/e2e/test_query_encoder_cli.py."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -12,14 +15,13 @@ import pytest
 
 from imgrag.config import settings_from
 from imgrag.errors import UsageError
+from imgrag.index import default_model
 from imgrag.index import onnx_export as ox
 from imgrag.index import query_encoder as qe
-from imgrag.index.embedding import LoadedModel, load_model
+from imgrag.index.embedding import LoadedModel, load_sentence_transformer
 from imgrag.index.query_encoder import SentenceTransformersEncoder
 from imgrag.store.workspace import Workspace
 from tiny_model import make_tiny_model
-
-MODEL = "all-MiniLM-L6-v2"
 
 # Not the texts the export was verified on.
 TEXTS = [
@@ -36,8 +38,11 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def loaded() -> LoadedModel:
-    return load_model(MODEL)
+def loaded(tmp_path_factory) -> LoadedModel:
+    """all-MiniLM-L6-v2 as a model folder (its files linked), loaded by sentence-transformers."""
+    folder = tmp_path_factory.mktemp("models") / "minilm-folder"
+    shutil.copytree(default_model.weights_folder(), folder, copy_function=os.symlink)
+    return load_sentence_transformer(str(folder))
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +50,8 @@ def exported(tmp_path_factory, loaded):
     """A workspace whose MiniLM export was made (once for this module) by ensure_export."""
     ws = Workspace(tmp_path_factory.mktemp("exported") / ".imgrag")
     ws.root.mkdir()
-    assert ox.ensure_export(ws, MODEL, loaded.fingerprint, loaded) == "exported"
-    return ws, qe.export_dir(ws, MODEL, loaded.fingerprint)
+    assert ox.ensure_export(ws, loaded.name, loaded.fingerprint, loaded) == "exported"
+    return ws, qe.export_dir(ws, loaded.name, loaded.fingerprint)
 
 
 def mode_set_to(value: str) -> str:
@@ -77,12 +82,12 @@ def test_export_is_complete_and_verified(exported, loaded):
     # read from the model's own configuration, not assumed
     assert record["pipeline"]["pooling"] == ["mean"] and record["pipeline"]["max_seq_length"] == 256
     assert record["pipeline"]["dim"] == loaded.dim == 384
-    assert ox.ensure_export(ws, MODEL, loaded.fingerprint) == "ready", "a second embed does not export again"
+    assert ox.ensure_export(ws, loaded.name, loaded.fingerprint) == "ready", "a second embed does not export again"
 
 
 def test_onnx_vectors_match_sentence_transformers(exported, loaded):
     ws, _folder = exported
-    fast = qe.open_encoder(ws, MODEL, loaded.fingerprint)
+    fast = qe.open_encoder(ws, loaded.name, loaded.fingerprint)
     assert isinstance(fast, qe.OnnxQueryEncoder)
     reference = np.concatenate([loaded.encode([t]) for t in TEXTS])
     one_by_one = np.concatenate([fast.encode([t]) for t in TEXTS])
@@ -96,7 +101,7 @@ def test_onnx_vectors_match_sentence_transformers(exported, loaded):
 
 def test_long_text_is_cut_at_the_window_like_sentence_transformers(exported, loaded):
     ws, _ = exported
-    fast = qe.open_encoder(ws, MODEL, loaded.fingerprint)
+    fast = qe.open_encoder(ws, loaded.name, loaded.fingerprint)
     head = "a red bicycle leaning on a fence " * 60
     # past 256 tokens nothing more can change the vector, in either encoder
     a, b = fast.encode([head, head + " and a giraffe eating ice cream"])
@@ -148,18 +153,18 @@ def test_unsupported_pipeline_is_refused_once_and_search_uses_the_slow_path(tmp_
 def test_missing_export_falls_back_to_sentence_transformers(tmp_path, loaded):
     ws = Workspace(tmp_path / ".imgrag")
     ws.root.mkdir()
-    assert isinstance(qe.open_encoder(ws, MODEL, loaded.fingerprint), SentenceTransformersEncoder)
-    assert isinstance(qe.open_encoder(ws, MODEL, None), SentenceTransformersEncoder), "an index without a fingerprint"
+    assert isinstance(qe.open_encoder(ws, loaded.name, loaded.fingerprint), SentenceTransformersEncoder)
+    assert isinstance(qe.open_encoder(ws, loaded.name, None), SentenceTransformersEncoder), "an index without a fingerprint"
     with pytest.raises(UsageError, match="imgrag embed"):
-        qe.open_encoder(ws, MODEL, loaded.fingerprint, mode_set_to("onnx"))
+        qe.open_encoder(ws, loaded.name, loaded.fingerprint, mode_set_to("onnx"))
     with pytest.raises(UsageError, match="auto, onnx, torch"):
-        qe.open_encoder(ws, MODEL, loaded.fingerprint, mode_set_to("fastest"))
+        qe.open_encoder(ws, loaded.name, loaded.fingerprint, mode_set_to("fastest"))
 
 
 def test_forced_slow_path_and_other_fingerprint(exported, loaded):
     ws, _ = exported
-    assert isinstance(qe.open_encoder(ws, MODEL, "0" * 16), SentenceTransformersEncoder), "an export of other weights is not used"
-    assert isinstance(qe.open_encoder(ws, MODEL, loaded.fingerprint, mode_set_to("torch")), SentenceTransformersEncoder)
+    assert isinstance(qe.open_encoder(ws, loaded.name, "0" * 16), SentenceTransformersEncoder), "an export of other weights is not used"
+    assert isinstance(qe.open_encoder(ws, loaded.name, loaded.fingerprint, mode_set_to("torch")), SentenceTransformersEncoder)
 
 
 @pytest.mark.parametrize("damage", ["truncated weights", "garbled graph", "garbled record", "tokenizer gone"])
@@ -175,10 +180,10 @@ def test_damaged_export_falls_back_with_a_warning_and_is_redone(exported, loaded
         (folder / "encoder.json").write_text('{"format": 1, "verif')
     else:
         (folder / "tokenizer.json").unlink()
-    encoder = qe.open_encoder(ws, MODEL, loaded.fingerprint)
+    encoder = qe.open_encoder(ws, loaded.name, loaded.fingerprint)
     assert isinstance(encoder, SentenceTransformersEncoder)
     assert "warning" in capsys.readouterr().err
-    assert ox.export_needed(ws, MODEL, loaded.fingerprint), "the next embed exports it again"
+    assert ox.export_needed(ws, loaded.name, loaded.fingerprint), "the next embed exports it again"
 
 
 @pytest.mark.parametrize("pooling, dense", [
@@ -190,13 +195,12 @@ def test_damaged_export_falls_back_with_a_warning_and_is_redone(exported, loaded
 def test_the_fast_encoder_reproduces_other_pipelines(tmp_path, pooling, dense):
     """Pooling modes and Dense layers read from the model's own files, checked against
     sentence-transformers itself (the same check `imgrag embed` makes before using it)."""
-    from imgrag.index.embedding import load_model
     from imgrag.index.onnx_export import SAMPLE_TEXTS, export
     from imgrag.index.query_encoder import OnnxQueryEncoder
     from imgrag.store.workspace import Workspace
 
     folder = make_tiny_model(tmp_path / f"tiny-{pooling}", seed=3, pooling=pooling, max_seq_length=24, dense=dense)
-    loaded = load_model(str(folder))
+    loaded = load_sentence_transformer(str(folder))
     ws = Workspace(tmp_path / ".imgrag")
     ws.root.mkdir()
     record = export(ws, loaded)

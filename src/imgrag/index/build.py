@@ -221,7 +221,7 @@ def _encode_into(cache: VectorCache, model: Any, todo: list[tuple[str, str]], sh
 
 
 def _progress(total: int):
-    from tqdm.auto import tqdm  # comes with sentence-transformers
+    from tqdm.auto import tqdm
 
     return tqdm(total=total, desc="imgrag: embedding", unit=" texts", file=sys.stderr, dynamic_ncols=True)
 

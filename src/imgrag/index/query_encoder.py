@@ -1,14 +1,16 @@
 """The fast query encoder: the index's own model run with ONNX Runtime, without torch.
 
-A search is a whole process, and importing sentence-transformers (torch, transformers)
-costs seconds before the first query is embedded. So `imgrag embed` exports the model's
-transformer once to ONNX beside the index (`imgrag.index.onnx_export`), checked to give
-the same vectors as sentence-transformers; a search then needs only onnxruntime +
-tokenizers (about 0.2 s to import, a few ms per query). When there is no such export (a
-pipeline the export does not reproduce, or none made yet), search falls back to
-sentence-transformers.
+The default model (all-MiniLM-L6-v2) is always on ONNX Runtime: its graph is built once
+per user from its weights (`imgrag.index.default_model`). Any other model is a
+sentence-transformers model; importing sentence-transformers (torch, transformers) costs
+seconds before the first query is embedded, so `imgrag embed` exports its transformer once
+to ONNX beside the index (`imgrag.index.onnx_export`), checked to give the same vectors as
+sentence-transformers; a search then needs only onnxruntime + tokenizers (about 0.2 s to
+import, a few ms per query). When there is no such export (a pipeline the export does not
+reproduce, or none made yet), search falls back to sentence-transformers.
 
-Layout, one folder per model and weights fingerprint:
+Layout of an export, one folder per model and weights fingerprint (`imgrag.index.onnx_encoder`
+runs it):
 
     .imgrag/models/<model>-<fingerprint>/
         model.onnx, model.onnx.data   the transformer: token ids -> token embeddings (fp32);
@@ -18,12 +20,11 @@ Layout, one folder per model and weights fingerprint:
         encoder.json                  pooling settings + the verification record
 
 IMGRAG_QUERY_ENCODER (Settings.query_encoder) picks the query encoder: `auto` (default:
-the export when valid, else sentence-transformers), `onnx` (the export or an error) or
-`torch` (always sentence-transformers, e.g. to compare)."""
+the ONNX encoder when there is a valid one, else sentence-transformers), `onnx` (ONNX or an
+error) or `torch` (always sentence-transformers, e.g. to compare; needs `imgrag[models]`)."""
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,15 +32,25 @@ from typing import Any, Protocol
 import numpy as np
 
 from imgrag.errors import UsageError
-from imgrag.index.embedding import cache_dir_name, file_sha256, load_model
+from imgrag.index import default_model
+from imgrag.index.embedding import cache_dir_name, load_sentence_transformer
+from imgrag.index.onnx_encoder import (  # noqa: F401 - re-exported: onnx_export and callers import them from here
+    ONNX_FILE,
+    RECORD_FILE,
+    TOKENIZER_FILE,
+    OnnxQueryEncoder,
+    dense,
+    file_sha256,
+    files_intact,
+    l2_normalise,
+    pool,
+    read_record,
+)
 from imgrag.store.workspace import Workspace
 
 ENV_VAR = "IMGRAG_QUERY_ENCODER"
 MODES = ("auto", "onnx", "torch")
 EXPORT_FORMAT = 1  # bump when the export or the pipeline settings change: older exports are redone
-ONNX_FILE = "model.onnx"
-TOKENIZER_FILE = "tokenizer.json"
-RECORD_FILE = "encoder.json"
 
 
 class QueryEncoder(Protocol):
@@ -52,7 +63,7 @@ class SentenceTransformersEncoder:
     """Embeds queries with the index's own model loaded by sentence-transformers (torch)."""
 
     def __init__(self, model_name: str) -> None:
-        self.loaded = load_model(model_name)
+        self.loaded = load_sentence_transformer(model_name)
 
     def encode(self, queries: list[str]) -> np.ndarray:
         return self.loaded.encode(queries)
@@ -65,36 +76,9 @@ def export_dir(ws: Workspace, model_name: str, fingerprint: str) -> Path:
     return ws.paths.models / cache_dir_name(model_name, fingerprint)
 
 
-def read_record(folder: Path) -> dict[str, Any] | None:
-    try:
-        record = json.loads((folder / RECORD_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
-
-
 def is_for(record: dict[str, Any], model_name: str, fingerprint: str | None) -> bool:
     return (record.get("format") == EXPORT_FORMAT and record.get("model") == model_name
             and record.get("fingerprint") == fingerprint)
-
-
-def files_intact(folder: Path, record: dict[str, Any], deep: bool = False, *, trust_mtime: bool = False) -> bool:
-    """Every file the export wrote, at its size (cheap, for each search) and, when `deep`,
-    with its sha256 (before its vectors go into the cache for good). With `trust_mtime`
-    (embed's check, on every run), a file still at the size and mtime it had when exported
-    is not read again: 90 MB need not be rehashed each time."""
-    files = record.get("files") or {}
-    try:
-        for name, want in files.items():
-            st = (folder / name).stat()
-            if st.st_size != want["size"]:
-                return False
-            unchanged = trust_mtime and st.st_mtime_ns == want.get("mtime_ns")
-            if deep and not unchanged and file_sha256(folder / name) != want["sha256"]:
-                return False
-        return bool(files)
-    except (OSError, KeyError, TypeError):
-        return False
 
 
 # -- search side ---------------------------------------------------------------------------
@@ -108,9 +92,11 @@ def encoder_mode(mode: str) -> str:
 
 
 def open_encoder(ws: Workspace, model_name: str, fingerprint: str | None, mode: str = "auto") -> QueryEncoder:
-    """The fast encoder when a verified export for this model exists, else sentence-transformers
-    (`mode`: Settings.query_encoder)."""
+    """The default model's ONNX encoder; for another model the fast encoder when a verified
+    export exists, else sentence-transformers (`mode`: Settings.query_encoder)."""
     mode = encoder_mode(mode)
+    if mode != "torch" and default_model.serves(model_name, fingerprint):
+        return default_model.open_encoder()
     if mode != "torch":
         try:
             return _open_export(ws, model_name, fingerprint)
@@ -143,8 +129,7 @@ class _TextEncoder:
         self.batch_size = batch_size
 
     def encode(self, texts: list[str], show_progress: bool = False) -> np.ndarray:
-        parts = [self.onnx.encode(texts[i : i + self.batch_size]) for i in range(0, len(texts), self.batch_size)]
-        return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, self.onnx.pipeline["dim"]), np.float32)
+        return self.onnx.encode_batches(texts, self.batch_size)
 
 
 class _NoExport(Exception):
@@ -172,96 +157,6 @@ def _open_export(ws: Workspace, model_name: str, fingerprint: str | None) -> Onn
     except Exception as e:  # noqa: BLE001 - a damaged file: ONNX Runtime and tokenizers raise their own kinds
         raise _NoExport(f"cannot load the query encoder in {folder} ({type(e).__name__}: {str(e)[:160]})",
                         damaged=True) from None
-
-
-class OnnxQueryEncoder:
-    """tokenizer.json -> ONNX transformer -> pooling -> L2 norm, as sentence-transformers does."""
-
-    def __init__(self, folder: Path, record: dict[str, Any]) -> None:
-        import onnxruntime as ort
-        from tokenizers import Tokenizer
-
-        self.record = record
-        self.pipeline = record["pipeline"]
-        self.tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
-        options = ort.SessionOptions()
-        # Basic optimisations only rewrite the graph without changing the arithmetic; the
-        # extended fusions could move results by rounding. The verification used the same.
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        options.log_severity_level = 3
-        # A search runs a handful of tiny batches: idle worker threads spinning for more work
-        # would only take CPU from the rest of the process.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(folder / ONNX_FILE), options, providers=["CPUExecutionProvider"])
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.dense = [(dict(np.load(folder / layer["file"])), layer["activation"]) for layer in self.pipeline.get("dense", [])]
-
-    def encode(self, queries: list[str]) -> np.ndarray:
-        if not queries:
-            return np.zeros((0, self.pipeline["dim"]), np.float32)
-        texts = [q.strip() for q in queries]
-        if self.pipeline["do_lower_case"]:
-            texts = [t.lower() for t in texts]
-        encodings = self.tokenizer.encode_batch(texts)
-        feeds = {
-            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
-        }
-        (tokens,) = self.session.run(None, {name: feeds[name] for name in self.input_names})
-        pooled = pool(tokens, feeds["attention_mask"], self.pipeline["pooling"])
-        for weights, activation in self.dense:
-            pooled = dense(pooled, weights["weight"], weights.get("bias"), activation)
-        return l2_normalise(pooled)
-
-
-def pool(tokens: np.ndarray, mask: np.ndarray, modes: list[str]) -> np.ndarray:
-    """Sentence-transformers' Pooling over (batch, seq, dim) token embeddings, modes concatenated."""
-    tokens = tokens.astype(np.float32, copy=False)
-    weights = mask[..., None].astype(np.float32)
-    out = []
-    for mode in modes:
-        if mode == "cls":
-            first = mask.argmax(axis=1)  # the first real token, whichever side the padding is on
-            out.append(tokens[np.arange(len(tokens)), first])
-        elif mode == "max":
-            out.append(np.where(weights > 0, tokens, -np.inf).max(axis=1))
-        elif mode in ("mean", "mean_sqrt_len_tokens"):
-            total = (tokens * weights).sum(axis=1)
-            count = np.clip(weights.sum(axis=1), 1e-9, None)
-            out.append(total / (count if mode == "mean" else np.sqrt(count)))
-        elif mode == "weightedmean":
-            # Token i of a text weighs i (1-based, counted from its first real token).
-            position = np.arange(1, mask.shape[1] + 1, dtype=np.float32)[None, :, None]
-            weighted = weights * (position - mask.argmax(axis=1).astype(np.float32)[:, None, None])
-            out.append((tokens * weighted).sum(axis=1) / np.clip(weighted.sum(axis=1), 1e-9, None))
-        elif mode == "lasttoken":
-            seq = mask.shape[1]
-            from_end = mask[:, ::-1].argmax(axis=1)  # the last real token, whichever side the padding is on
-            last = np.where(mask.max(axis=1) == 0, 0, seq - 1 - from_end)
-            out.append((tokens * weights)[np.arange(len(tokens)), last])
-        else:
-            raise ValueError(f"unknown pooling mode {mode!r}")
-    return np.concatenate(out, axis=1)
-
-
-def dense(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, activation: str) -> np.ndarray:
-    """Sentence-transformers' Dense module: activation(x @ weight.T + bias)."""
-    y = x @ weight.T
-    if bias is not None:
-        y = y + bias
-    if activation == "tanh":
-        return np.tanh(y)
-    if activation == "relu":
-        return np.maximum(y, 0)
-    if activation == "sigmoid":
-        return 1 / (1 + np.exp(-y))
-    return y
-
-
-def l2_normalise(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return np.ascontiguousarray(vectors / np.clip(norms, 1e-12, None), dtype=np.float32)
 
 
 def warn(message: str) -> None:

@@ -13,10 +13,11 @@ from pathlib import Path
 
 from imgrag.errors import UsageError
 from imgrag.index.embedding import resolve_model_name
+from imgrag.index.query_encoder import QueryEncoder
 from imgrag.library.generation import StoreFilters
 from imgrag.library.library import Library
 from imgrag.search.filters import Filters
-from imgrag.search.searcher import QueryVectors, Searcher
+from imgrag.search.searcher import Searcher
 
 
 def store_filters(filters: Filters | None) -> StoreFilters:
@@ -61,13 +62,15 @@ class StoreSearcher(Searcher):
         self._allowed_lock = threading.Lock()
         self._vectors = None
 
-    def _query_vectors(self) -> QueryVectors:
-        if self._vectors is None:
-            # No .imgrag/ here for an ONNX export: the model itself (sentence-transformers).
-            from imgrag.index.query_encoder import SentenceTransformersEncoder
+    def _open_encoder(self, model: str, fingerprint: str | None) -> QueryEncoder:
+        # No .imgrag/ here to hold another model's ONNX export: the default model's own graph
+        # (built once per user), else sentence-transformers.
+        from imgrag.index import default_model
+        from imgrag.index.query_encoder import SentenceTransformersEncoder
 
-            self._vectors = QueryVectors(SentenceTransformersEncoder(self.generation.meta["embedding"]["model"]))
-        return self._vectors
+        if default_model.serves(model, fingerprint):
+            return default_model.open_encoder()
+        return SentenceTransformersEncoder(model)
 
     def _on_disk(self, paths: list[str]) -> list[str]:
         return paths  # copies on other machines cannot be looked for here

@@ -106,10 +106,13 @@ class Searcher:
         if self._vectors is None:
             # The ONNX export made at embed time when valid (no torch import), else this model.
             embedding = self.generation.meta["embedding"]
-            encoder = open_encoder(self.ws, embedding["model"], embedding.get("fingerprint"), self.query_encoder)
+            encoder = self._open_encoder(embedding["model"], embedding.get("fingerprint"))
             # Queries in other languages through the multilingual model (imgrag.index.crosslingual)
             self._vectors = QueryVectors(crosslingual.for_model(encoder, embedding["model"]))
         return self._vectors
+
+    def _open_encoder(self, model: str, fingerprint: str | None) -> QueryEncoder:
+        return open_encoder(self.ws, model, fingerprint, self.query_encoder)
 
     def search(self, query: str, options: SearchOptions, window: Window | None = None) -> list[Hit]:
         """The hits of `query` still on disk, up to options.limit (`window`: only some of them)."""

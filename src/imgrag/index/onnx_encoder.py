@@ -1,0 +1,177 @@
+"""An encoder folder on disk and what runs it: tokenizer.json -> ONNX graph -> pooling ->
+(Dense layers) -> L2 norm, with ONNX Runtime and `tokenizers` only (no torch).
+
+Two kinds of folder hold this layout: the per-workspace export of a sentence-transformers
+model (`imgrag.index.onnx_export`) and the per-user graph of the default model, built from
+its weights without torch (`imgrag.index.default_model`). Both record in encoder.json the
+pipeline settings and each file's size, mtime and sha256.
+
+    model.onnx, model.onnx.data   the graph (weights as external data, which loads faster)
+    tokenizer.json                the model's tokenizer with its truncation and padding
+    dense_<i>.npz                 each Dense layer's weight and bias (exports only)
+    encoder.json                  the record
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ONNX_FILE = "model.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+RECORD_FILE = "encoder.json"
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_entry(path: Path) -> dict[str, Any]:
+    """What files_intact checks a file against: its size, mtime and sha256 when written."""
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": file_sha256(path)}
+
+
+def read_record(folder: Path) -> dict[str, Any] | None:
+    try:
+        record = json.loads((folder / RECORD_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def files_intact(folder: Path, record: dict[str, Any], deep: bool = False, *, trust_mtime: bool = False) -> bool:
+    """Every file the export wrote, at its size (cheap, for each search) and, when `deep`,
+    with its sha256 (before its vectors go into the cache for good). With `trust_mtime`
+    (embed's check, on every run), a file still at the size and mtime it had when exported
+    is not read again: 90 MB need not be rehashed each time."""
+    files = record.get("files") or {}
+    try:
+        for name, want in files.items():
+            st = (folder / name).stat()
+            if st.st_size != want["size"]:
+                return False
+            unchanged = trust_mtime and st.st_mtime_ns == want.get("mtime_ns")
+            if deep and not unchanged and file_sha256(folder / name) != want["sha256"]:
+                return False
+        return bool(files)
+    except (OSError, KeyError, TypeError):
+        return False
+
+
+
+
+class OnnxQueryEncoder:
+    """tokenizer.json -> ONNX transformer -> pooling -> L2 norm, as sentence-transformers does."""
+
+    def __init__(self, folder: Path, record: dict[str, Any]) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        self.record = record
+        self.pipeline = record["pipeline"]
+        self.tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
+        options = ort.SessionOptions()
+        # An export from torch: basic optimisations only rewrite the graph without changing
+        # the arithmetic; the extended fusions could move results by rounding, and the
+        # verification used basic. The default model's graph was tested with all of them.
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL \
+            if self.pipeline.get("optimization") == "all" else ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.log_severity_level = 3
+        # A search runs a handful of tiny batches: idle worker threads spinning for more work
+        # would only take CPU from the rest of the process.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(folder / ONNX_FILE), options, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.dense = [(dict(np.load(folder / layer["file"])), layer["activation"]) for layer in self.pipeline.get("dense", [])]
+
+    def encode(self, queries: list[str]) -> np.ndarray:
+        if not queries:
+            return np.zeros((0, self.pipeline["dim"]), np.float32)
+        texts = [q.strip() for q in queries]
+        if self.pipeline["do_lower_case"]:
+            texts = [t.lower() for t in texts]
+        encodings = self.tokenizer.encode_batch(texts)
+        feeds = {
+            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+        }
+        inputs = {name: feeds[name] for name in self.input_names}
+        if self.pipeline.get("output") == "sentence_embedding":  # pooled and normalised in the graph
+            return np.ascontiguousarray(self.session.run(["sentence_embedding"], inputs)[0], dtype=np.float32)
+        (tokens,) = self.session.run(["token_embeddings"], inputs)
+        pooled = pool(tokens, feeds["attention_mask"], self.pipeline["pooling"])
+        for weights, activation in self.dense:
+            pooled = dense(pooled, weights["weight"], weights.get("bias"), activation)
+        return l2_normalise(pooled)
+
+
+    def encode_batches(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        """Many texts (a collection's descriptions): in batches of similar length, as
+        sentence-transformers does, so short texts are not padded to a long one's length."""
+        if not texts:
+            return np.zeros((0, self.pipeline["dim"]), np.float32)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = np.empty((len(texts), self.pipeline["dim"]), np.float32)
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            out[rows] = self.encode([texts[i] for i in rows])
+        return out
+
+
+def pool(tokens: np.ndarray, mask: np.ndarray, modes: list[str]) -> np.ndarray:
+    """Sentence-transformers' Pooling over (batch, seq, dim) token embeddings, modes concatenated."""
+    tokens = tokens.astype(np.float32, copy=False)
+    weights = mask[..., None].astype(np.float32)
+    out = []
+    for mode in modes:
+        if mode == "cls":
+            first = mask.argmax(axis=1)  # the first real token, whichever side the padding is on
+            out.append(tokens[np.arange(len(tokens)), first])
+        elif mode == "max":
+            out.append(np.where(weights > 0, tokens, -np.inf).max(axis=1))
+        elif mode in ("mean", "mean_sqrt_len_tokens"):
+            total = (tokens * weights).sum(axis=1)
+            count = np.clip(weights.sum(axis=1), 1e-9, None)
+            out.append(total / (count if mode == "mean" else np.sqrt(count)))
+        elif mode == "weightedmean":
+            # Token i of a text weighs i (1-based, counted from its first real token).
+            position = np.arange(1, mask.shape[1] + 1, dtype=np.float32)[None, :, None]
+            weighted = weights * (position - mask.argmax(axis=1).astype(np.float32)[:, None, None])
+            out.append((tokens * weighted).sum(axis=1) / np.clip(weighted.sum(axis=1), 1e-9, None))
+        elif mode == "lasttoken":
+            seq = mask.shape[1]
+            from_end = mask[:, ::-1].argmax(axis=1)  # the last real token, whichever side the padding is on
+            last = np.where(mask.max(axis=1) == 0, 0, seq - 1 - from_end)
+            out.append((tokens * weights)[np.arange(len(tokens)), last])
+        else:
+            raise ValueError(f"unknown pooling mode {mode!r}")
+    return np.concatenate(out, axis=1)
+
+
+def dense(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, activation: str) -> np.ndarray:
+    """Sentence-transformers' Dense module: activation(x @ weight.T + bias)."""
+    y = x @ weight.T
+    if bias is not None:
+        y = y + bias
+    if activation == "tanh":
+        return np.tanh(y)
+    if activation == "relu":
+        return np.maximum(y, 0)
+    if activation == "sigmoid":
+        return 1 / (1 + np.exp(-y))
+    return y
+
+
+def l2_normalise(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return np.ascontiguousarray(vectors / np.clip(norms, 1e-12, None), dtype=np.float32)
