@@ -61,6 +61,7 @@ class StoreSearcher(Searcher):
         self._allowed_by_filters = {}
         self._allowed_lock = threading.Lock()
         self._vectors = None
+        self.inside = None  # copies live on many machines: the first recorded one is shown
 
     def _open_encoder(self, model: str, fingerprint: str | None) -> QueryEncoder:
         # No .imgrag/ here to hold another model's ONNX export: the default model's own graph
