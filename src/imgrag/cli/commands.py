@@ -280,7 +280,7 @@ def push(
     index: IndexOpt = None,
     store: StoreOpt = None,
 ) -> int:
-    """Upload a .imgrag/ index into a store: descriptions, vectors, thumbnails (no vision request, no re-embedding)."""
+    """Copy a .imgrag/ index into a store, with no vision request and no re-embedding."""
     from imgrag.cli import render
     from imgrag.library.run import push_to_store
 

@@ -61,7 +61,7 @@ class StoreSearcher(Searcher):
         self._allowed_by_filters = {}
         self._allowed_lock = threading.Lock()
         self._vectors = None
-        self.inside = None  # copies live on many machines: the first recorded one is shown
+        self.inside = _inside(filters)  # --in: the copies inside it are the ones shown
 
     def _open_encoder(self, model: str, fingerprint: str | None) -> QueryEncoder:
         # No .imgrag/ here to hold another model's ONNX export: the default model's own graph
@@ -107,4 +107,12 @@ class StoreSearcher(Searcher):
     def with_filters(self, filters: Filters) -> StoreSearcher:
         other = copy.copy(self)
         other.generation = self.generation.with_filters(store_filters(filters))  # type: ignore[attr-defined]
+        other.inside = _inside(filters)
         return other
+
+
+def _inside(filters: Filters | None) -> str | None:
+    """The `--in` folder as this machine's recorded paths spell it (absolute)."""
+    if filters is None or filters.under is None:
+        return None
+    return os.path.normpath(filters.under.expanduser().resolve())
