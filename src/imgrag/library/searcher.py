@@ -17,7 +17,7 @@ from imgrag.index.query_encoder import QueryEncoder
 from imgrag.library.generation import StoreFilters
 from imgrag.library.library import Library
 from imgrag.search.filters import Filters
-from imgrag.search.searcher import Searcher
+from imgrag.search.searcher import Searcher, like_photo_sha
 
 
 def store_filters(filters: Filters | None) -> StoreFilters:
@@ -80,14 +80,7 @@ class StoreSearcher(Searcher):
         return None
 
     def _indexed_row(self, photo: Path) -> tuple[int, str, str]:
-        from imgrag.photos.files import PhotoError, file_sha256
-
-        if not photo.expanduser().is_file():
-            raise UsageError(f"--like {photo}: no such photo")
-        try:
-            sha = file_sha256(photo.expanduser())
-        except PhotoError as e:
-            raise UsageError(f"--like {photo}: cannot read it ({e})") from None
+        sha = like_photo_sha(photo)
         found = self.generation.row_of_sha(sha)  # type: ignore[attr-defined]
         if found is None:
             raise UsageError(f"--like {photo}: this photo is not in the store {self.library.safe_name} "

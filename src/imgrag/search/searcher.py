@@ -191,15 +191,9 @@ class Searcher:
 
     def _indexed_row(self, photo: Path) -> tuple[int, str, str]:
         """(row, sha256, caption) of a photo in the index, found by its content."""
-        # photos.files loads PIL: only --like needs it, and a text search should not wait for it
-        from imgrag.photos.files import PHOTO_SUFFIXES, PhotoError, file_sha256
+        from imgrag.photos.files import PHOTO_SUFFIXES
 
-        if not photo.expanduser().is_file():
-            raise UsageError(f"--like {photo}: no such photo")
-        try:
-            sha = file_sha256(photo.expanduser())
-        except PhotoError as e:
-            raise UsageError(f"--like {photo}: cannot read it ({e})") from None
+        sha = like_photo_sha(photo)
         found = self.generation.scan.execute("SELECT row, caption FROM docs WHERE sha256 = ?", (sha,)).fetchone()
         if found is None and photo.suffix.lower() not in PHOTO_SUFFIXES:
             raise UsageError(f"--like {photo}: not a photo (imgrag finds {', '.join(sorted(PHOTO_SUFFIXES))} files)")
@@ -256,6 +250,19 @@ class Searcher:
         except RuntimeError:  # an index type that keeps no vectors: embed its text again
             text = self.generation.docs([row])[row].text
             return self.encoder().encode([text])[0]
+
+
+def like_photo_sha(photo: Path) -> str:
+    """The content hash of `--like PHOTO`, or one line saying why it cannot be read."""
+    # photos.files loads PIL: only --like needs it, and a text search should not wait for it
+    from imgrag.photos.files import PhotoError, file_sha256
+
+    if not photo.expanduser().is_file():
+        raise UsageError(f"--like {photo}: no such photo")
+    try:
+        return file_sha256(photo.expanduser())
+    except PhotoError as e:
+        raise UsageError(f"--like {photo}: cannot read it ({e})") from None
 
 
 def _inside(ws: Workspace, filters: Filters | None) -> str | None:
