@@ -148,6 +148,13 @@ def newest_generation(conn: Any) -> tuple[int, dict[str, Any], bytes] | None:
     return None if found is None else (int(found[0]), found[1], bytes(found[2]))
 
 
+def searchable_count(conn: Any) -> int:
+    """How many photos the newest published generation holds (0 before the first)."""
+    with conn.transaction():
+        found = conn.execute("SELECT count FROM generations ORDER BY id DESC LIMIT 1").fetchone()
+    return int(found[0]) if found else 0
+
+
 def newest_id(conn: Any) -> int | None:
     found = conn.execute("SELECT max(id) FROM generations").fetchone()
     return None if found is None or found[0] is None else int(found[0])

@@ -12,7 +12,7 @@ from typing import Any
 
 from imgrag.errors import UsageError
 from imgrag.library.connection import store_errors
-from imgrag.library.generation import publish, set_embedding
+from imgrag.library.generation import publish, searchable_count, set_embedding
 from imgrag.library.library import Library
 from imgrag.library.workers import THUMBNAIL_SIZES, _as_vector, _jpeg, write_description
 
@@ -67,9 +67,7 @@ def push(library: Library, photos: Path | None, index: Path | None,
             if cache is not None:
                 publish(conn)
                 conn.commit()
-            with conn.transaction():
-                found = conn.execute("SELECT count FROM generations ORDER BY id DESC LIMIT 1").fetchone()
-            summary.searchable = int(found[0]) if found else 0
+            summary.searchable = searchable_count(conn)
     finally:
         conn.close()
     return summary

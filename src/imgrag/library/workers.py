@@ -31,7 +31,7 @@ from typing import Any
 from imgrag.config import Settings
 from imgrag.errors import EXIT_OK, EXIT_SOME_FAILED, TryLater, UsageError
 from imgrag.library.connection import store_errors
-from imgrag.library.generation import publish, set_embedding
+from imgrag.library.generation import publish, searchable_count, set_embedding
 from imgrag.library.library import Library
 
 CLAIM_BATCH = 16  # photos claimed at a time by default (a describe worker claims `jobs`: those in flight)
@@ -359,9 +359,7 @@ def embed_into(library: Library, model_name: str | None, *, lease: float, shas: 
             if _embedding_setting(conn) is not None:
                 summary.published = publish(conn)
                 conn.commit()
-            with conn.transaction():
-                found = conn.execute("SELECT count FROM generations ORDER BY id DESC LIMIT 1").fetchone()
-            summary.searchable = int(found[0]) if found else 0
+            summary.searchable = searchable_count(conn)
     finally:
         conn.close()
     return summary
