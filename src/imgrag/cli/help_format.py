@@ -49,6 +49,10 @@ class Group(TyperGroup):
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, windows_expand_args: bool = True, **extra: Any) -> Any:
         prog_name = prog_name or "imgrag"  # also under `python -m imgrag`: the name users type
+        # .env before Click parses: options that read a variable (--index: IMGRAG_INDEX) see it there too.
+        from imgrag.config import load_dotenv_once
+
+        load_dotenv_once()
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False,
                                 windows_expand_args=windows_expand_args, **extra)
