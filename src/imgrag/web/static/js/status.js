@@ -2,7 +2,7 @@
 // next, the folders the filter offers; opened by itself when there is no index yet.
 
 import { api } from "./api.js";
-import { $, clear, h, show, togglePanel } from "./dom.js";
+import { $, clear, h, pathText, show, togglePanel } from "./dom.js";
 import { formatNumber } from "./format.js";
 import { followRunning } from "./jobs.js";
 import { hasMessage, introMessage, setMessage } from "./message.js";
@@ -68,7 +68,7 @@ function failedList(s) {
   if (!photos.length) return null;
   const shown = 10;
   return h("ul", { id: "status-failed" },
-    photos.slice(0, shown).map((p) => h("li", {}, h("code", { text: p.path }), `: ${p.reason}`)),
+    photos.slice(0, shown).map((p) => h("li", {}, h("code", {}, pathText(p.path)), `: ${p.reason}`)),
     photos.length > shown ? h("li", { text: `… and ${formatNumber(photos.length - shown)} more (imgrag status --json lists them all)` }) : null);
 }
 
