@@ -42,21 +42,27 @@ _CJK = (
     "\u4e00-\u9fff\u3400-\u4dbf\U00020000-\U0002a6df\U0002a700-\U0002b73f\U0002b740-\U0002b81f"
     "\U0002b920-\U0002ceaf\uf900-\ufaff\U0002f800-\U0002fa1f"
 )
-_ASCII_PUNCT = "!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~"
 
 
 def _char_class(ranges: list[tuple[int, int]]) -> str:
     return "".join(re.escape(chr(a)) if a == b else f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in ranges)
 
 
+def _as_ranges(code_points: list[int]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for cp in sorted(code_points):
+        out.append((out.pop()[0], cp) if out and out[-1][1] == cp - 1 else (cp, cp))
+    return out
+
+
 _REMOVE = re.compile(f"[\x00\ufffd{_char_class(bert_unicode.OTHER)}]")
 _SPACE = re.compile(f"[{_WHITESPACE}]")
 _CJK_CHAR = re.compile(f"[{_CJK}]")
 _MARK = re.compile(f"[{_char_class(bert_unicode.MARK_NONSPACING)}]")
-_PUNCT = _ASCII_PUNCT + _char_class(bert_unicode.PUNCTUATION)
+_PUNCT = _char_class(bert_unicode.PUNCTUATION)  # Unicode P*, and every ASCII symbol
 _LOWER = {chr(cp): chr(cp + what) if isinstance(what, int) else what
           for first, last, step, what in bert_unicode.LOWERCASE for cp in range(first, last + 1, step)}
-_UPPER = re.compile(f"[{''.join(map(re.escape, _LOWER))}]")
+_UPPER = re.compile(f"[{_char_class(_as_ranges([ord(c) for c in _LOWER]))}]")
 _NFD_KEPT = re.compile(f"([{_char_class(bert_unicode.NFD_KEPT)}])")
 # After normalising, the only whitespace left is the space.
 _PIECES = re.compile(f"[{_PUNCT}]|[^{_PUNCT} ]+")
