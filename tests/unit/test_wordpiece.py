@@ -138,6 +138,9 @@ def test_the_written_tokenizer_json_is_read_as_tokenizers_reads_it(ours, theirs,
     texts = generated_texts(300, seed=5)
     assert_same(WordPieceTokenizer.from_file(written, default_model.MAX_SEQ_LENGTH), theirs, texts)
     assert_same(ours, tokenizers.Tokenizer.from_file(str(written)), texts, batch=16)
+    # a graph folder an older imgrag built wrote its tokenizer.json with `tokenizers`: read alike
+    theirs.save(str(tmp_path / "saved.json"))
+    assert_same(WordPieceTokenizer.from_file(tmp_path / "saved.json", default_model.MAX_SEQ_LENGTH), theirs, texts)
 
 
 def test_truncation_keeps_cls_and_sep_and_the_first_tokens(ours, theirs):
