@@ -149,7 +149,7 @@ def test_truncation_keeps_cls_and_sep_and_the_first_tokens(ours, theirs):
     assert len(ids) == 256 and ids[0] == 101 and ids[-1] == 102
     assert ids == theirs.encode(long).ids
     assert ours.encode("") == [101, 102]
-    assert ours([]) == {} or ours([])["input_ids"].shape == (0, 0)
+    assert ours([])["input_ids"].shape == (0, 0)
 
 
 def test_another_kind_of_tokenizer_is_refused(upstream, tmp_path):
