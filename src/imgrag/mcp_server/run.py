@@ -1,7 +1,10 @@
 """`imgrag mcp`: the photo library for AI assistants, over stdio (the assistant starts the
 process) or, with --http, Streamable HTTP at /mcp under the rules of `imgrag serve`:
 loopback unless a token is set, the token on every request when it is, the Host header
-checked (imgrag.web.security's Guard, the same middleware)."""
+checked (imgrag.web.security's Guard, the same middleware).
+
+The `mcp` SDK comes with the `imgrag[mcp]` extra, not with a plain install: it brings about
+25 MB (cryptography, jsonschema, ...) that describe, search, ask and serve never use."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from imgrag.mcp_server.library import Library
 from imgrag.store.workspace import Workspace
 
 MCP_PATH = "/mcp"
+MCP_EXTRA = "pip install 'imgrag[mcp]'"
 DEFAULT_PORT = 8765  # beside `imgrag serve`'s 8000: both may run at once
 
 
@@ -42,6 +46,8 @@ def make_library(photos: Path | None, *, index: Path | None, allow_index: bool) 
 def run_mcp(photos: Path | None, *, index: Path | None, allow_index: bool, http: bool, host: str, port: int,
             allow_hosts: list[str], token_file: Path | None) -> int:
     from imgrag.web.security import is_loopback
+
+    require_mcp()
     from imgrag.web.serve import TOKEN_ENV, read_token
 
     if not http and (host != "127.0.0.1" or port != DEFAULT_PORT or allow_hosts or token_file is not None):
@@ -56,6 +62,14 @@ def run_mcp(photos: Path | None, *, index: Path | None, allow_index: bool, http:
         raise UsageError(f"--host {host} lets other machines in: set a token first ({TOKEN_ENV}=..., or --token-file FILE)")
     _run_http(library, host=host, port=port, allow_hosts=allow_hosts, token=token)
     return 0
+
+
+def require_mcp() -> None:
+    """One line naming the extra when the MCP SDK is not installed."""
+    try:
+        import mcp  # noqa: F401
+    except ImportError:
+        raise UsageError(f"`imgrag mcp` needs the MCP SDK, which a plain install leaves out: {MCP_EXTRA}") from None
 
 
 def _run_stdio(library: Library) -> None:
