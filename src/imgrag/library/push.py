@@ -38,6 +38,7 @@ def push(library: Library, photos: Path | None, index: Path | None,
     from imgrag.store.descriptions import load_descriptions
     from imgrag.store.scan import by_content, scan
 
+    name = library.library_name  # a bad name is refused before anything is read or written
     ws = workspace_for(photos, index)
     if not ws.root.is_dir():
         raise UsageError(f"no .imgrag folder for {photos or Path.cwd()}: run `imgrag index` on it first, "
@@ -60,7 +61,7 @@ def push(library: Library, photos: Path | None, index: Path | None,
             for start in range(0, len(docs), BATCH):
                 with conn.transaction():
                     for doc in docs[start : start + BATCH]:
-                        _push_one(conn, library, doc, groups[doc.sha256], described[doc.sha256], cache, ws,
+                        _push_one(conn, name, doc, groups[doc.sha256], described[doc.sha256], cache, ws,
                                   text_key(doc.text), summary)
                 if progress:
                     progress(f"pushed {min(start + BATCH, len(docs))} of {len(docs)} photos")
@@ -73,7 +74,7 @@ def push(library: Library, photos: Path | None, index: Path | None,
     return summary
 
 
-def _push_one(conn: Any, library: Library, doc: Any, files: list[Any], record: dict[str, Any], cache: Any, ws: Any,
+def _push_one(conn: Any, name: str, doc: Any, files: list[Any], record: dict[str, Any], cache: Any, ws: Any,
               key: str, summary: PushSummary) -> None:
     sha = doc.sha256
     photo = conn.execute("INSERT INTO photos (sha256, mtime) VALUES (%s, %s) ON CONFLICT (sha256) DO UPDATE "
@@ -81,7 +82,7 @@ def _push_one(conn: Any, library: Library, doc: Any, files: list[Any], record: d
     for f in files:
         conn.execute("INSERT INTO copies (library, path, photo) VALUES (%s, %s, %s) ON CONFLICT (library, path) "
                      "DO UPDATE SET photo = excluded.photo, seen = now()",
-                     (library.library_name, str(f.path.absolute()), photo))
+                     (name, str(f.path.absolute()), photo))
     record = {**record, "mtime": doc.mtime}  # as the local index dates it: the file's mtime now
     summary.uploaded += int(write_description(conn, photo, record))
     if cache is not None and key in cache:

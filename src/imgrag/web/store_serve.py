@@ -92,6 +92,7 @@ def search(
     before: str | None = Query(None, max_length=64, description="Taken before"),
     min_score: float | None = Query(None, ge=0, le=10, description="Fixed cut-off (default: the set fitted to the query)"),
     like: str | None = Query(None, max_length=64, description="A photo id: photos like it"),
+    library: str | None = Query(None, max_length=64, description="Only photos with a copy in this library (machine), shown at that copy"),
     sort: Literal["relevance", "date"] = "relevance",
     all_: bool = Query(False, alias="all", description="Every photo ranked, as `--all` (not with min_score)"),
 ):
@@ -101,7 +102,8 @@ def search(
     doc: dict[str, Any] = {"query": clean_query(q) if q is not None else None, "like": like, "results": [],
                            "next_offset": None, "min_score": cut_off(options), "sort": sort, "hint": None,
                            "generation": None}
-    filters = make_filters(Path(in_) if in_ else None, after, before, names=("after", "before", "in"))
+    filters = make_filters(Path(in_) if in_ else None, after, before, names=("after", "before", "in"), library=library,
+                           library_flag="library")
     searcher = _live(request).current()
     if searcher is None:
         doc.update(index="none", hint="nothing searchable in the store yet: run `imgrag index PHOTOS --store ...`")
@@ -117,7 +119,7 @@ def search(
     } for h in page.hits])
     if not page.hits and offset == 0:
         doc["hint"] = "no matching photos" + why_nothing(searcher, options, flag="min_score", all_flag="all=1",
-                                                         filter_flags="the folder/date filters")
+                                                         filter_flags="the folder/date/library filters")
     return Response(json_bytes(doc), media_type="application/json")
 
 
@@ -151,31 +153,28 @@ def _photo_row(request: Request, photo_id: str) -> tuple[int, Any]:
 
 @router.get("/api/photos/{photo_id}", summary="A photo's description record")
 def photo(request: Request, photo_id: str):
-    photo, record = _photo_row(request, photo_id)
-    record = record or {}
-    copies = _live(request).current().generation.query(
-        "SELECT library, path FROM copies WHERE photo = %s ORDER BY library, path", (photo,))
-    desc = record.get("description") or {}
-    return {"id": photo_id, "paths": [p for _, p in copies], "abs_paths": [p for _, p in copies],
-            "copies": [{"library": lib, "path": p} for lib, p in copies], "caption": desc.get("caption", ""),
-            "description": desc, "taken": record.get("taken"), "camera": record.get("camera"), "gps": record.get("gps"),
-            "width": record.get("width"), "height": record.get("height"), "size": record.get("size"),
-            "model": record.get("model"), "provider": record.get("provider"), "created": record.get("created"),
-            **_urls(photo_id), "like_url": f"/api/search?like={photo_id}"}
+    from imgrag.library.records import photo_record
+
+    searcher = _live(request).current()
+    record = photo_record(searcher.generation, photo_id) if searcher is not None and _SHA.fullmatch(photo_id) else None
+    if record is None:
+        raise NotFound(f"no photo {photo_id[:80]!r} in the store")
+    return {**record, **_urls(photo_id), "like_url": f"/api/search?like={photo_id}"}
 
 
 def _stored_jpeg(request: Request, photo_id: str, size: int) -> Response:
-    photo, _ = _photo_row(request, photo_id)
+    from imgrag.library.records import stored_jpeg
+
+    _photo_row(request, photo_id)
     etag = f'"{photo_id}-{size}"'
     headers = {"ETag": etag, "Cache-Control": CACHE_FOREVER}
     if etag in request.headers.get("if-none-match", ""):
         return Response(status_code=304, headers=headers)
-    found = _live(request).current().generation.query("SELECT jpeg FROM thumbnails WHERE photo = %s AND size = %s",
-                                                      (photo, size))
-    if not found:
+    found = stored_jpeg(_live(request).current().generation, photo_id, size)
+    if found is None:
         raise NotFound(f"the store has no {size}-pixel image of photo {photo_id}: run `imgrag push` or "
                        "`imgrag index --store` on a machine that holds it")
-    return Response(bytes(found[0][0]), media_type="image/jpeg", headers=headers)
+    return Response(found, media_type="image/jpeg", headers=headers)
 
 
 @router.get("/api/photos/{photo_id}/thumbnail", summary="A JPEG thumbnail, from the store")
@@ -238,7 +237,7 @@ def create_store_app(live: StoreLive, *, host: str, port: int, token: str | None
 
 
 def run_store_serve(url: str, *, host: str, port: int, allow_hosts: list[str], token_file: Path | None,
-                    cors: str | None) -> int:
+                    cors: str | None, open_browser: bool = False) -> int:
     import sys
 
     from imgrag.library.run import library_for
@@ -261,6 +260,10 @@ def run_store_serve(url: str, *, host: str, port: int, allow_hosts: list[str], t
     server = uvicorn.Server(uvicorn_config(app, graceful_seconds=30))
     print(f"imgrag: serving {library.safe_name} at {url_for(host, bound)} (read-only)  (Ctrl-C stops)", file=sys.stderr,
           flush=True)
+    if open_browser:  # the socket listens already: the browser's request waits for the server to start
+        import webbrowser
+
+        threading.Thread(target=webbrowser.open, args=(url_for(host, bound),), daemon=True).start()
     try:
         server.run(sockets=[sock])
     finally:
