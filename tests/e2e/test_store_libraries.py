@@ -284,6 +284,59 @@ def test_serve_filters_by_library(two, tmp_path):
         served.stop()
 
 
+TOKEN = "store-page-token-77a1"
+
+
+def test_the_page_over_a_store_offers_what_works(two, tmp_path):
+    """`serve --store` with a token, in Chromium: the login works (a session made by one server
+    passes on another: they keep no state), search, the photo, ask answer, and the Index panel
+    shows the store's counts and libraries with no index jobs to start."""
+    from playwright import sync_api
+
+    from conftest import require
+
+    env = {**two.env, "IMGRAG_SERVE_TOKEN": TOKEN}
+    servers = [start_server("--store", two.url, cwd=two.base, env=env, log=tmp_path / f"page{i}.log") for i in (1, 2)]
+    try:
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=require("chromium", "/usr/bin/chromium"),
+                                         args=["--no-sandbox", "--disable-gpu"])
+            try:
+                page = browser.new_page()
+                missing: list[str] = []
+                page.on("response", lambda r: missing.append(f"{r.status} {r.url}") if r.status in (404, 405, 500) else None)
+                page.goto(servers[0].url + "?q=dog+on+beach")
+                expect = sync_api.expect
+                expect(page.locator("#login")).to_be_visible(timeout=15_000)
+                page.fill("#login-token", TOKEN)
+                page.press("#login-token", "Enter")
+                expect(page.locator("#login")).to_be_hidden(timeout=15_000)
+                tile = page.locator(".tile").first
+                expect(tile).to_contain_text("dog", timeout=15_000)
+                page.click("#status-toggle")
+                expect(page.locator("#status-fields")).to_contain_text("laptop (3), nas (2)", timeout=15_000)
+                expect(page.locator("#status-fields")).to_contain_text("4 photos, up to date")
+                expect(page.locator("#job-buttons")).to_be_hidden()
+                expect(page.locator("#status-next")).to_contain_text("--store")
+                page.fill("#ask-q", "where is the dog?")
+                page.press("#ask-q", "Enter")
+                expect(page.locator("#answer-cited li")).not_to_have_count(0, timeout=30_000)
+                tile.click()
+                expect(page.locator("#detail")).to_contain_text("Why it matched", timeout=15_000)
+                cookies = page.context.cookies()
+                assert missing == [], missing
+            finally:
+                browser.close()
+        session = next(c["value"] for c in cookies if c["name"] == "imgrag_session")
+        with servers[1].client(cookies={"imgrag_session": session}) as other:  # the other server knows no session
+            assert other.get("/api/status").status_code == 200
+        with servers[1].client(cookies={"imgrag_session": session[:-1] + "0"}) as forged:
+            assert forged.get("/api/status").status_code == 401
+    finally:
+        for served in servers:
+            served.stop()
+
+
 # -- copies gone from a re-indexed folder ------------------------------------------------------
 
 
