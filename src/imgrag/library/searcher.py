@@ -88,7 +88,10 @@ class StoreSearcher(Searcher):
         return None
 
     def _indexed_row(self, photo: Path) -> tuple[int, str, str]:
-        sha = like_photo_sha(photo)
+        # a copy's path as another machine recorded it need not exist here
+        recorded = self.generation.query("SELECT p.sha256 FROM copies c JOIN photos p ON p.id = c.photo "  # type: ignore[attr-defined]
+                                         "WHERE c.path = %s LIMIT 1", (os.path.abspath(photo.expanduser()),))
+        sha = recorded[0][0] if recorded and not photo.expanduser().is_file() else like_photo_sha(photo)
         found = self.generation.row_of_sha(sha)  # type: ignore[attr-defined]
         if found is None:
             raise UsageError(f"--like {photo}: this photo is not in the store {self.library.safe_name} "
