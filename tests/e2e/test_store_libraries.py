@@ -173,7 +173,9 @@ def mcp_session(two: Store, *args: str) -> Iterator:
     # Started from another folder than the one holding the photos, as an assistant starts it
     params = StdioServerParameters(command=str(IMGRAG), args=["mcp", *args], env=two.env, cwd=str(two.base / ".."))
     with start_blocking_portal() as portal, portal.wrap_async_context_manager(Client(params)) as client:
-        yield Session(portal, client)
+        session = Session(portal, client)
+        session.instructions = client.instructions or ""  # type: ignore[attr-defined]
+        yield session
 
 
 @pytest.fixture(scope="module")
@@ -217,6 +219,7 @@ def test_mcp_like_is_the_cli_like(two, mcp_store):
 def test_mcp_tools_over_a_store(two, mcp_store):
     tools = mcp_store.tools()
     assert set(tools) == {"search", "ask", "get_photo", "status"}
+    assert "pass `library`" in mcp_store.instructions
     assert "library" in tools["search"].input_schema["properties"]
     assert "library" in tools["ask"].input_schema["properties"]
     status = mcp_store.ok("status")

@@ -39,6 +39,12 @@ question answered from the photos with citations, and `status` for what the inde
 Photo ids are the `id` fields of results; give them to get_photo, to search's `like`, or \
 read them as the resource photo://{id}."""
 
+STORE_INSTRUCTIONS = """ \
+This library is shared by several machines (a PostgreSQL store): a result's paths are on \
+the machines holding its copies (status lists each library's name and count); pass \
+`library` to keep one machine's copies. Thumbnails come from the store, files need not be \
+on this machine. New photos are indexed on the machines that hold them, not from here."""
+
 _FOLDER = ("Only photos inside this folder: an absolute path, or one relative to the library's base folder "
            "(the folder holding .imgrag/; a shared library takes absolute paths only). Omit for the whole library.")
 _LIBRARY = ("Only photos with a copy in this library (a machine's name in the shared library, as status lists "
@@ -141,8 +147,9 @@ def _for(library: Library | StoreLibrary, tool: Callable[..., Any]) -> Callable[
 
 def build_server(library: Library | StoreLibrary) -> MCPServer:
     library_ = library  # the tools' own `library` argument is the store's library filter
+    instructions = INSTRUCTIONS + (STORE_INSTRUCTIONS if library.store_tools else "")
     server = MCPServer("imgrag", title="imgrag: your photos, by what is in them", version=__version__,
-                    instructions=INSTRUCTIONS, log_level="WARNING")
+                    instructions=instructions, log_level="WARNING")
     reading = ToolAnnotations(read_only_hint=True, open_world_hint=False)
 
     async def search(
