@@ -282,7 +282,12 @@ def test_serve_filters_by_library(two, tmp_path):
             bad = http.get("/api/search", params={"q": "dog", "library": "x y"})
             assert bad.status_code == 400 and "library 'x y' is not a library name" in bad.json()["error"]
             too_long = http.get("/api/search", params={"q": "dog", "library": "x" * 65})
-            assert too_long.status_code in (400, 422)
+            assert too_long.status_code == 400 and "library" in too_long.json()["error"]
+            asked = http.post("/api/ask", json={"question": "where is the dog?", "library": "nas"})
+            assert asked.status_code == 200, asked.text
+            assert {Path(p["path"]).parent.name for p in asked.json()["photos"]} == {"nas"}
+            looked = http.post("/api/ask", json={"question": "where is the dog?", "look": 1})
+            assert looked.status_code == 400 and "look cannot be used with a store" in looked.json()["error"]
             record = http.get(f"/api/photos/{doc['results'][0]['id']}").json()
             assert {c["library"] for c in record["copies"]} <= {"laptop", "nas"} and record["thumbnail_url"]
     finally:
@@ -386,6 +391,23 @@ def test_copies_gone_from_a_folder_are_forgotten(tmp_path_factory, standin):
     store.index(b, "--library", "b")
     assert store.search("dog on beach")["results"][0]["sha256"] == dog["sha256"]
     assert standin.stats()["requests"] == sent
+
+
+def test_push_again_forgets_copies_gone_from_the_folder(tmp_path_factory, standin):
+    store = _store(tmp_path_factory, standin, "pushgone")
+    photos = store.base / "photos"
+    draw_scene(photos / "kitchen.png", "kitchen")
+    draw_scene(photos / "sign.jpg", "stop_sign", quality=92)
+    assert store.run("index", photos).code == 0  # a local .imgrag/, then pushed
+    first = store.run("push", photos, "--store", store.url, "--library", "here")
+    assert first.code == 0 and "forgot" not in first.stderr, first.stderr
+    (photos / "kitchen.png").unlink()
+    again = store.run("push", photos, "--store", store.url, "--library", "here")
+    assert again.code == 0 and "forgot 1 copy(ies) gone from the folder" in again.stderr, again.stderr
+    assert _psql(store.url, "SELECT library, path FROM copies") == [("here", str(photos / "sign.jpg"))]
+    status = json.loads(store.run("status", "--store", store.url, "--json").stdout)
+    assert (status["without_copy"], status["searchable"], status["up_to_date"]) == (1, 1, True)
+    assert [h["path"] for h in store.search("colours", "--all")["results"]] == [str(photos / "sign.jpg")]
 
 
 # -- flags that cannot work with --store ---------------------------------------------------------

@@ -315,6 +315,8 @@ def push(
                 f"{s.vectors} vector(s), {s.thumbnails} thumbnail(s); {s.searchable} photo(s) searchable")
     if s.without_vector:
         render.info(f"imgrag: {s.without_vector} photo(s) have no cached vector yet: run `imgrag embed --store ...`")
+    if s.vanished:
+        render.info(f"imgrag: forgot {s.vanished} copy(ies) gone from the folder (deleted, renamed or moved)")
     return EXIT_OK
 
 

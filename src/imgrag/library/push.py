@@ -14,7 +14,7 @@ from imgrag.errors import UsageError
 from imgrag.library.connection import store_errors
 from imgrag.library.generation import publish, searchable_count, set_embedding
 from imgrag.library.library import Library
-from imgrag.library.workers import THUMBNAIL_SIZES, _as_vector, _jpeg, write_description
+from imgrag.library.workers import THUMBNAIL_SIZES, _as_vector, _jpeg, forget_vanished, write_description
 
 BATCH = 500  # photos per transaction
 
@@ -28,6 +28,7 @@ class PushSummary:
     vectors: int = 0  # vectors uploaded from the cache
     without_vector: int = 0  # described but not embedded yet: `imgrag embed --store` embeds them
     thumbnails: int = 0
+    vanished: int = 0  # this library's copies under the folder's roots that are gone, forgotten
     searchable: int = 0  # photos in the store's newest generation
 
 
@@ -44,7 +45,9 @@ def push(library: Library, photos: Path | None, index: Path | None,
         raise UsageError(f"no .imgrag folder for {photos or Path.cwd()}: run `imgrag index` on it first, "
                          "or `imgrag index PHOTOS --store ...` to describe straight into the store")
     described = load_descriptions(ws)
-    groups = by_content(scan(ws, [r for r in ws.roots() if r.is_dir()], save=False))
+    unread: list[str] = []  # what the scan could not read or enter: copies under it stay
+    roots = [r for r in ws.roots() if r.is_dir()]
+    groups = by_content(scan(ws, roots, save=False, on_skip=lambda s: unread.append(str(s.path.absolute()))))
     docs = docs_for(groups, described)
     summary = PushSummary(store=library.safe_name, photos=len(groups), described=len(docs))
     embedding = ws.read_manifest().get("embedding")
@@ -65,6 +68,10 @@ def push(library: Library, photos: Path | None, index: Path | None,
                                   text_key(doc.text), summary)
                 if progress:
                     progress(f"pushed {min(start + BATCH, len(docs))} of {len(docs)} photos")
+            seen = {str(f.path.absolute()) for files in groups.values() for f in files}
+            if groups:  # a folder where nothing is found (an unmounted disk) forgets nothing
+                with conn.transaction():
+                    summary.vanished = sum(forget_vanished(conn, name, root, seen, unread) for root in roots)
             if cache is not None:
                 publish(conn)
                 conn.commit()

@@ -114,7 +114,9 @@ def forget_vanished(conn: Any, name: str, root: Path, seen: set[str], unread: li
     recorded = [r[0] for r in conn.execute("SELECT path FROM copies WHERE library = %s AND path LIKE %s",
                                            (name, like)).fetchall()]
     kept = tuple(u.rstrip(os.sep) + os.sep for u in unread)
-    gone = [p for p in recorded if p not in seen and p not in unread and not p.startswith(kept)]
+    # and only a path that is not there: a file the walk passed over (now hidden, say) keeps its copy
+    gone = [p for p in recorded if p not in seen and p not in unread and not p.startswith(kept)
+            and not os.path.lexists(p)]
     if gone:
         conn.execute("DELETE FROM copies WHERE library = %s AND path = ANY(%s)", (name, gone))
     return len(gone)
