@@ -251,6 +251,10 @@ def test_mcp_get_photo_comes_from_the_store(two, mcp_store):
         assert image.format == "JPEG" and max(image.size) == 256
         big = mcp_store.call("get_photo", {"photo": str(kitchen)})  # a recorded path works too, file or not
         assert max(Image.open(io.BytesIO(base64.b64decode(big.content[1].data))).size) == 512
+        drawn = two.run("search", "kettle on stove", "--thumbnails", "--store", two.url, IMGRAG_THUMBNAILS="halfblock",
+                        COLORTERM="truecolor", COLUMNS="160")  # the terminal's thumbnail, from the store too
+        assert drawn.code == 0 and str(kitchen) in drawn.stdout, drawn.stderr
+        assert "(missing)" not in drawn.stdout and "\u2580" in drawn.stdout
         like = two.search("--like", str(kitchen), "--all")  # a recorded path, its file not on this machine
         assert len(like["results"]) == 3 and hit["id"] not in [h["sha256"] for h in like["results"]]
         resource = mcp_store.read(f"photo://{hit['id']}")

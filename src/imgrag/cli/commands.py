@@ -381,7 +381,8 @@ def search(
     elif paths_out or null:
         render.hits_paths(hits, nul=null)
     elif hits:
-        render.hits_table(hits, kind, fit_screen=not typed(ctx, "limit"))
+        # a store's photos may be on other machines: their thumbnails come from the store
+        render.hits_table(hits, kind, fit_screen=not typed(ctx, "limit"), stored=getattr(searcher, "stored_thumbnail", None))
     _warn_stale(searcher)
     if not hits:
         render.info(f"imgrag: no matching photos{why_nothing(searcher, options)}")
@@ -605,7 +606,8 @@ def ask(
         render_ask.dry_run(plan, json_out)
     else:
         kind = render.thumbnail_kind(thumbnails) if not json_out else None
-        result = render_ask.answer(answer_plan(plan), json_out=json_out, thumbnails=kind)
+        result = render_ask.answer(answer_plan(plan), json_out=json_out, thumbnails=kind,
+                                   stored=getattr(searcher, "stored_thumbnail", None))
         if result.found:
             render.info(render_ask.usage_line(result))
     if not plan.hits:

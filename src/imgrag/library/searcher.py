@@ -108,6 +108,12 @@ class StoreSearcher(Searcher):
         """(row, caption) of an indexed photo by its content hash, or None (the web page's like=)."""
         return self.generation.row_of_sha(sha)  # type: ignore[attr-defined]
 
+    def stored_thumbnail(self, sha: str) -> bytes | None:
+        """The photo's 256 px thumbnail from the store (its files may be on other machines)."""
+        from imgrag.library.records import stored_jpeg
+
+        return stored_jpeg(self.generation, sha, 256)
+
     def like_id(self, sha: str, options: SearchOptions) -> list[Hit]:
         """`--like` by a photo's id (its file need not be on this machine), itself left out."""
         found = self.like_sha(sha)
