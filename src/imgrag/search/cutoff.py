@@ -46,6 +46,10 @@ class Cutoff:
 
 
 DEFAULT_CUTOFF = Cutoff()
+# For a query in another language (imgrag.index.crosslingual): its vector is the multilingual
+# model's mapped into the English model's space, which lands less close to the photos it
+# means than an English query does, and shares no word with the English descriptions.
+MULTILINGUAL_CUTOFF = Cutoff(standing=5.0, worded_standing=2.0, score=0.35, worded_score=0.25, gap=0.25)
 
 
 @dataclass(frozen=True)
