@@ -260,11 +260,12 @@ def tune_grid() -> dict[str, Cutoff]:
 
 def tune_grid_multilingual() -> dict[str, Cutoff]:
     grid = {}
-    for standing in (3.0, 4.0, 5.0, 6.0):
-        for worded_standing in (1.5, 2.0):
-            for score in (0.3, 0.35, 0.4, 0.45):
-                for gap in (0.25, 1.0):
-                    c = replace(MULTILINGUAL_CUTOFF, standing=standing, worded_standing=worded_standing, score=score, gap=gap)
+    for standing in (4.0, 5.0, 6.0, 7.0):
+        for worded_standing in (2.0,):
+            for score in (0.25, 0.28, 0.3, 0.32, 0.35, 0.4, 0.45):
+                for gap in (0.25,):
+                    c = replace(MULTILINGUAL_CUTOFF, standing=standing, worded_standing=worded_standing, score=score, gap=gap,
+                                alone_score=None)
                     grid[json.dumps(asdict(c))] = c
     return grid
 
