@@ -28,6 +28,12 @@ for the shipped default set (`default`) and today's fixed cut-off (`fixed_0.25`)
     bench/cutoff.py --data ../shared/data/photos/coco.jsonl
     bench/cutoff.py --split train --tune       # grid over search.cutoff's settings
 
+`--languages de,fr,es,ja,zh,ru`: the same for queries in other languages (our translations in
+bench/crosslingual_concepts.json of 60 concepts, and of the off-topic queries in de, es, ja,
+ru; no caption queries), embedded as `imgrag search` embeds them (imgrag.index.crosslingual),
+with the default set search gives them (`default`: search.cutoff.MULTILINGUAL_CUTOFF) beside
+the English one (`english_cutoff`); `--tune` then grids over MULTILINGUAL_CUTOFF.
+
 Vectors are cached in bench/.cache/ (as bench/retrieval.py)."""
 
 from __future__ import annotations
@@ -145,7 +151,7 @@ class Tally:
             "recall": round(self.targets_shown / max(self.targets, 1), 4),
             "shown": round(self.shown / q, 2),
             "junk": round((self.shown - self.relevant_shown) / q, 2),
-            "offtopic_empty": round(self.offtopic_empty / max(self.offtopic_queries, 1), 4),
+            "offtopic_empty": round(self.offtopic_empty / self.offtopic_queries, 4) if self.offtopic_queries else None,
             "caption_kept": round(self.caption_kept / max(self.caption_queries, 1), 4),
         }
 
