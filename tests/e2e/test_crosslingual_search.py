@@ -30,9 +30,9 @@ def search(demo, *args: str):
     return r, json.loads(r.stdout) if r.stdout.strip() else None
 
 
-# (Not "Rakete in der Nacht" / "夜のロケット": they score 0.30 and 0.31, too close to the bar
-# of 0.3 for a test that must not flip when the map is fitted again.)
-@pytest.mark.parametrize("query", ["Raketenstart bei Nacht", "夜のロケット打ち上げ"])
+# The rocket scores 0.33, 0.40, 0.39, 0.45 (the bar in a collection this small: 0.3); the
+# off-topic queries' best photos 0.15 and 0.09.
+@pytest.mark.parametrize("query", ["Rakete in der Nacht", "Raketenstart bei Nacht", "夜のロケット", "夜のロケット打ち上げ"])
 def test_the_rocket_in_german_and_japanese_by_default(demo, query):
     r, found = search(demo, query)
     assert r.code == 0, r.stderr
