@@ -37,10 +37,15 @@ HNSW_EF_SEARCH = 200  # candidates the HNSW search keeps (search.ranking.DENSE_C
 # Each searching connection's settings: a filter keeps the HNSW scan going (pgvector >= 0.8)
 # until enough rows pass it, in roughly distance order (nearest() sorts them again).
 # JIT compiling pays off for long analytic queries, never for these few-millisecond ones
-# (pgvector's cost estimates cross jit_above_cost at a million rows).
+# (pgvector's cost estimates cross jit_above_cost at a million rows). Each query is planned
+# for its own parameters: a plan psycopg's prepared statements would keep for any --in
+# folder cannot use the path index for `LIKE $1` (it scanned every copy).
 SEARCH_SETTINGS = (f"SET hnsw.ef_search = {HNSW_EF_SEARCH}", "SET hnsw.iterative_scan = relaxed_order",
-                   "SET jit = off")
+                   "SET jit = off", "SET plan_cache_mode = force_custom_plan")
 _DOC_COLUMNS = "p.sha256, p.caption, p.text, p.lexical, p.taken, p.mtime, p.photo_time"  # docs() reads
+# A filter passing at most this many photos is searched exactly, over those photos: faster than
+# an HNSW scan that must visit ~depth/share rows to find `depth` that pass (bench/store_scale.py).
+EXACT_MAX = 20_000
 _PASSING_CHUNK = 256  # passing(): rows checked by the first query, growing 4x while too few pass
 
 
@@ -172,6 +177,10 @@ class StoreFilters:
 
     where: str = ""
     params: tuple = ()
+    # The condition on one copy (`copies c`) that --in sets, as (sql, params): its photos are
+    # often few enough to search exactly (StoreGeneration.nearest); only_copies: it is the only filter.
+    copies: tuple[str, tuple] | None = None
+    only_copies: bool = False
 
     @property
     def active(self) -> bool:
@@ -258,6 +267,10 @@ class StoreGeneration:
         looking until enough rows pass them), re-ordered by exact inner product."""
         dim = self.dim
         depth = min(self.size, max(depth, 1))  # --all asks for sys.maxsize
+        few = self._few_photos()
+        self._located.few = (self.filters, few)  # passing() of this search's exact words reads it
+        if few is not None:
+            return self._exact(query, depth, allowed, few)
         where = f" AND {self.filters.where}" if self.filters.active else ""
         if allowed is not None:
             where += " AND p.id = ANY(%s)"
@@ -288,12 +301,47 @@ class StoreGeneration:
         best = np.argsort(-scores, kind="stable")  # relaxed_order may return them a little out of order
         return rows[best], scores[best]
 
+    def _few_photos(self) -> np.ndarray | None:
+        """The ids of the photos with a copy --in passes, sorted, when there are at most
+        EXACT_MAX of them (a folder of a large library); None otherwise."""
+        if self.filters.copies is None:
+            return None
+        sql, params = self.filters.copies
+        found = self.query(f"SELECT c.photo FROM copies c WHERE {sql} LIMIT %s", (*params, EXACT_MAX + 1), binary=True)
+        if len(found) > EXACT_MAX:
+            return None
+        return np.unique(np.array([f[0] for f in found], dtype=np.int64))
+
+    def _exact(self, query: np.ndarray, depth: int, allowed: np.ndarray | None,
+               few: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """nearest() over a few photos: every one's inner product (ordered by the score,
+        not the distance the HNSW index serves, so that the planner reads just these rows)."""
+        dim = self.dim
+        others = f" AND {self.filters.where}" if self.filters.active and not self.filters.only_copies else ""
+        params: list[Any] = []
+        from pgvector import Vector
+
+        vec = Vector(np.asarray(query[0], dtype=np.float32))
+        if allowed is not None:
+            few = np.intersect1d(few, self.ids[allowed])
+        params = [vec, few.tolist(), *(self.filters.params if others else ()), depth]
+        sql = (f"SELECT p.id, -((p.embedding::vector({dim})) <#> %s::vector({dim})) AS score FROM photos p "
+               f"WHERE p.id = ANY(%s) AND p.embedding IS NOT NULL{others} ORDER BY score DESC, p.id LIMIT %s")
+        found = self.query(sql, params, binary=True)
+        ids = np.array([f[0] for f in found], dtype=np.int64)
+        scores = np.array([f[1] for f in found], dtype=np.float32)
+        rows, which = self.rows_of(ids)
+        return rows[which], scores[which]
+
     def passing(self, rows: np.ndarray, enough: int | None = None) -> np.ndarray:
         """The rows the filters pass, in order; with `enough`, at least the first that many
         of them (or all): a query's exact words may match tens of thousands of rows, of which
         ranking wants the best few that pass, so they are checked a chunk at a time."""
         if not self.filters.active or not len(rows):
             return rows
+        filters, few = getattr(self._located, "few", (None, None))
+        if self.filters.only_copies and filters == self.filters and few is not None:
+            return rows[np.isin(self.ids[rows], few)]  # nearest() read the photos --in passes
         if enough is None:
             return self._passing(rows)
         kept: list[np.ndarray] = []

@@ -31,15 +31,17 @@ def store_filters(filters: Filters | None) -> StoreFilters:
             else os.path.abspath(filters.under.expanduser())
         prefix = folder.rstrip(os.sep) + os.sep
         escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        clauses.append("EXISTS (SELECT 1 FROM copies c WHERE c.photo = p.id AND (c.path = %s OR c.path LIKE %s))")
-        params += [folder, escaped + "%"]
+        copies = ("(c.path = %s OR c.path LIKE %s)", (folder, escaped + "%"))
+        clauses.append(f"EXISTS (SELECT 1 FROM copies c WHERE c.photo = p.id AND {copies[0]})")
+        params += copies[1]
     if filters.after is not None:
         clauses.append("p.photo_time >= %s")
         params.append(filters.after.isoformat(timespec="seconds"))
     if filters.before is not None:
         clauses.append("p.photo_time < %s")
         params.append(filters.before.isoformat(timespec="seconds"))
-    return StoreFilters(" AND ".join(clauses), tuple(params))
+    return StoreFilters(" AND ".join(clauses), tuple(params), copies=copies if filters.under is not None else None,
+                        only_copies=len(clauses) == 1 and filters.under is not None)
 
 
 class StoreSearcher(Searcher):
