@@ -226,9 +226,30 @@ def start_servers(url: str, work: Path, env: dict) -> list[tuple[subprocess.Pope
     return servers
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes and their children so far (psutil)."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            for proc in [root, *root.children(recursive=True)]:
+                times = proc.cpu_times()
+                total += times.user + times.system
+        except psutil.Error:  # a backend that just ended
+            continue
+    return total
+
+
 def load(servers: list[tuple[subprocess.Popen, str]], queries: list[str], params: dict, rate: float,
-         seconds: float, clients: int = 8) -> dict:
+         seconds: float, clients: int = 8, postmaster: int | None = None) -> dict:
+    """Latency under load, and where the CPU went: ms per request in the serve processes and
+    in PostgreSQL (on a shared machine, latency alone says little)."""
     import httpx
+
+    serve_pids = [proc.pid for proc, _ in servers]
+    cpu_before = cpu_seconds(serve_pids), cpu_seconds([postmaster] if postmaster else [])
 
     latencies: list[float] = []
     errors = 0
@@ -257,9 +278,13 @@ def load(servers: list[tuple[subprocess.Popen, str]], queries: list[str], params
         t.start()
     for t in threads:
         t.join()
+    serve_cpu = cpu_seconds(serve_pids) - cpu_before[0]
+    postgres_cpu = cpu_seconds([postmaster] if postmaster else []) - cpu_before[1]
     ms = np.array(latencies) * 1000
     return {"requests": len(ms), "per_s": round(len(ms) / seconds, 1), "errors": errors,
-            "p50_ms": round(float(np.percentile(ms, 50)), 1), "p95_ms": round(float(np.percentile(ms, 95)), 1)}
+            "p50_ms": round(float(np.percentile(ms, 50)), 1), "p95_ms": round(float(np.percentile(ms, 95)), 1),
+            "cpu_ms_per_request": {"serve": round(serve_cpu * 1000 / max(len(ms), 1), 1),
+                                   **({"postgres": round(postgres_cpu * 1000 / max(len(ms), 1), 1)} if postmaster else {})}}
 
 
 def made_again(n: int, base: np.ndarray) -> dict:
@@ -314,7 +339,8 @@ def main() -> None:
                 with httpx.Client(base_url=served, timeout=60) as http:
                     for q in queries:
                         http.get("/api/search", params={"q": q, "limit": 10})
-            served_load = {name: load(servers, queries, params, args.rate, args.seconds)
+            postmaster = int((work / "pgdata" / "postmaster.pid").read_text().split()[0]) if server is not None else None
+            served_load = {name: load(servers, queries, params, args.rate, args.seconds, postmaster=postmaster)
                            for name, (params, _) in FILTERS.items()}
         finally:
             for proc, _ in servers:
