@@ -104,17 +104,22 @@ def _same_top_10(base, url, env, queries, filters) -> int:
 
 
 @pytest.mark.parametrize("way", ["exact", "hnsw"])
-def test_a_folders_top_10_is_the_local_indexs(dev_set, way, monkeypatch):
-    """A folder of 100: searched exactly over its photos, or (past EXACT_MAX photos) by the
-    HNSW index with the folder in its SQL: the same top 10 either way."""
+@pytest.mark.parametrize("kind", ["folder", "date", "both"])
+def test_a_filtered_top_10_is_the_local_indexs(dev_set, kind, way, monkeypatch):
+    """A folder of 100, a date range, both: searched exactly over the photos that pass, or
+    (past EXACT_MAX of them) by the HNSW index with the filters in its SQL: the same top 10."""
+    from datetime import datetime
+
     from imgrag.library import generation
     from imgrag.search.filters import Filters
 
     base, url, env, queries = dev_set
     if way == "hnsw":
         monkeypatch.setattr(generation, "EXACT_MAX", 50)
-    same = _same_top_10(base, url, env, queries, Filters(under=base / "photos" / "part1"))
-    assert same >= 0.95 * len(queries), (way, same, len(queries))
+    folder = base / "photos" / "part1" if kind != "date" else None
+    after = datetime(2000, 1, 1) if kind != "folder" else None
+    same = _same_top_10(base, url, env, queries, Filters(under=folder, after=after))
+    assert same >= 0.95 * len(queries), (kind, way, same, len(queries))
 
 
 def test_a_filters_first_passing_rows_are_checked_a_chunk_at_a_time(dev_set, monkeypatch):
