@@ -31,9 +31,9 @@ def store_filters(filters: Filters | None) -> StoreFilters:
             else os.path.abspath(filters.under.expanduser())
         prefix = folder.rstrip(os.sep) + os.sep
         escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        copies = ("(c.path = %s OR c.path LIKE %s)", (folder, escaped + "%"))
-        clauses.append(f"EXISTS (SELECT 1 FROM copies c WHERE c.photo = p.id AND {copies[0]})")
-        params += copies[1]
+        copies = (("c.path = %s", (folder,)), ("c.path LIKE %s", (escaped + "%",)))  # either one
+        clauses.append(f"EXISTS (SELECT 1 FROM copies c WHERE c.photo = p.id AND ({copies[0][0]} OR {copies[1][0]}))")
+        params += [*copies[0][1], *copies[1][1]]
     if filters.after is not None:
         clauses.append("p.photo_time >= %s")
         params.append(filters.after.isoformat(timespec="seconds"))

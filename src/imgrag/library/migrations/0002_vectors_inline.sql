@@ -5,3 +5,9 @@
 -- first and the vector only as the last resort (a vector too big for a page). Rows written
 -- before this keep their vector out of line until they are written again.
 ALTER TABLE photos ALTER COLUMN embedding SET STORAGE MAIN;
+
+-- An --in filter reads the ids of the photos with a copy under the folder: with the photo id in
+-- the path index, that is an index-only scan, not a visit to every copy's page (10,000 pages
+-- for a folder of 1% of a million photos, written in any order).
+DROP INDEX copies_path;
+CREATE INDEX copies_path ON copies (path text_pattern_ops) INCLUDE (photo);
