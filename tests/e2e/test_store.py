@@ -93,6 +93,10 @@ def test_a_newer_schema_is_refused_in_one_line(tmp_path_factory, pushed):
     assert invoke("push", base / "photos", "--store", newer, cwd=base, env=env).code == 0
     versions = [v for (v,) in _psql(newer, "SELECT version FROM imgrag_migrations ORDER BY version")]
     assert versions == list(range(1, len(versions) + 1))
+    from imgrag.library import schema
+
+    shipped = [number for number, _, _ in schema.migrations()]
+    assert versions == shipped, "two migrations share a number (the second would never be applied)"
     _psql(newer, "INSERT INTO imgrag_migrations (version, name) VALUES (9999, '9999_future.sql')")
     for args in (["search", "dog"], ["push", base / "photos"]):
         r = invoke(*args, "--store", newer, cwd=base, env=env)

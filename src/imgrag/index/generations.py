@@ -277,8 +277,9 @@ class Generation:
         keep = found[0] >= 0
         return found[0][keep].astype(np.int64), scores[0][keep].astype(np.float32)
 
-    def passing(self, rows: np.ndarray) -> np.ndarray:
-        """The rows the generation's own filters pass, in order: all of them here."""
+    def passing(self, rows: np.ndarray, enough: int | None = None) -> np.ndarray:
+        """The rows the generation's own filters pass, in order (with `enough`: at least
+        the first that many of them): all of them here."""
         return rows
 
     def close(self) -> None:

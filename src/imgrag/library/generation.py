@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import tempfile
+import threading
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,17 @@ HNSW_M, HNSW_EF_CONSTRUCTION = 16, 64  # pgvector's defaults
 HNSW_EF_SEARCH = 200  # candidates the HNSW search keeps (search.ranking.DENSE_CANDIDATES): recall@10 >= 0.95
 # Each searching connection's settings: a filter keeps the HNSW scan going (pgvector >= 0.8)
 # until enough rows pass it, in roughly distance order (nearest() sorts them again).
-SEARCH_SETTINGS = (f"SET hnsw.ef_search = {HNSW_EF_SEARCH}", "SET hnsw.iterative_scan = relaxed_order")
+# JIT compiling pays off for long analytic queries, never for these few-millisecond ones
+# (pgvector's cost estimates cross jit_above_cost at a million rows). Each query is planned
+# for its own parameters: a plan psycopg's prepared statements would keep for any --in
+# folder cannot use the path index for `LIKE $1` (it scanned every copy).
+SEARCH_SETTINGS = (f"SET hnsw.ef_search = {HNSW_EF_SEARCH}", "SET hnsw.iterative_scan = relaxed_order",
+                   "SET jit = off", "SET plan_cache_mode = force_custom_plan")
+_DOC_COLUMNS = "p.sha256, p.caption, p.text, p.lexical, p.taken, p.mtime, p.photo_time"  # docs() reads
+# A filter passing at most this many photos is searched exactly, over those photos: faster than
+# an HNSW scan that must visit ~depth/share rows to find `depth` that pass (bench/store_scale.py).
+EXACT_MAX = 20_000
+_PASSING_CHUNK = 256  # passing(): rows checked by the first query, growing 4x while too few pass
 
 
 def embedding_of(conn: Any) -> dict[str, Any] | None:
@@ -169,6 +180,11 @@ class StoreFilters:
     where: str = ""
     params: tuple = ()
     library: str | None = None  # --library: only this library's copies are shown
+    # The conditions on one copy (`copies c`) that --in sets, any of which passes it, each as
+    # (sql, params): its photos are often few enough to search exactly (StoreGeneration.nearest).
+    # only_copies: it is the only filter.
+    copies: tuple[tuple[str, tuple], ...] | None = None
+    only_copies: bool = False
 
     @property
     def active(self) -> bool:
@@ -188,7 +204,8 @@ class _Dense:
     def reconstruct_batch(self, rows: np.ndarray) -> np.ndarray:
         g = self.generation
         ids = g.ids[np.asarray(rows, dtype=np.int64)]
-        found = g.query("SELECT id, embedding FROM photos WHERE id = ANY(%s)", (ids.tolist(),))
+        # binary: a vector's text form costs more to parse in Python than the query takes
+        found = g.query("SELECT id, embedding FROM photos WHERE id = ANY(%s)", (ids.tolist(),), binary=True)
         by_id = {int(i): np.asarray(v.to_numpy() if hasattr(v, "to_numpy") else v, np.float32) for i, v in found}
         return np.stack([by_id[int(i)] for i in ids]) if len(ids) else np.zeros((0, g.dim), np.float32)
 
@@ -215,6 +232,7 @@ class StoreGeneration:
         self.visible_text = LexicalIndex.from_files(_under(files, VISIBLE_TEXT_DIR))
         self.dim = int(meta["embedding"]["dim"])
         self.index = _Dense(self)
+        self._located = threading.local()  # each search thread's rows just located (locate, docs)
         # absolute_paths() joins stored paths to <folder>/../../..: a library's paths are absolute already
         self.folder = Path("/imgrag/index/store")
 
@@ -235,9 +253,9 @@ class StoreGeneration:
     def close(self) -> None:
         """Nothing of its own to close: the pool is the library's."""
 
-    def query(self, sql: str, params: Any = ()) -> list[tuple]:
+    def query(self, sql: str, params: Any = (), *, binary: bool = False) -> list[tuple]:
         with self.pool.connection() as conn:
-            return conn.execute(sql, params).fetchall()
+            return conn.execute(sql, params, binary=binary).fetchall()
 
     def rows_of(self, ids: list[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(rows, which) of photo ids: `which` marks the ids this generation has (photos
@@ -253,38 +271,114 @@ class StoreGeneration:
         looking until enough rows pass them), re-ordered by exact inner product."""
         dim = self.dim
         depth = min(self.size, max(depth, 1))  # --all asks for sys.maxsize
+        few = self._few_photos()
+        self._located.few = (self.filters, few)  # passing() of this search's exact words reads it
+        if few is not None or (self.filters.active and self.filters.copies is None and self._few_pass()):
+            return self._exact(query, depth, allowed, few)
         where = f" AND {self.filters.where}" if self.filters.active else ""
         if allowed is not None:
             where += " AND p.id = ANY(%s)"
-        sql = (f"SELECT p.id, -((p.embedding::vector({dim})) <#> %s::vector({dim})) FROM photos p "
-               f"WHERE p.embedding IS NOT NULL{where} ORDER BY (p.embedding::vector({dim})) <#> %s::vector({dim}) "
-               f"LIMIT %s")
+        # ORDER BY the output column: the distance is computed once per row (the HNSW index
+        # matches it all the same), and the planner reads a selective filter's few rows exactly.
+        sql = (f"SELECT p.id, (p.embedding::vector({dim})) <#> %s::vector({dim}) AS distance FROM photos p "
+               f"WHERE p.embedding IS NOT NULL{where} ORDER BY distance LIMIT %s")
         from pgvector import Vector
 
         vec = Vector(np.asarray(query[0], dtype=np.float32))
         params: list[Any] = [vec, *self.filters.params]
         if allowed is not None:
             params.append(self.ids[allowed].tolist())
-        params += [vec, depth]
+        params.append(depth)
         with self.pool.connection() as conn:
             # The pool's connections search with ef_search = HNSW_EF_SEARCH and iterative scans
             # (search_settings): one round trip, unless --all or a deep page asks for more.
             if depth > HNSW_EF_SEARCH:
                 with conn.transaction():
                     conn.execute(f"SET LOCAL hnsw.ef_search = {min(1000, depth)}")
-                    found = conn.execute(sql, params).fetchall()
+                    found = conn.execute(sql, params, binary=True).fetchall()
             else:
-                found = conn.execute(sql, params).fetchall()
+                found = conn.execute(sql, params, binary=True).fetchall()
         ids = np.array([f[0] for f in found], dtype=np.int64)
-        scores = np.array([f[1] for f in found], dtype=np.float32)
+        scores = -np.array([f[1] for f in found], dtype=np.float32)  # <#> is the negative inner product
         rows, which = self.rows_of(ids)
         rows, scores = rows[which], scores[which]
         best = np.argsort(-scores, kind="stable")  # relaxed_order may return them a little out of order
         return rows[best], scores[best]
 
-    def passing(self, rows: np.ndarray) -> np.ndarray:
+    def _few_photos(self) -> np.ndarray | None:
+        """The ids of the photos with a copy --in passes, sorted, when there are at most
+        EXACT_MAX of them (a folder of a large library); None otherwise."""
+        if self.filters.copies is None:
+            return None
+        # One index-only scan of the path index per condition (an OR would visit every copy's page).
+        sql = " UNION ALL ".join(f"(SELECT c.photo FROM copies c WHERE {where} LIMIT %s)" for where, _ in self.filters.copies)
+        params = [p for _, each in self.filters.copies for p in (*each, EXACT_MAX + 1)]
+        found = self.query(sql, params, binary=True)
+        if len(found) > EXACT_MAX:
+            return None
+        return np.unique(np.array([f[0] for f in found], dtype=np.int64))
+
+    def _few_pass(self) -> bool:
+        """Whether the planner expects at most EXACT_MAX photos to pass the filters (a
+        narrow date range): its estimate, from the date index's statistics."""
+        plan = self.query(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM photos p WHERE p.embedding IS NOT NULL "
+                          f"AND {self.filters.where}", self.filters.params)[0][0]
+        plan = json.loads(plan) if isinstance(plan, str) else plan
+        return float(plan[0]["Plan"]["Plan Rows"]) <= EXACT_MAX
+
+    def _exact(self, query: np.ndarray, depth: int, allowed: np.ndarray | None,
+               few: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """nearest() over the few photos that pass the filters (`few`: their ids, when
+        known): every one's inner product, ordered by the score, not by the distance the
+        HNSW index serves, so that the planner reads just these rows. An HNSW scan would
+        step over ~depth/share rows to find `depth` that pass, and iterative scans grow
+        slow past a few thousand (a 6% date range took 0.2-0.7 s at 200k photos)."""
+        dim = self.dim
+        from pgvector import Vector
+
+        vec = Vector(np.asarray(query[0], dtype=np.float32))
+        where = ""
+        params: list[Any] = [vec]
+        if few is not None:
+            if allowed is not None:
+                few = np.intersect1d(few, self.ids[allowed])
+            where += " AND p.id = ANY(%s::bigint[])"
+            params.append(_int_array(few))
+        elif allowed is not None:
+            where += " AND p.id = ANY(%s)"
+            params.append(self.ids[allowed].tolist())
+        if few is None or not self.filters.only_copies:
+            where += f" AND {self.filters.where}"
+            params += self.filters.params
+        params.append(depth)
+        sql = (f"SELECT p.id, -((p.embedding::vector({dim})) <#> %s::vector({dim})) AS score FROM photos p "
+               f"WHERE p.embedding IS NOT NULL{where} ORDER BY score DESC, p.id LIMIT %s")
+        found = self.query(sql, params, binary=True)
+        ids = np.array([f[0] for f in found], dtype=np.int64)
+        scores = np.array([f[1] for f in found], dtype=np.float32)
+        rows, which = self.rows_of(ids)
+        return rows[which], scores[which]
+
+    def passing(self, rows: np.ndarray, enough: int | None = None) -> np.ndarray:
+        """The rows the filters pass, in order; with `enough`, at least the first that many
+        of them (or all): a query's exact words may match tens of thousands of rows, of which
+        ranking wants the best few that pass, so they are checked a chunk at a time."""
         if not self.filters.active or not len(rows):
             return rows
+        filters, few = getattr(self._located, "few", (None, None))
+        if self.filters.only_copies and filters == self.filters and few is not None:
+            return rows[np.isin(self.ids[rows], few)]  # nearest() read the photos --in passes
+        if enough is None:
+            return self._passing(rows)
+        kept: list[np.ndarray] = []
+        start, size, count = 0, max(_PASSING_CHUNK, 4 * enough), 0
+        while start < len(rows) and count < enough:
+            kept.append(self._passing(rows[start : start + size]))
+            count += len(kept[-1])
+            start, size = start + size, size * 4
+        return np.concatenate(kept)
+
+    def _passing(self, rows: np.ndarray) -> np.ndarray:
         ids = self.ids[rows]
         found = {int(r[0]) for r in self.query(f"SELECT p.id FROM photos p WHERE p.id = ANY(%s) AND {self.filters.where}",
                                                (ids.tolist(), *self.filters.params))}
@@ -303,12 +397,19 @@ class StoreGeneration:
         return {row_of[int(f[0])]: tuple(f[1:]) for f in found}
 
     def locate(self, rows: Any) -> dict[int, tuple[list[str], str | None]]:
-        return {row: (list(f[1]), f[0]) for row, f in self._fetch("p.photo_time", rows).items()}
+        # A search reads the rows it shows right after locating them (ranking.read_hits):
+        # the same query reads both, and this thread's docs() takes them from here.
+        found = self._fetch(_DOC_COLUMNS, rows)
+        self._located.rows = found
+        return {row: (list(f[7]), f[6]) for row, f in found.items()}
 
     def docs(self, rows: Any) -> dict[int, Doc]:
-        found = self._fetch("p.sha256, p.caption, p.text, p.lexical, p.taken, p.mtime, p.photo_time", rows)
+        rows = list(rows)
+        found, self._located.rows = getattr(self._located, "rows", None) or {}, None
+        if not all(row in found for row in rows):
+            found = self._fetch(_DOC_COLUMNS, rows)
         return {row: Doc(f[0], list(f[7]), f[1] or "", f[2] or "", f[3] or "", f[4], f[5], f[6])
-                for row, f in found.items()}
+                for row in rows if (f := found.get(row)) is not None}
 
     def row_of_sha(self, sha: str) -> tuple[int, str] | None:
         """(row, caption) of a photo by its content hash, if this generation has it."""
@@ -317,6 +418,12 @@ class StoreGeneration:
             return None
         rows, which = self.rows_of([found[0][0]])
         return (int(rows[0]), found[0][1] or "") if which[0] else None
+
+
+def _int_array(ids: np.ndarray) -> str:
+    """Ids as one array literal: psycopg adapts a list element by element in Python (14 ms
+    for a folder of 10,000 photos), this joins them in one go."""
+    return "{" + ",".join(map(str, ids.tolist())) + "}"
 
 
 def _under(files: dict[str, bytes], folder: str) -> dict[str, bytes]:

@@ -29,25 +29,33 @@ def store_filters(filters: Filters | None) -> StoreFilters:
     clauses: list[str] = []
     params: list[object] = []
     one_copy: list[str] = []  # what one copy of the photo must be
+    one_copy_params: list[object] = []
+    copies: tuple[tuple[str, tuple], ...] | None = None
     if filters.library is not None:
         one_copy.append("c.library = %s")
-        params.append(filters.library)
+        one_copy_params.append(filters.library)
     if filters.under is not None:
         folder = str(filters.under.expanduser().resolve()) if filters.under.expanduser().exists() \
             else os.path.abspath(filters.under.expanduser())
         prefix = folder.rstrip(os.sep) + os.sep
         escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        # --in as either of two conditions on one copy, each one index-only scan of the path
+        # index when a folder's photos are read to be searched exactly (StoreGeneration._few_photos)
+        copies = tuple((" AND ".join([*one_copy, condition]), (*one_copy_params, value))
+                       for condition, value in (("c.path = %s", folder), ("c.path LIKE %s", escaped + "%")))
         one_copy.append("(c.path = %s OR c.path LIKE %s)")
-        params += [folder, escaped + "%"]
+        one_copy_params += [folder, escaped + "%"]
     if one_copy:
         clauses.append(f"EXISTS (SELECT 1 FROM copies c WHERE c.photo = p.id AND {' AND '.join(one_copy)})")
+        params += one_copy_params
     if filters.after is not None:
         clauses.append("p.photo_time >= %s")
         params.append(filters.after.isoformat(timespec="seconds"))
     if filters.before is not None:
         clauses.append("p.photo_time < %s")
         params.append(filters.before.isoformat(timespec="seconds"))
-    return StoreFilters(" AND ".join(clauses), tuple(params), library=filters.library)
+    return StoreFilters(" AND ".join(clauses), tuple(params), library=filters.library, copies=copies,
+                        only_copies=len(clauses) == 1 and copies is not None)
 
 
 class StoreSearcher(Searcher):

@@ -147,7 +147,7 @@ def _best_exact(generation: Generation, evidence, allowed: np.ndarray | None) ->
     ranked = evidence.top(len(evidence.raw))
     if allowed is not None:
         ranked = ranked[np.isin(ranked, allowed)]
-    return generation.passing(ranked)[:LEXICAL_CANDIDATES]
+    return generation.passing(ranked, LEXICAL_CANDIDATES)[:LEXICAL_CANDIDATES]
 
 
 def _dense_scores(index, query_vec: np.ndarray, rows: np.ndarray) -> np.ndarray | None:
