@@ -71,7 +71,7 @@ def plain_env() -> dict:
     (["search", "dog", "-n", "2.5"], "--limit/-n 2.5: must be a whole number at least 1"),
     (["search", "dog", "--min-score", "high"], "--min-score 'high': must be a number"),
     (["serch", "dog"], "no such command 'serch'; did you mean 'search'"),
-    (["bogus"], "no such command 'bogus' (commands: describe, embed, index, status, push, search"),
+    (["bogus"], "no such command 'bogus' (commands: demo, index, search, ask, serve, watch, mcp, status"),
 ])
 def test_bad_flag_values_are_one_line(tmp_path, args, message):
     r = invoke(*args, cwd=tmp_path, env=plain_env())
