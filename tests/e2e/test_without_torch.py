@@ -1,7 +1,7 @@
-"""A plain install has no torch: the default model does everything (demo, index, search) and
-another model says in one line which extra it needs. Real processes in which torch,
-sentence-transformers and transformers cannot be imported (a sitecustomize refuses them),
-as in a virtualenv made by `pip install imgrag` alone."""
+"""A plain install has no torch and no onnx: the default model does everything (demo, index,
+search) and another model says in one line which extra it needs. Real processes in which
+torch, sentence-transformers, transformers and onnx cannot be imported (a sitecustomize
+refuses them), as in a virtualenv made by `pip install imgrag` alone."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from conftest import IMGRAG
 from tiny_model import make_tiny_model
 
-BLOCKED = ("torch", "sentence_transformers", "transformers")
+BLOCKED = ("torch", "sentence_transformers", "transformers", "onnx")  # not onnxruntime: a plain install has it
 SITECUSTOMIZE = f'''
 import sys
 
