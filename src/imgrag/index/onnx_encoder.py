@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -74,13 +73,11 @@ def files_intact(folder: Path, record: dict[str, Any], deep: bool = False, *, tr
 class OnnxQueryEncoder:
     """tokenizer.json -> ONNX transformer -> pooling -> L2 norm, as sentence-transformers does.
 
-    `graph` (default: the folder's model.onnx) with `initializers`, the tensors a weight-free
-    graph names, given to ONNX Runtime in memory. `threads` 1: each run on one thread, and
+    `threads` 1: each run on one thread, and
     `encode_batches` runs batches side by side on every core instead, which spends no time
     handing each operator's work between threads (a query runs as fast on one)."""
 
-    def __init__(self, folder: Path, record: dict[str, Any], *, graph: Path | None = None,
-                 initializers: Mapping[str, np.ndarray] | None = None, threads: int = 0) -> None:
+    def __init__(self, folder: Path, record: dict[str, Any], *, threads: int = 0) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -100,11 +97,7 @@ class OnnxQueryEncoder:
         if threads:
             options.intra_op_num_threads = threads
         self.workers = min(8, _cores()) if threads == 1 else 1
-        if initializers:
-            names = list(initializers)
-            # copied into the session: the arrays may go once it is made
-            options.add_external_initializers(names, [ort.OrtValue.ortvalue_from_numpy(initializers[n]) for n in names])
-        self.session = ort.InferenceSession(str(graph or folder / ONNX_FILE), options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(folder / ONNX_FILE), options, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.dense = [(dict(np.load(folder / layer["file"])), layer["activation"]) for layer in self.pipeline.get("dense", [])]
 
