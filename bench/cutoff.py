@@ -28,6 +28,12 @@ for the shipped default set (`default`) and today's fixed cut-off (`fixed_0.25`)
     bench/cutoff.py --data ../shared/data/photos/coco.jsonl
     bench/cutoff.py --split train --tune       # grid over search.cutoff's settings
 
+`--languages de,fr,es,ja,zh,ru`: the same for queries in other languages (our translations in
+bench/crosslingual_concepts.json of 60 concepts, and of the off-topic queries in de, es, ja,
+ru; no caption queries), embedded as `imgrag search` embeds them (imgrag.index.crosslingual),
+with the default set search gives them (`default`: search.cutoff.MULTILINGUAL_CUTOFF) beside
+the English one (`english_cutoff`); `--tune` then grids over MULTILINGUAL_CUTOFF.
+
 Vectors are cached in bench/.cache/ (as bench/retrieval.py)."""
 
 from __future__ import annotations
@@ -46,14 +52,16 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "bench"))
 
+from imgrag.index import crosslingual
 from imgrag.index.embedding import DEFAULT_MODEL, VectorCache, cache_dir_name, load_model
 from imgrag.index.generations import Doc, open_generation, write_generation
 from imgrag.index.lexical import stems, words
-from imgrag.search.cutoff import DEFAULT_CUTOFF, Cutoff
+from imgrag.search.cutoff import DEFAULT_CUTOFF, MULTILINGUAL_CUTOFF, Cutoff
 from imgrag.search.ranking import DEFAULT_LIMIT, SearchOptions, rank
 from imgrag.store.workspace import Workspace
 from retrieval import CACHE, CAPTIONS, OFF_TOPIC, cached_vectors, load_items
 
+CONCEPTS_FILE = REPO / "bench" / "crosslingual_concepts.json"  # our translations of 60 concepts and the off-topic queries
 FIXED = 0.25  # the cut-off imgrag shipped before the default set fitted the query
 CAPTION_QUERIES = 40  # per collection: photos whose other caption is run as a query
 
@@ -143,7 +151,7 @@ class Tally:
             "recall": round(self.targets_shown / max(self.targets, 1), 4),
             "shown": round(self.shown / q, 2),
             "junk": round((self.shown - self.relevant_shown) / q, 2),
-            "offtopic_empty": round(self.offtopic_empty / max(self.offtopic_queries, 1), 4),
+            "offtopic_empty": round(self.offtopic_empty / self.offtopic_queries, 4) if self.offtopic_queries else None,
             "caption_kept": round(self.caption_kept / max(self.caption_queries, 1), 4),
         }
 
@@ -152,17 +160,46 @@ def shown_ids(generation, vec, query: str, options: SearchOptions, cutoff: Cutof
     return [h.sha256 for h in rank(generation, vec, query, options, cutoff=cutoff)]
 
 
+@dataclass
+class QuerySet:
+    """The concept and off-topic queries a run asks: English (CONCEPTS, OFF_TOPIC...) or one
+    of the languages of CONCEPTS_FILE, embedded as `imgrag search` embeds them."""
+
+    language: str
+    concepts: list[tuple[str, str]]  # (query, the English concept whose photos are relevant)
+    offtopic: list[str]
+
+
+def english_queries() -> QuerySet:
+    return QuerySet("en", [(c, c) for c in CONCEPTS], OFF_TOPIC + OFF_TOPIC_MORE)
+
+
+def translated_queries(language: str) -> QuerySet:
+    """Our translations (CONCEPTS_FILE) of 60 concepts, and of the off-topic queries where written."""
+    data = json.loads(CONCEPTS_FILE.read_text())
+    return QuerySet(language, [(names[language], c) for c, names in data["concepts"].items()],
+                    data["offtopic"].get(language, []))
+
+
 def run(photos: list[Photo], size: int, samples: int, model_name: str, cutoffs: dict[str, Cutoff | float],
-        seed: int = 0) -> tuple[dict[str, Tally], int]:
+        seed: int = 0, queries: QuerySet | None = None) -> tuple[dict[str, Tally], int]:
     model = load_model(model_name)
     encoder = model  # queries as imgrag search embeds them with this model
     name = cache_dir_name(model_name, model.fingerprint)
     doc_cache = VectorCache(CACHE / "docs" / name, model.dim)
     query_cache = VectorCache(CACHE / "queries" / name, model.dim)
-    offtopic = OFF_TOPIC + OFF_TOPIC_MORE
-    concept_wanted = {c: concept_stems(c) for c in CONCEPTS}
-    all_queries = CONCEPTS + offtopic
-    query_vecs = dict(zip(all_queries, cached_vectors(all_queries, query_cache, encoder.encode), strict=False))
+    queries = queries or english_queries()
+    offtopic = queries.offtopic
+    concept_wanted = {c: concept_stems(c) for _, c in queries.concepts}
+    all_queries = [q for q, _ in queries.concepts] + offtopic
+    if queries.language == "en":
+        query_vecs = dict(zip(all_queries, cached_vectors(all_queries, query_cache, encoder.encode), strict=False))
+    else:  # through the multilingual model and its map, as `imgrag search` sends them (imgrag.index.crosslingual)
+        routed = [q for q in all_queries if not crosslingual.is_english(q)]
+        print(f"cutoff: {queries.language}: {len(routed)} of {len(all_queries)} queries go to the multilingual model",
+              file=sys.stderr)
+        query_vecs = dict(zip(all_queries, crosslingual.CrossLingualEncoder(model.onnx or model).encode(all_queries),
+                              strict=True))
     tallies = {label: Tally() for label in cutoffs}
     size = min(size, len(photos))
     samples = 1 if size == len(photos) else samples
@@ -178,20 +215,20 @@ def run(photos: list[Photo], size: int, samples: int, model_name: str, cutoffs: 
             relevant = {c: {p.id for p in chosen if any(names(h, w) for h in p.human)} for c, w in concept_wanted.items()}
             described = {c: {p.id for p in chosen if any(names(h, w) for h in indexed_stems(p))}
                          for c, w in concept_wanted.items()}
-            for concept in CONCEPTS:
+            for query, concept in queries.concepts:
                 if not described[concept]:
                     continue
-                ranked = shown_ids(generation, query_vecs[concept], concept, SearchOptions(show_all=True), DEFAULT_CUTOFF)
+                ranked = shown_ids(generation, query_vecs[query], query, SearchOptions(show_all=True), DEFAULT_CUTOFF)
                 targets = described[concept] & set(ranked[:DEFAULT_LIMIT])
                 for label, cut in cutoffs.items():
-                    shown = _shown(generation, query_vecs[concept], concept, cut)
+                    shown = _shown(generation, query_vecs[query], query, cut)
                     t = tallies[label]
                     t.concept_queries += 1
                     t.shown += len(shown)
                     t.relevant_shown += len(set(shown) & relevant[concept])
                     t.targets += len(targets)
                     t.targets_shown += len(targets & set(shown))
-            caption_photos = chosen[:CAPTION_QUERIES]
+            caption_photos = chosen[:CAPTION_QUERIES] if queries.language == "en" else []  # (English captions)
             caption_vecs = cached_vectors([p.query for p in caption_photos], query_cache, encoder.encode)
             for photo, vec in zip(caption_photos, caption_vecs, strict=False):
                 if photo.id not in shown_ids(generation, vec, photo.query, SearchOptions(show_all=True), DEFAULT_CUTOFF):
@@ -227,6 +264,52 @@ def tune_grid() -> dict[str, Cutoff]:
     return grid
 
 
+def tune_grid_multilingual() -> dict[str, Cutoff]:
+    grid = {}
+    for standing in (4.0, 5.0, 6.0, 7.0):
+        for worded_standing in (2.0,):
+            for score in (0.25, 0.28, 0.3, 0.32, 0.35, 0.4, 0.45):
+                for gap in (0.25,):
+                    c = replace(MULTILINGUAL_CUTOFF, standing=standing, worded_standing=worded_standing, score=score, gap=gap,
+                                alone_score=None)
+                    grid[json.dumps(asdict(c))] = c
+    return grid
+
+
+def add(into: Tally, more: Tally) -> None:
+    for name in vars(into):
+        setattr(into, name, getattr(into, name) + getattr(more, name))
+
+
+def main_languages(args, photos: list[Photo], started: float) -> int:
+    """The default set of queries in other languages (MULTILINGUAL_CUTOFF), beside the
+    English default set applied to them (as before), per language and over all of them."""
+    cutoffs: dict[str, Cutoff | float] = {"default": MULTILINGUAL_CUTOFF, "english_cutoff": DEFAULT_CUTOFF}
+    if args.tune:
+        cutoffs.update(tune_grid_multilingual())
+    pooled = {label: Tally() for label in cutoffs}
+    by_language = {}
+    samples = 0
+    for language in args.languages.split(","):
+        tallies, samples = run(photos, args.size, args.samples, args.model, cutoffs, args.seed,
+                               translated_queries(language))
+        by_language[language] = tallies["default"].figures()
+        for label, t in tallies.items():
+            add(pooled[label], t)
+    coco = "objects" in photos[0].described
+    result = {
+        "data": args.data.name, "split": "all" if coco else args.split, "size": min(args.size, len(photos)),
+        "samples": samples, "languages": args.languages, "concept_queries": pooled["default"].concept_queries,
+        "offtopic_queries": pooled["default"].offtopic_queries,
+        "default": pooled["default"].figures(), "english_cutoff": pooled["english_cutoff"].figures(),
+        "by_language": by_language, "cutoff": asdict(MULTILINGUAL_CUTOFF), "seconds": round(time.perf_counter() - started, 1),
+    }
+    if args.tune:
+        result["grid"] = [{**json.loads(k), **pooled[k].figures()} for k in cutoffs if k.startswith("{")]
+    print(json.dumps(result))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=CAPTIONS, help=f"JSONL caption or COCO file (default {CAPTIONS})")
@@ -236,6 +319,8 @@ def main() -> int:
     ap.add_argument("--model", default=DEFAULT_MODEL, help="embedding model")
     ap.add_argument("--seed", type=int, default=0, help="which collections are cut")
     ap.add_argument("--tune", action="store_true", help="grid over the default set's settings (imgrag.search.cutoff.Cutoff)")
+    ap.add_argument("--languages", help="queries in these languages of CONCEPTS_FILE instead, e.g. de,fr,es,ja,zh,ru: "
+                                        "the default set for queries in other languages (MULTILINGUAL_CUTOFF)")
     args = ap.parse_args()
     started = time.perf_counter()
     if not args.data.is_file():
@@ -245,6 +330,8 @@ def main() -> int:
     if not photos:
         print(f"cutoff: no photos in {args.data} for split {args.split!r}", file=sys.stderr)
         return 2
+    if args.languages:
+        return main_languages(args, photos, started)
     cutoffs: dict[str, Cutoff | float] = {"default": DEFAULT_CUTOFF, f"fixed_{FIXED}": FIXED}
     if args.tune:
         cutoffs.update(tune_grid())

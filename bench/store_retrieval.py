@@ -48,6 +48,9 @@ def store_generation(url: str, docs: list[Doc], vectors: np.ndarray, embedding: 
                 cur.execute("INSERT INTO photos (sha256, record, caption, text, lexical, vkey, embedding) "
                             "VALUES (%s, %s, %s, %s, %s, %s, %s)",
                             (d.sha256, Jsonb({}), d.caption, d.text, d.lexical, str(i), Vector(vectors[i])))
+                # a copy, as `imgrag index --store` records one: a photo with none is not published
+                cur.execute("INSERT INTO copies (library, path, photo) SELECT 'bench', %s, id FROM photos "
+                            "WHERE sha256 = %s", (f"/bench/{d.paths[0]}", d.sha256))
         conn.commit()
         generation.ensure_hnsw(conn, vectors.shape[1])
         generation.publish(conn)

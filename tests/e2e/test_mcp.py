@@ -161,6 +161,7 @@ def test_tools_say_how_to_use_them(stdio):
     search = tools["search"]
     props = search.input_schema["properties"]
     assert {"query", "like", "limit", "min_score", "all", "folder", "after", "before"} <= set(props)
+    assert "library" not in props and "library" not in tools["ask"].input_schema["properties"]  # a store's filter only
     assert all(p.get("description") for p in props.values()), props
     assert "YYYY-MM-DD" in props["after"]["description"]
     for words in ("why", "min_score=0", "like", "id", "imgrag search --json"):

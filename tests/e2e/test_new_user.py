@@ -89,6 +89,16 @@ def test_search_in_a_folder_shows_the_copy_inside_it(library):
         assert r.stdout == library.path(shown) + "\n"
 
 
+def test_imgrag_index_in_dot_env_is_honoured(library, tmp_path):
+    """IMGRAG_INDEX written in .env, as .env.example suggests, names the index like --index."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / ".env").write_text(f"IMGRAG_INDEX={library.base / '.imgrag'}\n")
+    r = library.search("children with a birthday cake", "--paths", "--limit", "1", cwd=elsewhere)
+    assert r.code == 0, r.stderr
+    assert r.stdout.strip() in {library.path("home/birthday.jpg"), library.path("trips/birthday_copy.jpg")}
+
+
 # -- a JPEG cut short ------------------------------------------------------------------------
 
 

@@ -109,6 +109,9 @@ def test_help_uses_a_wide_terminal_and_says_everything(tmp_path):
     assert max(map(len, lines)) > 90, "wraps at the terminal's width, not at 80"
     commands = lines[lines.index("Commands:") + 1:]
     assert len(commands) == len(registered_commands()) and not any("..." in line for line in commands)
+    listed = [line.split()[0] for line in commands if not line.startswith("   ")]
+    assert listed[:4] == ["demo", "index", "search", "ask"], "the first run and the everyday commands first"
+    assert listed.index("push") > listed.index("status"), "the store's push among the stages, not before search"
     assert any(line.split(None, 1)[1] == "Describe new photos with the vision model into "
                ".imgrag/descriptions.jsonl (resumable)." for line in commands)
 

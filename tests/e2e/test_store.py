@@ -63,6 +63,8 @@ def test_push_reembeds_nothing_and_again_uploads_nothing(pushed):
     ["cake", "--in", "photos/trips"], ["sign", "--all", "--after", "2022-01-01", "--before", "2023-01-01"],
     ["kitchen", "--all", "--after", "2024"],
     ["--like", "photos/trips/beach_dog.jpg", "--all"],
+    # in other languages: the multilingual model, its map and their default set (search.cutoff)
+    ["Hund am Strand"], ["海辺を走る犬"], ["кухня с красным чайником", "--all"],
 ])
 def test_search_answers_as_the_local_index(pushed, args):
     base, url, env = pushed

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -685,6 +686,42 @@ def test_phone_width_cited_paths_wrap_and_the_detail_view_steps(server, open_pag
     page.locator("#detail-prev").tap()
     expect(page.locator("#detail-caption")).to_have_text(first[0])
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
+
+
+# Where each line of an element's text starts after the first, and the character before it.
+LINE_BREAKS_JS = """el => {
+  const breaks = []; let top = null, before = "";
+  const walker = document.createTreeWalker(el, NodeFilter.SHOW_TEXT);
+  while (walker.nextNode()) {
+    const text = walker.currentNode;
+    for (let i = 0; i < text.length; i++) {
+      const range = document.createRange(); range.setStart(text, i); range.setEnd(text, i + 1);
+      const box = range.getClientRects()[0];
+      if (!box) continue;
+      if (top !== null && box.top > top + 2) breaks.push(before + "|" + text.data.slice(i, i + 12));
+      top = box.top; before = text.data[i];
+    }
+  }
+  return breaks;
+}"""
+
+
+def test_wide_detail_view_wraps_a_long_path_between_folder_names(server, open_page):
+    folder = server.photos / "Summer holidays in Portugal 2024" / "Lisbon Sintra and Cascais" / "Day 3 the beach at Guincho"
+    folder.mkdir(parents=True)
+    copy = folder / "IMG_20240715_103000_HDR.jpg"
+    copy.write_bytes((server.photos / "home" / "kitchen.jpg").read_bytes())
+    try:
+        run_job(server, "embed")
+        page = open_page(server.url + "?photo=" + photo_id(server, "kitchen"), viewport={"width": 1280, "height": 900})
+        path = page.locator("#detail-fields .path", has_text=copy.name)
+        expect(path).to_be_visible()
+        breaks = path.evaluate(LINE_BREAKS_JS)
+        assert breaks, "the path is long enough to wrap at this width"
+        assert all(b.startswith("/|") for b in breaks), f"a line broke inside a name: {breaks}"
+    finally:
+        shutil.rmtree(server.photos / "Summer holidays in Portugal 2024")
+        run_job(server, "embed")
 
 
 def test_status_panel_names_the_photo_that_failed(server, open_page):

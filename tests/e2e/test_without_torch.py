@@ -1,11 +1,13 @@
-"""A plain install has no torch and no onnx: the default model does everything (demo, index,
-search) and another model says in one line which extra it needs. Real processes in which
-torch, sentence-transformers, transformers and onnx cannot be imported (a sitecustomize
-refuses them), as in a virtualenv made by `pip install imgrag` alone."""
+"""A plain install has no torch and no onnx: the default model does everything (demo, index, search) and
+another model says in one line which extra it needs; `imgrag mcp` says so for the MCP SDK.
+Real processes in which torch, sentence-transformers, transformers, tokenizers,
+huggingface_hub, mcp and onnx cannot be imported (a sitecustomize refuses them), as in a
+virtualenv made by `pip install imgrag` alone."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import pytest
 from conftest import IMGRAG
 from tiny_model import make_tiny_model
 
-BLOCKED = ("torch", "sentence_transformers", "transformers", "onnx")  # not onnxruntime: a plain install has it
+BLOCKED = ("torch", "sentence_transformers", "transformers", "tokenizers", "huggingface_hub", "mcp", "onnx")  # not onnxruntime: a plain install has it
 SITECUSTOMIZE = f'''
 import sys
 
@@ -31,7 +33,7 @@ sys.meta_path.insert(0, _NotInstalled())
 
 @pytest.fixture
 def no_torch(home, tmp_path):
-    """`home` (photos, the stand-in vision server), with torch and sentence-transformers unimportable."""
+    """`home` (photos, the stand-in vision server), with the BLOCKED packages unimportable."""
     cwd, photos, env = home
     site = tmp_path / "no-torch"
     site.mkdir()
@@ -69,3 +71,16 @@ def test_the_default_model_needs_no_torch_and_another_names_the_extra(no_torch, 
     assert forced.returncode == 2 and "imgrag[models]" in forced.stderr, forced.stderr
     still = run(["search", "a dog running by the sea", "--json", "--limit", "1"], cwd, env)
     assert still.returncode == 0 and json.loads(still.stdout)["results"], "the index is untouched"
+
+
+def test_mcp_without_its_extra_names_the_extra(no_torch, tmp_path):
+    cwd, photos, env = no_torch
+    check = subprocess.run(["python3", "-c", "import mcp"], env=env, capture_output=True, text=True, check=False)
+    assert check.returncode != 0 and "No module named 'mcp'" in check.stderr, "mcp is out of reach"
+    for args in (["mcp", str(photos)], ["mcp", str(photos), "--http", "--port", "0"]):
+        refused = run(args, cwd, env)
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.count("\n") == 1 and "pip install 'imgrag[mcp]'" in refused.stderr, refused.stderr
+        assert refused.stdout == ""
+    listed = run(["--help"], cwd, env)
+    assert listed.returncode == 0 and re.search(r"\bmcp\b", listed.stdout), "imgrag --help still lists mcp"

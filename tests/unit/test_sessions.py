@@ -4,7 +4,7 @@ Time is a clock the test moves (the classes take one), not a sleep."""
 
 from __future__ import annotations
 
-from imgrag.web.sessions import Sessions, Throttle
+from imgrag.web.sessions import Sessions, SignedSessions, Throttle
 
 
 class Clock:
@@ -27,6 +27,23 @@ def test_a_session_expires_and_is_revoked():
     clock.now += 1
     assert not sessions.valid(kept)
     assert not sessions.valid("made-up")
+
+
+def test_a_signed_session_passes_on_another_server_with_the_token_until_it_expires():
+    """`serve --store`: servers behind a load balancer hold no sessions; the same token is the key."""
+    clock = Clock()
+    one, two = SignedSessions("tok-1", lifetime=60, clock=clock), SignedSessions("tok-1", lifetime=60, clock=clock)
+    session = one.new()
+    assert session != one.new() and two.valid(session)
+    expires, nonce, signature = session.split(".")
+    assert not two.valid(f"{int(expires) + 3600}.{nonce}.{signature}")  # a later expiry is not signed
+    assert not SignedSessions("tok-2", clock=clock).valid(session)  # a new token ends every session
+    for junk in ("", "made-up", "1.2", "x.y.z", session + "0"):
+        assert not two.valid(junk)
+    clock.now += 59
+    assert two.valid(session)
+    clock.now += 1
+    assert not two.valid(session)
 
 
 def test_past_the_cap_the_oldest_session_goes():

@@ -46,6 +46,12 @@ IndexOpt = Annotated[
 NewIndexOpt = Annotated[bool, typer.Option("--new-index", help=(
     "Make (or use) an index of PHOTOS' own, in PHOTOS/../.imgrag, even when an index in a parent folder "
     "already covers PHOTOS (by default that one is used, as git finds .git)."))]
+LibraryOpt = Annotated[str | None, typer.Option(
+    "--library", help="With --store: the name this machine's copies are recorded under (its library; 1 to 64 letters, "
+    "digits, '.', '_', '-'). Default: the host name. Env: IMGRAG_STORE_LIBRARY.", show_default=False, metavar="NAME")]
+LibraryFilterOpt = Annotated[str | None, typer.Option(
+    "--library", help="With --store: only photos with a copy in this library (machine), shown at that copy.",
+    show_default=False, metavar="NAME")]
 WaitOpt = Annotated[bool, typer.Option("--wait", help="If another imgrag is writing the index, wait for it instead of exiting.")]
 StoreOpt = Annotated[str | None, typer.Option(
     "--store", help="A photo library in PostgreSQL + pgvector instead of .imgrag/: postgresql://[user@]host[:port]/db "
@@ -101,8 +107,13 @@ def _refuse_with_store(**given: Any) -> None:
     """Flags that mean something only for a .imgrag/ folder."""
     named = [name for name, value in given.items() if value not in (None, False)]
     if named:
-        flags = ", ".join("--" + n.replace("_", "-") for n in named)
+        flags = ", ".join("PHOTOS" if n == "photos" else "--" + n.replace("_", "-") for n in named)
         raise UsageError(f"{flags} cannot be combined with --store (IMGRAG_STORE)")
+
+
+def _library_needs_store(library: str | None) -> None:
+    if library is not None:
+        raise UsageError("--library names a library in a store: give --store URL (or set IMGRAG_STORE)")
 
 
 def _run_store(url: str, photos: Path | None, settings: Settings, **steps: Any) -> int:
@@ -115,6 +126,8 @@ def _run_store(url: str, photos: Path | None, settings: Settings, **steps: Any) 
     if d is not None:
         render.info(f"imgrag: described {d.described} photo(s) into {d.store} ({d.found} found, {d.already} described "
                     f"before, {d.failed} failed, {d.requests} requests)")
+        if d.vanished:
+            render.info(f"imgrag: forgot {d.vanished} copy(ies) gone from {photos} (deleted, renamed or moved)")
     if e is not None:
         render.info(f"imgrag: embedded {e.embedded} photo(s) ({e.encoded} texts encoded); {e.searchable} photo(s) "
                     f"searchable in {e.store}")
@@ -154,6 +167,7 @@ CancelOpt = Annotated[bool, typer.Option("--cancel", help="With --batch: cancel 
 @app.command(epilog="Examples: imgrag describe ~/Pictures/2024 --jobs 4\n\n  imgrag describe ~/Pictures --batch --window 48h")
 @_exits
 def describe(
+    ctx: typer.Context,
     photos: PhotosArg,
     provider: ProviderOpt = None,
     model: ModelOpt = None,
@@ -170,17 +184,19 @@ def describe(
     window: WindowOpt = "24h",
     cancel: CancelOpt = False,
     store: StoreOpt = None,
+    library: LibraryOpt = None,
     new_index: NewIndexOpt = False,
 ) -> int:
     """Describe new photos with the vision model into .imgrag/descriptions.jsonl (resumable)."""
     if cancel and not batch:
         raise UsageError("--cancel cancels the open batches: give it with --batch")
-    settings = _settings(provider=provider, model=model, base_url=base_url)
+    settings = _settings(provider=provider, model=model, base_url=base_url, store_library=library)
     url = _store(settings, store)
     if url is not None:
         _refuse_with_store(force=force, refresh=refresh, dry_run=dry_run, index=index, wait=wait,
-                           retry_failed=retry_failed, batch=batch)
+                           retry_failed=retry_failed, batch=batch, window=typed(ctx, "window"), new_index=new_index)
         return _run_store(url, photos, settings, describe=True, embed=False, jobs=jobs, limit=limit)
+    _library_needs_store(library)
     return _run_pipeline(photos, index, {"provider": provider, "model": model, "base_url": base_url}, embed=False,
                          jobs=jobs, limit=limit, force=force, refresh=refresh, retry_failed=retry_failed,
                          dry_run=dry_run, batch=batch, window=window, cancel_batches=cancel, wait=wait,
@@ -205,8 +221,9 @@ def embed(
     """Embed the descriptions and write the search index (only new texts are encoded)."""
     url = _store(_settings(), store)
     if url is not None:
-        _refuse_with_store(rebuild=rebuild, index=index, wait=wait)
-        return _run_store(url, photos, _settings(), describe=False, embed=True, embed_model=model)
+        # the store's embed step embeds every described photo, whichever machine described it
+        _refuse_with_store(photos=photos, rebuild=rebuild, index=index, wait=wait, new_index=new_index)
+        return _run_store(url, None, _settings(), describe=False, embed=True, embed_model=model)
     # No --model and no IMGRAG_EMBED_MODEL: the index keeps the model it was built with.
     return _run_pipeline(photos, index, {}, describe=False, embed_model=model, rebuild=rebuild, wait=wait,
                          new_index=new_index)
@@ -216,6 +233,7 @@ def embed(
                               "  with the Batch API (half the price): 0 3 * * *  imgrag index ~/Pictures --batch"))
 @_exits
 def index_cmd(
+    ctx: typer.Context,
     photos: PhotosArg,
     provider: ProviderOpt = None,
     model: ModelOpt = None,
@@ -228,13 +246,16 @@ def index_cmd(
     batch: BatchOpt = False,
     window: WindowOpt = "24h",
     store: StoreOpt = None,
+    library: LibraryOpt = None,
     new_index: NewIndexOpt = False,
 ) -> int:
     """Describe new photos, then embed: the one command for cron."""
-    settings = _settings(provider=provider, model=model, base_url=base_url)
+    settings = _settings(provider=provider, model=model, base_url=base_url, store_library=library)
     url = _store(settings, store)
+    if url is None:
+        _library_needs_store(library)
     if url is not None:
-        _refuse_with_store(index=index, wait=wait, batch=batch)
+        _refuse_with_store(index=index, wait=wait, batch=batch, window=typed(ctx, "window"), new_index=new_index)
         return _run_store(url, photos, settings, describe=True, embed=True, jobs=jobs, limit=limit,
                           embed_model=embed_model)
     # Embeds what was described even when some photos failed or the quota ran out; exits as describe did.
@@ -279,12 +300,13 @@ def push(
     photos: Annotated[Path | None, typer.Argument(help="Photo folder whose .imgrag/ to upload (default: the index found from here).", show_default=False, metavar="PHOTOS")] = None,
     index: IndexOpt = None,
     store: StoreOpt = None,
+    library: LibraryOpt = None,
 ) -> int:
     """Copy a .imgrag/ index into a store, with no vision request and no re-embedding."""
     from imgrag.cli import render
     from imgrag.library.run import push_to_store
 
-    settings = _settings()
+    settings = _settings(store_library=library)
     url = _store(settings, store)
     if url is None:
         raise UsageError("push uploads into a store: give --store postgresql://... (or set IMGRAG_STORE)")
@@ -293,6 +315,8 @@ def push(
                 f"{s.vectors} vector(s), {s.thumbnails} thumbnail(s); {s.searchable} photo(s) searchable")
     if s.without_vector:
         render.info(f"imgrag: {s.without_vector} photo(s) have no cached vector yet: run `imgrag embed --store ...`")
+    if s.vanished:
+        render.info(f"imgrag: forgot {s.vanished} copy(ies) gone from the folder (deleted, renamed or moved)")
     return EXIT_OK
 
 
@@ -327,6 +351,7 @@ def search(
     index: IndexOpt = None,
     verify: Annotated[bool, typer.Option("--verify", help="Have the answer model read the results with the query and keep only real matches (one request; verdicts cached in .imgrag/). Env: IMGRAG_ANSWER_MODEL.")] = False,
     store: StoreOpt = None,
+    library: LibraryFilterOpt = None,
 ) -> int:
     """Search the index for photos matching QUERY (or like PHOTO); best first."""
     from imgrag.cli import render
@@ -337,7 +362,7 @@ def search(
     settings = _settings()
     _check_search_flags(query, like, queries_from, json_out, paths_out, null)
     shown_query = clean_query(query) if query is not None else None
-    filters = make_filters(in_folder, after, before)
+    filters = make_filters(in_folder, after, before, library=library)
     options = make_options(limit, min_score, show_all)
     table = not (json_out or paths_out or null or queries_from is not None)
     kind = render.thumbnail_kind(thumbnails) if table else None
@@ -356,7 +381,8 @@ def search(
     elif paths_out or null:
         render.hits_paths(hits, nul=null)
     elif hits:
-        render.hits_table(hits, kind, fit_screen=not typed(ctx, "limit"))
+        # a store's photos may be on other machines: their thumbnails come from the store
+        render.hits_table(hits, kind, fit_screen=not typed(ctx, "limit"), stored=getattr(searcher, "stored_thumbnail", None))
     _warn_stale(searcher)
     if not hits:
         render.info(f"imgrag: no matching photos{why_nothing(searcher, options)}")
@@ -421,7 +447,8 @@ def serve(
         from imgrag.web.store_serve import run_store_serve
 
         _refuse_with_store(photos=photos, index=index, watch=watch, read_only=False)
-        return run_store_serve(url, host=host, port=port, allow_hosts=allow_host or [], token_file=token_file, cors=cors)
+        return run_store_serve(url, host=host, port=port, allow_hosts=allow_host or [], token_file=token_file, cors=cors,
+                               open_browser=open_browser)
     return run_serve(photos, index=index, host=host, port=port, allow_hosts=allow_host or [], open_browser=open_browser,
                      read_only=read_only, token_file=token_file, cors=cors, watch=watch)
 
@@ -448,6 +475,10 @@ def watch(
     from imgrag.watch.watcher import WatchOptions
 
     settings = _settings(provider=provider, model=model, base_url=base_url)
+    if settings.store is not None:
+        raise UsageError("imgrag watch keeps a .imgrag/ folder up to date and cannot write into a store "
+                         "(IMGRAG_STORE is set): index into the store with `imgrag index PHOTOS --store ...` "
+                         "(from cron), or unset IMGRAG_STORE")
     return run_watch(photos, settings, WatchOptions(poll=poll, poll_interval=poll_interval, jobs=jobs), index=index)
 
 
@@ -456,6 +487,7 @@ def watch(
     "  imgrag mcp ~/Pictures                       # an assistant starts it (stdio)\n\n"
     "  imgrag mcp ~/Pictures --allow-index         # ...and may index new photos (an estimate first)\n\n"
     "  imgrag mcp ~/Pictures --http --port 8765    # Streamable HTTP at http://127.0.0.1:8765/mcp\n\n"
+    "  imgrag mcp --store postgresql://reader@db.lan/photos   # a library in PostgreSQL (read-only)\n\n"
     "Tools: search, ask, get_photo, status (and index with --allow-index). Resource: photo://{id}."
 ))
 @_exits
@@ -468,12 +500,13 @@ def mcp(
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="With --http: port to listen on (0: any free one).")] = 8765,
     allow_host: Annotated[list[str] | None, typer.Option("--allow-host", help="With --http: another name clients reach this server by (Host header); repeatable.", show_default=False, metavar="NAME")] = None,
     token_file: Annotated[Path | None, typer.Option("--token-file", help="With --http: read the access token from FILE (else IMGRAG_SERVE_TOKEN); clients send Authorization: Bearer TOKEN.", show_default=False, metavar="FILE")] = None,
+    store: StoreOpt = None,
 ) -> int:
     """Serve your photos to AI assistants over the Model Context Protocol (MCP)."""
     from imgrag.mcp_server.run import run_mcp
 
     return run_mcp(photos, index=index, allow_index=allow_index, http=http, host=host, port=port,
-                   allow_hosts=allow_host or [], token_file=token_file)
+                   allow_hosts=allow_host or [], token_file=token_file, store=store)
 
 
 def _warn_stale(searcher) -> None:
@@ -552,6 +585,7 @@ def ask(
     thumbnails: Annotated[bool | None, typer.Option("--thumbnails/--no-thumbnails", help="Thumbnails of the cited photos (default: in a terminal).", show_default=False)] = None,
     index: IndexOpt = None,
     store: StoreOpt = None,
+    library: LibraryFilterOpt = None,
 ) -> int:
     """Answer a question from your photos: the best matches' descriptions go to a chat model, which cites them."""
     from imgrag.ask.answer import answer_plan, plan_ask
@@ -559,7 +593,7 @@ def ask(
     from imgrag.library.run import open_library
     from imgrag.search.request import make_filters, make_options, why_nothing
 
-    filters = make_filters(in_folder, after, before)
+    filters = make_filters(in_folder, after, before, library=library)
     settings = _settings().checked(*VISION_SETTINGS)
     if not dry_run:
         settings.require_api_key()  # before retrieval loads anything
@@ -572,7 +606,8 @@ def ask(
         render_ask.dry_run(plan, json_out)
     else:
         kind = render.thumbnail_kind(thumbnails) if not json_out else None
-        result = render_ask.answer(answer_plan(plan), json_out=json_out, thumbnails=kind)
+        result = render_ask.answer(answer_plan(plan), json_out=json_out, thumbnails=kind,
+                                   stored=getattr(searcher, "stored_thumbnail", None))
         if result.found:
             render.info(render_ask.usage_line(result))
     if not plan.hits:

@@ -30,8 +30,18 @@ class Command(TyperCommand):
         return [p[1:-1] if p.startswith("{") and p.endswith("}") else p for p in super().collect_usage_pieces(ctx)]
 
 
+# The order `imgrag --help` (and the generated reference) lists commands in: the first run,
+# the everyday ones, then the stages and the store. A command not named here comes last.
+COMMAND_ORDER = ("demo", "index", "search", "ask", "serve", "watch", "mcp", "status", "describe", "embed", "push")
+
+
 class Group(TyperGroup):
-    """The `imgrag` group: whole command summaries, and usage errors as one line."""
+    """The `imgrag` group: whole command summaries in COMMAND_ORDER, and usage errors as one line."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        names = super().list_commands(ctx)
+        rank = {name: i for i, name in enumerate(COMMAND_ORDER)}
+        return sorted(names, key=lambda name: rank.get(name, len(rank)))
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         if not args and self.no_args_is_help and not ctx.resilient_parsing:
@@ -49,6 +59,10 @@ class Group(TyperGroup):
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, windows_expand_args: bool = True, **extra: Any) -> Any:
         prog_name = prog_name or "imgrag"  # also under `python -m imgrag`: the name users type
+        # .env before Click parses: options that read a variable (--index: IMGRAG_INDEX) see it there too.
+        from imgrag.config import load_dotenv_once
+
+        load_dotenv_once()
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False,
                                 windows_expand_args=windows_expand_args, **extra)

@@ -10,6 +10,8 @@ import io
 import os
 import re
 import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -158,9 +160,10 @@ def _textual_image() -> Any:
     return sys.modules[name]
 
 
-def _thumbnail(path: str, kind: str, rows: int) -> tuple[Any, int]:
+def _thumbnail(path: str, kind: str, rows: int, stored: Callable[[], bytes | None] | None = None) -> tuple[Any, int]:
     """(a picture of the photo at most `rows` high for a table cell, its width in cells),
-    or a dim note when it cannot be read."""
+    or a dim note when it cannot be read. `stored`: the library's own thumbnail of it, for a
+    file that is not on this machine (a store's photos may be on others)."""
     from PIL import Image
     from rich.text import Text
 
@@ -169,8 +172,14 @@ def _thumbnail(path: str, kind: str, rows: int) -> tuple[Any, int]:
     renderable = _textual_image()
     draw = {"kitty": renderable.TGPImage, "sixel": renderable.SixelImage, "halfblock": renderable.HalfcellImage}[kind]
     try:
-        small = prepare_image(Path(path), max_side=_THUMB_PIXELS, quality=85)  # oriented, HEIC-aware, fast
-        image = Image.open(io.BytesIO(small.jpeg))
+        jpeg: bytes | None
+        try:
+            jpeg = prepare_image(Path(path), max_side=_THUMB_PIXELS, quality=85).jpeg  # oriented, HEIC-aware, fast
+        except (PhotoError, OSError):
+            jpeg = stored() if stored is not None else None
+            if jpeg is None:
+                raise
+        image = Image.open(io.BytesIO(jpeg))
         cols, high = thumbnail_cells(image.width, image.height, rows)
         return draw(image, width=cols, height=high), cols
     except (PhotoError, OSError):
@@ -178,12 +187,14 @@ def _thumbnail(path: str, kind: str, rows: int) -> tuple[Any, int]:
         return Text(note, style="dim"), len(note)
 
 
-def hits_table(hits: list[Hit], thumbnails: str | None = None, *, fit_screen: bool = False) -> None:
+def hits_table(hits: list[Hit], thumbnails: str | None = None, *, fit_screen: bool = False,
+               stored: Callable[[str], bytes | None] | None = None) -> None:
     """A table on a terminal (with a thumbnail per hit when `thumbnails` names a kind, see
     thumbnail_kind); off one, tab-separated lines that never wrap (for awk and cut).
 
     Thumbnails are as big as the screen allows; with `fit_screen` (no --limit given) the
-    table shows only the hits that fit on one screen, and says on stderr how to see the rest."""
+    table shows only the hits that fit on one screen, and says on stderr how to see the rest.
+    `stored(sha256)`: a library's own thumbnail, for photos whose files are not on this machine."""
     if thumbnails is None and not is_terminal(sys.stdout):
         for h in hits:
             print(f"{h.rank}\t{h.score:.3f}\t{shown_path(h.path)}\t{' '.join(h.caption.split())}")
@@ -204,7 +215,7 @@ def hits_table(hits: list[Hit], thumbnails: str | None = None, *, fit_screen: bo
             not_shown = (f"imgrag: {len(hits) - fit.shown} more not shown: --limit {len(hits)} shows them all, "
                          "--no-thumbnails lists them")
             hits = hits[: fit.shown]
-        pictures = [_thumbnail(h.path, thumbnails, fit.rows) for h in hits]
+        pictures = [_thumbnail(h.path, thumbnails, fit.rows, partial(stored, h.sha256) if stored else None) for h in hits]
     table = Table(show_header=True, header_style="bold", expand=False, show_lines=thumbnails is not None)
     table.add_column("#", justify="right", no_wrap=True)
     if thumbnails is not None:

@@ -4,7 +4,7 @@ whole when piped), the photos it cites, `--json` documents, `--dry-run`'s prompt
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -33,7 +33,8 @@ def dry_run(plan: AskPlan, json_out: bool) -> None:
              f"tokens{images} + ~{plan.completion_tokens_estimate:,} for the answer, ~${plan.cost:.4f}; nothing was sent")
 
 
-def answer(events: Iterator[str | AskResult], *, json_out: bool, thumbnails: str | None) -> AskResult:
+def answer(events: Iterator[str | AskResult], *, json_out: bool, thumbnails: str | None,
+           stored: Callable[[str], bytes | None] | None = None) -> AskResult:
     """Print the answer: streamed as it arrives on a terminal, whole off one; then the
     cited photos. Returns the final result."""
     stream = is_terminal(sys.stdout) and not json_out
@@ -66,7 +67,7 @@ def answer(events: Iterator[str | AskResult], *, json_out: bool, thumbnails: str
     if stream:
         if cited:
             print()
-            hits_table([replace(h, rank=n) for n, h in cited], thumbnails)
+            hits_table([replace(h, rank=n) for n, h in cited], thumbnails, stored=stored)
     else:
         for n, h in cited:
             # No empty last field (a line ending in a tab): the date only when the photo has one.

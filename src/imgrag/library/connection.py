@@ -50,7 +50,8 @@ def connect(url: str, **kwargs: Any) -> Any:
     try:
         conn = psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT, application_name="imgrag", **kwargs)
     except psycopg.Error as e:
-        raise UsageError(f"cannot connect to the store {safe_name(url)}: {scrub(str(e).strip(), url)}") from None
+        # libpq's message spans lines (a hint under the error): one line, as every error is
+        raise UsageError(f"cannot connect to the store {safe_name(url)}: {scrub(' '.join(str(e).split()), url)}") from None
     return conn
 
 

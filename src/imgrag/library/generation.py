@@ -72,14 +72,16 @@ def ensure_hnsw(conn: Any, dim: int) -> None:
 
 
 def publish(conn: Any) -> bool:
-    """Publish a generation of every embedded photo, unless the newest already is one of
-    exactly these rows; True when a new one was written."""
+    """Publish a generation of every embedded photo that has a copy somewhere, unless the
+    newest already is one of exactly these rows; True when a new one was written."""
     embedding = embedding_of(conn)
     if embedding is None:
         return False
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PUBLISH_LOCK,))
-        rows = conn.execute("SELECT id, sha256, vkey, lexical FROM photos WHERE embedding IS NOT NULL ORDER BY id").fetchall()
+        # A photo whose every copy is gone (imgrag.library.workers.forget_vanished) is left out.
+        rows = conn.execute("SELECT id, sha256, vkey, lexical FROM photos p WHERE embedding IS NOT NULL "
+                            "AND EXISTS (SELECT 1 FROM copies c WHERE c.photo = p.id) ORDER BY id").fetchall()
         signature = _signature(rows, embedding)
         newest = conn.execute("SELECT meta FROM generations ORDER BY id DESC LIMIT 1").fetchone()
         if newest is not None and newest[0].get("signature") == signature:
@@ -162,10 +164,11 @@ def newest_id(conn: Any) -> int | None:
 
 @dataclass(frozen=True)
 class StoreFilters:
-    """A search's filters as SQL over `photos p` (the store's --in/--after/--before)."""
+    """A search's filters as SQL over `photos p` (the store's --in/--after/--before/--library)."""
 
     where: str = ""
     params: tuple = ()
+    library: str | None = None  # --library: only this library's copies are shown
 
     @property
     def active(self) -> bool:
@@ -292,8 +295,10 @@ class StoreGeneration:
         if not len(rows):
             return {}
         ids = self.ids[rows]
+        library = self.filters.library
         found = self.query(f"SELECT p.id, {columns}, ARRAY(SELECT c.path FROM copies c WHERE c.photo = p.id "
-                           "ORDER BY c.library, c.path) FROM photos p WHERE p.id = ANY(%s)", (ids.tolist(),))
+                           f"{'AND c.library = %s ' if library else ''}ORDER BY c.library, c.path) FROM photos p "
+                           "WHERE p.id = ANY(%s)", (*([library] if library else []), ids.tolist()))
         row_of = dict(zip(ids.tolist(), rows.tolist(), strict=True))
         return {row_of[int(f[0])]: tuple(f[1:]) for f in found}
 

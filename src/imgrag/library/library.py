@@ -9,8 +9,20 @@ from typing import Any
 from imgrag.errors import UsageError
 from imgrag.library import connection, schema
 from imgrag.library.generation import SEARCH_SETTINGS, StoreGeneration, newest_generation, newest_id
+from imgrag.search.filters import LIBRARY_NAME, library_name
 
 POOL_MAX = 8  # connections a server keeps: its threads search at once
+
+
+def this_library(name: str | None) -> str:
+    """The library this machine writes its copies as: the name given, else the host name."""
+    if name is not None:
+        return library_name(name, "--library (IMGRAG_STORE_LIBRARY)")
+    host = socket.gethostname()
+    if not LIBRARY_NAME.fullmatch(host):
+        raise UsageError(f"this machine's host name {host[:80]!r} cannot name its library: give one with "
+                         "--library NAME (or IMGRAG_STORE_LIBRARY)")
+    return host
 
 
 class Library:
@@ -19,8 +31,13 @@ class Library:
             raise UsageError("--store takes a PostgreSQL URL: postgresql://[user@]host[:port]/database")
         self.url = url
         self.safe_name = connection.safe_name(url)
-        self.library_name = name or socket.gethostname()  # whose copies the paths are
+        self.given_name = name  # checked when something is written (this_library): a reader needs none
         self._pool: Any = None
+
+    @property
+    def library_name(self) -> str:
+        """Whose copies the paths this machine writes are (--library, IMGRAG_STORE_LIBRARY, the host name)."""
+        return this_library(self.given_name)
 
     def __repr__(self) -> str:  # never the URL: it may hold a password
         return f"Library({self.safe_name})"

@@ -14,7 +14,7 @@ from imgrag.errors import UsageError
 from imgrag.library.connection import store_errors
 from imgrag.library.generation import publish, searchable_count, set_embedding
 from imgrag.library.library import Library
-from imgrag.library.workers import THUMBNAIL_SIZES, _as_vector, _jpeg, write_description
+from imgrag.library.workers import THUMBNAIL_SIZES, _as_vector, _jpeg, forget_vanished, write_description
 
 BATCH = 500  # photos per transaction
 
@@ -28,6 +28,7 @@ class PushSummary:
     vectors: int = 0  # vectors uploaded from the cache
     without_vector: int = 0  # described but not embedded yet: `imgrag embed --store` embeds them
     thumbnails: int = 0
+    vanished: int = 0  # this library's copies under the folder's roots that are gone, forgotten
     searchable: int = 0  # photos in the store's newest generation
 
 
@@ -38,12 +39,15 @@ def push(library: Library, photos: Path | None, index: Path | None,
     from imgrag.store.descriptions import load_descriptions
     from imgrag.store.scan import by_content, scan
 
+    name = library.library_name  # a bad name is refused before anything is read or written
     ws = workspace_for(photos, index)
     if not ws.root.is_dir():
         raise UsageError(f"no .imgrag folder for {photos or Path.cwd()}: run `imgrag index` on it first, "
                          "or `imgrag index PHOTOS --store ...` to describe straight into the store")
     described = load_descriptions(ws)
-    groups = by_content(scan(ws, [r for r in ws.roots() if r.is_dir()], save=False))
+    unread: list[str] = []  # what the scan could not read or enter: copies under it stay
+    roots = [r for r in ws.roots() if r.is_dir()]
+    groups = by_content(scan(ws, roots, save=False, on_skip=lambda s: unread.append(str(s.path.absolute()))))
     docs = docs_for(groups, described)
     summary = PushSummary(store=library.safe_name, photos=len(groups), described=len(docs))
     embedding = ws.read_manifest().get("embedding")
@@ -60,10 +64,14 @@ def push(library: Library, photos: Path | None, index: Path | None,
             for start in range(0, len(docs), BATCH):
                 with conn.transaction():
                     for doc in docs[start : start + BATCH]:
-                        _push_one(conn, library, doc, groups[doc.sha256], described[doc.sha256], cache, ws,
+                        _push_one(conn, name, doc, groups[doc.sha256], described[doc.sha256], cache, ws,
                                   text_key(doc.text), summary)
                 if progress:
                     progress(f"pushed {min(start + BATCH, len(docs))} of {len(docs)} photos")
+            seen = {str(f.path.absolute()) for files in groups.values() for f in files}
+            if groups:  # a folder where nothing is found (an unmounted disk) forgets nothing
+                with conn.transaction():
+                    summary.vanished = sum(forget_vanished(conn, name, root, seen, unread) for root in roots)
             if cache is not None:
                 publish(conn)
                 conn.commit()
@@ -73,7 +81,7 @@ def push(library: Library, photos: Path | None, index: Path | None,
     return summary
 
 
-def _push_one(conn: Any, library: Library, doc: Any, files: list[Any], record: dict[str, Any], cache: Any, ws: Any,
+def _push_one(conn: Any, name: str, doc: Any, files: list[Any], record: dict[str, Any], cache: Any, ws: Any,
               key: str, summary: PushSummary) -> None:
     sha = doc.sha256
     photo = conn.execute("INSERT INTO photos (sha256, mtime) VALUES (%s, %s) ON CONFLICT (sha256) DO UPDATE "
@@ -81,7 +89,7 @@ def _push_one(conn: Any, library: Library, doc: Any, files: list[Any], record: d
     for f in files:
         conn.execute("INSERT INTO copies (library, path, photo) VALUES (%s, %s, %s) ON CONFLICT (library, path) "
                      "DO UPDATE SET photo = excluded.photo, seen = now()",
-                     (library.library_name, str(f.path.absolute()), photo))
+                     (name, str(f.path.absolute()), photo))
     record = {**record, "mtime": doc.mtime}  # as the local index dates it: the file's mtime now
     summary.uploaded += int(write_description(conn, photo, record))
     if cache is not None and key in cache:

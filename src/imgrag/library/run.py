@@ -36,6 +36,8 @@ def open_library(settings: Settings, *, index: Path | None = None, store: str | 
     else the `.imgrag/` index found from here (or `index`). Both are Searchers
     (imgrag.search.searcher): the same ranking, cut-off, why-it-matched and --like."""
     url = store_url(settings, store)
+    if url is None and filters is not None and filters.library is not None:
+        raise UsageError("--library names a library in a store: give --store URL (or set IMGRAG_STORE)")
     if url is None:
         from imgrag.search.searcher import Searcher
 
@@ -98,7 +100,10 @@ def store_status(url: str, settings: Settings) -> dict[str, Any]:
         with store_errors(url):
             row = conn.execute(
                 "SELECT count(*), count(record), count(embedding), count(*) FILTER (WHERE record IS NULL AND failures >= 3), "
-                "count(*) FILTER (WHERE claim_until >= now()) FROM photos").fetchone()
+                "count(*) FILTER (WHERE claim_until >= now()), "
+                "count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM copies c WHERE c.photo = photos.id)), "
+                "count(*) FILTER (WHERE embedding IS NOT NULL AND EXISTS (SELECT 1 FROM copies c WHERE c.photo = photos.id)) "
+                "FROM photos").fetchone()
             libraries = conn.execute("SELECT library, count(*) FROM copies GROUP BY library ORDER BY library").fetchall()
             gen = conn.execute("SELECT id, count, created, meta FROM generations ORDER BY id DESC LIMIT 1").fetchone()
             version = conn.execute("SELECT max(version) FROM imgrag_migrations").fetchone()[0]
@@ -106,7 +111,10 @@ def store_status(url: str, settings: Settings) -> dict[str, Any]:
         conn.close()
     return {"store": library.safe_name, "schema_version": version, "photos": row[0], "described": row[1],
             "embedded": row[2], "gave_up": row[3], "claimed_now": row[4],
+            "without_copy": row[5],  # every copy gone: kept described, not searchable until a copy is back
             "libraries": {name: count for name, count in libraries},
-            "searchable": gen[1] if gen else 0, "generation": gen[0] if gen else None,
+            "searchable": gen[1] if gen else 0,
+            # every described photo embedded, and the newest generation holds each one with a copy
+            "up_to_date": row[1] == row[2] and (gen[1] if gen else 0) == row[6], "generation": gen[0] if gen else None,
             "published": gen[2].isoformat() if gen else None,
             "embedding": (gen[3] or {}).get("embedding") if gen else None}

@@ -17,29 +17,37 @@ from imgrag.index.query_encoder import QueryEncoder
 from imgrag.library.generation import StoreFilters
 from imgrag.library.library import Library
 from imgrag.search.filters import Filters
+from imgrag.search.ranking import Hit, SearchOptions
 from imgrag.search.searcher import Searcher, like_photo_sha
 
 
 def store_filters(filters: Filters | None) -> StoreFilters:
-    """--in/--after/--before as SQL over `photos p`: --in matches any copy's path, on any machine."""
+    """--in/--after/--before/--library as SQL over `photos p`: --in matches any copy's path, on
+    any machine; with --library, a copy in that library (inside --in, when both are given)."""
     if filters is None or not filters.active():
         return StoreFilters()
     clauses: list[str] = []
     params: list[object] = []
+    one_copy: list[str] = []  # what one copy of the photo must be
+    if filters.library is not None:
+        one_copy.append("c.library = %s")
+        params.append(filters.library)
     if filters.under is not None:
         folder = str(filters.under.expanduser().resolve()) if filters.under.expanduser().exists() \
             else os.path.abspath(filters.under.expanduser())
         prefix = folder.rstrip(os.sep) + os.sep
         escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        clauses.append("EXISTS (SELECT 1 FROM copies c WHERE c.photo = p.id AND (c.path = %s OR c.path LIKE %s))")
+        one_copy.append("(c.path = %s OR c.path LIKE %s)")
         params += [folder, escaped + "%"]
+    if one_copy:
+        clauses.append(f"EXISTS (SELECT 1 FROM copies c WHERE c.photo = p.id AND {' AND '.join(one_copy)})")
     if filters.after is not None:
         clauses.append("p.photo_time >= %s")
         params.append(filters.after.isoformat(timespec="seconds"))
     if filters.before is not None:
         clauses.append("p.photo_time < %s")
         params.append(filters.before.isoformat(timespec="seconds"))
-    return StoreFilters(" AND ".join(clauses), tuple(params))
+    return StoreFilters(" AND ".join(clauses), tuple(params), library=filters.library)
 
 
 class StoreSearcher(Searcher):
@@ -80,7 +88,10 @@ class StoreSearcher(Searcher):
         return None
 
     def _indexed_row(self, photo: Path) -> tuple[int, str, str]:
-        sha = like_photo_sha(photo)
+        # a copy's path as another machine recorded it need not exist here
+        recorded = self.generation.query("SELECT p.sha256 FROM copies c JOIN photos p ON p.id = c.photo "  # type: ignore[attr-defined]
+                                         "WHERE c.path = %s LIMIT 1", (os.path.abspath(photo.expanduser()),))
+        sha = recorded[0][0] if recorded and not photo.expanduser().is_file() else like_photo_sha(photo)
         found = self.generation.row_of_sha(sha)  # type: ignore[attr-defined]
         if found is None:
             raise UsageError(f"--like {photo}: this photo is not in the store {self.library.safe_name} "
@@ -96,6 +107,22 @@ class StoreSearcher(Searcher):
     def like_sha(self, sha: str):
         """(row, caption) of an indexed photo by its content hash, or None (the web page's like=)."""
         return self.generation.row_of_sha(sha)  # type: ignore[attr-defined]
+
+    def stored_thumbnail(self, sha: str) -> bytes | None:
+        """The photo's 256 px thumbnail from the store (its files may be on other machines)."""
+        from imgrag.library.records import stored_jpeg
+
+        return stored_jpeg(self.generation, sha, 256)
+
+    def like_id(self, sha: str, options: SearchOptions) -> list[Hit]:
+        """`--like` by a photo's id (its file need not be on this machine), itself left out."""
+        found = self.like_sha(sha)
+        if found is None:
+            raise UsageError(f"like {sha}: this photo is not searchable in the store {self.library.safe_name}")
+        row, caption = found
+        if self._nothing_to_find():
+            return []
+        return self._rank(self._stored_vector(row), caption, options, exclude_rows=[row])
 
     def with_filters(self, filters: Filters) -> StoreSearcher:
         other = copy.copy(self)

@@ -58,17 +58,30 @@ class Registered:
 
     paths: dict[str, list[Path]]
     new: int = 0
+    vanished: int = 0  # this library's copies under the folder that are gone from it (their rows removed)
 
 
 def register(conn: Any, library: Library, root: Path, on_skip: Callable[[str], None] | None = None) -> Registered:
-    """Record every photo under `root` (and where it is) in the store."""
+    """Record every photo under `root` (and where it is) in the store, and forget this
+    library's copies under `root` that are gone (deleted, renamed, moved away)."""
     from imgrag.photos.files import PhotoError, discover, file_sha256
 
     if not root.is_dir():
         raise UsageError(f"not a folder: {root}")
+    name = library.library_name  # a bad name is refused before anything is read or written
     found: dict[str, list[Path]] = {}
     rows = []
-    for path in discover(root, on_skip=(lambda s: on_skip(f"skipped {s.path}: {s.reason}")) if on_skip else None):
+    seen: set[str] = set()  # every file the walk met, even one it could not read: its copy stays
+    unread: list[str] = []  # folders (or files) the walk could not enter: copies under them stay
+
+    def skipped(s: Any) -> None:
+        unread.append(str(s.path.absolute()))
+        if on_skip:
+            on_skip(f"skipped {s.path}: {s.reason}")
+
+    for path in discover(root, on_skip=skipped):
+        absolute = path.absolute()
+        seen.add(str(absolute))
         try:
             st = path.stat()
             sha = file_sha256(path)
@@ -76,7 +89,6 @@ def register(conn: Any, library: Library, root: Path, on_skip: Callable[[str], N
             if on_skip:
                 on_skip(f"skipped {path}: {e}")
             continue
-        absolute = path.absolute()
         found.setdefault(sha, []).append(absolute)
         rows.append((sha, str(absolute), st.st_mtime_ns // 1_000_000_000))
     if not found:
@@ -88,9 +100,26 @@ def register(conn: Any, library: Library, root: Path, on_skip: Callable[[str], N
                             [(sha, mtime) for sha, _, mtime in rows])
             cur.executemany("INSERT INTO copies (library, path, photo) SELECT %s, %s, id FROM photos WHERE sha256 = %s "
                             "ON CONFLICT (library, path) DO UPDATE SET photo = excluded.photo, seen = now()",
-                            [(library.library_name, path, sha) for sha, path, _ in rows])
+                            [(name, path, sha) for sha, path, _ in rows])
         after = conn.execute("SELECT count(*) FROM photos").fetchone()[0]
-    return Registered(found, new=after - before)
+        vanished = forget_vanished(conn, name, root, seen, unread)
+    return Registered(found, new=after - before, vanished=vanished)
+
+
+def forget_vanished(conn: Any, name: str, root: Path, seen: set[str], unread: list[str]) -> int:
+    """Remove library `name`'s copies under `root` that the walk did not meet (a photo left
+    with no copy stays described, but is searchable again only when a copy comes back)."""
+    prefix = str(root.absolute()).rstrip(os.sep) + os.sep
+    like = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    recorded = [r[0] for r in conn.execute("SELECT path FROM copies WHERE library = %s AND path LIKE %s",
+                                           (name, like)).fetchall()]
+    kept = tuple(u.rstrip(os.sep) + os.sep for u in unread)
+    # and only a path that is not there: a file the walk passed over (now hidden, say) keeps its copy
+    gone = [p for p in recorded if p not in seen and p not in unread and not p.startswith(kept)
+            and not os.path.lexists(p)]
+    if gone:
+        conn.execute("DELETE FROM copies WHERE library = %s AND path = ANY(%s)", (name, gone))
+    return len(gone)
 
 
 def claim(conn: Any, shas: list[str], *, kind: str, who: str, lease: float, batch: int = CLAIM_BATCH) -> list[tuple[int, str]]:
@@ -129,6 +158,7 @@ class StoreDescribeSummary:
     failed: int = 0
     requests: int = 0
     already: int = 0  # described before (by any machine)
+    vanished: int = 0  # this library's copies under the folder found gone, and forgotten
 
     @property
     def exit_code(self) -> int:
@@ -142,12 +172,13 @@ def describe_into(library: Library, photos: Path, settings: Settings, *, jobs: i
 
     say = progress or (lambda _m: None)
     summary = StoreDescribeSummary(store=library.safe_name)
+    _ = library.library_name  # a bad library name: one line before connecting
     conn = library.connect(writing=True)
     try:
         with store_errors(library.url):
             registered = register(conn, library, photos, on_skip=say)
             shas = sorted(registered.paths)
-            summary.found, summary.new = len(shas), registered.new
+            summary.found, summary.new, summary.vanished = len(shas), registered.new, registered.vanished
             with conn.transaction():
                 summary.already = conn.execute("SELECT count(*) FROM photos WHERE record IS NOT NULL AND sha256 = ANY(%s)",
                                                (shas,)).fetchone()[0]

@@ -26,9 +26,20 @@ if TYPE_CHECKING:
 ESTIMATE_VALID = 15 * 60  # seconds an index estimate stays good for starting the run it priced
 
 
+def hit_json(hit: Hit) -> dict[str, Any]:
+    """A search result as the search tool returns it (a local library's, or a store's)."""
+    found = {"rank": hit.rank, "id": hit.sha256, "score": hit.score, "path": hit.path, "caption": hit.caption,
+             "why": hit.why, "date": hit.date, "taken": hit.taken}
+    if len(hit.paths) > 1:
+        found["copies"] = hit.paths
+    return found
+
+
 class Library:
     """One photo library as the tools see it: `imgrag serve`'s shared state (web.server.Server:
     the live index, the jobs, the description records, one Caller per model) without the page."""
+
+    store_tools = False  # the tools take no `library` filter: one folder's index is one library
 
     def __init__(self, ws: Workspace, photos: Path | None, settings: Settings, *, allow_index: bool = False) -> None:
         from imgrag.web.server import ServeConfig, Server
@@ -36,6 +47,7 @@ class Library:
         # read_only: no jobs unless --allow-index (the `index` tool is not even listed then).
         self.server = Server(ServeConfig(ws=ws, photos=photos, read_only=not allow_index, settings=settings))
         self.ws, self.photos, self.settings = ws, photos, settings
+        self.where = str(ws.root)  # what the server serves, in its first line
         self.index = self.server.index
         self.allow_index = allow_index
         self._estimated_at: float | None = None  # when `index` last gave its estimate
@@ -83,11 +95,7 @@ class Library:
         return doc
 
     def _hit(self, hit: Hit) -> dict[str, Any]:
-        found = {"rank": hit.rank, "id": hit.sha256, "score": hit.score, "path": hit.path, "caption": hit.caption,
-                 "why": hit.why, "date": hit.date, "taken": hit.taken}
-        if len(hit.paths) > 1:
-            found["copies"] = hit.paths
-        return found
+        return hit_json(hit)
 
     def _file_of(self, served: Served, photo: str, what: str) -> Path:
         sha = photo_id_of(self.ws, served, photo)

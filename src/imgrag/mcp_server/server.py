@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import base64
 import functools
+import inspect
 import json
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import anyio
 from mcp.server import MCPServer
@@ -22,6 +23,9 @@ from pydantic import Field
 from imgrag import __version__
 from imgrag.errors import ImgragError
 from imgrag.mcp_server.library import Library
+
+if TYPE_CHECKING:
+    from imgrag.mcp_server.store_library import StoreLibrary
 from imgrag.web.thumbnails import MAX_SIZE, MIN_SIZE, THUMBNAIL_SIZES
 
 T = TypeVar("T")
@@ -35,8 +39,16 @@ question answered from the photos with citations, and `status` for what the inde
 Photo ids are the `id` fields of results; give them to get_photo, to search's `like`, or \
 read them as the resource photo://{id}."""
 
+STORE_INSTRUCTIONS = """ \
+This library is shared by several machines (a PostgreSQL store): a result's paths are on \
+the machines holding its copies (status lists each library's name and count); pass \
+`library` to keep one machine's copies. Thumbnails come from the store, files need not be \
+on this machine. New photos are indexed on the machines that hold them, not from here."""
+
 _FOLDER = ("Only photos inside this folder: an absolute path, or one relative to the library's base folder "
-           "(the folder holding .imgrag/). Omit for the whole library.")
+           "(the folder holding .imgrag/; a shared library takes absolute paths only). Omit for the whole library.")
+_LIBRARY = ("Only photos with a copy in this library (a machine's name in the shared library, as status lists "
+            "under `libraries`); each result is shown at that library's copy.")
 _DATE = ("a date: YYYY, YYYY-MM or YYYY-MM-DD (or an ISO time such as 2024-06-01T18:30); a photo's date is "
          "when it was taken (EXIF), else its file time.")
 
@@ -117,12 +129,29 @@ def _runs_in_thread(method: Callable[..., T]) -> Callable[..., Any]:
     return run
 
 
-def build_server(library: Library) -> MCPServer:
+def _given(**arguments: Any) -> dict[str, Any]:
+    """The arguments a client gave (a local library's methods take no `library`)."""
+    return {k: v for k, v in arguments.items() if v is not None}
+
+
+def _for(library: Library | StoreLibrary, tool: Callable[..., Any]) -> Callable[..., Any]:
+    """The tool as this library offers it: the `library` filter only over a store (a folder's
+    index has one library), so an assistant is never offered an argument that cannot work."""
+    if library.store_tools:
+        return tool
+    signature = inspect.signature(tool, eval_str=True)  # the SDK reads the arguments from it
+    tool.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[p for p in signature.parameters.values() if p.name != "library"])
+    return tool
+
+
+def build_server(library: Library | StoreLibrary) -> MCPServer:
+    library_ = library  # the tools' own `library` argument is the store's library filter
+    instructions = INSTRUCTIONS + (STORE_INSTRUCTIONS if library.store_tools else "")
     server = MCPServer("imgrag", title="imgrag: your photos, by what is in them", version=__version__,
-                    instructions=INSTRUCTIONS, log_level="WARNING")
+                    instructions=instructions, log_level="WARNING")
     reading = ToolAnnotations(read_only_hint=True, open_world_hint=False)
 
-    @server.tool(description=SEARCH, annotations=reading, structured_output=True)
     async def search(
         query: Annotated[str | None, Field(max_length=4096, description="What to look for, in plain words.")] = None,
         like: Annotated[str | None, Field(max_length=4096, description=(
@@ -137,12 +166,14 @@ def build_server(library: Library) -> MCPServer:
         folder: Annotated[str | None, Field(max_length=4096, description=_FOLDER)] = None,
         after: Annotated[str | None, Field(max_length=64, description="Only photos taken on or after " + _DATE)] = None,
         before: Annotated[str | None, Field(max_length=64, description="Only photos taken before " + _DATE)] = None,
+        library: Annotated[str | None, Field(max_length=64, description=_LIBRARY)] = None,
     ) -> dict[str, Any]:
-        return await _runs_in_thread(library.search)(query=query, like=like, limit=limit, min_score=min_score,
-                                                     show_all=all, folder=folder, after=after, before=before)
+        return await _runs_in_thread(library_.search)(query=query, like=like, limit=limit, min_score=min_score,
+                                                      show_all=all, folder=folder, after=after, before=before,
+                                                      **_given(library=library))
 
-    @server.tool(description=ASK, annotations=ToolAnnotations(read_only_hint=True, open_world_hint=True),
-              structured_output=True)
+    server.tool(description=SEARCH, annotations=reading, structured_output=True)(_for(library_, search))
+
     async def ask(
         question: Annotated[str, Field(min_length=1, max_length=2000, description="The question, in plain words.")],
         limit: Annotated[int, Field(ge=1, le=50, description="How many of the best-matching photos the model reads.")] = 8,
@@ -156,9 +187,14 @@ def build_server(library: Library) -> MCPServer:
         after: Annotated[str | None, Field(max_length=64, description="Only photos taken on or after " + _DATE)] = None,
         before: Annotated[str | None, Field(max_length=64, description="Only photos taken before " + _DATE)] = None,
         dry_run: Annotated[bool, Field(description="Send nothing: return the exact prompt and its estimated cost.")] = False,
+        library: Annotated[str | None, Field(max_length=64, description=_LIBRARY)] = None,
     ) -> dict[str, Any]:
-        return await _runs_in_thread(library.ask)(question=question, limit=limit, min_score=min_score, look=look,
-                                                  folder=folder, after=after, before=before, dry_run=dry_run)
+        return await _runs_in_thread(library_.ask)(question=question, limit=limit, min_score=min_score, look=look,
+                                                   folder=folder, after=after, before=before, dry_run=dry_run,
+                                                   **_given(library=library))
+
+    server.tool(description=ASK, annotations=ToolAnnotations(read_only_hint=True, open_world_hint=True),
+                structured_output=True)(_for(library_, ask))
 
     @server.tool(description=GET_PHOTO, annotations=reading)
     async def get_photo(
@@ -167,9 +203,9 @@ def build_server(library: Library) -> MCPServer:
             "The thumbnail's longer side in pixels: 96, 256 or 512 are made, another size gets the nearest.")
         )] = max(THUMBNAIL_SIZES),
     ) -> CallToolResult:
-        record, file = await _runs_in_thread(library.photo)(photo)
+        record, viewable = await _runs_in_thread(library.photo)(photo)  # a file here, or the store's images
         image: list[ImageContent] = []
-        if file is not None:
+        if viewable:
             try:
                 jpeg = await _runs_in_thread(library.thumbnail)(record["id"], size)
             except (ToolError, OSError) as e:  # an unreadable or replaced file: the record still helps

@@ -23,9 +23,22 @@ class Filters:
     after: datetime | None = None  # taken at or after
     before: datetime | None = None  # taken strictly before
     in_name: str = "--in"  # how the user named `under`, for messages ("in" over HTTP)
+    library: str | None = None  # a store's (--store) photos with a copy in this library (machine)
 
     def active(self) -> bool:
-        return self.under is not None or self.after is not None or self.before is not None
+        return self.under is not None or self.after is not None or self.before is not None or self.library is not None
+
+
+# A library's name (imgrag.library): a host name's letters (laptop, nas-1, studio.lan).
+LIBRARY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def library_name(name: str, flag: str = "--library") -> str:
+    """A library (machine) name as given, or one line saying what a name may hold."""
+    if not LIBRARY_NAME.fullmatch(name):
+        raise UsageError(f"{flag} {name[:80]!r} is not a library name: use 1 to 64 letters, digits, '.', '_' or '-', "
+                         "starting with a letter or digit (e.g. laptop, nas-1)")
+    return name
 
 
 _PERIOD = re.compile(r"(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
@@ -56,6 +69,8 @@ def allowed_rows(generation: Generation, ws: Workspace, filters: Filters) -> set
     """The index rows that pass the filters (None: no filter, every row)."""
     if not filters.active():
         return None
+    if filters.library is not None:  # library.run.open_library says so first; this keeps any other caller honest
+        raise UsageError("--library names a library in a store: give --store URL (or set IMGRAG_STORE)")
     clauses: list[str] = []
     params: list[object] = []
     if filters.under is not None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from imgrag.errors import UsageError
-from imgrag.search.filters import Filters, parse_date
+from imgrag.search.filters import Filters, library_name, parse_date
 from imgrag.search.ranking import DENSE_CANDIDATES, Hit, SearchOptions, search_options
 from imgrag.search.searcher import Searcher, Window, clean_query
 
@@ -19,12 +19,14 @@ SORTS = ("relevance", "date")
 
 
 def make_filters(in_folder: Path | None, after: str | None, before: str | None, *,
-                 names: tuple[str, str, str] = ("--after", "--before", "--in")) -> Filters:
-    """`--in/--after/--before` (or the `in/after/before` URL parameters) as Filters."""
+                 names: tuple[str, str, str] = ("--after", "--before", "--in"), library: str | None = None,
+                 library_flag: str = "--library") -> Filters:
+    """`--in/--after/--before/--library` (or the `in/after/before/library` URL parameters) as Filters."""
     return Filters(
         under=in_folder, in_name=names[2],
         after=parse_date(after, names[0]) if after is not None else None,
         before=parse_date(before, names[1]) if before is not None else None,
+        library=library_name(library, library_flag) if library is not None else None,
     )
 
 

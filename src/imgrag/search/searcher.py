@@ -19,6 +19,7 @@ from imgrag.index import crosslingual
 from imgrag.index.embedding import resolve_model_name
 from imgrag.index.generations import Generation, open_generation
 from imgrag.index.query_encoder import QueryEncoder, open_encoder
+from imgrag.search.cutoff import DEFAULT_CUTOFF, MULTILINGUAL_CUTOFF, Cutoff
 from imgrag.search.filters import Filters, allowed_rows
 from imgrag.search.ranking import Hit, SearchOptions, absolute_paths, rank_rows, read_hits
 from imgrag.store.workspace import Workspace
@@ -74,6 +75,13 @@ class QueryVectors:
 
         # A closure over the encoder, not a bound method: no cycle keeps a dropped model alive.
         self.get = functools.lru_cache(QUERY_CACHE_SIZE)(encode)
+        multilingual = getattr(encoder, "multilingual", None)
+        self.multilingual = functools.lru_cache(QUERY_CACHE_SIZE)(multilingual) if multilingual else None
+
+    def cutoff(self, query: str) -> Cutoff:
+        """The default set's bar for this query: a query the multilingual model embeds
+        scores lower against the photos it means than an English one (imgrag.search.cutoff)."""
+        return MULTILINGUAL_CUTOFF if self.multilingual is not None and self.multilingual(query) else DEFAULT_CUTOFF
 
 
 class Searcher:
@@ -119,7 +127,10 @@ class Searcher:
         query = clean_query(query)
         if self._nothing_to_find():
             return []
-        return self._rank(self._query_vectors().get(query), query, options, window=window)
+        vectors = self._query_vectors()
+        if options.cutoff is None:  # `ask` brings its own bar
+            options = replace(options, cutoff=vectors.cutoff(query))
+        return self._rank(vectors.get(query), query, options, window=window)
 
     def like(self, photo: Path, options: SearchOptions, window: Window | None = None) -> list[Hit]:
         """Photos whose descriptions are nearest to that of `photo` (an indexed photo), itself left out."""

@@ -364,27 +364,35 @@ class Login(BaseModel):
 async def login(server: ServerDep, request: Request, body: Annotated[Login, Body()]):
     """A new random session, held by the server (revoked by logout, expires after a week).
     Wrong tokens are throttled per client address: 429 with Retry-After once past the allowance."""
-    token = server.config.token
+    return login_response(request, body.token, server.config.token, server.sessions, server.throttle)
+
+
+def login_response(request: Request, given: str, token: str | None, sessions: Any, throttle: Any) -> Response | dict:
+    """POST /api/login's answer (also `serve --store`'s, whose sessions are signed, not held)."""
     if token is None:
         return {"ok": True, "auth": False}
     client = request.client.host if request.client else "unknown"
-    refusal = throttled(server.throttle, client)
+    refusal = throttled(throttle, client)
     if refusal is not None:
         return refusal
-    if not hmac.compare_digest(body.token.encode(), token.encode()):
-        server.throttle.failed(client)
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        throttle.failed(client)
         return JSONResponse({"error": "wrong token", "login": True}, status_code=401)
     response = JSONResponse({"ok": True, "auth": True})
-    response.set_cookie(SESSION_COOKIE, server.sessions.new(), max_age=int(server.sessions.lifetime), httponly=True,
+    response.set_cookie(SESSION_COOKIE, sessions.new(), max_age=int(sessions.lifetime), httponly=True,
                         samesite="strict", path="/", secure=request.url.scheme == "https")
     return response
 
 
 @router.post("/api/logout", summary="Log out: the session is revoked on the server and its cookie removed")
 def logout(server: ServerDep, request: Request):
+    return logout_response(request, server.sessions)
+
+
+def logout_response(request: Request, sessions: Any) -> Response:
     session = session_cookie(request.headers.get("cookie", ""))
     if session is not None:
-        server.sessions.revoke(session)
+        sessions.revoke(session)
     response = JSONResponse({"ok": True})
     response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict",
                            secure=request.url.scheme == "https")

@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl, urlsplit
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 
-from imgrag.web.sessions import Sessions, Throttle
+from imgrag.web.sessions import Sessions, SignedSessions, Throttle
 
 SESSION_COOKIE = "imgrag_session"
 MAX_URL_QUERY = 16 * 1024  # bytes of query string; a 1 MB query is refused, not parsed
@@ -91,7 +91,7 @@ def spends(scope) -> bool:
 
 
 class Guard:
-    def __init__(self, app, rules: Rules, sessions: Sessions, throttle: Throttle) -> None:
+    def __init__(self, app, rules: Rules, sessions: Sessions | SignedSessions, throttle: Throttle) -> None:
         self.app = app
         self.rules = rules
         self.names = rules.host_names()

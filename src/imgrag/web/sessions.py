@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 import threading
 import time
@@ -56,6 +58,36 @@ class Sessions:
     def revoke(self, session: str) -> None:
         with self._lock:
             self._expires.pop(session, None)
+
+
+class SignedSessions:
+    """Sessions any server holding the same token accepts, and none remembers (`imgrag serve
+    --store`: servers behind a load balancer keep no state, so a session made by one must pass
+    on another). A session is its expiry and a random nonce, signed with a key derived from the
+    token: a new token ends every session. Logging out removes the cookie from the browser but
+    cannot revoke a copy of it before it expires; `Sessions` (one server) can."""
+
+    def __init__(self, token: str, lifetime: float = SESSION_SECONDS, clock: Callable[[], float] = time.time) -> None:
+        self.lifetime = lifetime
+        self.clock = clock  # wall-clock time: another server must read the same expiry
+        self._key = hmac.new(token.encode(), b"imgrag session v1", hashlib.sha256).digest()
+
+    def _sign(self, body: str) -> str:
+        return hmac.new(self._key, body.encode(), hashlib.sha256).hexdigest()
+
+    def new(self) -> str:
+        body = f"{int(self.clock() + self.lifetime)}.{secrets.token_urlsafe(16)}"
+        return f"{body}.{self._sign(body)}"
+
+    def valid(self, session: str) -> bool:
+        body, _, signature = session.rpartition(".")
+        expires = body.split(".", 1)[0]
+        if not (expires.isdigit() and hmac.compare_digest(signature.encode(), self._sign(body).encode())):
+            return False
+        return int(expires) > self.clock()
+
+    def revoke(self, session: str) -> None:
+        """Nothing is held to forget: the cookie's removal (logout) is the end of it here."""
 
 
 class Throttle:

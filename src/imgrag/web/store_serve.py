@@ -13,23 +13,26 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import uvicorn
-from fastapi import APIRouter, FastAPI, Query, Request, Response
+from fastapi import APIRouter, Body, FastAPI, Query, Request, Response
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
+from pydantic import Field
 
 from imgrag.config import load_settings
 from imgrag.errors import UsageError
 from imgrag.search.request import cut_off, make_filters, make_options, search_page, why_nothing
 from imgrag.search.searcher import clean_query
 from imgrag.store.files import json_bytes
+from imgrag.web.api import Login, login_response, logout_response
 from imgrag.web.app import STATIC, _errors, _version
+from imgrag.web.ask_api import AskBody
 from imgrag.web.http_errors import NotFound
 from imgrag.web.security import Guard, Rules, is_loopback
-from imgrag.web.sessions import Sessions, Throttle
+from imgrag.web.sessions import Sessions, SignedSessions, Throttle
 
 log = logging.getLogger("imgrag.serve")
 _SHA = re.compile(r"[0-9a-f]{64}")
@@ -92,6 +95,7 @@ def search(
     before: str | None = Query(None, max_length=64, description="Taken before"),
     min_score: float | None = Query(None, ge=0, le=10, description="Fixed cut-off (default: the set fitted to the query)"),
     like: str | None = Query(None, max_length=64, description="A photo id: photos like it"),
+    library: str | None = Query(None, max_length=64, description="Only photos with a copy in this library (machine), shown at that copy"),
     sort: Literal["relevance", "date"] = "relevance",
     all_: bool = Query(False, alias="all", description="Every photo ranked, as `--all` (not with min_score)"),
 ):
@@ -101,7 +105,8 @@ def search(
     doc: dict[str, Any] = {"query": clean_query(q) if q is not None else None, "like": like, "results": [],
                            "next_offset": None, "min_score": cut_off(options), "sort": sort, "hint": None,
                            "generation": None}
-    filters = make_filters(Path(in_) if in_ else None, after, before, names=("after", "before", "in"))
+    filters = make_filters(Path(in_) if in_ else None, after, before, names=("after", "before", "in"), library=library,
+                           library_flag="library")
     searcher = _live(request).current()
     if searcher is None:
         doc.update(index="none", hint="nothing searchable in the store yet: run `imgrag index PHOTOS --store ...`")
@@ -117,7 +122,7 @@ def search(
     } for h in page.hits])
     if not page.hits and offset == 0:
         doc["hint"] = "no matching photos" + why_nothing(searcher, options, flag="min_score", all_flag="all=1",
-                                                         filter_flags="the folder/date filters")
+                                                         filter_flags="the folder/date/library filters")
     return Response(json_bytes(doc), media_type="application/json")
 
 
@@ -151,31 +156,28 @@ def _photo_row(request: Request, photo_id: str) -> tuple[int, Any]:
 
 @router.get("/api/photos/{photo_id}", summary="A photo's description record")
 def photo(request: Request, photo_id: str):
-    photo, record = _photo_row(request, photo_id)
-    record = record or {}
-    copies = _live(request).current().generation.query(
-        "SELECT library, path FROM copies WHERE photo = %s ORDER BY library, path", (photo,))
-    desc = record.get("description") or {}
-    return {"id": photo_id, "paths": [p for _, p in copies], "abs_paths": [p for _, p in copies],
-            "copies": [{"library": lib, "path": p} for lib, p in copies], "caption": desc.get("caption", ""),
-            "description": desc, "taken": record.get("taken"), "camera": record.get("camera"), "gps": record.get("gps"),
-            "width": record.get("width"), "height": record.get("height"), "size": record.get("size"),
-            "model": record.get("model"), "provider": record.get("provider"), "created": record.get("created"),
-            **_urls(photo_id), "like_url": f"/api/search?like={photo_id}"}
+    from imgrag.library.records import photo_record
+
+    searcher = _live(request).current()
+    record = photo_record(searcher.generation, photo_id) if searcher is not None and _SHA.fullmatch(photo_id) else None
+    if record is None:
+        raise NotFound(f"no photo {photo_id[:80]!r} in the store")
+    return {**record, **_urls(photo_id), "like_url": f"/api/search?like={photo_id}"}
 
 
 def _stored_jpeg(request: Request, photo_id: str, size: int) -> Response:
-    photo, _ = _photo_row(request, photo_id)
+    from imgrag.library.records import stored_jpeg
+
+    _photo_row(request, photo_id)
     etag = f'"{photo_id}-{size}"'
     headers = {"ETag": etag, "Cache-Control": CACHE_FOREVER}
     if etag in request.headers.get("if-none-match", ""):
         return Response(status_code=304, headers=headers)
-    found = _live(request).current().generation.query("SELECT jpeg FROM thumbnails WHERE photo = %s AND size = %s",
-                                                      (photo, size))
-    if not found:
+    found = stored_jpeg(_live(request).current().generation, photo_id, size)
+    if found is None:
         raise NotFound(f"the store has no {size}-pixel image of photo {photo_id}: run `imgrag push` or "
                        "`imgrag index --store` on a machine that holds it")
-    return Response(bytes(found[0][0]), media_type="image/jpeg", headers=headers)
+    return Response(found, media_type="image/jpeg", headers=headers)
 
 
 @router.get("/api/photos/{photo_id}/thumbnail", summary="A JPEG thumbnail, from the store")
@@ -202,14 +204,79 @@ def original(request: Request, photo_id: str):
                    "(the thumbnail and preview come from the store)")
 
 
+class StoreAskBody(AskBody):
+    library: str | None = Field(None, max_length=64, description="Only photos with a copy in this library")
+
+
+@router.post("/api/ask", summary="Answer a question from the photos (the shape of `imgrag ask --store URL --json`)")
+async def ask(request: Request, body: StoreAskBody):
+    """As `imgrag serve`'s POST /api/ask (JSON, or server-sent events with `Accept:
+    text/event-stream`), over the store: `look` is refused, the files may be on other machines."""
+    import asyncio
+
+    from fastapi.responses import JSONResponse, StreamingResponse
+
+    from imgrag.ask.answer import AskResult, answer_plan
+    from imgrag.errors import TryLater
+    from imgrag.web.ask_api import _doc, _events
+
+    plan = await asyncio.to_thread(_ask_plan, request, body)
+    if "text/event-stream" in request.headers.get("accept", ""):
+        return StreamingResponse(_events(answer_plan(plan)), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    try:
+        events = await asyncio.to_thread(list, answer_plan(plan))
+    except TryLater as e:
+        return JSONResponse({"error": str(e)}, status_code=429, headers={"Retry-After": "60"})
+    result = events[-1]
+    assert isinstance(result, AskResult)
+    return _doc(result)
+
+
+def _ask_plan(request: Request, body: StoreAskBody) -> Any:
+    from imgrag.ask.answer import plan_ask
+    from imgrag.config import VISION_SETTINGS
+
+    if body.look:
+        raise UsageError("look cannot be used with a store: the photo files may be on other machines")
+    searcher = _live(request).current()
+    if searcher is None:
+        raise UsageError("nothing searchable in the store yet: run `imgrag index PHOTOS --store ...`")
+    filters = make_filters(Path(body.in_) if body.in_ else None, body.after, body.before, names=("after", "before", "in"),
+                           library=body.library, library_flag="library")
+    searcher = searcher.with_filters(filters) if filters.active() else searcher
+    settings = request.app.state.settings.checked(*VISION_SETTINGS)
+    settings.require_api_key()
+    return plan_ask(body.question, searcher, settings, limit=body.limit, look=0,
+                    min_score=cut_off(make_options(body.limit, body.min_score)))
+
+
+@router.post("/api/login", summary="Log the page in: sets a session cookie when the token is right")
+async def login(request: Request, body: Annotated[Login, Body()]):
+    """The session is signed, not held (web.sessions.SignedSessions): every server with the
+    same token accepts it, so the page stays logged in behind a load balancer."""
+    state = request.app.state
+    return login_response(request, body.token, state.token, state.sessions, state.throttle)
+
+
+@router.post("/api/logout", summary="Log out: the session cookie is removed (a signed session cannot be revoked)")
+def logout(request: Request):
+    return logout_response(request, request.app.state.sessions)
+
+
 @router.get("/api/status", summary="The store's counts, and the server's own")
 def status(request: Request):
     from imgrag.library.run import store_status
 
     live = _live(request)
     state = store_status(live.library.url, request.app.state.settings)
-    return {**state, "read_only": True, "auth": request.app.state.auth, "index_loaded": live.searcher is not None,
-            "job": None}
+    # and the fields the page reads from a local index's status (web/static/js/status.js)
+    page = {"exists": True, "failed": state["gave_up"], "index_size": state["searchable"],
+            "index_up_to_date": state["up_to_date"],
+            "read_only_hint": "This server only reads the shared library: run imgrag index PHOTOS --store ... "
+                              "on the machines that hold the photos."}
+    return {**state, **page, "read_only": True, "auth": request.app.state.auth,
+            "index_loaded": live.searcher is not None, "job": None}
 
 
 def create_store_app(live: StoreLive, *, host: str, port: int, token: str | None, allow_hosts: list[str],
@@ -219,6 +286,9 @@ def create_store_app(live: StoreLive, *, host: str, port: int, token: str | None
     app.state.live = live
     app.state.settings = settings
     app.state.auth = bool(token)
+    app.state.token = token
+    app.state.sessions = SignedSessions(token) if token else Sessions()
+    app.state.throttle = Throttle()
     _errors(app)
     app.include_router(router)
 
@@ -233,12 +303,12 @@ def create_store_app(live: StoreLive, *, host: str, port: int, token: str | None
         app.add_middleware(CORSMiddleware, allow_origins=[cors], allow_methods=["GET"],
                            allow_headers=["Authorization", "Content-Type"], allow_credentials=False)
     app.add_middleware(Guard, rules=Rules(host=host, port=port, token=token, allow_hosts=allow_hosts, cors=cors),
-                       sessions=Sessions(), throttle=Throttle())
+                       sessions=app.state.sessions, throttle=app.state.throttle)
     return app
 
 
 def run_store_serve(url: str, *, host: str, port: int, allow_hosts: list[str], token_file: Path | None,
-                    cors: str | None) -> int:
+                    cors: str | None, open_browser: bool = False) -> int:
     import sys
 
     from imgrag.library.run import library_for
@@ -261,6 +331,10 @@ def run_store_serve(url: str, *, host: str, port: int, allow_hosts: list[str], t
     server = uvicorn.Server(uvicorn_config(app, graceful_seconds=30))
     print(f"imgrag: serving {library.safe_name} at {url_for(host, bound)} (read-only)  (Ctrl-C stops)", file=sys.stderr,
           flush=True)
+    if open_browser:  # the socket listens already: the browser's request waits for the server to start
+        import webbrowser
+
+        threading.Thread(target=webbrowser.open, args=(url_for(host, bound),), daemon=True).start()
     try:
         server.run(sockets=[sock])
     finally:

@@ -3,7 +3,7 @@
 // model output: like every description it only ever goes into text nodes, never into HTML.
 
 import { postEvents } from "./api.js";
-import { $, clear, h, show } from "./dom.js";
+import { $, clear, h, pathText, show } from "./dom.js";
 import { openPhoto, readUrl, searchKey } from "./url-state.js";
 
 const ui = {
@@ -75,7 +75,7 @@ function showAnswer(doc) {
   ui.cited.replaceChildren(...doc.citations.map((c) => h("li", {},
     h("a", { href: `?photo=${c.id}`, onclick: (e) => openCited(e, c.id) },
       h("img", { src: c.thumbnail_url, alt: "", width: 64, height: 64, loading: "lazy" }),
-      h("span", { text: `[${c.n}] ${c.path}` })))));
+      h("span", {}, `[${c.n}] `, pathText(c.path))))));
   const u = doc.usage;
   const photos = doc.photos.length === 1 ? "1 photo" : `${doc.photos.length} photos`;
   ui.meta.textContent = `${photos} read by ${doc.model}; ${u.prompt_tokens + u.completion_tokens} tokens`;

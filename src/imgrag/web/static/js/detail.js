@@ -2,7 +2,7 @@
 // say, previous / next along the grid, "More like this"; the open photo is in the URL.
 
 import { api, descriptionOf } from "./api.js";
-import { $, clear, h } from "./dom.js";
+import { $, clear, h, pathText } from "./dom.js";
 import { formatBytes, formatDate, formatScore } from "./format.js";
 import { resultAt, resultCount, resultIndex, tileById, tileByIndex } from "./grid.js";
 import { FILTER_KEYS, leavePhoto, navigate, readUrl, replacePhoto } from "./url-state.js";
@@ -104,7 +104,7 @@ function fillDetail(record, result) {
   }
   if (record.width && record.height) row("Size", `${record.width} × ${record.height}${record.size ? `, ${formatBytes(record.size)}` : ""}`);
   const paths = record.abs_paths || record.paths || (result && result.path ? [result.path] : []);
-  if (paths.length) row(paths.length > 1 ? `Path (${paths.length} copies)` : "Path", h("span", {}, ...paths.map((p) => h("code", { class: "path", text: p }))));
+  if (paths.length) row(paths.length > 1 ? `Path (${paths.length} copies)` : "Path", h("span", {}, ...paths.map((p) => h("code", { class: "path" }, pathText(p)))));
   if (record.model) row("Described by", `${record.model}${record.created ? `, ${formatDate(record.created)}` : ""}`);
 }
 

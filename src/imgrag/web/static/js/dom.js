@@ -21,6 +21,13 @@ export function h(tag, attrs, ...children) {
 
 export function clear(node) { node.replaceChildren(); }
 
+/** A path as one piece per folder name ("name/"), each kept on one line (style.css: .path-part)
+ * unless that name alone is wider than the line, so a long path wraps between folder names,
+ * never at a space or hyphen inside one. */
+export function pathText(path) {
+  return String(path).split(/(?<=\/)/).map((part) => h("span", { class: "path-part", text: part }));
+}
+
 export function show(node, visible) { node.hidden = !visible; }
 
 /** Open, close (or with no `open`, flip) a panel and the button that says whether it is open. */

@@ -2,7 +2,7 @@
 // next, the folders the filter offers; opened by itself when there is no index yet.
 
 import { api } from "./api.js";
-import { $, clear, h, show, togglePanel } from "./dom.js";
+import { $, clear, h, pathText, show, togglePanel } from "./dom.js";
 import { formatNumber } from "./format.js";
 import { followRunning } from "./jobs.js";
 import { hasMessage, introMessage, setMessage } from "./message.js";
@@ -35,6 +35,7 @@ export async function loadStatus({ open = false } = {}) {
     row("Index", s.index_size ? `${formatNumber(s.index_size)} photos, ${s.index_up_to_date ? "up to date" : "out of date"}` : "not built yet");
   }
   if (s.roots && s.roots.length) row("Folders", s.roots.join(", "));
+  if (s.libraries) row("Libraries", Object.entries(s.libraries).map(([name, n]) => `${name} (${formatNumber(n)})`).join(", ") || "none yet");
   const summary = missing ? "no index yet" : s.index_problem ? "needs attention" : s.index_up_to_date ? "up to date" : "out of date";
   $("status-summary").textContent = summary;
   const next = [];
@@ -48,7 +49,7 @@ export async function loadStatus({ open = false } = {}) {
   show(ui.statusDot, missing || empty || !s.index_up_to_date || Boolean(s.index_problem));
   const readOnly = Boolean(s.read_only);
   show($("job-buttons"), !readOnly);
-  if (readOnly) $("status-next").textContent += (next.length ? " " : "") + "This server is read-only: run imgrag index on its machine.";
+  if (readOnly) $("status-next").textContent += (next.length ? " " : "") + (s.read_only_hint || "This server is read-only: run imgrag index on its machine.");
   const folders = $("folders");
   clear(folders);
   for (const root of s.roots || []) folders.append(h("option", { value: root }));
@@ -68,7 +69,7 @@ function failedList(s) {
   if (!photos.length) return null;
   const shown = 10;
   return h("ul", { id: "status-failed" },
-    photos.slice(0, shown).map((p) => h("li", {}, h("code", { text: p.path }), `: ${p.reason}`)),
+    photos.slice(0, shown).map((p) => h("li", {}, h("code", {}, pathText(p.path)), `: ${p.reason}`)),
     photos.length > shown ? h("li", { text: `… and ${formatNumber(photos.length - shown)} more (imgrag status --json lists them all)` }) : null);
 }
 
