@@ -51,6 +51,18 @@ def test_a_subfolder_uses_the_enclosing_index_and_a_second_one_only_when_asked(h
     assert r.code == 2 and "--new-index" in r.stderr
 
 
+def test_index_naming_a_photo_folder_says_where_its_index_is(home, standin):
+    base, photos, env = home
+    draw_scene(photos / "trips" / "beach2.jpg", "beach_dog", size=(600, 400), quality=90)
+    assert invoke("index", photos, cwd=base, env=env).code == 0
+    for folder in (photos, photos / "trips"):
+        r = invoke("search", "dog on the beach", "--index", folder, cwd=base, env=env)
+        assert r.code == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert f"indexed in {base / '.imgrag'} (--index {base})" in r.stderr, r.stderr
+    r = invoke("search", "dog on the beach", "--index", base / "elsewhere", cwd=base, env=env)
+    assert r.code == 2 and "run `imgrag index PHOTOS` first" in r.stderr
+
+
 # -- ask ------------------------------------------------------------------------------------
 
 

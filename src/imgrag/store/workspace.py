@@ -93,6 +93,12 @@ class Workspace:
         if index is not None:
             ws = cls(_as_workspace_dir(index))
             if not ws.root.is_dir():
+                # --index naming a photo folder whose index lives higher up (`index PHOTOS`
+                # puts it beside PHOTOS, or uses an enclosing one): say where it is.
+                holder = cls.covering(ws.root.parent) if ws.root.parent.is_dir() else None
+                if holder is not None:
+                    raise UsageError(f"no index at {ws.root}: the photos in {ws.root.parent} are indexed in "
+                                     f"{holder.root} (--index {holder.root.parent})")
                 raise UsageError(f"no index at {ws.root}: run `imgrag index PHOTOS` first")
             return ws
         start = start.resolve()
