@@ -114,7 +114,7 @@ def test_add_change_move_delete_through_the_cli(indexed):
     (photos / "stop_sign.jpg").unlink()
     (photos / "birthday.jpg").unlink()
     assert state(ws).next_embed == 0 and not state(ws).index_up_to_date
-    assert "indexed 2 of 2 photos (0 embedded now, 2 from cache); exact index written" in embed(cwd, env)
+    assert f"indexed 2 of 2 photos (0 embedded now, 2 from cache); exact index written in {ws}\n" in embed(cwd, env)
     assert index_paths(ws) == ["photos/2024/kettle.jpg", "photos/beach_dog.jpg"]
 
     # Change one photo (new content under an old name) and add two: a new picture of a stop

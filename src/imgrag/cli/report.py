@@ -125,7 +125,9 @@ def embed_summary(s: EmbedSummary) -> None:
         f"imgrag: indexed {s.described} of {s.photos} photos ({s.encoded} embedded now, "
         + (f"{s.copies} share{'s' if s.copies == 1 else ''} a description with another photo, " if s.copies else "")
         + f"{s.cached} from cache)"
-        + (f"; {kind} index written" if s.rebuilt_index else "; index unchanged")
+        # where: `index PHOTOS` puts a new index beside PHOTOS, or uses one higher up
+        + (f"; {kind} index written in {s.workspace}" if s.rebuilt_index and s.workspace else
+           f"; {kind} index written" if s.rebuilt_index else "; index unchanged")
         + (f"; {undescribed} not described yet" if undescribed > 0 else "")
         + (f"; {s.quarantined} quarantined (see `imgrag status`)" if s.quarantined else "")
     )
