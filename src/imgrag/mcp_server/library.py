@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from imgrag.config import VISION_SETTINGS, Settings
 from imgrag.errors import ImgragError, UsageError
 from imgrag.search.live import Served
-from imgrag.search.photo_record import indexed_file, indexed_names, photo_id_of, photo_record
+from imgrag.search.photo_record import indexed_file, indexed_names, named_photo, named_photo_file, photo_record
 from imgrag.search.ranking import Hit
 from imgrag.search.request import cut_off, make_filters, make_options, why_nothing
 from imgrag.search.searcher import Searcher, clean_query
@@ -85,7 +85,7 @@ class Library:
         doc: dict[str, Any] = {"query": clean_query(query) if query is not None else None}
         if like is not None:
             doc["like"] = like
-            hits = searcher.like(self._file_of(served, like, "like"), options)
+            hits = searcher.like(named_photo_file(self.ws, served, like, f"like {like!r}"), options)
         else:
             hits = searcher.search(doc["query"], options)
         doc.update(count=len(hits), results=[self._hit(h) for h in hits])
@@ -97,23 +97,12 @@ class Library:
     def _hit(self, hit: Hit) -> dict[str, Any]:
         return hit_json(hit)
 
-    def _file_of(self, served: Served, photo: str, what: str) -> Path:
-        sha = photo_id_of(self.ws, served, photo)
-        if sha is None:
-            raise UsageError(f"{what} {photo!r}: no such photo in the index (give an id or a path from search results)")
-        found = indexed_file(self.ws, served, sha)
-        if found is None:
-            raise UsageError(f"{what} {photo!r}: the photo's file is gone from disk")
-        return found
-
     # -- one photo ---------------------------------------------------------------------------
 
     def photo(self, photo: str) -> tuple[dict[str, Any], Path | None]:
         """(its description record, its file on disk or None) for an id or a path."""
         served = self._served()
-        sha = photo_id_of(self.ws, served, photo)
-        if sha is None:
-            raise UsageError(f"photo {photo[:100]!r}: no such photo in the index (give an id or a path from search results)")
+        sha = named_photo(self.ws, served, photo, f"photo {photo[:100]!r}")
         file = indexed_file(self.ws, served, sha)
         return photo_record(self.ws, served, self.server.descriptions, sha, file), file
 
