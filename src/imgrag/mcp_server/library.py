@@ -7,6 +7,7 @@ input raises UsageError, as on the command line."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +15,7 @@ from imgrag.config import VISION_SETTINGS, Settings
 from imgrag.errors import ImgragError, UsageError
 from imgrag.search.live import Served
 from imgrag.search.photo_record import indexed_file, indexed_names, named_photo, named_photo_file, photo_record
-from imgrag.search.ranking import Hit
+from imgrag.search.ranking import Hit, SearchOptions
 from imgrag.search.request import cut_off, make_filters, make_options, why_nothing
 from imgrag.search.searcher import Searcher, clean_query
 from imgrag.status import collect_status, next_step
@@ -23,6 +24,7 @@ from imgrag.store.workspace import Workspace
 if TYPE_CHECKING:
     from imgrag.web.jobs import Job
 
+FILTER_FLAGS = "the folder/after/before filters"
 ESTIMATE_VALID = 15 * 60  # seconds an index estimate stays good for starting the run it priced
 
 
@@ -33,6 +35,42 @@ def hit_json(hit: Hit) -> dict[str, Any]:
     if len(hit.paths) > 1:
         found["copies"] = hit.paths
     return found
+
+
+# What a local library's tools and a store's (store_library.py) share: the arguments checked
+# as the command line checks its flags, and the answers in the same shape.
+
+
+def search_options(query: str | None, like: str | None, limit: int, min_score: float | None,
+                   show_all: bool) -> SearchOptions:
+    """The search tool's arguments, as `imgrag search` takes QUERY or --like and its flags."""
+    if (query is None) == (like is None):
+        raise UsageError("give query (what to look for) or like (a photo's id or path), not both or neither")
+    return make_options(limit, min_score, show_all)
+
+
+def search_answer(searcher: Any, options: SearchOptions, query: str | None, like: str | None, filter_flags: str,
+                  like_hits: Callable[[str], list[Hit]]) -> dict[str, Any]:
+    """The search tool's answer: what `imgrag search --json` finds for the query (or, for
+    `like`, what `like_hits(like)` finds), and the hint it gives when there is nothing."""
+    doc: dict[str, Any] = {"query": clean_query(query) if query is not None else None}
+    if like is not None:
+        doc["like"] = like
+        hits = like_hits(like)
+    else:
+        hits = searcher.search(doc["query"], options)
+    doc.update(count=len(hits), results=[hit_json(h) for h in hits])
+    if not hits:
+        doc["hint"] = "no matching photos" + why_nothing(searcher, options, flag="min_score", all_flag="all=true",
+                                                         filter_flags=filter_flags)
+    return doc
+
+
+def no_answer_hint(searcher: Any, limit: int, min_score: float | None, filter_flags: str) -> str:
+    """The ask tool's hint when no photo matched (as `imgrag ask` says it)."""
+    return "no photo matches the question" + why_nothing(
+        searcher, make_options(limit, min_score), flag="min_score", all_flag="min_score=0",
+        filter_flags=filter_flags) + "; nothing was sent to the model"
 
 
 class Library:
@@ -77,25 +115,11 @@ class Library:
     def search(self, *, query: str | None, like: str | None, limit: int, min_score: float | None, show_all: bool,
                folder: str | None, after: str | None, before: str | None) -> dict[str, Any]:
         """`imgrag search QUERY` (or `--like PHOTO`) with these flags: the same photos in the same order."""
-        if (query is None) == (like is None):
-            raise UsageError("give query (what to look for) or like (a photo's id or path), not both or neither")
-        options = make_options(limit, min_score, show_all)
+        options = search_options(query, like, limit, min_score, show_all)
         served = self._served()
         searcher = self._searcher(served, folder, after, before)
-        doc: dict[str, Any] = {"query": clean_query(query) if query is not None else None}
-        if like is not None:
-            doc["like"] = like
-            hits = searcher.like(named_photo_file(self.ws, served, like, f"like {like!r}"), options)
-        else:
-            hits = searcher.search(doc["query"], options)
-        doc.update(count=len(hits), results=[self._hit(h) for h in hits])
-        if not hits:
-            doc["hint"] = "no matching photos" + why_nothing(searcher, options, flag="min_score", all_flag="all=true",
-                                                             filter_flags="the folder/after/before filters")
-        return doc
-
-    def _hit(self, hit: Hit) -> dict[str, Any]:
-        return hit_json(hit)
+        return search_answer(searcher, options, query, like, FILTER_FLAGS, lambda photo: searcher.like(
+            named_photo_file(self.ws, served, photo, f"like {photo!r}"), options))
 
     # -- one photo ---------------------------------------------------------------------------
 
@@ -144,9 +168,7 @@ class Library:
         assert isinstance(result, AskResult)
         doc = result.as_dict()
         if not result.found:
-            doc["hint"] = "no photo matches the question" + why_nothing(
-                searcher, make_options(limit, min_score), flag="min_score", all_flag="min_score=0",
-                filter_flags="the folder/after/before filters") + "; nothing was sent to the model"
+            doc["hint"] = no_answer_hint(searcher, limit, min_score, FILTER_FLAGS)
         return doc
 
     # -- status and index --------------------------------------------------------------------
