@@ -20,18 +20,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from anyio.from_thread import BlockingPortal, start_blocking_portal
-from mcp import Client, StdioServerParameters
+from anyio.from_thread import start_blocking_portal
+from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 from PIL import Image
 
 from conftest import IMGRAG, KEY, copy_tree, draw_scene, images_sent, invoke, run_imgrag, scene_catalog, user_env
+from mcp_client import Session, session, stdio_params
 from reliability_support import seed_query_encoder
 from standin_vlm import StandinVLM
 
@@ -71,48 +71,10 @@ def lib(tmp_path_factory) -> Iterator[Library]:
         standin.stop()
 
 
-class Session:
-    """An MCP client session driven from synchronous tests (through an anyio portal)."""
-
-    def __init__(self, portal: BlockingPortal, client: Client) -> None:
-        self.portal = portal
-        self.client = client
-
-    def call(self, tool: str, arguments: dict[str, Any] | None = None):
-        return self.portal.call(lambda: self.client.call_tool(tool, arguments or {}))
-
-    def ok(self, tool: str, arguments: dict[str, Any] | None = None) -> dict:
-        result = self.call(tool, arguments)
-        assert not result.is_error, result.content
-        return result.structured_content
-
-    def error(self, tool: str, arguments: dict[str, Any] | None = None) -> str:
-        """The message of a call that must fail as a tool error (the model reads it and tries again)."""
-        result = self.call(tool, arguments)
-        assert result.is_error, result.structured_content
-        return result.content[0].text
-
-    def tools(self) -> dict:
-        return {t.name: t for t in self.portal.call(self.client.list_tools).tools}
-
-    def read(self, uri: str):
-        return self.portal.call(lambda: self.client.read_resource(uri))
-
-
-@contextmanager
-def session(server) -> Iterator[Session]:
-    with start_blocking_portal() as portal, portal.wrap_async_context_manager(Client(server)) as client:
-        yield Session(portal, client)
-
-
-def stdio_params(lib: Library, *args: str, cwd: Path | None = None) -> StdioServerParameters:
-    return StdioServerParameters(command=str(IMGRAG), args=["mcp", *args], env=lib.env, cwd=str(cwd or lib.base))
-
-
 @pytest.fixture(scope="module")
 def stdio(lib) -> Iterator[Session]:
     """`imgrag mcp PHOTOS`, spawned by the client as an assistant spawns it."""
-    with session(stdio_params(lib, str(lib.photos))) as s:
+    with session(stdio_params(str(lib.photos), env=lib.env, cwd=lib.base)) as s:
         yield s
 
 
@@ -291,7 +253,7 @@ def test_index_needs_allow_index_and_an_estimate_first(lib, tmp_path):
     base = copy_tree(lib.base, tmp_path / "home")
     draw_scene(base / "photos" / "party" / "birthday.jpg", "birthday", quality=92)
     lib.standin.reset()
-    with session(stdio_params(lib, str(base / "photos"), "--allow-index", cwd=base)) as s:
+    with session(stdio_params(str(base / "photos"), "--allow-index", env=lib.env, cwd=base)) as s:
         assert "index" in s.tools()
         assert "confirm" in s.tools()["index"].input_schema["properties"]
         assert "call index without confirm first" in s.error("index", {"confirm": True})
