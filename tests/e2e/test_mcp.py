@@ -30,45 +30,24 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 from PIL import Image
 
-from conftest import IMGRAG, KEY, copy_tree, draw_scene, images_sent, invoke, run_imgrag, scene_catalog, user_env
+from conftest import IMGRAG, KEY, copy_tree, draw_scene, images_sent, invoke, run_imgrag
+from libraries import Described as Library
+from libraries import described
 from mcp_client import Session, session, stdio_params
-from reliability_support import seed_query_encoder
-from standin_vlm import StandinVLM
 
 URL_LINE = re.compile(r"at (http://\S+/mcp)")
 TOKEN = "mcp-token-for-tests-5150"
 
 
-@dataclass
-class Library:
-    base: Path
-    photos: Path
-    env: dict
-    standin: StandinVLM
-
-    def cli_json(self, *args: str) -> dict:
-        result = invoke("search", *args, "--json", cwd=self.base, env=self.env)
-        assert result.code in (0, 1), result.stderr
-        return json.loads(result.stdout)
-
-
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory) -> Iterator[Library]:
-    root = tmp_path_factory.mktemp("mcp")
-    standin = StandinVLM(catalog=scene_catalog(tmp_path_factory.mktemp("mcp-refs"))).start()
-    base = root / "home"
-    photos = base / "photos"
-    draw_scene(photos / "beach_dog.jpg", "beach_dog", quality=92)
-    draw_scene(photos / "kitchen.png", "kitchen")
-    draw_scene(photos / "trips" / "stop_sign.jpg", "stop_sign", quality=92)
-    env = user_env(GROQ_API_KEY=KEY, IMGRAG_BASE_URL=standin.url, NO_COLOR="1", HF_HUB_OFFLINE="1")
-    seed_query_encoder(base / ".imgrag")  # the query-encoder export is not what these tests are about
-    result = invoke("index", photos, cwd=base, env=env)
-    assert result.code == 0, result.stderr
-    try:
-        yield Library(base, photos, env, standin)
-    finally:
-        standin.stop()
+    def draw(photos: Path) -> None:
+        draw_scene(photos / "beach_dog.jpg", "beach_dog", quality=92)
+        draw_scene(photos / "kitchen.png", "kitchen")
+        draw_scene(photos / "trips" / "stop_sign.jpg", "stop_sign", quality=92)
+
+    with described(tmp_path_factory, "mcp", draw, GROQ_API_KEY=KEY, HF_HUB_OFFLINE="1") as library:
+        yield library
 
 
 @pytest.fixture(scope="module")
