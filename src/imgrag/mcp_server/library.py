@@ -22,6 +22,8 @@ from imgrag.status import collect_status, next_step
 from imgrag.store.workspace import Workspace
 
 if TYPE_CHECKING:
+    from imgrag.ask.answer import AskPlan
+    from imgrag.providers.retry import Caller
     from imgrag.web.jobs import Job
 
 FILTER_FLAGS = "the folder/after/before filters"
@@ -66,11 +68,22 @@ def search_answer(searcher: Any, options: SearchOptions, query: str | None, like
     return doc
 
 
-def no_answer_hint(searcher: Any, limit: int, min_score: float | None, filter_flags: str) -> str:
-    """The ask tool's hint when no photo matched (as `imgrag ask` says it)."""
-    return "no photo matches the question" + why_nothing(
-        searcher, make_options(limit, min_score), flag="min_score", all_flag="min_score=0",
-        filter_flags=filter_flags) + "; nothing was sent to the model"
+def ask_answer(plan: AskPlan, searcher: Any, *, dry_run: bool, limit: int, min_score: float | None,
+               filter_flags: str, caller: Caller | None = None) -> dict[str, Any]:
+    """The ask tool's answer: `imgrag ask --json` (the plan with `dry_run`), with its hint when
+    no photo matched."""
+    from imgrag.ask.answer import AskResult, answer_plan
+
+    if dry_run:
+        return plan.as_dict()
+    result = list(answer_plan(plan, caller))[-1]
+    assert isinstance(result, AskResult)
+    doc = result.as_dict()
+    if not result.found:
+        doc["hint"] = "no photo matches the question" + why_nothing(
+            searcher, make_options(limit, min_score), flag="min_score", all_flag="min_score=0",
+            filter_flags=filter_flags) + "; nothing was sent to the model"
+    return doc
 
 
 class Library:
@@ -152,7 +165,7 @@ class Library:
     def ask(self, *, question: str, limit: int, min_score: float | None, look: int, folder: str | None,
             after: str | None, before: str | None, dry_run: bool) -> dict[str, Any]:
         """`imgrag ask QUESTION --json` (or `--dry-run --json`) with these flags."""
-        from imgrag.ask.answer import AskResult, answer_plan, plan_ask
+        from imgrag.ask.answer import plan_ask
 
         settings = self.settings.checked(*VISION_SETTINGS)
         if not dry_run:
@@ -161,15 +174,10 @@ class Library:
         searcher = self._searcher(served, folder, after, before)
         cutoff = cut_off(make_options(limit, min_score))  # search's default set, as `imgrag ask` takes it
         plan = plan_ask(question, searcher, settings, limit=limit, look=look, min_score=cutoff)
-        if dry_run:
-            return plan.as_dict()
-        caller = self.server.caller_for(plan.settings) if plan.hits and plan.settings is not None else None
-        result = list(answer_plan(plan, caller))[-1]
-        assert isinstance(result, AskResult)
-        doc = result.as_dict()
-        if not result.found:
-            doc["hint"] = no_answer_hint(searcher, limit, min_score, FILTER_FLAGS)
-        return doc
+        # the server's Caller for that model (its pacing shared), only when something is sent
+        caller = self.server.caller_for(plan.settings) if not dry_run and plan.hits and plan.settings is not None else None
+        return ask_answer(plan, searcher, dry_run=dry_run, limit=limit, min_score=min_score, filter_flags=FILTER_FLAGS,
+                          caller=caller)
 
     # -- status and index --------------------------------------------------------------------
 

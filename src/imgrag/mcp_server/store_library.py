@@ -14,7 +14,7 @@ from typing import Any
 
 from imgrag.config import VISION_SETTINGS, Settings
 from imgrag.errors import ImgragError, UsageError
-from imgrag.mcp_server.library import no_answer_hint, search_answer, search_options
+from imgrag.mcp_server.library import ask_answer, search_answer, search_options
 from imgrag.search.request import cut_off, make_filters, make_options
 
 FILTER_FLAGS = "the folder/after/before/library filters"
@@ -101,7 +101,7 @@ class StoreLibrary:
     def ask(self, *, question: str, limit: int, min_score: float | None, look: int, folder: str | None,
             after: str | None, before: str | None, dry_run: bool, library: str | None = None) -> dict[str, Any]:
         """`imgrag ask QUESTION --store URL --json` (or `--dry-run --json`) with these flags."""
-        from imgrag.ask.answer import AskResult, answer_plan, plan_ask
+        from imgrag.ask.answer import plan_ask
 
         if look:
             raise UsageError("look cannot be used with a store: the photo files may be on other machines")
@@ -110,14 +110,7 @@ class StoreLibrary:
             settings.require_api_key()  # before retrieval loads anything
         searcher = self._searcher(folder, after, before, library)
         plan = plan_ask(question, searcher, settings, limit=limit, look=0, min_score=cut_off(make_options(limit, min_score)))
-        if dry_run:
-            return plan.as_dict()
-        result = list(answer_plan(plan))[-1]
-        assert isinstance(result, AskResult)
-        doc = result.as_dict()
-        if not result.found:
-            doc["hint"] = no_answer_hint(searcher, limit, min_score, FILTER_FLAGS)
-        return doc
+        return ask_answer(plan, searcher, dry_run=dry_run, limit=limit, min_score=min_score, filter_flags=FILTER_FLAGS)
 
     # -- status ------------------------------------------------------------------------------
 
