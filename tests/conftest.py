@@ -194,6 +194,24 @@ def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Pa
     return base
 
 
+@contextmanager
+def described_generation(folder: Path, descriptions: dict[str, dict], model) -> Iterator:
+    """An index generation in folder/.imgrag of photos/NAME.jpg, each described as
+    `descriptions[NAME]`, embedded by `model` (recorded as the default model), open for ranking."""
+    from imgrag.index.embedding import DEFAULT_MODEL
+    from imgrag.index.generations import Doc, open_generation, write_generation
+    from imgrag.store.workspace import Workspace
+
+    ws = Workspace(folder / ".imgrag")
+    docs = [Doc.described(name, [f"photos/{name}.jpg"], d) for name, d in descriptions.items()]
+    write_generation(ws, docs, model.encode([d.text for d in docs]), {"embedding": {"model": DEFAULT_MODEL}})
+    generation = open_generation(ws)
+    try:
+        yield generation
+    finally:
+        generation.db.close()
+
+
 def copy_tree(src: Path, dst: Path) -> Path:
     """A private copy of a built folder to change (stored paths are relative: a copy works).
     The query-encoder export (.imgrag/models/, ~90 MB, never written in place) is hard-linked."""

@@ -7,12 +7,18 @@ birthday_copy; photos/home: kitchen (EXIF 2024-01-05 08:00+02:00), birthday (no 
 time 2024-06-01). birthday and birthday_copy are one photo (same bytes).
 
 ask: photos/trips: beach_dog (EXIF date + GPS, Lisbon), stop_sign; photos/home: kitchen,
-birthday, notice (a photo whose visible text tries to take over the model)."""
+birthday, notice (a photo whose visible text tries to take over the model).
+
+served (`described`): what a module's own server (imgrag serve, imgrag mcp) serves, its photos
+drawn by that module, its stand-in running as long as the module's fixture."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -77,6 +83,44 @@ def index(base: Path, catalog, env: dict) -> None:
     with StandinVLM(catalog=catalog(base.parent / f"{base.name}-refs")) as server:
         r = invoke("index", base / "photos", cwd=base, env={**env, "IMGRAG_BASE_URL": server.url})
     assert r.code == 0, r.stderr
+
+
+# -- served: a library whose stand-in keeps running ----------------------------------------------
+
+
+@dataclass
+class Described:
+    """Drawn photos in base/photos, described by `standin` and indexed by `imgrag index` once;
+    the stand-in keeps running for the jobs and tools that describe more."""
+
+    base: Path  # holds .imgrag/ and photos/
+    photos: Path
+    env: dict
+    standin: StandinVLM
+
+    def cli_json(self, *args: str) -> dict:
+        """`imgrag search ARGS --json` here: what a server's answers are compared with."""
+        result = invoke("search", *args, "--json", cwd=self.base, env=self.env)
+        assert result.code in (0, 1), result.stderr
+        return json.loads(result.stdout)
+
+
+@contextmanager
+def described(tmp_path_factory, name: str, draw: Callable[[Path], object], **env: str) -> Iterator[Described]:
+    """`draw(photos)`, then `imgrag index photos` (in process) in a new NAME/home, against a
+    stand-in that runs until the block ends; `env`: the user's settings (an API key at least)."""
+    standin = StandinVLM(catalog=scene_catalog(tmp_path_factory.mktemp(f"{name}-refs"))).start()
+    try:
+        base = tmp_path_factory.mktemp(name) / "home"
+        photos = base / "photos"
+        draw(photos)
+        env = user_env(IMGRAG_BASE_URL=standin.url, NO_COLOR="1", **env)
+        seed_query_encoder(base / ".imgrag")  # the query-encoder export is not what these libraries are about
+        result = invoke("index", photos, cwd=base, env=env)
+        assert result.code == 0, result.stderr
+        yield Described(base, photos, env, standin)
+    finally:
+        standin.stop()
 
 
 # -- ask -----------------------------------------------------------------------------------------

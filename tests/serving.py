@@ -83,3 +83,14 @@ def start_server(*args: str, cwd: Path, env: dict, log: Path) -> Served:
         time.sleep(0.05)
     proc.kill()
     raise AssertionError("imgrag serve printed no URL")
+
+
+def wait_job(http: httpx.Client, job_id: str, timeout: float = 240) -> dict:
+    """The job (GET /api/jobs/ID) once it is no longer running."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = http.get(f"/api/jobs/{job_id}").json()
+        if job["state"] != "running":
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} still running")

@@ -20,99 +20,40 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from anyio.from_thread import BlockingPortal, start_blocking_portal
-from mcp import Client, StdioServerParameters
+from anyio.from_thread import start_blocking_portal
+from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 from PIL import Image
 
-from conftest import IMGRAG, KEY, copy_tree, draw_scene, images_sent, invoke, run_imgrag, scene_catalog, user_env
-from reliability_support import seed_query_encoder
-from standin_vlm import StandinVLM
+from conftest import IMGRAG, KEY, copy_tree, draw_scene, images_sent, invoke, run_imgrag
+from libraries import Described as Library
+from libraries import described
+from mcp_client import Session, session, stdio_params
 
 URL_LINE = re.compile(r"at (http://\S+/mcp)")
 TOKEN = "mcp-token-for-tests-5150"
 
 
-@dataclass
-class Library:
-    base: Path
-    photos: Path
-    env: dict
-    standin: StandinVLM
-
-    def cli_json(self, *args: str) -> dict:
-        result = invoke("search", *args, "--json", cwd=self.base, env=self.env)
-        assert result.code in (0, 1), result.stderr
-        return json.loads(result.stdout)
-
-
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory) -> Iterator[Library]:
-    root = tmp_path_factory.mktemp("mcp")
-    standin = StandinVLM(catalog=scene_catalog(tmp_path_factory.mktemp("mcp-refs"))).start()
-    base = root / "home"
-    photos = base / "photos"
-    draw_scene(photos / "beach_dog.jpg", "beach_dog", quality=92)
-    draw_scene(photos / "kitchen.png", "kitchen")
-    draw_scene(photos / "trips" / "stop_sign.jpg", "stop_sign", quality=92)
-    env = user_env(GROQ_API_KEY=KEY, IMGRAG_BASE_URL=standin.url, NO_COLOR="1", HF_HUB_OFFLINE="1")
-    seed_query_encoder(base / ".imgrag")  # the query-encoder export is not what these tests are about
-    result = invoke("index", photos, cwd=base, env=env)
-    assert result.code == 0, result.stderr
-    try:
-        yield Library(base, photos, env, standin)
-    finally:
-        standin.stop()
+    def draw(photos: Path) -> None:
+        draw_scene(photos / "beach_dog.jpg", "beach_dog", quality=92)
+        draw_scene(photos / "kitchen.png", "kitchen")
+        draw_scene(photos / "trips" / "stop_sign.jpg", "stop_sign", quality=92)
 
-
-class Session:
-    """An MCP client session driven from synchronous tests (through an anyio portal)."""
-
-    def __init__(self, portal: BlockingPortal, client: Client) -> None:
-        self.portal = portal
-        self.client = client
-
-    def call(self, tool: str, arguments: dict[str, Any] | None = None):
-        return self.portal.call(lambda: self.client.call_tool(tool, arguments or {}))
-
-    def ok(self, tool: str, arguments: dict[str, Any] | None = None) -> dict:
-        result = self.call(tool, arguments)
-        assert not result.is_error, result.content
-        return result.structured_content
-
-    def error(self, tool: str, arguments: dict[str, Any] | None = None) -> str:
-        """The message of a call that must fail as a tool error (the model reads it and tries again)."""
-        result = self.call(tool, arguments)
-        assert result.is_error, result.structured_content
-        return result.content[0].text
-
-    def tools(self) -> dict:
-        return {t.name: t for t in self.portal.call(self.client.list_tools).tools}
-
-    def read(self, uri: str):
-        return self.portal.call(lambda: self.client.read_resource(uri))
-
-
-@contextmanager
-def session(server) -> Iterator[Session]:
-    with start_blocking_portal() as portal, portal.wrap_async_context_manager(Client(server)) as client:
-        yield Session(portal, client)
-
-
-def stdio_params(lib: Library, *args: str, cwd: Path | None = None) -> StdioServerParameters:
-    return StdioServerParameters(command=str(IMGRAG), args=["mcp", *args], env=lib.env, cwd=str(cwd or lib.base))
+    with described(tmp_path_factory, "mcp", draw, GROQ_API_KEY=KEY, HF_HUB_OFFLINE="1") as library:
+        yield library
 
 
 @pytest.fixture(scope="module")
 def stdio(lib) -> Iterator[Session]:
     """`imgrag mcp PHOTOS`, spawned by the client as an assistant spawns it."""
-    with session(stdio_params(lib, str(lib.photos))) as s:
+    with session(stdio_params(str(lib.photos), env=lib.env, cwd=lib.base)) as s:
         yield s
 
 
@@ -291,7 +232,7 @@ def test_index_needs_allow_index_and_an_estimate_first(lib, tmp_path):
     base = copy_tree(lib.base, tmp_path / "home")
     draw_scene(base / "photos" / "party" / "birthday.jpg", "birthday", quality=92)
     lib.standin.reset()
-    with session(stdio_params(lib, str(base / "photos"), "--allow-index", cwd=base)) as s:
+    with session(stdio_params(str(base / "photos"), "--allow-index", env=lib.env, cwd=base)) as s:
         assert "index" in s.tools()
         assert "confirm" in s.tools()["index"].input_schema["properties"]
         assert "call index without confirm first" in s.error("index", {"confirm": True})

@@ -10,7 +10,6 @@ import re
 import shlex
 import shutil
 import socket
-import time
 
 import numpy as np
 import pytest
@@ -138,7 +137,7 @@ def test_a_jpeg_missing_its_last_rows_is_described_with_a_warning(home, standin)
 
 
 def test_failed_and_quarantined_photos_are_named_and_counted_apart(home):
-    from serving import in_process
+    from serving import in_process, wait_job
 
     base, photos, env = home
     (photos / "notes.jpg").write_text("shopping list: eggs, milk\n")
@@ -168,18 +167,8 @@ def test_failed_and_quarantined_photos_are_named_and_counted_apart(home):
     assert doc["failed"] == 0 and doc["failed_photos"] == [] and doc["quarantined"] == 1
 
 
-def wait_job(http, job_id: str, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = http.get(f"/api/jobs/{job_id}").json()
-        if job["state"] != "running":
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} still running")
-
-
 def test_a_second_job_is_refused_in_english(home, standin):
-    from serving import in_process
+    from serving import in_process, wait_job
 
     base, photos, env = home
     for i in range(6):

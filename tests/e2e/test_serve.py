@@ -28,52 +28,37 @@ import httpx
 import pytest
 from PIL import Image
 
-from conftest import draw_scene, invoke, scene_catalog, user_env
+from conftest import draw_scene, invoke
+from libraries import Described, described
 from reliability_support import seed_query_encoder
-from serving import Served, in_process, start_server
-from standin_vlm import StandinVLM
+from serving import Served, in_process, start_server, wait_job
 
 
 @dataclass
-class Library:
-    base: Path
-    photos: Path
-    outside: Path
-    env: dict
-    standin: StandinVLM
+class Library(Described):
+    outside: Path  # beside the photo tree, reached by a symlink inside it
     server: Served
-
-    def cli_json(self, *args: str) -> dict:
-        result = invoke("search", *args, "--json", cwd=self.base, env=self.env)
-        assert result.code in (0, 1), result.stderr
-        return json.loads(result.stdout)
 
 
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory):
-    root = tmp_path_factory.mktemp("serve")
-    refs = tmp_path_factory.mktemp("serve-refs")
-    standin = StandinVLM(catalog=scene_catalog(refs)).start()
-    base = root / "home"
-    photos = base / "photos"
-    draw_scene(photos / "beach_dog.jpg", "beach_dog", quality=92)
-    draw_scene(photos / "kitchen.png", "kitchen")
-    draw_scene(photos / "trips" / "stop_sign.jpg", "stop_sign", quality=92)
-    draw_scene(photos / "trips" / "birthday.tiff", "birthday")
-    outside = root / "secret"
-    outside.mkdir()
-    (outside / "private.txt").write_text("not a photo of yours")
-    (photos / "link_out").symlink_to(outside)  # a symlink leading out of the photo tree
-    env = user_env(GROQ_API_KEY="test-key-serve-9f3e", IMGRAG_BASE_URL=standin.url, NO_COLOR="1")
-    seed_query_encoder(base / ".imgrag")  # the query-encoder export is not what these tests are about
-    result = invoke("index", photos, cwd=base, env=env)
-    assert result.code == 0, result.stderr
-    server = start_server(str(photos), cwd=base, env=env, log=root / "serve.log")
-    try:
-        yield Library(base, photos, outside, env, standin, server)
-    finally:
-        server.stop()
-        standin.stop()
+    def draw(photos: Path) -> None:
+        draw_scene(photos / "beach_dog.jpg", "beach_dog", quality=92)
+        draw_scene(photos / "kitchen.png", "kitchen")
+        draw_scene(photos / "trips" / "stop_sign.jpg", "stop_sign", quality=92)
+        draw_scene(photos / "trips" / "birthday.tiff", "birthday")
+        outside = photos.parents[1] / "secret"
+        outside.mkdir()
+        (outside / "private.txt").write_text("not a photo of yours")
+        (photos / "link_out").symlink_to(outside)  # a symlink leading out of the photo tree
+
+    with described(tmp_path_factory, "serve", draw, GROQ_API_KEY="test-key-serve-9f3e") as drawn:
+        root = drawn.base.parent
+        server = start_server(str(drawn.photos), cwd=drawn.base, env=drawn.env, log=root / "serve.log")
+        try:
+            yield Library(**vars(drawn), outside=root / "secret", server=server)
+        finally:
+            server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -360,16 +345,6 @@ def test_page_modules_are_served_as_javascript_and_packaged(http):
 
 
 # -- jobs: one writer, shared with the CLI ---------------------------------------------------
-
-
-def wait_job(http, job_id: str, timeout: float = 240) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = http.get(f"/api/jobs/{job_id}").json()
-        if job["state"] != "running":
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} still running")
 
 
 def test_dry_run_job_gives_the_estimate_and_sends_nothing(lib, http):

@@ -22,10 +22,9 @@ import httpx
 import pytest
 from PIL import Image
 
-from conftest import draw_scene, invoke, scene_catalog, user_env
-from reliability_support import seed_query_encoder
+from conftest import draw_scene
+from libraries import described
 from serving import Served, start_server
-from standin_vlm import StandinVLM
 
 API_KEY = "gsk-test-key-never-served-4b1d"
 SECRET = "not a photo of yours 7f3a"
@@ -44,31 +43,27 @@ class Library:
 
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory):
-    root = tmp_path_factory.mktemp("serve-files")
-    standin = StandinVLM(catalog=scene_catalog(tmp_path_factory.mktemp("serve-files-refs"))).start()
-    base = root / "home"
-    photos = base / "photos"
-    draw_scene(photos / "beach_dog.jpg", "beach_dog", quality=92)
-    draw_scene(photos / "stop_sign.jpg", "stop_sign", quality=92)
-    draw_scene(photos / "misnamed.jpg", "kitchen", format="PNG")  # a PNG named .jpg
-    env = user_env(GROQ_API_KEY=API_KEY, IMGRAG_BASE_URL=standin.url, NO_COLOR="1")
-    seed_query_encoder(base / ".imgrag")
-    assert invoke("index", photos, cwd=base, env=env).code == 0
-    # What a link could reach: the key beside the index, the folder holding .imgrag/, outside it,
-    # and pages inside the photo folder that a browser would run on the server's origin.
-    (base / ".env").write_text(f"GROQ_API_KEY={API_KEY}\n")
-    (base / "notes.txt").write_text(SECRET)
-    (root / "outside.txt").write_text(SECRET)
-    (photos / "page.html").write_text(f"<script>alert('{SECRET}')</script>")
-    (photos / "drawing.svg").write_text(f'<svg xmlns="http://www.w3.org/2000/svg"><script>/*{SECRET}*/</script></svg>')
-    os.mkfifo(photos / "pipe.jpg.fifo")
-    ids = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in photos.glob("*.jpg")}
-    server = start_server(str(photos), cwd=base, env=env, log=root / "serve.log")
-    try:
-        yield Library(base, photos, server, ids)
-    finally:
-        server.stop()
-        standin.stop()
+    def draw(photos: Path) -> None:
+        draw_scene(photos / "beach_dog.jpg", "beach_dog", quality=92)
+        draw_scene(photos / "stop_sign.jpg", "stop_sign", quality=92)
+        draw_scene(photos / "misnamed.jpg", "kitchen", format="PNG")  # a PNG named .jpg
+
+    with described(tmp_path_factory, "serve-files", draw, GROQ_API_KEY=API_KEY) as drawn:
+        base, photos, root = drawn.base, drawn.photos, drawn.base.parent
+        # What a link could reach: the key beside the index, the folder holding .imgrag/, outside it,
+        # and pages inside the photo folder that a browser would run on the server's origin.
+        (base / ".env").write_text(f"GROQ_API_KEY={API_KEY}\n")
+        (base / "notes.txt").write_text(SECRET)
+        (root / "outside.txt").write_text(SECRET)
+        (photos / "page.html").write_text(f"<script>alert('{SECRET}')</script>")
+        (photos / "drawing.svg").write_text(f'<svg xmlns="http://www.w3.org/2000/svg"><script>/*{SECRET}*/</script></svg>')
+        os.mkfifo(photos / "pipe.jpg.fifo")
+        ids = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in photos.glob("*.jpg")}
+        server = start_server(str(photos), cwd=base, env=drawn.env, log=root / "serve.log")
+        try:
+            yield Library(base, photos, server, ids)
+        finally:
+            server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ import pytest
 from conftest import copy_tree
 from imgrag.web.protocol import BODY_SECONDS, HEADER_SECONDS, MAX_PER_CLIENT
 from imgrag.web.sessions import FAILURE_BURST, SESSION_SECONDS
-from serving import Served, start_server
+from serving import Served, start_server, wait_job
 from standin_vlm import StandinVLM
 
 TOKEN = "hardening-token-5c1e0a9d"
@@ -294,10 +294,7 @@ def test_a_dry_run_job_runs_beside_a_cli_writer(site):
         with client(site["open"]) as c:
             r = c.post("/api/jobs", json={"kind": "describe", "dry_run": True})
             assert r.status_code == 202, r.text
-            deadline = time.monotonic() + 120
-            while (job := c.get(f"/api/jobs/{r.json()['id']}").json())["state"] == "running":
-                assert time.monotonic() < deadline
-                time.sleep(0.2)
+            job = wait_job(c, r.json()["id"], timeout=120)
             assert job["state"] == "done", job
             assert "nothing was sent" in job["estimate"]["text"]
             assert_json_error(c.post("/api/jobs", json={"kind": "describe"}), 409)  # a real run still waits its turn

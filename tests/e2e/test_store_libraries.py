@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import IMGRAG, KEY, draw_scene, invoke, scene_catalog, user_env
+from conftest import KEY, draw_scene, invoke, scene_catalog, user_env
+from mcp_client import Session, session, stdio_params
 from pg_store import new_database
 from reliability_support import seed_query_encoder
 from serving import start_server
@@ -139,43 +140,11 @@ def test_search_and_ask_filter_by_library(two):
 # -- imgrag mcp --store: the mcp SDK's own client over stdio -----------------------------------
 
 
-class Session:
-    """An MCP client session driven from synchronous tests (through an anyio portal), as in test_mcp."""
-
-    def __init__(self, portal, client) -> None:
-        self.portal, self.client = portal, client
-
-    def call(self, tool: str, arguments: dict | None = None):
-        return self.portal.call(lambda: self.client.call_tool(tool, arguments or {}))
-
-    def ok(self, tool: str, arguments: dict | None = None) -> dict:
-        result = self.call(tool, arguments)
-        assert not result.is_error, result.content
-        return result.structured_content
-
-    def error(self, tool: str, arguments: dict | None = None) -> str:
-        result = self.call(tool, arguments)
-        assert result.is_error, result.structured_content
-        return result.content[0].text
-
-    def tools(self) -> dict:
-        return {t.name: t for t in self.portal.call(self.client.list_tools).tools}
-
-    def read(self, uri: str):
-        return self.portal.call(lambda: self.client.read_resource(uri))
-
-
 @contextmanager
-def mcp_session(two: Store, *args: str) -> Iterator:
-    from anyio.from_thread import start_blocking_portal
-    from mcp import Client, StdioServerParameters
-
+def mcp_session(two: Store, *args: str) -> Iterator[Session]:
     # Started from another folder than the one holding the photos, as an assistant starts it
-    params = StdioServerParameters(command=str(IMGRAG), args=["mcp", *args], env=two.env, cwd=str(two.base / ".."))
-    with start_blocking_portal() as portal, portal.wrap_async_context_manager(Client(params)) as client:
-        session = Session(portal, client)
-        session.instructions = client.instructions or ""  # type: ignore[attr-defined]
-        yield session
+    with session(stdio_params(*args, env=two.env, cwd=two.base / "..")) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,9 @@ import shutil
 import numpy as np
 import pytest
 
+from conftest import described_generation
 from imgrag.index.embedding import DEFAULT_MODEL, load_model
-from imgrag.index.generations import Doc, open_generation, write_generation
+from imgrag.index.generations import open_generation
 from imgrag.search.cutoff import BACKGROUND_MIN, DEFAULT_CUTOFF, background_for, shown
 from imgrag.search.ranking import SearchOptions, rank
 from imgrag.store.paths import BACKGROUND_FILE
@@ -70,13 +71,9 @@ def model():
 
 @pytest.fixture(scope="module")
 def generation(model, tmp_path_factory):
-    ws = Workspace(tmp_path_factory.mktemp("cutoff") / ".imgrag")
     descriptions = {name: {"caption": caption} for name, caption in CAPTIONS.items()}
-    docs = [Doc.described(name, [f"photos/{name}.jpg"], d) for name, d in descriptions.items()]
-    write_generation(ws, docs, model.encode([d.text for d in docs]), {"embedding": {"model": DEFAULT_MODEL}})
-    b = open_generation(ws)
-    yield b
-    b.db.close()
+    with described_generation(tmp_path_factory.mktemp("cutoff"), descriptions, model) as generation:
+        yield generation
 
 
 def search(generation, model, query, **options):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections.abc import Iterable
 
 import pytest
 
@@ -202,56 +203,79 @@ def test_limits_are_reported_per_real_minute_even_on_a_scaled_window():
 # -- against the stand-in's sliding windows, in simulated time ----------------------------
 
 
-def simulate(pacer: Pacer, clock: Clock, *, n: int, latency: float, jobs: int, tokens: int,
-             rpm: int | None, tpm: int | None, advertise_rpm: bool) -> tuple[float, int]:
-    """n requests from `jobs` workers against a server counting sliding 60 s windows, as
-    the stand-in does; (photos per minute achieved, 429s)."""
-    server = {"requests": Window(60.0), "tokens": Window(60.0)}
-    done_at: list[float] = []  # completion times of the requests in flight
-    refused = sent = 0
+class SlidingWindows:
+    """A server as the stand-in counts by default: sliding 60 s windows of requests and of
+    tokens (a limit of None is not counted), its requests limit in the headers or not."""
+
+    refusal = "Too Many Requests"
+
+    def __init__(self, rpm: int | None, tpm: int | None, advertise_rpm: bool) -> None:
+        self.rpm, self.tpm, self.advertise_rpm = rpm, tpm, advertise_rpm
+        self.requests, self.tokens = Window(60.0), Window(60.0)
+
+    def wait_for(self, now: float, cost: int) -> float:
+        return ((self.rpm and self.requests.wait_for(now, self.rpm, 1))
+                or (self.tpm and self.tokens.wait_for(now, self.tpm, cost)) or 0.0)
+
+    def charge(self, now: float, cost: int) -> None:
+        self.requests.charge(now, 1)
+        self.tokens.charge(now, cost)
+
+    def headers(self, now: float, sent: int) -> dict[str, str]:
+        h = {}
+        if self.tpm:
+            w = self.tokens
+            h.update(headers(limit_tok=self.tpm, remaining_tok=self.tpm - w.used(now),
+                             reset_tok=groq_duration(w.reset_in(now))))
+        if self.rpm and self.advertise_rpm:
+            w = self.requests
+            h.update(headers(limit_req=self.rpm, remaining_req=self.rpm - w.used(now),
+                             reset_req=groq_duration(w.reset_in(now))))
+        return h
+
+
+def simulate(pacer: Pacer, clock: Clock, server, *, n: int, costs: Iterable[int], jobs: int,
+             latency: float) -> tuple[float, int, int]:
+    """n requests (costing `costs` tokens in turn) from `jobs` workers, each answered in
+    `latency` s, against `server` (its wait_for, charge, headers and 429 `refusal`: this
+    module's SlidingWindows, test_pacing_bucket's); (photos per minute achieved, 429s, tokens sent)."""
+    next_cost = itertools.cycle(costs)
+    in_flight: list[tuple[float, int]] = []  # (done at, tokens) of the requests in flight
+    sent = refused = spent = 0
     start = clock.t
 
     def complete_next() -> None:
-        clock.t = max(clock.t, done_at.pop(0))
+        in_flight.sort()
+        done, cost = in_flight.pop(0)
+        clock.t = max(clock.t, done)
         pacer.release()
-        pacer.observe(_server_headers(server, clock.t, rpm if advertise_rpm else None, tpm))
-        pacer.learn_tokens(tokens)
+        pacer.observe(server.headers(clock.t, sent))
+        pacer.learn_tokens(cost)
 
     while sent < n:
-        if len(done_at) >= jobs:
+        if len(in_flight) >= jobs:
             complete_next()
             continue
         delay = pacer.reserve()
         if delay > 0:
-            if done_at and done_at[0] <= clock.t + delay:
+            if in_flight and min(in_flight)[0] <= clock.t + delay:
                 complete_next()
             else:
                 clock.advance(delay)
             continue
-        now = clock.t
-        over = (rpm and server["requests"].wait_for(now, rpm, 1)) or (tpm and server["tokens"].wait_for(now, tpm, tokens))
-        if over:
+        cost = next(next_cost)
+        wait = server.wait_for(clock.t, cost)
+        if wait > 0:
             refused += 1
             pacer.release()
-            pacer.rate_limited("Too Many Requests", over, {})
+            pacer.rate_limited(server.refusal, wait, {})
             continue
-        server["requests"].events.append((now, 1))
-        server["tokens"].events.append((now, tokens))
-        done_at = sorted([*done_at, now + latency])
+        server.charge(clock.t, cost)
+        in_flight.append((clock.t + latency, cost))
         sent += 1
-    end = max(done_at) if done_at else clock.t
-    return n / ((end - start) / 60), refused
-
-
-def _server_headers(server: dict, now: float, rpm: int | None, tpm: int | None) -> dict[str, str]:
-    h = {}
-    if tpm:
-        w = server["tokens"]
-        h.update(headers(limit_tok=tpm, remaining_tok=tpm - w.used(now), reset_tok=groq_duration(w.reset_in(now))))
-    if rpm:
-        w = server["requests"]
-        h.update(headers(limit_req=rpm, remaining_req=rpm - w.used(now), reset_req=groq_duration(w.reset_in(now))))
-    return h
+        spent += cost
+    end = max(done for done, _ in in_flight) if in_flight else clock.t
+    return n / ((end - start) / 60), refused, spent
 
 
 @pytest.mark.parametrize("name, rpm, tpm, latency, jobs, capacity", [
@@ -261,8 +285,8 @@ def _server_headers(server: dict, now: float, rpm: int | None, tpm: int | None) 
 def test_no_429_and_near_the_limit_against_sliding_windows(name, rpm, tpm, latency, jobs, capacity):
     clock = Clock()
     pacer = Pacer(est_tokens=2300, clock=clock)
-    rate, refused = simulate(pacer, clock, n=300 if jobs > 1 else 40, latency=latency, jobs=jobs, tokens=2250,
-                             rpm=rpm, tpm=tpm, advertise_rpm=tpm is None)
+    rate, refused, _ = simulate(pacer, clock, SlidingWindows(rpm, tpm, advertise_rpm=tpm is None),
+                                n=300 if jobs > 1 else 40, costs=[2250], jobs=jobs, latency=latency)
     assert refused == 0, name
     assert rate / capacity >= 0.9, (name, rate)
 

@@ -6,10 +6,8 @@ real descriptions do."""
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
-from test_pacing import Clock, headers
+from test_pacing import Clock, headers, simulate
 
 from imgrag.providers.pacing import Pacer
 from standin_vlm import Bucket, Window, groq_duration
@@ -18,49 +16,32 @@ FREE_TPM = 8000
 DAILY = {"limit_req": 1000, "reset_req": "2h0m0s"}  # Groq's requests headers count a day
 
 
-def run(server, *, n: int, tokens, jobs: int, latency: float, est: int, tpm: int = FREE_TPM):
+class TokensOnly:
+    """A server counting tokens in `counter` (the stand-in's Bucket, or its Window) and
+    requests by the day, as Groq's free tier does."""
+
+    refusal = "Rate limit reached on tokens per minute (TPM): Limit 8000"
+
+    def __init__(self, counter, tpm: int = FREE_TPM) -> None:
+        self.counter, self.tpm = counter, tpm
+
+    def wait_for(self, now: float, cost: int) -> float:
+        return self.counter.wait_for(now, self.tpm, cost)
+
+    def charge(self, now: float, cost: int) -> None:
+        self.counter.charge(now, cost)
+
+    def headers(self, now: float, sent: int) -> dict[str, str]:
+        return headers(remaining_req=1000 - sent, limit_tok=self.tpm, remaining_tok=max(0, self.tpm - self.counter.used(now)),
+                       reset_tok=groq_duration(self.counter.reset_in(now)), **DAILY)
+
+
+def run(counter, *, n: int, tokens, jobs: int, latency: float, est: int):
     """n photos from `jobs` workers; (photos per minute, 429s, the pacer, tokens sent)."""
     clock = Clock()
     pacer = Pacer(est_tokens=est, clock=clock)
-    costs = itertools.cycle(tokens)
-    in_flight: list[tuple[float, int]] = []  # (done at, tokens)
-    sent = refused = spent = 0
-    start = clock.t
-
-    def complete_next() -> None:
-        in_flight.sort()
-        done, cost = in_flight.pop(0)
-        clock.t = max(clock.t, done)
-        pacer.release()
-        used = server.used(clock.t)
-        pacer.observe(headers(remaining_req=1000 - sent, limit_tok=tpm, remaining_tok=max(0, tpm - used),
-                              reset_tok=groq_duration(server.reset_in(clock.t)), **DAILY))
-        pacer.learn_tokens(cost)
-
-    while sent < n:
-        if len(in_flight) >= jobs:
-            complete_next()
-            continue
-        delay = pacer.reserve()
-        if delay > 0:
-            if in_flight and min(in_flight)[0] <= clock.t + delay:
-                complete_next()
-            else:
-                clock.advance(delay)
-            continue
-        cost = next(costs)
-        wait = server.wait_for(clock.t, tpm, cost)
-        if wait > 0:
-            refused += 1
-            pacer.release()
-            pacer.rate_limited("Rate limit reached on tokens per minute (TPM): Limit 8000", wait, {})
-            continue
-        server.charge(clock.t, cost)
-        in_flight.append((clock.t + latency, cost))
-        sent += 1
-        spent += cost
-    end = max(done for done, _ in in_flight) if in_flight else clock.t
-    return n / ((end - start) / 60), refused, pacer, spent
+    rate, refused, spent = simulate(pacer, clock, TokensOnly(counter), n=n, costs=tokens, jobs=jobs, latency=latency)
+    return rate, refused, pacer, spent
 
 
 @pytest.mark.parametrize("jobs, latency", [(4, 1.5), (1, 1.5), (8, 30.0)])  # 30 s: several in flight

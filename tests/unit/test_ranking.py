@@ -9,9 +9,10 @@ import shutil
 import numpy as np
 import pytest
 
+from conftest import described_generation
 from imgrag.describe.schema import lexical_text
 from imgrag.index.embedding import DEFAULT_MODEL, load_model
-from imgrag.index.generations import Doc, open_generation, write_generation
+from imgrag.index.generations import open_generation
 from imgrag.index.lexical import LexicalIndex, field_lines, indexed_text, query_terms, visible_text
 from imgrag.search.ranking import (
     DEFAULT_FUSION,
@@ -65,13 +66,8 @@ def model():
 
 @pytest.fixture(scope="module")
 def generation(model, tmp_path_factory):
-    ws = Workspace(tmp_path_factory.mktemp("ranking") / ".imgrag")
-    docs = [Doc.described(name, [f"photos/{name}.jpg"], d) for name, d in PHOTOS.items()]
-    vectors = model.encode([d.text for d in docs])
-    write_generation(ws, docs, vectors, {"embedding": {"model": DEFAULT_MODEL}})
-    b = open_generation(ws)
-    yield b
-    b.db.close()
+    with described_generation(tmp_path_factory.mktemp("ranking"), PHOTOS, model) as generation:
+        yield generation
 
 
 def search(generation, model, query, fusion=DEFAULT_FUSION, limit=EVERY, min_score=None):

@@ -52,6 +52,14 @@ LibraryOpt = Annotated[str | None, typer.Option(
 LibraryFilterOpt = Annotated[str | None, typer.Option(
     "--library", help="With --store: only photos with a copy in this library (machine), shown at that copy.",
     show_default=False, metavar="NAME")]
+FoundPhotosArg = Annotated[Path | None, typer.Argument(
+    help="Photo folder (default: the index found from here).", show_default=False, metavar="PHOTOS")]
+# search and ask: the same filters (imgrag.search.request.make_filters)
+InFolderOpt = Annotated[Path | None, typer.Option("--in", help="Only photos inside this folder.", show_default=False, metavar="FOLDER")]
+AfterOpt = Annotated[str | None, typer.Option(
+    "--after", help="Only photos taken on or after DATE (YYYY-MM-DD; EXIF date, else file time).", show_default=False,
+    metavar="DATE")]
+BeforeOpt = Annotated[str | None, typer.Option("--before", help="Only photos taken before DATE (YYYY-MM-DD).", show_default=False, metavar="DATE")]
 WaitOpt = Annotated[bool, typer.Option("--wait", help="If another imgrag is writing the index, wait for it instead of exiting.")]
 StoreOpt = Annotated[str | None, typer.Option(
     "--store", help="A photo library in PostgreSQL + pgvector instead of .imgrag/: postgresql://[user@]host[:port]/db "
@@ -97,18 +105,18 @@ def _settings(**flags) -> Settings:
     return settings
 
 
-def _store(settings: Settings, flag: str | None) -> str | None:
+def _store(settings: Settings, flag: str | None, **folder_only: Any) -> str | None:
+    """The store the command works on (--store, else IMGRAG_STORE), or None for a .imgrag/
+    folder. With a store, the `folder_only` flags given (they mean something only for a
+    .imgrag/ folder) are refused in one line."""
     from imgrag.library.run import store_url
 
-    return store_url(settings, flag)
-
-
-def _refuse_with_store(**given: Any) -> None:
-    """Flags that mean something only for a .imgrag/ folder."""
-    named = [name for name, value in given.items() if value not in (None, False)]
-    if named:
+    url = store_url(settings, flag)
+    named = [name for name, value in folder_only.items() if value not in (None, False)]
+    if url is not None and named:
         flags = ", ".join("PHOTOS" if n == "photos" else "--" + n.replace("_", "-") for n in named)
         raise UsageError(f"{flags} cannot be combined with --store (IMGRAG_STORE)")
+    return url
 
 
 def _library_needs_store(library: str | None) -> None:
@@ -134,17 +142,22 @@ def _run_store(url: str, photos: Path | None, settings: Settings, **steps: Any) 
     return result.exit_code
 
 
-def _run_pipeline(photos: Path | None, index: Path | None, flags: dict[str, Any], new_index: bool = False,
-                  **steps: Any) -> int:
-    """describe, embed and index: imgrag.pipeline with these `steps` (and the settings these
-    `flags` change), its progress and summaries on stderr. A process of its own: it steps
-    back in CPU priority when unattended (cron)."""
+def _describe_embed(photos: Path | None, settings: Settings, store: str | None, *, library: str | None = None,
+                    index: Path | None, new_index: bool, folder_only: dict[str, Any], store_steps: dict[str, Any],
+                    **steps: Any) -> int:
+    """describe and/or embed (imgrag describe, embed, index): into the store with `store_steps`
+    (the `folder_only` flags given are refused), else into a .imgrag/ folder with imgrag.pipeline
+    and `steps`, its progress and summaries on stderr. A process of its own: it steps back in
+    CPU priority when unattended (cron)."""
+    url = _store(settings, store, **folder_only)
+    if url is not None:
+        return _run_store(url, photos, settings, **store_steps)
+    _library_needs_store(library)
     from imgrag.cli.report import PipelineProgress, which_index
     from imgrag.pipeline import Steps, run_pipeline
 
     index = which_index(photos, index, new_index)
-    result = run_pipeline(photos, _settings(**flags), Steps(background=True, **steps), PipelineProgress(), index=index)
-    return result.exit_code
+    return run_pipeline(photos, settings, Steps(background=True, **steps), PipelineProgress(), index=index).exit_code
 
 
 ProviderOpt = Annotated[str | None, typer.Option("--provider", help="groq (default) or openai (any OpenAI-compatible server). Env: IMGRAG_PROVIDER.", show_default=False)]
@@ -191,16 +204,13 @@ def describe(
     if cancel and not batch:
         raise UsageError("--cancel cancels the open batches: give it with --batch")
     settings = _settings(provider=provider, model=model, base_url=base_url, store_library=library)
-    url = _store(settings, store)
-    if url is not None:
-        _refuse_with_store(force=force, refresh=refresh, dry_run=dry_run, index=index, wait=wait,
-                           retry_failed=retry_failed, batch=batch, window=typed(ctx, "window"), new_index=new_index)
-        return _run_store(url, photos, settings, describe=True, embed=False, jobs=jobs, limit=limit)
-    _library_needs_store(library)
-    return _run_pipeline(photos, index, {"provider": provider, "model": model, "base_url": base_url}, embed=False,
-                         jobs=jobs, limit=limit, force=force, refresh=refresh, retry_failed=retry_failed,
-                         dry_run=dry_run, batch=batch, window=window, cancel_batches=cancel, wait=wait,
-                         new_index=new_index)
+    return _describe_embed(
+        photos, settings, store, library=library, index=index, new_index=new_index,
+        folder_only={"force": force, "refresh": refresh, "dry_run": dry_run, "index": index, "wait": wait,
+                     "retry_failed": retry_failed, "batch": batch, "window": typed(ctx, "window"), "new_index": new_index},
+        store_steps={"describe": True, "embed": False, "jobs": jobs, "limit": limit},
+        embed=False, jobs=jobs, limit=limit, force=force, refresh=refresh, retry_failed=retry_failed, dry_run=dry_run,
+        batch=batch, window=window, cancel_batches=cancel, wait=wait)
 
 
 EmbedModelOpt = Annotated[str | None, typer.Option("--model", help="Sentence-transformers model: a hub name or a model folder. Env: IMGRAG_EMBED_MODEL (default: the index's own model; all-MiniLM-L6-v2 for a new index, works offline).", show_default=False)]
@@ -219,14 +229,13 @@ def embed(
     new_index: NewIndexOpt = False,
 ) -> int:
     """Embed the descriptions and write the search index (only new texts are encoded)."""
-    url = _store(_settings(), store)
-    if url is not None:
-        # the store's embed step embeds every described photo, whichever machine described it
-        _refuse_with_store(photos=photos, rebuild=rebuild, index=index, wait=wait, new_index=new_index)
-        return _run_store(url, None, _settings(), describe=False, embed=True, embed_model=model)
+    # The store's embed step embeds every described photo, whichever machine described it.
     # No --model and no IMGRAG_EMBED_MODEL: the index keeps the model it was built with.
-    return _run_pipeline(photos, index, {}, describe=False, embed_model=model, rebuild=rebuild, wait=wait,
-                         new_index=new_index)
+    return _describe_embed(photos, _settings(), store, index=index, new_index=new_index,
+                           folder_only={"photos": photos, "rebuild": rebuild, "index": index, "wait": wait,
+                                        "new_index": new_index},
+                           store_steps={"describe": False, "embed": True, "embed_model": model},
+                           describe=False, embed_model=model, rebuild=rebuild, wait=wait)
 
 
 @app.command("index", epilog=("Example (crontab): 0 3 * * *  imgrag index ~/Pictures >> ~/imgrag.log 2>&1\n\n"
@@ -251,34 +260,28 @@ def index_cmd(
 ) -> int:
     """Describe new photos, then embed: the one command for cron."""
     settings = _settings(provider=provider, model=model, base_url=base_url, store_library=library)
-    url = _store(settings, store)
-    if url is None:
-        _library_needs_store(library)
-    if url is not None:
-        _refuse_with_store(index=index, wait=wait, batch=batch, window=typed(ctx, "window"), new_index=new_index)
-        return _run_store(url, photos, settings, describe=True, embed=True, jobs=jobs, limit=limit,
-                          embed_model=embed_model)
     # Embeds what was described even when some photos failed or the quota ran out; exits as describe did.
-    return _run_pipeline(photos, index, {"provider": provider, "model": model, "base_url": base_url}, jobs=jobs,
-                         limit=limit, batch=batch, window=window, embed_model=embed_model, wait=wait,
-                         new_index=new_index)
+    return _describe_embed(
+        photos, settings, store, library=library, index=index, new_index=new_index,
+        folder_only={"index": index, "wait": wait, "batch": batch, "window": typed(ctx, "window"), "new_index": new_index},
+        store_steps={"describe": True, "embed": True, "jobs": jobs, "limit": limit, "embed_model": embed_model},
+        jobs=jobs, limit=limit, batch=batch, window=window, embed_model=embed_model, wait=wait)
 
 
 @app.command(epilog="Example: imgrag status ~/Pictures/2024 --json")
 @_exits
 def status(
-    photos: Annotated[Path | None, typer.Argument(help="Photo folder (default: the index found from here).", show_default=False, metavar="PHOTOS")] = None,
+    photos: FoundPhotosArg = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document (for scripts).")] = False,
     index: IndexOpt = None,
     store: StoreOpt = None,
 ) -> int:
     """Show photos found, described, failed, embedded, the index, and what a run would do next."""
     from imgrag.cli import render
-    url = _store(_settings(), store)
+    url = _store(_settings(), store, photos=photos, index=index)
     if url is not None:
         from imgrag.library.run import store_status
 
-        _refuse_with_store(photos=photos, index=index)
         counts = store_status(url, _settings())
         print(json.dumps(counts, ensure_ascii=False) if json_out else "\n".join(
             f"{k.replace('_', ' ')}: {v}" for k, v in counts.items()))
@@ -342,9 +345,9 @@ def search(
         "--min-score", help="Show the results scoring this or more (default: those that stand out as matches for this query; 0 shows the nearest anyway).",
         show_default=False)] = None,
     show_all: Annotated[bool, typer.Option("--all", help="Show every photo, best first, however weak the match (with --limit N: the best N).")] = False,
-    in_folder: Annotated[Path | None, typer.Option("--in", help="Only photos inside this folder.", show_default=False, metavar="FOLDER")] = None,
-    after: Annotated[str | None, typer.Option("--after", help="Only photos taken on or after DATE (YYYY-MM-DD; EXIF date, else file time).", show_default=False, metavar="DATE")] = None,
-    before: Annotated[str | None, typer.Option("--before", help="Only photos taken before DATE (YYYY-MM-DD).", show_default=False, metavar="DATE")] = None,
+    in_folder: InFolderOpt = None,
+    after: AfterOpt = None,
+    before: BeforeOpt = None,
     like: Annotated[Path | None, typer.Option("--like", help="Find photos similar to this one (it must be indexed) instead of QUERY.", show_default=False, metavar="PHOTO")] = None,
     queries_from: Annotated[str | None, typer.Option("--queries-from", help="Run one query per line of FILE (- for stdin); print one JSON line per query.", show_default=False, metavar="FILE|-")] = None,
     thumbnails: Annotated[bool | None, typer.Option("--thumbnails/--no-thumbnails", help="Show a thumbnail per result (default: in a terminal, unless NO_COLOR is set). Env: IMGRAG_THUMBNAILS (auto, kitty, sixel, halfblock or off).", show_default=False)] = None,
@@ -442,11 +445,10 @@ def serve(
     """Serve your photos in a browser, and an HTTP API (OpenAPI at /docs)."""
     from imgrag.web.serve import run_serve
 
-    url = _store(_settings(), store)
+    url = _store(_settings(), store, photos=photos, index=index, watch=watch)
     if url is not None:
         from imgrag.web.store_serve import run_store_serve
 
-        _refuse_with_store(photos=photos, index=index, watch=watch, read_only=False)
         return run_store_serve(url, host=host, port=port, allow_hosts=allow_host or [], token_file=token_file, cors=cors,
                                open_browser=open_browser)
     return run_serve(photos, index=index, host=host, port=port, allow_hosts=allow_host or [], open_browser=open_browser,
@@ -492,7 +494,7 @@ def watch(
 ))
 @_exits
 def mcp(
-    photos: Annotated[Path | None, typer.Argument(help="Photo folder (default: the index found from here).", show_default=False, metavar="PHOTOS")] = None,
+    photos: FoundPhotosArg = None,
     index: IndexOpt = None,
     allow_index: Annotated[bool, typer.Option("--allow-index", help="Offer the index tool: the assistant may describe and embed new photos (a dry-run estimate first; it sends photos to your vision provider).")] = False,
     http: Annotated[bool, typer.Option("--http", help="Serve Streamable HTTP at /mcp instead of stdio.")] = False,
@@ -579,9 +581,9 @@ def ask(
         show_default=False)] = None,
     look: Annotated[int, typer.Option("--look", min=0, max=10, help="Also send the N best photos themselves (downscaled, no metadata) to the vision model (IMGRAG_MODEL).", metavar="N")] = 0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the exact prompt and its estimated tokens and cost; send nothing.")] = False,
-    in_folder: Annotated[Path | None, typer.Option("--in", help="Only photos inside this folder.", show_default=False, metavar="FOLDER")] = None,
-    after: Annotated[str | None, typer.Option("--after", help="Only photos taken on or after DATE (YYYY-MM-DD).", show_default=False, metavar="DATE")] = None,
-    before: Annotated[str | None, typer.Option("--before", help="Only photos taken before DATE (YYYY-MM-DD).", show_default=False, metavar="DATE")] = None,
+    in_folder: InFolderOpt = None,
+    after: AfterOpt = None,
+    before: BeforeOpt = None,
     thumbnails: Annotated[bool | None, typer.Option("--thumbnails/--no-thumbnails", help="Thumbnails of the cited photos (default: in a terminal).", show_default=False)] = None,
     index: IndexOpt = None,
     store: StoreOpt = None,

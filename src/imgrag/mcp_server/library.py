@@ -7,22 +7,26 @@ input raises UsageError, as on the command line."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imgrag.config import VISION_SETTINGS, Settings
 from imgrag.errors import ImgragError, UsageError
 from imgrag.search.live import Served
-from imgrag.search.photo_record import indexed_file, indexed_names, photo_id_of, photo_record
-from imgrag.search.ranking import Hit
+from imgrag.search.photo_record import indexed_file, indexed_names, named_photo, named_photo_file, photo_record
+from imgrag.search.ranking import Hit, SearchOptions
 from imgrag.search.request import cut_off, make_filters, make_options, why_nothing
 from imgrag.search.searcher import Searcher, clean_query
 from imgrag.status import collect_status, next_step
 from imgrag.store.workspace import Workspace
 
 if TYPE_CHECKING:
+    from imgrag.ask.answer import AskPlan
+    from imgrag.providers.retry import Caller
     from imgrag.web.jobs import Job
 
+FILTER_FLAGS = "the folder/after/before filters"
 ESTIMATE_VALID = 15 * 60  # seconds an index estimate stays good for starting the run it priced
 
 
@@ -33,6 +37,53 @@ def hit_json(hit: Hit) -> dict[str, Any]:
     if len(hit.paths) > 1:
         found["copies"] = hit.paths
     return found
+
+
+# What a local library's tools and a store's (store_library.py) share: the arguments checked
+# as the command line checks its flags, and the answers in the same shape.
+
+
+def search_options(query: str | None, like: str | None, limit: int, min_score: float | None,
+                   show_all: bool) -> SearchOptions:
+    """The search tool's arguments, as `imgrag search` takes QUERY or --like and its flags."""
+    if (query is None) == (like is None):
+        raise UsageError("give query (what to look for) or like (a photo's id or path), not both or neither")
+    return make_options(limit, min_score, show_all)
+
+
+def search_answer(searcher: Any, options: SearchOptions, query: str | None, like: str | None, filter_flags: str,
+                  like_hits: Callable[[str], list[Hit]]) -> dict[str, Any]:
+    """The search tool's answer: what `imgrag search --json` finds for the query (or, for
+    `like`, what `like_hits(like)` finds), and the hint it gives when there is nothing."""
+    doc: dict[str, Any] = {"query": clean_query(query) if query is not None else None}
+    if like is not None:
+        doc["like"] = like
+        hits = like_hits(like)
+    else:
+        hits = searcher.search(doc["query"], options)
+    doc.update(count=len(hits), results=[hit_json(h) for h in hits])
+    if not hits:
+        doc["hint"] = "no matching photos" + why_nothing(searcher, options, flag="min_score", all_flag="all=true",
+                                                         filter_flags=filter_flags)
+    return doc
+
+
+def ask_answer(plan: AskPlan, searcher: Any, *, dry_run: bool, limit: int, min_score: float | None,
+               filter_flags: str, caller: Caller | None = None) -> dict[str, Any]:
+    """The ask tool's answer: `imgrag ask --json` (the plan with `dry_run`), with its hint when
+    no photo matched."""
+    from imgrag.ask.answer import AskResult, answer_plan
+
+    if dry_run:
+        return plan.as_dict()
+    result = list(answer_plan(plan, caller))[-1]
+    assert isinstance(result, AskResult)
+    doc = result.as_dict()
+    if not result.found:
+        doc["hint"] = "no photo matches the question" + why_nothing(
+            searcher, make_options(limit, min_score), flag="min_score", all_flag="min_score=0",
+            filter_flags=filter_flags) + "; nothing was sent to the model"
+    return doc
 
 
 class Library:
@@ -77,43 +128,18 @@ class Library:
     def search(self, *, query: str | None, like: str | None, limit: int, min_score: float | None, show_all: bool,
                folder: str | None, after: str | None, before: str | None) -> dict[str, Any]:
         """`imgrag search QUERY` (or `--like PHOTO`) with these flags: the same photos in the same order."""
-        if (query is None) == (like is None):
-            raise UsageError("give query (what to look for) or like (a photo's id or path), not both or neither")
-        options = make_options(limit, min_score, show_all)
+        options = search_options(query, like, limit, min_score, show_all)
         served = self._served()
         searcher = self._searcher(served, folder, after, before)
-        doc: dict[str, Any] = {"query": clean_query(query) if query is not None else None}
-        if like is not None:
-            doc["like"] = like
-            hits = searcher.like(self._file_of(served, like, "like"), options)
-        else:
-            hits = searcher.search(doc["query"], options)
-        doc.update(count=len(hits), results=[self._hit(h) for h in hits])
-        if not hits:
-            doc["hint"] = "no matching photos" + why_nothing(searcher, options, flag="min_score", all_flag="all=true",
-                                                             filter_flags="the folder/after/before filters")
-        return doc
-
-    def _hit(self, hit: Hit) -> dict[str, Any]:
-        return hit_json(hit)
-
-    def _file_of(self, served: Served, photo: str, what: str) -> Path:
-        sha = photo_id_of(self.ws, served, photo)
-        if sha is None:
-            raise UsageError(f"{what} {photo!r}: no such photo in the index (give an id or a path from search results)")
-        found = indexed_file(self.ws, served, sha)
-        if found is None:
-            raise UsageError(f"{what} {photo!r}: the photo's file is gone from disk")
-        return found
+        return search_answer(searcher, options, query, like, FILTER_FLAGS, lambda photo: searcher.like(
+            named_photo_file(self.ws, served, photo, f"like {photo!r}"), options))
 
     # -- one photo ---------------------------------------------------------------------------
 
     def photo(self, photo: str) -> tuple[dict[str, Any], Path | None]:
         """(its description record, its file on disk or None) for an id or a path."""
         served = self._served()
-        sha = photo_id_of(self.ws, served, photo)
-        if sha is None:
-            raise UsageError(f"photo {photo[:100]!r}: no such photo in the index (give an id or a path from search results)")
+        sha = named_photo(self.ws, served, photo, f"photo {photo[:100]!r}")
         file = indexed_file(self.ws, served, sha)
         return photo_record(self.ws, served, self.server.descriptions, sha, file), file
 
@@ -139,7 +165,7 @@ class Library:
     def ask(self, *, question: str, limit: int, min_score: float | None, look: int, folder: str | None,
             after: str | None, before: str | None, dry_run: bool) -> dict[str, Any]:
         """`imgrag ask QUESTION --json` (or `--dry-run --json`) with these flags."""
-        from imgrag.ask.answer import AskResult, answer_plan, plan_ask
+        from imgrag.ask.answer import plan_ask
 
         settings = self.settings.checked(*VISION_SETTINGS)
         if not dry_run:
@@ -148,17 +174,10 @@ class Library:
         searcher = self._searcher(served, folder, after, before)
         cutoff = cut_off(make_options(limit, min_score))  # search's default set, as `imgrag ask` takes it
         plan = plan_ask(question, searcher, settings, limit=limit, look=look, min_score=cutoff)
-        if dry_run:
-            return plan.as_dict()
-        caller = self.server.caller_for(plan.settings) if plan.hits and plan.settings is not None else None
-        result = list(answer_plan(plan, caller))[-1]
-        assert isinstance(result, AskResult)
-        doc = result.as_dict()
-        if not result.found:
-            doc["hint"] = "no photo matches the question" + why_nothing(
-                searcher, make_options(limit, min_score), flag="min_score", all_flag="min_score=0",
-                filter_flags="the folder/after/before filters") + "; nothing was sent to the model"
-        return doc
+        # the server's Caller for that model (its pacing shared), only when something is sent
+        caller = self.server.caller_for(plan.settings) if not dry_run and plan.hits and plan.settings is not None else None
+        return ask_answer(plan, searcher, dry_run=dry_run, limit=limit, min_score=min_score, filter_flags=FILTER_FLAGS,
+                          caller=caller)
 
     # -- status and index --------------------------------------------------------------------
 

@@ -14,9 +14,8 @@ from typing import Any
 
 from imgrag.config import VISION_SETTINGS, Settings
 from imgrag.errors import ImgragError, UsageError
-from imgrag.mcp_server.library import hit_json
-from imgrag.search.request import cut_off, make_filters, make_options, why_nothing
-from imgrag.search.searcher import clean_query
+from imgrag.mcp_server.library import ask_answer, search_answer, search_options
+from imgrag.search.request import cut_off, make_filters, make_options
 
 FILTER_FLAGS = "the folder/after/before/library filters"
 
@@ -60,21 +59,10 @@ class StoreLibrary:
     def search(self, *, query: str | None, like: str | None, limit: int, min_score: float | None, show_all: bool,
                folder: str | None, after: str | None, before: str | None, library: str | None = None) -> dict[str, Any]:
         """`imgrag search QUERY --store URL` (or `--like PHOTO`): the same photos in the same order."""
-        if (query is None) == (like is None):
-            raise UsageError("give query (what to look for) or like (a photo's id or path), not both or neither")
-        options = make_options(limit, min_score, show_all)
+        options = search_options(query, like, limit, min_score, show_all)
         searcher = self._searcher(folder, after, before, library)
-        doc: dict[str, Any] = {"query": clean_query(query) if query is not None else None}
-        if like is not None:
-            doc["like"] = like
-            hits = searcher.like_id(self._sha_of(searcher, like, "like"), options)
-        else:
-            hits = searcher.search(doc["query"], options)
-        doc.update(count=len(hits), results=[hit_json(h) for h in hits])
-        if not hits:
-            doc["hint"] = "no matching photos" + why_nothing(searcher, options, flag="min_score", all_flag="all=true",
-                                                             filter_flags=FILTER_FLAGS)
-        return doc
+        return search_answer(searcher, options, query, like, FILTER_FLAGS, lambda photo: searcher.like_id(
+            self._sha_of(searcher, photo, "like"), options))
 
     def _sha_of(self, searcher: Any, photo: str, what: str) -> str:
         from imgrag.library.records import sha_of
@@ -113,7 +101,7 @@ class StoreLibrary:
     def ask(self, *, question: str, limit: int, min_score: float | None, look: int, folder: str | None,
             after: str | None, before: str | None, dry_run: bool, library: str | None = None) -> dict[str, Any]:
         """`imgrag ask QUESTION --store URL --json` (or `--dry-run --json`) with these flags."""
-        from imgrag.ask.answer import AskResult, answer_plan, plan_ask
+        from imgrag.ask.answer import plan_ask
 
         if look:
             raise UsageError("look cannot be used with a store: the photo files may be on other machines")
@@ -122,16 +110,7 @@ class StoreLibrary:
             settings.require_api_key()  # before retrieval loads anything
         searcher = self._searcher(folder, after, before, library)
         plan = plan_ask(question, searcher, settings, limit=limit, look=0, min_score=cut_off(make_options(limit, min_score)))
-        if dry_run:
-            return plan.as_dict()
-        result = list(answer_plan(plan))[-1]
-        assert isinstance(result, AskResult)
-        doc = result.as_dict()
-        if not result.found:
-            doc["hint"] = "no photo matches the question" + why_nothing(
-                searcher, make_options(limit, min_score), flag="min_score", all_flag="min_score=0",
-                filter_flags=FILTER_FLAGS) + "; nothing was sent to the model"
-        return doc
+        return ask_answer(plan, searcher, dry_run=dry_run, limit=limit, min_score=min_score, filter_flags=FILTER_FLAGS)
 
     # -- status ------------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ import re
 from pathlib import Path, PurePath
 from typing import Any
 
+from imgrag.errors import UsageError
 from imgrag.search.live import Served, photo_file
 from imgrag.store.description_lookup import Descriptions
 from imgrag.store.workspace import Workspace
@@ -63,3 +64,22 @@ def photo_id_of(ws: Workspace, served: Served, name: str) -> str | None:
         except ValueError:
             return None
     return served.photos.sha_of(name)
+
+
+def named_photo(ws: Workspace, served: Served, name: str, label: str, error: type[UsageError] = UsageError) -> str:
+    """The id of the indexed photo `name` stands for (photo_id_of), for a server's argument
+    shown as `label` in the `error` raised when there is no such photo."""
+    sha = photo_id_of(ws, served, name)
+    if sha is None:
+        raise error(f"{label}: no such photo in the index (give an id or a path from search results)")
+    return sha
+
+
+def named_photo_file(ws: Workspace, served: Served, name: str, label: str,
+                     error: type[UsageError] = UsageError) -> Path:
+    """The file on disk of the indexed photo `name` stands for, as a search `like` it reads it
+    (`/api/search?like=` and the MCP search tool's `like`); an `error` when it has none."""
+    found = indexed_file(ws, served, named_photo(ws, served, name, label, error))
+    if found is None:
+        raise error(f"{label}: the photo's file is gone from disk")
+    return found

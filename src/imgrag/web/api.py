@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from imgrag.errors import UsageError
 from imgrag.photos.files import PhotoError
 from imgrag.search.live import Served
-from imgrag.search.photo_record import indexed_file, indexed_names, is_indexed, photo_id_of, photo_record
+from imgrag.search.photo_record import indexed_file, indexed_names, is_indexed, named_photo_file, photo_record
 from imgrag.search.request import cut_off, make_filters, make_options, search_page, why_nothing
 from imgrag.search.searcher import clean_query
 from imgrag.status import collect_status, next_step
@@ -84,7 +84,7 @@ def search(
         doc.update(index="none", hint=server.index.problem or "no search index yet: run an index job (or `imgrag index PHOTOS`)")
         return doc
     searcher = served.searcher.with_filters(filters) if filters.active() else served.searcher
-    like_path = _like_path(server, served, like) if like is not None else None
+    like_path = named_photo_file(server.ws, served, like, f"like={like}", NotFound) if like is not None else None
     page = search_page(searcher, options, query=doc["query"], like=like_path, offset=offset, sort=sort)
     base = server.ws.base
     verdicts = _verdicts(server, request, doc["query"], page.hits) if verify else None
@@ -111,17 +111,6 @@ def _verdicts(server: Server, request: Request, query: str | None, hits: list) -
 def _fast_json(doc: dict) -> Response:
     """Plain json.dumps: FastAPI's generic encoder costs more than the search on a busy server."""
     return Response(json_bytes(doc), media_type="application/json")
-
-
-def _like_path(server: Server, served: Served, like: str) -> Path:
-    """The file of an indexed photo named by id or by indexed path (anything else: not found)."""
-    sha = photo_id_of(server.ws, served, like)
-    if sha is None:
-        raise NotFound(f"like={like}: no such photo in the index")
-    found = indexed_file(server.ws, served, sha)
-    if found is None:
-        raise NotFound(f"like={like}: the photo's file is gone")
-    return found
 
 
 # -- photos ------------------------------------------------------------------------------------
