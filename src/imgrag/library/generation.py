@@ -415,8 +415,10 @@ class StoreGeneration:
         known = self.filters.only_copies and filters == self.filters and few is not None
         folder = np.asarray(few if known else [], dtype=np.int64)
 
-        def in_folder(part: np.ndarray) -> np.ndarray:  # nearest() read the photos --in passes
-            return part[np.isin(self.ids[part], folder)]
+        def in_folder(part: np.ndarray) -> np.ndarray:  # nearest() read the photos --in passes, sorted:
+            ids = self.ids[part]  # a binary search each (np.isin sorted the folder again per chunk)
+            at = np.minimum(np.searchsorted(folder, ids), max(len(folder) - 1, 0))
+            return part[folder[at] == ids] if len(folder) else part[:0]
 
         check = in_folder if known else self._passing
         if enough is None:
