@@ -141,6 +141,7 @@ class LexicalIndex:
                  size: int, stopwords: frozenset[str]) -> None:
         self.vocab = vocab  # stem -> column
         self._data, self._indices, self._indptr = data, indices, indptr
+        self._sorted: bool | None = None  # _postings_sorted()
         self.size = size
         self.stopwords = stopwords
 
@@ -229,17 +230,33 @@ class LexicalIndex:
         terms = query_terms(query, self.stopwords)
         rows = np.asarray(rows, dtype=np.int64)
         present = np.zeros(len(rows), dtype=np.float32)
-        having = np.zeros(self.size, dtype=bool)  # a mask, not np.isin: a common word is in 10^4+ rows
+        sorted_postings = self._postings_sorted()
+        having = None if sorted_postings else np.zeros(self.size, dtype=bool)
         total = 0.0
         for term in terms:
             column = self.vocab.get(term.stem)
             weight = self._idf(column)
             total += weight
-            if column is not None:
+            if column is None:
+                continue
+            postings = self._indices[int(self._indptr[column]) : int(self._indptr[column + 1])]
+            if having is None:  # a binary search of each row: a common word is in 10^5 rows at 1M
+                at = np.minimum(np.searchsorted(postings, rows), max(len(postings) - 1, 0))
+                present += weight * (postings[at] == rows) if len(postings) else 0.0
+            else:  # a mask, not np.isin
                 having[:] = False
-                having[self._indices[int(self._indptr[column]) : int(self._indptr[column + 1])]] = True
+                having[postings] = True
                 present += weight * having[rows]
         return present / total if total > 0 else present
+
+    def _postings_sorted(self) -> bool:
+        """Whether each word's rows are in ascending order (bm25s writes them so), checked once."""
+        if self._sorted is None:
+            ok = self._indices[1:] > self._indices[:-1]
+            starts = self._indptr[1:-1].astype(np.int64) - 1  # a column's first row may be below the last one's
+            ok[starts[(starts >= 0) & (starts < len(ok))]] = True
+            self._sorted = bool(ok.all())
+        return self._sorted
 
 
 class _Built:

@@ -46,6 +46,11 @@ _DOC_COLUMNS = "p.sha256, p.caption, p.text, p.lexical, p.taken, p.mtime, p.phot
 # A filter passing at most this many photos is searched exactly, over those photos: faster than
 # an HNSW scan that must visit ~depth/share rows to find `depth` that pass (bench/store_scale.py).
 EXACT_MAX = 20_000
+# A folder (--in alone) is ranked by the Hamming distance of its copies' quantised vectors,
+# read from the path index (migration 0003), and this many times `depth` of the nearest, at
+# least FOLDER_RERANK_MIN, are scored exactly: at 1M photos the top 10 of 600 re-scored of a
+# 10,000-photo folder equals exact search's for 99.95% of held-out queries (bench/store_scale.py).
+FOLDER_RERANK, FOLDER_RERANK_MIN = 3, 600
 _PASSING_CHUNK = 256  # passing(): rows checked by the first query, growing 4x while too few pass
 
 
@@ -271,8 +276,13 @@ class StoreGeneration:
         looking until enough rows pass them), re-ordered by exact inner product."""
         dim = self.dim
         depth = min(self.size, max(depth, 1))  # --all asks for sys.maxsize
-        few = self._few_photos()
+        if self.filters.only_copies and allowed is None:
+            few, found = self._folder_nearest(query, depth)
+        else:
+            few, found = self._few_photos(), None
         self._located.few = (self.filters, few)  # passing() of this search's exact words reads it
+        if found is not None:
+            return found
         if few is not None or (self.filters.active and self.filters.copies is None and self._few_pass()):
             return self._exact(query, depth, allowed, few)
         where = f" AND {self.filters.where}" if self.filters.active else ""
@@ -305,6 +315,43 @@ class StoreGeneration:
         best = np.argsort(-scores, kind="stable")  # relaxed_order may return them a little out of order
         return rows[best], scores[best]
 
+    def _folder_nearest(self, query: np.ndarray, depth: int) -> tuple[np.ndarray | None, tuple[np.ndarray, np.ndarray] | None]:
+        """(ids of the photos --in passes, nearest()) for a folder (--in alone) of at most
+        EXACT_MAX photos; (None, None) for a larger one. Its copies are ranked by the Hamming
+        distance of their quantised vectors, read from the path index without visiting a
+        photo's row (a folder's rows lie anywhere in the table: reading every one cost most
+        of a folder search), and the nearest few hundred are scored exactly; every photo is
+        when the folder holds no more. One query: the folder's ids come in its first row."""
+        copies = self.filters.copies
+        assert copies is not None
+        dim = self.dim
+        from pgvector import Vector
+
+        vec = Vector(np.asarray(query[0], dtype=np.float32))
+        conditions = [p for _, each in copies for p in (*each, EXACT_MAX + 1)]
+
+        def scan(columns: str) -> str:  # one index-only scan of the path index per condition
+            return " UNION ALL ".join(f"(SELECT {columns} FROM copies c WHERE {where} LIMIT %s)" for where, _ in copies)
+
+        # the ids as one bytea of 8-byte integers: a Python int per photo cost more than the scan
+        sql = (f"WITH near AS (SELECT f.photo FROM ({scan('c.photo, c.bits')}) f WHERE f.bits IS NOT NULL "
+               f"ORDER BY f.bits::bit({dim}) <~> binary_quantize(%s::vector({dim})) LIMIT %s) "
+               f"SELECT NULL::bigint, NULL::float8, (SELECT string_agg(int8send(f.photo), ''::bytea) "
+               f"FROM ({scan('c.photo')}) f) "
+               f"UNION ALL (SELECT p.id, -((p.embedding::vector({dim})) <#> %s::vector({dim})) AS score, NULL "
+               f"FROM photos p WHERE p.id IN (SELECT photo FROM near) AND p.embedding IS NOT NULL "
+               f"ORDER BY score DESC, p.id LIMIT %s)")
+        params = [*conditions, vec, max(FOLDER_RERANK * depth, FOLDER_RERANK_MIN), *conditions, vec, depth]
+        found = self.query(sql, params, binary=True)
+        packed = next(f[2] for f in found if f[0] is None)
+        few = np.unique(np.frombuffer(packed or b"", dtype=">i8").astype(np.int64))
+        if len(few) > EXACT_MAX:
+            return None, None
+        ids = np.array([f[0] for f in found if f[0] is not None], dtype=np.int64)
+        scores = np.array([f[1] for f in found if f[0] is not None], dtype=np.float32)
+        rows, which = self.rows_of(ids)
+        return few, (rows[which], scores[which])
+
     def _few_photos(self) -> np.ndarray | None:
         """The ids of the photos with a copy --in passes, sorted, when there are at most
         EXACT_MAX of them (a folder of a large library); None otherwise."""
@@ -313,10 +360,9 @@ class StoreGeneration:
         # One index-only scan of the path index per condition (an OR would visit every copy's page).
         sql = " UNION ALL ".join(f"(SELECT c.photo FROM copies c WHERE {where} LIMIT %s)" for where, _ in self.filters.copies)
         params = [p for _, each in self.filters.copies for p in (*each, EXACT_MAX + 1)]
-        found = self.query(sql, params, binary=True)
-        if len(found) > EXACT_MAX:
-            return None
-        return np.unique(np.array([f[0] for f in found], dtype=np.int64))
+        # one array, not a row per photo: psycopg makes a Python tuple of each row
+        found = np.array(self.query(f"SELECT ARRAY({sql})", params, binary=True)[0][0] or [], dtype=np.int64)
+        return None if len(found) > EXACT_MAX else np.unique(found)
 
     def _few_pass(self) -> bool:
         """Whether the planner expects at most EXACT_MAX photos to pass the filters (a
@@ -366,14 +412,22 @@ class StoreGeneration:
         if not self.filters.active or not len(rows):
             return rows
         filters, few = getattr(self._located, "few", (None, None))
-        if self.filters.only_copies and filters == self.filters and few is not None:
-            return rows[np.isin(self.ids[rows], few)]  # nearest() read the photos --in passes
+        known = self.filters.only_copies and filters == self.filters and few is not None
+        folder = np.asarray(few if known else [], dtype=np.int64)
+
+        def in_folder(part: np.ndarray) -> np.ndarray:  # nearest() read the photos --in passes, sorted:
+            ids = self.ids[part]  # a binary search each (np.isin sorted the folder again per chunk)
+            at = np.minimum(np.searchsorted(folder, ids), max(len(folder) - 1, 0))
+            return part[folder[at] == ids] if len(folder) else part[:0]
+
+        check = in_folder if known else self._passing
         if enough is None:
-            return self._passing(rows)
+            return check(rows)
+        # a chunk at a time here too: the exact words' rows are often 10^5 at 1M photos
         kept: list[np.ndarray] = []
         start, size, count = 0, max(_PASSING_CHUNK, 4 * enough), 0
         while start < len(rows) and count < enough:
-            kept.append(self._passing(rows[start : start + size]))
+            kept.append(check(rows[start : start + size]))
             count += len(kept[-1])
             start, size = start + size, size * 4
         return np.concatenate(kept)
