@@ -25,6 +25,7 @@ import numpy as np
 from imgrag.config import DEFAULT_EMBED_MODEL
 from imgrag.errors import UsageError
 from imgrag.index import default_model
+from imgrag.index.onnx_encoder import DOCUMENT_BATCH
 from imgrag.store.files import fsync_dir
 
 if TYPE_CHECKING:
@@ -73,13 +74,14 @@ class LoadedModel:
     path: Path | None  # local folder of the weights, when known
     onnx: OnnxQueryEncoder | None = None  # the default model's encoder (ONNX Runtime)
 
-    def encode(self, texts: list[str], batch_size: int = BATCH_SIZE, show_progress: bool = False) -> np.ndarray:
+    def encode(self, texts: list[str], batch_size: int | None = None, show_progress: bool = False) -> np.ndarray:
+        """`batch_size`: sentence-transformers' (BATCH_SIZE) or the ONNX encoder's (DOCUMENT_BATCH) by default."""
         if self.onnx is not None:
-            return self.onnx.encode_batches(texts, batch_size)
+            return self.onnx.encode_batches(texts, batch_size or DOCUMENT_BATCH)
         assert self.model is not None
         vecs = self.model.encode(
             texts,
-            batch_size=batch_size,
+            batch_size=batch_size or BATCH_SIZE,
             normalize_embeddings=True,
             convert_to_numpy=True,
             show_progress_bar=show_progress,
