@@ -25,7 +25,6 @@ import numpy as np
 from imgrag.config import DEFAULT_EMBED_MODEL
 from imgrag.errors import UsageError
 from imgrag.index import default_model
-from imgrag.index.onnx_encoder import DOCUMENT_BATCH
 from imgrag.store.files import fsync_dir
 
 if TYPE_CHECKING:
@@ -74,14 +73,13 @@ class LoadedModel:
     path: Path | None  # local folder of the weights, when known
     onnx: OnnxQueryEncoder | None = None  # the default model's encoder (ONNX Runtime)
 
-    def encode(self, texts: list[str], batch_size: int | None = None, show_progress: bool = False) -> np.ndarray:
-        """`batch_size`: sentence-transformers' (BATCH_SIZE) or the ONNX encoder's (DOCUMENT_BATCH) by default."""
+    def encode(self, texts: list[str], batch_size: int = BATCH_SIZE, show_progress: bool = False) -> np.ndarray:
         if self.onnx is not None:
-            return self.onnx.encode_batches(texts, batch_size or DOCUMENT_BATCH)
+            return self.onnx.encode_batches(texts, batch_size)
         assert self.model is not None
         vecs = self.model.encode(
             texts,
-            batch_size=batch_size or BATCH_SIZE,
+            batch_size=batch_size,
             normalize_embeddings=True,
             convert_to_numpy=True,
             show_progress_bar=show_progress,
