@@ -121,13 +121,13 @@ def _quarantine_lines(s: DescribeSummary | BatchSummary) -> None:
 def embed_summary(s: EmbedSummary) -> None:
     kind = {"flat": "exact", "ivf-sq8": "IVF-SQ8"}.get(s.index_type, s.index_type)
     undescribed = s.photos - s.described - s.quarantined
+    # where: `index PHOTOS` puts a new index beside PHOTOS, or uses one higher up
+    written = f"; {kind} index written" + (f" in {s.workspace}" if s.workspace else "")
     info(
         f"imgrag: indexed {s.described} of {s.photos} photos ({s.encoded} embedded now, "
         + (f"{s.copies} share{'s' if s.copies == 1 else ''} a description with another photo, " if s.copies else "")
         + f"{s.cached} from cache)"
-        # where: `index PHOTOS` puts a new index beside PHOTOS, or uses one higher up
-        + (f"; {kind} index written in {s.workspace}" if s.rebuilt_index and s.workspace else
-           f"; {kind} index written" if s.rebuilt_index else "; index unchanged")
+        + (written if s.rebuilt_index else "; index unchanged")
         + (f"; {undescribed} not described yet" if undescribed > 0 else "")
         + (f"; {s.quarantined} quarantined (see `imgrag status`)" if s.quarantined else "")
     )
