@@ -191,78 +191,72 @@ def test_a_vector_stays_in_its_row_beside_long_texts(dev_set):
     assert out_of_line == (False, True)
 
 
-def test_a_folder_is_ranked_by_its_copies_bits_then_scored_exactly(dev_set, monkeypatch):
-    """--in alone: the folder's copies ranked by the Hamming distance of their quantised
-    vectors (the path index's bits, migration 0003), only the nearest scored exactly. With
-    half the folder re-scored, the top 10 is still the local index's; with the bits of the
-    folder's copies made wrong, it is not (the search reads them)."""
-    import psycopg
+@pytest.mark.parametrize("kind", ["folder", "date"])
+def test_a_folder_or_a_date_range_is_ranked_by_its_codes_then_scored_exactly(dev_set, kind, monkeypatch):
+    """--in alone or --after alone: the photos that pass ranked by the Hamming distance of
+    the generation's 1-bit codes (imgrag.library.dated), only the nearest scored exactly.
+    With a fraction of them re-scored, the top 10 is still the local index's; with the
+    query's code made wrong, it is not (the search reads the codes)."""
+    from datetime import datetime
 
-    from imgrag.library import generation
+    from imgrag.library import dated, generation
     from imgrag.search.filters import Filters
 
     base, url, env, queries = dev_set
-    monkeypatch.setattr(generation, "FOLDER_RERANK", 0)
-    monkeypatch.setattr(generation, "FOLDER_RERANK_MIN", 50)  # of the folder's 100
-    filters = Filters(under=base / "photos" / "part3")
+    monkeypatch.setattr(generation, "RERANK", 0)
+    monkeypatch.setattr(generation, "RERANK_MIN", 50 if kind == "folder" else 150)  # of 100 / of 400
+    filters = Filters(under=base / "photos" / "part3") if kind == "folder" else Filters(after=datetime(2000, 1, 1))
     assert _same_top_10(base, url, env, queries, filters) >= 0.95 * len(queries)
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("UPDATE copies SET bits = ~bits WHERE path LIKE %s", (f"{base / 'photos' / 'part3'}/%",))
-        try:
-            assert _same_top_10(base, url, env, queries, filters) < 0.5 * len(queries)
-        finally:
-            conn.execute("UPDATE copies SET bits = ~bits WHERE path LIKE %s", (f"{base / 'photos' / 'part3'}/%",))
+    monkeypatch.setattr(dated, "codes_of", lambda vectors: ~np.packbits(np.asarray(vectors) > 0, axis=1))
+    assert _same_top_10(base, url, env, queries, filters) < 0.5 * len(queries)
 
 
-def test_every_copy_carries_its_photos_bits(dev_set):
-    """Triggers keep each copy's bits its photo's quantised vector, whoever writes: a copy
-    added for an embedded photo, a vector written after its copies, a copy moved."""
+def test_a_store_made_before_is_upgraded_and_searched(dev_set, tmp_path_factory, monkeypatch):
+    """A store written by an imgrag whose newest migration was 0002, and whose generation
+    has no codes (published before them): a folder and a date range are searched as before,
+    in SQL, as the local index does; the next writer applies every migration (0003 added the
+    copies' bits, 0004 drops them), and its generation carries the codes."""
+    from datetime import datetime
+
     import psycopg
 
-    _, url, _, _ = dev_set
-    wrong = ("SELECT count(*) FROM copies c JOIN photos p ON p.id = c.photo "
-             "WHERE c.bits IS DISTINCT FROM binary_quantize(p.embedding)::varbit")
-    with psycopg.connect(url, autocommit=True) as conn:
-        assert conn.execute("SELECT count(*) FROM copies WHERE bits IS NULL").fetchone()[0] == 0
-        assert conn.execute(wrong).fetchone()[0] == 0
-        first, second = (r[0] for r in conn.execute("SELECT id FROM photos ORDER BY id LIMIT 2").fetchall())
-        with conn.transaction(force_rollback=True):
-            conn.execute("INSERT INTO copies (library, path, photo) VALUES ('elsewhere', '/x/1.jpg', %s)", (first,))
-            conn.execute("UPDATE photos SET embedding = (SELECT embedding FROM photos WHERE id = %s) WHERE id = %s",
-                         (second, first))
-            conn.execute("UPDATE copies SET photo = %s WHERE library = 'elsewhere'", (second,))
-            conn.execute("INSERT INTO photos (sha256) VALUES ('e' || repeat('0', 63))")
-            conn.execute("INSERT INTO copies (library, path, photo) SELECT 'elsewhere', '/x/2.jpg', id FROM photos "
-                         "WHERE sha256 = 'e' || repeat('0', 63)")
-            assert conn.execute(wrong).fetchone()[0] == 0
-            assert conn.execute("SELECT count(*) FROM copies WHERE bits IS NULL").fetchone()[0] == 1
-
-
-def test_a_store_made_before_the_bits_is_upgraded(dev_set, tmp_path_factory, monkeypatch):
-    """A store written by an imgrag whose newest migration was 0002 (copies without bits):
-    the next writer applies 0003, which fills every copy's bits, and a folder search then
-    answers as the local index does."""
-    import psycopg
-
-    from imgrag.library import schema
+    from imgrag.library import generation, schema
     from imgrag.search.filters import Filters
 
     base, _, env, queries = dev_set
     url = new_database(tmp_path_factory, "upgraded")
     shipped = schema.migrations()
     monkeypatch.setattr(schema, "migrations", lambda: [m for m in shipped if m[0] <= 2])
+    monkeypatch.setattr(generation, "dated_files", lambda times, vectors: {})
     r = invoke("push", base / "photos", "--store", url, cwd=base, env=env)
     assert r.code == 0, r.stderr
     with psycopg.connect(url, autocommit=True) as conn:
         assert conn.execute("SELECT max(version) FROM imgrag_migrations").fetchone()[0] == 2
-        assert conn.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'copies' "
-                            "AND column_name = 'bits'").fetchone()[0] == 0
-    monkeypatch.setattr(schema, "migrations", lambda: shipped)
+    kinds = (Filters(under=base / "photos" / "part0"), Filters(after=datetime(2000, 1, 1)))
+    assert not _has_codes(base, url, env)
+    for filters in kinds:
+        assert _same_top_10(base, url, env, queries, filters) >= 0.95 * len(queries)
+    monkeypatch.undo()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DELETE FROM generations")  # the same rows: a push would not publish again
     r = invoke("push", base / "photos", "--store", url, cwd=base, env=env)
     assert r.code == 0, r.stderr
     with psycopg.connect(url, autocommit=True) as conn:
         assert conn.execute("SELECT max(version) FROM imgrag_migrations").fetchone()[0] == schema.latest()
-        assert conn.execute("SELECT count(*) FROM copies c JOIN photos p ON p.id = c.photo WHERE c.bits IS NULL "
-                            "OR c.bits <> binary_quantize(p.embedding)::varbit").fetchone()[0] == 0
-    same = _same_top_10(base, url, env, queries, Filters(under=base / "photos" / "part0"))
-    assert same >= 0.95 * len(queries)
+        assert conn.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'copies' "
+                            "AND column_name = 'bits'").fetchone()[0] == 0
+    assert _has_codes(base, url, env)
+    for filters in kinds:
+        assert _same_top_10(base, url, env, queries, filters) >= 0.95 * len(queries)
+
+
+def _has_codes(base, url, env) -> bool:
+    from imgrag.config import load_settings
+    from imgrag.library.run import open_library
+
+    with as_a_new_run(env, base):
+        store = open_library(load_settings(), store=url)
+        try:
+            return store.generation.dated is not None
+        finally:
+            store.library.close()

@@ -26,7 +26,8 @@ import numpy as np
 from imgrag.errors import UsageError
 from imgrag.index import background, crowding
 from imgrag.index.generations import Doc
-from imgrag.index.lexical import LexicalIndex, write_lexical
+from imgrag.index.lexical import LexicalIndex, unique_rows, write_lexical
+from imgrag.library.dated import DatedCodes, dated_files
 from imgrag.store.paths import LEXICAL_DIR, VISIBLE_TEXT_DIR
 
 # One advisory lock for publishing: two embed workers finishing at once publish one after the other.
@@ -46,11 +47,13 @@ _DOC_COLUMNS = "p.sha256, p.caption, p.text, p.lexical, p.taken, p.mtime, p.phot
 # A filter passing at most this many photos is searched exactly, over those photos: faster than
 # an HNSW scan that must visit ~depth/share rows to find `depth` that pass (bench/store_scale.py).
 EXACT_MAX = 20_000
-# A folder (--in alone) is ranked by the Hamming distance of its copies' quantised vectors,
-# read from the path index (migration 0003), and this many times `depth` of the nearest, at
-# least FOLDER_RERANK_MIN, are scored exactly: at 1M photos the top 10 of 600 re-scored of a
-# 10,000-photo folder equals exact search's for 99.95% of held-out queries (bench/store_scale.py).
-FOLDER_RERANK, FOLDER_RERANK_MIN = 3, 600
+# A folder (--in alone, at most EXACT_MAX photos) and a date range (--after/--before alone)
+# are ranked by the Hamming distance of their photos' 1-bit codes, which each generation
+# carries (imgrag.library.dated); this many times `depth` of the nearest, at least
+# RERANK_MIN, are scored exactly: at 1M photos the top 10 equals exact search's for 99.95% of
+# held-out queries in a 10,000-photo folder and 100% in a 200,000-photo date range
+# (bench/store_scale.py).
+RERANK, RERANK_MIN = 3, 600
 _PASSING_CHUNK = 256  # passing(): rows checked by the first query, growing 4x while too few pass
 
 
@@ -96,7 +99,7 @@ def publish(conn: Any) -> bool:
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PUBLISH_LOCK,))
         # A photo whose every copy is gone (imgrag.library.workers.forget_vanished) is left out.
-        rows = conn.execute("SELECT id, sha256, vkey, lexical FROM photos p WHERE embedding IS NOT NULL "
+        rows = conn.execute("SELECT id, sha256, vkey, lexical, photo_time FROM photos p WHERE embedding IS NOT NULL "
                             "AND EXISTS (SELECT 1 FROM copies c WHERE c.photo = p.id) ORDER BY id").fetchall()
         signature = _signature(rows, embedding)
         newest = conn.execute("SELECT meta FROM generations ORDER BY id DESC LIMIT 1").fetchone()
@@ -105,7 +108,7 @@ def publish(conn: Any) -> bool:
         ids = np.array([r[0] for r in rows], dtype=np.int64)
         shas = [r[1] for r in rows]
         vectors = read_vectors(conn, ids, int(embedding["dim"]))
-        parts = _parts(ids, shas, [r[3] or "" for r in rows], vectors)
+        parts = _parts(ids, shas, [r[3] or "" for r in rows], vectors, [r[4] for r in rows])
         from psycopg.types.json import Jsonb
 
         meta = {"embedding": embedding, "signature": signature, "count": len(rows)}
@@ -118,7 +121,7 @@ def publish(conn: Any) -> bool:
 def _signature(rows: list[tuple], embedding: dict[str, Any]) -> str:
     h = hashlib.sha256(json.dumps(embedding, sort_keys=True).encode())
     for r in rows:
-        h.update(f"{r[0]}\0{r[2]}\0{r[3]}\n".encode("utf-8", "surrogatepass"))
+        h.update(f"{r[0]}\0{r[2]}\0{r[3]}\0{r[4]}\n".encode("utf-8", "surrogatepass"))
     return h.hexdigest()[:32]
 
 
@@ -140,8 +143,9 @@ def read_vectors(conn: Any, ids: np.ndarray, dim: int) -> np.ndarray:
     return out
 
 
-def _parts(ids: np.ndarray, shas: list[str], lexical: list[str], vectors: np.ndarray) -> bytes:
-    """The generation's files, zipped: ids, crowding, background, and both BM25 indexes."""
+def _parts(ids: np.ndarray, shas: list[str], lexical: list[str], vectors: np.ndarray, times: list[str | None]) -> bytes:
+    """The generation's files, zipped: ids, crowding, background, both BM25 indexes, and the
+    photos in date order with their 1-bit codes (imgrag.library.dated)."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as z:
         for name, array in (("ids.npy", ids), ("crowding.npy", crowding.crowding(vectors, shas)),
@@ -149,6 +153,8 @@ def _parts(ids: np.ndarray, shas: list[str], lexical: list[str], vectors: np.nda
             data = io.BytesIO()
             np.save(data, array)
             z.writestr(name, data.getvalue())
+        for name, data in dated_files(times, vectors).items():
+            z.writestr(name, data)
         if lexical:
             with tempfile.TemporaryDirectory(prefix="imgrag-publish-") as tmp:
                 write_lexical(Path(tmp), lexical)
@@ -190,6 +196,10 @@ class StoreFilters:
     # only_copies: it is the only filter.
     copies: tuple[tuple[str, tuple], ...] | None = None
     only_copies: bool = False
+    # --after/--before as photo_time text; only_dates: they are the only filters
+    after: str | None = None
+    before: str | None = None
+    only_dates: bool = False
 
     @property
     def active(self) -> bool:
@@ -235,6 +245,13 @@ class StoreGeneration:
         self.background = sample.astype(np.float32) if len(sample) else None
         self.lexical = LexicalIndex.from_files(_under(files, LEXICAL_DIR))
         self.visible_text = LexicalIndex.from_files(_under(files, VISIBLE_TEXT_DIR))
+        self.dated = DatedCodes.from_files(files, len(self.ids))
+        # Each photo id's row (-1: none), when ids are dense enough: a folder's 10,000 ids are
+        # then rows in one gather, where a binary search of each in a million took 1 ms.
+        self._row_at_id: np.ndarray | None = None
+        if len(self.ids) and int(self.ids[-1]) < 4 * len(self.ids) + 1024:
+            self._row_at_id = np.full(int(self.ids[-1]) + 1, -1, dtype=np.int32)
+            self._row_at_id[self.ids] = np.arange(len(self.ids), dtype=np.int32)
         self.dim = int(meta["embedding"]["dim"])
         self.index = _Dense(self)
         self._located = threading.local()  # each search thread's rows just located (locate, docs)
@@ -266,23 +283,35 @@ class StoreGeneration:
         """(rows, which) of photo ids: `which` marks the ids this generation has (photos
         embedded after it was published wait for the next one)."""
         ids = np.asarray(ids, dtype=np.int64)
+        if self._row_at_id is not None:
+            at = np.clip(ids, 0, len(self._row_at_id) - 1)
+            rows = self._row_at_id[at].astype(np.int64)
+            return rows, (at == ids) & (rows >= 0)
         rows = np.searchsorted(self.ids, ids)
         which = rows < len(self.ids)
         which[which] = self.ids[rows[which]] == ids[which]
         return rows, which
 
     def nearest(self, query: np.ndarray, depth: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """pgvector's HNSW search, with the filters in the same SQL (iterative scans keep
-        looking until enough rows pass them), re-ordered by exact inner product."""
+        """The nearest photos that pass the filters, by exact inner product: a folder or a date
+        range alone by the generation's codes (imgrag.library.dated), few photos exactly, and
+        otherwise pgvector's HNSW search with the filters in the same SQL (iterative scans
+        keep looking until enough rows pass them)."""
         dim = self.dim
         depth = min(self.size, max(depth, 1))  # --all asks for sys.maxsize
-        if self.filters.only_copies and allowed is None:
-            few, found = self._folder_nearest(query, depth)
-        else:
-            few, found = self._few_photos(), None
+        few = self._few_photos()
         self._located.few = (self.filters, few)  # passing() of this search's exact words reads it
-        if found is not None:
-            return found
+        span = self._date_span()
+        folder = few is not None and self.filters.only_copies
+        if self.dated is not None and (span is not None or folder):
+            # The photos in the date range or the folder, nearest by their codes, the few
+            # hundred nearest scored exactly (a date filter stays in that SQL).
+            rows = None if allowed is None else np.asarray(allowed, dtype=np.int64)
+            if folder:
+                in_folder, which = self.rows_of(few)
+                rows = in_folder[which] if rows is None else np.intersect1d(in_folder[which], rows)
+            near = self.dated.nearest(query[0], self._rerank(depth), span=span, rows=rows)
+            return self._exact(query, depth, None, np.sort(self.ids[near]))
         if few is not None or (self.filters.active and self.filters.copies is None and self._few_pass()):
             return self._exact(query, depth, allowed, few)
         where = f" AND {self.filters.where}" if self.filters.active else ""
@@ -315,42 +344,17 @@ class StoreGeneration:
         best = np.argsort(-scores, kind="stable")  # relaxed_order may return them a little out of order
         return rows[best], scores[best]
 
-    def _folder_nearest(self, query: np.ndarray, depth: int) -> tuple[np.ndarray | None, tuple[np.ndarray, np.ndarray] | None]:
-        """(ids of the photos --in passes, nearest()) for a folder (--in alone) of at most
-        EXACT_MAX photos; (None, None) for a larger one. Its copies are ranked by the Hamming
-        distance of their quantised vectors, read from the path index without visiting a
-        photo's row (a folder's rows lie anywhere in the table: reading every one cost most
-        of a folder search), and the nearest few hundred are scored exactly; every photo is
-        when the folder holds no more. One query: the folder's ids come in its first row."""
-        copies = self.filters.copies
-        assert copies is not None
-        dim = self.dim
-        from pgvector import Vector
+    @staticmethod
+    def _rerank(depth: int) -> int:
+        """How many of the nearest by Hamming distance are scored exactly (RERANK)."""
+        return max(RERANK * depth, RERANK_MIN)
 
-        vec = Vector(np.asarray(query[0], dtype=np.float32))
-        conditions = [p for _, each in copies for p in (*each, EXACT_MAX + 1)]
-
-        def scan(columns: str) -> str:  # one index-only scan of the path index per condition
-            return " UNION ALL ".join(f"(SELECT {columns} FROM copies c WHERE {where} LIMIT %s)" for where, _ in copies)
-
-        # the ids as one bytea of 8-byte integers: a Python int per photo cost more than the scan
-        sql = (f"WITH near AS (SELECT f.photo FROM ({scan('c.photo, c.bits')}) f WHERE f.bits IS NOT NULL "
-               f"ORDER BY f.bits::bit({dim}) <~> binary_quantize(%s::vector({dim})) LIMIT %s) "
-               f"SELECT NULL::bigint, NULL::float8, (SELECT string_agg(int8send(f.photo), ''::bytea) "
-               f"FROM ({scan('c.photo')}) f) "
-               f"UNION ALL (SELECT p.id, -((p.embedding::vector({dim})) <#> %s::vector({dim})) AS score, NULL "
-               f"FROM photos p WHERE p.id IN (SELECT photo FROM near) AND p.embedding IS NOT NULL "
-               f"ORDER BY score DESC, p.id LIMIT %s)")
-        params = [*conditions, vec, max(FOLDER_RERANK * depth, FOLDER_RERANK_MIN), *conditions, vec, depth]
-        found = self.query(sql, params, binary=True)
-        packed = next(f[2] for f in found if f[0] is None)
-        few = np.unique(np.frombuffer(packed or b"", dtype=">i8").astype(np.int64))
-        if len(few) > EXACT_MAX:
-            return None, None
-        ids = np.array([f[0] for f in found if f[0] is not None], dtype=np.int64)
-        scores = np.array([f[1] for f in found if f[0] is not None], dtype=np.float32)
-        rows, which = self.rows_of(ids)
-        return few, (rows[which], scores[which])
+    def _date_span(self) -> tuple[int, int] | None:
+        """[lo, hi) of a date filter (--after/--before alone) in the generation's date order,
+        when it has one (a generation published by an older imgrag has not)."""
+        if self.dated is None or not self.filters.only_dates:
+            return None
+        return self.dated.span(self.filters.after, self.filters.before)
 
     def _few_photos(self) -> np.ndarray | None:
         """The ids of the photos with a copy --in passes, sorted, when there are at most
@@ -360,9 +364,10 @@ class StoreGeneration:
         # One index-only scan of the path index per condition (an OR would visit every copy's page).
         sql = " UNION ALL ".join(f"(SELECT c.photo FROM copies c WHERE {where} LIMIT %s)" for where, _ in self.filters.copies)
         params = [p for _, each in self.filters.copies for p in (*each, EXACT_MAX + 1)]
-        # one array, not a row per photo: psycopg makes a Python tuple of each row
-        found = np.array(self.query(f"SELECT ARRAY({sql})", params, binary=True)[0][0] or [], dtype=np.int64)
-        return None if len(found) > EXACT_MAX else np.unique(found)
+        # one bytea of 8-byte integers, not a row (a Python tuple) nor an int per photo
+        packed = self.query(f"SELECT string_agg(int8send(f.photo), ''::bytea) FROM ({sql}) f", params, binary=True)[0][0]
+        found = np.frombuffer(packed or b"", dtype=">i8").astype(np.int64)
+        return None if len(found) > EXACT_MAX else unique_rows(found)
 
     def _few_pass(self) -> bool:
         """Whether the planner expects at most EXACT_MAX photos to pass the filters (a
@@ -420,7 +425,14 @@ class StoreGeneration:
             at = np.minimum(np.searchsorted(folder, ids), max(len(folder) - 1, 0))
             return part[folder[at] == ids] if len(folder) else part[:0]
 
-        check = in_folder if known else self._passing
+        span = self._date_span()
+        if known:
+            check = in_folder
+        elif span is not None:  # in memory: each row's place in the date order
+            def check(part: np.ndarray) -> np.ndarray:
+                return part[self.dated.passes(part, span)]
+        else:
+            check = self._passing
         if enough is None:
             return check(rows)
         # a chunk at a time here too: the exact words' rows are often 10^5 at 1M photos

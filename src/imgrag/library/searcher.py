@@ -48,14 +48,17 @@ def store_filters(filters: Filters | None) -> StoreFilters:
     if one_copy:
         clauses.append(f"EXISTS (SELECT 1 FROM copies c WHERE c.photo = p.id AND {' AND '.join(one_copy)})")
         params += one_copy_params
-    if filters.after is not None:
+    after = None if filters.after is None else filters.after.isoformat(timespec="seconds")
+    before = None if filters.before is None else filters.before.isoformat(timespec="seconds")
+    if after is not None:
         clauses.append("p.photo_time >= %s")
-        params.append(filters.after.isoformat(timespec="seconds"))
-    if filters.before is not None:
+        params.append(after)
+    if before is not None:
         clauses.append("p.photo_time < %s")
-        params.append(filters.before.isoformat(timespec="seconds"))
+        params.append(before)
     return StoreFilters(" AND ".join(clauses), tuple(params), library=filters.library, copies=copies,
-                        only_copies=len(clauses) == 1 and copies is not None)
+                        only_copies=len(clauses) == 1 and copies is not None, after=after, before=before,
+                        only_dates=not one_copy and (after, before) != (None, None))
 
 
 class StoreSearcher(Searcher):
