@@ -84,8 +84,7 @@ class DatedCodes:
         bound is below the whole one (a prefix sorts first)."""
         key = bound.encode("utf-8", "surrogatepass")
         width = self.times.dtype.itemsize
-        side = "right" if len(key) > width else "left"
-        return int(np.searchsorted(self.times, key[:width], side=side))
+        return int(np.searchsorted(self.times, np.bytes_(key[:width]), side="right" if len(key) > width else "left"))
 
     def in_span(self, span: tuple[int, int]) -> np.ndarray:
         """The rows of the span, by date."""

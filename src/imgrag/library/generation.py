@@ -153,8 +153,8 @@ def _parts(ids: np.ndarray, shas: list[str], lexical: list[str], vectors: np.nda
             data = io.BytesIO()
             np.save(data, array)
             z.writestr(name, data.getvalue())
-        for name, data in dated_files(times, vectors).items():
-            z.writestr(name, data)
+        for name, content in dated_files(times, vectors).items():
+            z.writestr(name, content)
         if lexical:
             with tempfile.TemporaryDirectory(prefix="imgrag-publish-") as tmp:
                 write_lexical(Path(tmp), lexical)
@@ -302,13 +302,13 @@ class StoreGeneration:
         few = self._few_photos()
         self._located.few = (self.filters, few)  # passing() of this search's exact words reads it
         span = self._date_span()
-        folder = few is not None and self.filters.only_copies
-        if self.dated is not None and (span is not None or folder):
+        folder = few if self.filters.only_copies else None
+        if self.dated is not None and (span is not None or folder is not None):
             # The photos in the date range or the folder, nearest by their codes, the few
             # hundred nearest scored exactly (a date filter stays in that SQL).
             rows = None if allowed is None else np.asarray(allowed, dtype=np.int64)
-            if folder:
-                in_folder, which = self.rows_of(few)
+            if folder is not None:
+                in_folder, which = self.rows_of(folder)
                 rows = in_folder[which] if rows is None else np.intersect1d(in_folder[which], rows)
             near = self.dated.nearest(query[0], self._rerank(depth), span=span, rows=rows)
             return self._exact(query, depth, None, np.sort(self.ids[near]))
@@ -425,14 +425,13 @@ class StoreGeneration:
             at = np.minimum(np.searchsorted(folder, ids), max(len(folder) - 1, 0))
             return part[folder[at] == ids] if len(folder) else part[:0]
 
-        span = self._date_span()
-        if known:
-            check = in_folder
-        elif span is not None:  # in memory: each row's place in the date order
-            def check(part: np.ndarray) -> np.ndarray:
-                return part[self.dated.passes(part, span)]
-        else:
-            check = self._passing
+        span, dated = self._date_span(), self.dated
+
+        def in_range(part: np.ndarray) -> np.ndarray:  # in memory: each row's place in the date order
+            assert span is not None and dated is not None
+            return part[dated.passes(part, span)]
+
+        check = in_folder if known else in_range if span is not None else self._passing
         if enough is None:
             return check(rows)
         # a chunk at a time here too: the exact words' rows are often 10^5 at 1M photos
