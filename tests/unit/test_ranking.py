@@ -238,6 +238,7 @@ def test_lexical_index_round_trip_and_normalised_scores(tmp_path):
     assert 0 < half[1] < norm[1], "a query word no description has counts as unmatched"
     assert index.scores("stop sign").top(5).tolist() == [0]
     assert s.top(1).tolist() in ([1], [2]) and sorted(s.top(5).tolist()) == [1, 2]
+    assert s.matched is not None and s.matched.tolist() == [1, 2], "each matching row once, though both words match it"
     assert not index.scores("the of and").raw.any(), "stopwords only: no evidence"
     assert LexicalIndex.load(tmp_path / "missing") is None
     # descriptions without one indexable word: no lexical index, and no error
