@@ -1,7 +1,7 @@
 """The store ranks as the local index does: on a dev set of 400 described photos and 70
 queries, the store's top 10 (pgvector's HNSW candidates, the same fusion, cut-off and
 why) equals the local index's for at least 95% of the queries (the issue's bar), with and
-without a folder filter, by either of the store's ways to search a folder."""
+without a folder or date filter, by each of the store's ways to search one."""
 
 from __future__ import annotations
 
@@ -106,8 +106,10 @@ def _same_top_10(base, url, env, queries, filters) -> int:
 @pytest.mark.parametrize("way", ["exact", "hnsw"])
 @pytest.mark.parametrize("kind", ["folder", "date", "both"])
 def test_a_filtered_top_10_is_the_local_indexs(dev_set, kind, way, monkeypatch):
-    """A folder of 100, a date range, both: searched exactly over the photos that pass, or
-    (past EXACT_MAX of them) by the HNSW index with the filters in its SQL: the same top 10."""
+    """A folder of 100, a date range, both: the same top 10. A date range alone is ranked by
+    the generation's codes either way; a folder alone too, and past EXACT_MAX photos by the
+    HNSW index with the filters in its SQL; both filters, exactly over the photos that pass,
+    or past EXACT_MAX by the HNSW index."""
     from datetime import datetime
 
     from imgrag.library import generation
