@@ -74,6 +74,17 @@ def test_search_answers_as_the_local_index(pushed, args):
     assert json.loads(local.stdout)["results"] or args[0] == "zebra"
 
 
+@pytest.mark.parametrize("args", [["sign", "--all", "--after", "2999"], ["cake", "--in", "photos/trips", "--before", "1990"],
+                                  ["dog", "--before", "1990-01-01"]])
+def test_a_filter_that_passes_nothing_says_so_as_the_local_index(pushed, args):
+    """Not "none stands out ... --all shows the nearest anyway": no photo passes the filter."""
+    base, url, env = pushed
+    local = invoke("search", *args, cwd=base, env=env)
+    store = invoke("search", *args, "--store", url, cwd=base, env=env)
+    assert store.code == local.code == 1
+    assert store.stderr == local.stderr == "imgrag: no matching photos (no indexed photo passes --in/--after/--before)\n"
+
+
 def test_ask_reads_the_records_from_the_store(pushed):
     base, url, env = pushed
     local = invoke("ask", "what is on the stove?", "--dry-run", "--json", cwd=base, env=env)

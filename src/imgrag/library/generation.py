@@ -356,6 +356,18 @@ class StoreGeneration:
             return None
         return self.dated.span(self.filters.after, self.filters.before)
 
+    def passes_nothing(self) -> bool:
+        """Whether no photo of this generation passes the filters: asked when a search found
+        nothing, so that it says why."""
+        if not self.filters.active:
+            return False
+        span = self._date_span()
+        if span is not None:
+            return span[0] == span[1]
+        found = self.query(f"SELECT p.id FROM photos p WHERE p.embedding IS NOT NULL AND {self.filters.where} LIMIT 1",
+                           self.filters.params)
+        return not found
+
     def _few_photos(self) -> np.ndarray | None:
         """The ids of the photos with a copy --in passes, sorted, when there are at most
         EXACT_MAX of them (a folder of a large library); None otherwise."""

@@ -135,6 +135,9 @@ class StoreSearcher(Searcher):
             return []
         return self._rank(self._stored_vector(row), caption, options, exclude_rows=[row])
 
+    def filters_pass_nothing(self) -> bool:
+        return self.generation.passes_nothing()  # type: ignore[attr-defined]
+
     def with_filters(self, filters: Filters) -> StoreSearcher:
         other = copy.copy(self)
         other.generation = self.generation.with_filters(store_filters(filters))  # type: ignore[attr-defined]

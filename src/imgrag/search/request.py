@@ -47,7 +47,7 @@ def why_nothing(searcher: Searcher, options: SearchOptions, *, flag: str = "--mi
     (`all_flag` None: the command has no such flag, as `ask` has not)."""
     if searcher.generation.size == 0:
         return " (the index is empty)"
-    if searcher.allowed is not None and not searcher.allowed:
+    if searcher.filters_pass_nothing():
         return f" (no indexed photo passes {filter_flags})"
     anyway = f"{flag} 0 or {all_flag}" if all_flag else f"{flag} 0"
     if options.min_score is not None:

@@ -144,6 +144,10 @@ class Searcher:
     def _nothing_to_find(self) -> bool:
         return self.generation.size == 0 or (self.allowed is not None and not self.allowed)
 
+    def filters_pass_nothing(self) -> bool:
+        """Whether no indexed photo passes the filters (said when a search finds nothing)."""
+        return self.allowed is not None and not self.allowed
+
     def _rank(self, query_vec: np.ndarray, query: str, options: SearchOptions, exclude_rows: Iterable[int] = (),
               window: Window | None = None) -> list[Hit]:
         """The ranked hits whose photo is still on disk, up to options.limit, of which only
