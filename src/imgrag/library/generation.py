@@ -3,9 +3,11 @@ object `imgrag.search.ranking` ranks (the same calls as a `.imgrag/` index gener
 
 The embed step publishes one over every embedded photo: the BM25 indexes (index.lexical),
 each photo's crowding (index.crowding) and the background sample (index.background), made
-by the same functions as a local index and kept as one zip in the `generations` table. A
-server reads the newest whole, once, and asks PostgreSQL for the rest: the nearest photos
-by pgvector's HNSW index with the filters in the same SQL, and the few rows it shows.
+by the same functions as a local index, and every photo's date and 1-bit code in date order
+(imgrag.library.dated), kept as one zip in the `generations` table. A server reads the
+newest whole, once, and asks PostgreSQL for the rest: the nearest photos (by pgvector's
+HNSW index with the filters in the same SQL, or, for a folder or a date range alone, the
+nearest codes scored exactly), and the few rows it shows.
 Row numbers are positions in the generation's sorted photo ids."""
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import tempfile
 import threading
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -196,14 +199,26 @@ class StoreFilters:
     # only_copies: it is the only filter.
     copies: tuple[tuple[str, tuple], ...] | None = None
     only_copies: bool = False
-    # --after/--before as photo_time text; only_dates: they are the only filters
+    # --after/--before as photo_time text; dates_in_memory: they are given and the only other
+    # filter, if any, is --in (a generation's dates can check them, StoreGeneration._date_span)
     after: str | None = None
     before: str | None = None
-    only_dates: bool = False
+    dates_in_memory: bool = False
 
     @property
     def active(self) -> bool:
         return bool(self.where)
+
+    @property
+    def dates(self) -> tuple[str, tuple]:
+        """The date conditions alone: what is left to check of photos --in passes."""
+        return date_conditions(self.after, self.before)
+
+
+def date_conditions(after: str | None, before: str | None) -> tuple[str, tuple]:
+    """--after/--before (photo_time text) as SQL over `photos p`, and its params."""
+    clauses = [sql for sql, bound in (("p.photo_time >= %s", after), ("p.photo_time < %s", before)) if bound is not None]
+    return " AND ".join(clauses), tuple(bound for bound in (after, before) if bound is not None)
 
 
 class _Dense:
@@ -302,13 +317,13 @@ class StoreGeneration:
         few = self._few_photos()
         self._located.few = (self.filters, few)  # passing() of this search's exact words reads it
         span = self._date_span()
-        folder = few if self.filters.only_copies else None
-        if self.dated is not None and (span is not None or folder is not None):
-            # The photos in the date range or the folder, nearest by their codes, the few
-            # hundred nearest scored exactly (a date filter stays in that SQL).
+        if self.dated is not None and (span is not None or self.filters.only_copies) \
+                and (self.filters.copies is None or few is not None):
+            # The photos in the date range, the folder, or both, nearest by their codes, the
+            # few hundred nearest scored exactly (the filters but --in alone stay in that SQL).
             rows = None if allowed is None else np.asarray(allowed, dtype=np.int64)
-            if folder is not None:
-                in_folder, which = self.rows_of(folder)
+            if few is not None:
+                in_folder, which = self.rows_of(few)
                 rows = in_folder[which] if rows is None else np.intersect1d(in_folder[which], rows)
             near = self.dated.nearest(query[0], self._rerank(depth), span=span, rows=rows)
             return self._exact(query, depth, None, np.sort(self.ids[near]))
@@ -350,9 +365,9 @@ class StoreGeneration:
         return max(RERANK * depth, RERANK_MIN)
 
     def _date_span(self) -> tuple[int, int] | None:
-        """[lo, hi) of a date filter (--after/--before alone) in the generation's date order,
-        when it has one (a generation published by an older imgrag has not)."""
-        if self.dated is None or not self.filters.only_dates:
+        """[lo, hi) of a date filter (--after/--before, alone or with --in) in the generation's
+        date order, when it has one (a generation published by an older imgrag has not)."""
+        if self.dated is None or not self.filters.dates_in_memory:
             return None
         return self.dated.span(self.filters.after, self.filters.before)
 
@@ -410,9 +425,11 @@ class StoreGeneration:
         elif allowed is not None:
             where += " AND p.id = ANY(%s)"
             params.append(self.ids[allowed].tolist())
-        if few is None or not self.filters.only_copies:
-            where += f" AND {self.filters.where}"
-            params += self.filters.params
+        # the photos --in passes were read (few): only the dates, if any, are left to check
+        condition, condition_params = (self.filters.where, self.filters.params) if few is None else self.filters.dates
+        if condition:
+            where += f" AND {condition}"
+            params += condition_params
         params.append(depth)
         sql = (f"SELECT p.id, -((p.embedding::vector({dim})) <#> %s::vector({dim})) AS score FROM photos p "
                f"WHERE p.embedding IS NOT NULL{where} ORDER BY score DESC, p.id LIMIT %s")
@@ -429,7 +446,7 @@ class StoreGeneration:
         if not self.filters.active or not len(rows):
             return rows
         filters, few = getattr(self._located, "few", (None, None))
-        known = self.filters.only_copies and filters == self.filters and few is not None
+        known = self.filters.copies is not None and filters == self.filters and few is not None
         folder = np.asarray(few if known else [], dtype=np.int64)
 
         def in_folder(part: np.ndarray) -> np.ndarray:  # nearest() read the photos --in passes, sorted:
@@ -443,7 +460,18 @@ class StoreGeneration:
             assert span is not None and dated is not None
             return part[dated.passes(part, span)]
 
-        check = in_folder if known else in_range if span is not None else self._passing
+        # In memory when nearest() read the folder's photos and the generation has the dates;
+        # by a query for what only SQL can check (--library, a large folder, an old generation).
+        checks: list[Callable[[np.ndarray], np.ndarray]]
+        if (self.filters.copies is not None and not known) or (span is None and not self.filters.only_copies):
+            checks = [self._passing]
+        else:
+            checks = [each for each, on in ((in_folder, known), (in_range, span is not None)) if on]
+
+        def check(part: np.ndarray) -> np.ndarray:
+            for each in checks:
+                part = each(part) if len(part) else part
+            return part
         if enough is None:
             return check(rows)
         # a chunk at a time here too: the exact words' rows are often 10^5 at 1M photos

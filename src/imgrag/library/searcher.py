@@ -14,7 +14,7 @@ from pathlib import Path
 from imgrag.errors import UsageError
 from imgrag.index.embedding import resolve_model_name
 from imgrag.index.query_encoder import QueryEncoder
-from imgrag.library.generation import StoreFilters
+from imgrag.library.generation import StoreFilters, date_conditions
 from imgrag.library.library import Library
 from imgrag.search.filters import Filters
 from imgrag.search.ranking import Hit, SearchOptions
@@ -50,15 +50,13 @@ def store_filters(filters: Filters | None) -> StoreFilters:
         params += one_copy_params
     after = None if filters.after is None else filters.after.isoformat(timespec="seconds")
     before = None if filters.before is None else filters.before.isoformat(timespec="seconds")
-    if after is not None:
-        clauses.append("p.photo_time >= %s")
-        params.append(after)
-    if before is not None:
-        clauses.append("p.photo_time < %s")
-        params.append(before)
+    dates, date_params = date_conditions(after, before)
+    if dates:
+        clauses.append(dates)
+        params += date_params
     return StoreFilters(" AND ".join(clauses), tuple(params), library=filters.library, copies=copies,
                         only_copies=len(clauses) == 1 and copies is not None, after=after, before=before,
-                        only_dates=not one_copy and (after, before) != (None, None))
+                        dates_in_memory=filters.library is None and (after, before) != (None, None))
 
 
 class StoreSearcher(Searcher):
