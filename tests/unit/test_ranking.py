@@ -286,3 +286,33 @@ def test_words_written_on_a_photo_count_even_when_common_weighted_by_how_rare_th
     share = open_shop.normalised(np.array([300, 1]))
     assert share[0] == pytest.approx(1.0) and 0 < share[1] < 0.5, "'open' is the rarer, weightier word"
     assert written.written_share("open sign", words).normalised(np.array([300]))[0] < 1, "'sign' is not written"
+
+
+def test_the_best_exact_rows_that_pass_are_the_first_of_the_full_order():
+    """_best_exact takes the exact-word rows a chunk at a time (ties kept whole) until enough
+    pass the generation's filters: the same rows, in the same order, as sorting them all."""
+    from imgrag.index.lexical import LexicalScores
+    from imgrag.search.ranking import LEXICAL_CANDIDATES, _best_exact
+
+    class Filtered:  # a generation whose own filters pass the rows of a mask
+        filtered = True
+
+        def __init__(self, mask: np.ndarray) -> None:
+            self.mask = mask
+
+        def passing(self, rows: np.ndarray, enough: int | None = None) -> np.ndarray:
+            return rows[self.mask[rows]]
+
+    rng = np.random.default_rng(3)
+    for share in (0.002, 0.05, 0.5, 1.0):
+        raw = np.zeros(50_000, np.float32)
+        rows = np.sort(rng.choice(len(raw), 20_000, replace=False))
+        raw[rows] = rng.integers(1, 8, len(rows))  # many ties
+        evidence = LexicalScores(terms=[], raw=raw, ideal=1.0)
+        mask = rng.random(len(raw)) < share
+        everything = evidence.top(len(raw))
+        allowed = np.sort(rng.choice(len(raw), 30_000, replace=False))
+        for allow in (None, allowed):
+            want = everything if allow is None else everything[np.isin(everything, allow)]
+            want = want[mask[want]][:LEXICAL_CANDIDATES]
+            assert _best_exact(Filtered(mask), evidence, allow).tolist() == want.tolist(), (share, allow is None)

@@ -56,9 +56,13 @@ class LexicalScores:
             return np.zeros(len(rows), dtype=np.float32)
         return np.minimum(1.0, self.raw[rows] / self.ideal).astype(np.float32)
 
+    def matched_rows(self) -> np.ndarray:
+        """The rows with any match, ascending."""
+        return np.flatnonzero(self.raw > 0) if self.matched is None else self.matched
+
     def top(self, k: int) -> np.ndarray:
         """Rows with any match, best first, at most k."""
-        matched = np.flatnonzero(self.raw > 0) if self.matched is None else self.matched
+        matched = self.matched_rows()
         if len(matched) > k:
             matched = matched[np.argpartition(-self.raw[matched], k - 1)[:k]]
         return matched[np.argsort(-self.raw[matched], kind="stable")]
@@ -240,7 +244,9 @@ class LexicalIndex:
         """Per row, the idf-weighted share (0..1) of the query's words its text has, common
         words too (for `cutoff`: "dog" written in a description says the photo shows one)."""
         terms = query_terms(query, self.stopwords)
-        rows = np.asarray(rows, dtype=np.int64)
+        # in the postings' own type: a search of int64 rows in int32 postings copied every
+        # posting to int64 first (a common word's 10^5 rows, for each search)
+        rows = np.asarray(rows, dtype=self._indices.dtype)
         present = np.zeros(len(rows), dtype=np.float32)
         sorted_postings = self._postings_sorted()
         having = None if sorted_postings else np.zeros(self.size, dtype=bool)

@@ -1,5 +1,5 @@
 """A generation's photos in date order, each with its vector cut to one bit a dimension: what
-a date filter (--after/--before alone) or a folder (--in alone) is searched with at a million
+a date filter (--after/--before), a folder (--in), or both, are searched with at a million
 photos.
 
 pgvector's HNSW scan with a date filter in its SQL must step over every photo the filter
@@ -10,7 +10,8 @@ Here the photos in range are one slice of the date order, found by a binary sear
 scores the nearest few hundred exactly on their stored vectors, with the date filter in the
 same SQL (StoreGeneration._exact), so a photo whose date changed since publishing is never
 shown outside the range. A folder's photos (their ids read from the path index) are ranked
-the same way: their codes are gathered by row, with no visit to their rows in PostgreSQL.
+the same way: their codes are gathered by row, with no visit to their rows in PostgreSQL
+(with a date range too, those of them in the range).
 The codes are the sign of each dimension, as pgvector's binary_quantize makes them: at 1M
 photos the top 10 of the 600 nearest codes re-scored equals exact search's for 99.95% of
 held-out queries (bench/store_scale.py).

@@ -6,7 +6,7 @@ each photo's crowding (index.crowding) and the background sample (index.backgrou
 by the same functions as a local index, and every photo's date and 1-bit code in date order
 (imgrag.library.dated), kept as one zip in the `generations` table. A server reads the
 newest whole, once, and asks PostgreSQL for the rest: the nearest photos (by pgvector's
-HNSW index with the filters in the same SQL, or, for a folder or a date range alone, the
+HNSW index with the filters in the same SQL, or, for a folder, a date range or both, the
 nearest codes scored exactly), and the few rows it shows.
 Row numbers are positions in the generation's sorted photo ids."""
 
@@ -50,8 +50,8 @@ _DOC_COLUMNS = "p.sha256, p.caption, p.text, p.lexical, p.taken, p.mtime, p.phot
 # A filter passing at most this many photos is searched exactly, over those photos: faster than
 # an HNSW scan that must visit ~depth/share rows to find `depth` that pass (bench/store_scale.py).
 EXACT_MAX = 20_000
-# A folder (--in alone, at most EXACT_MAX photos) and a date range (--after/--before alone)
-# are ranked by the Hamming distance of their photos' 1-bit codes, which each generation
+# A folder (--in, at most EXACT_MAX photos, in one --library or any), a date range
+# (--after/--before, without --library), or both, are ranked by the Hamming distance of their photos' 1-bit codes, which each generation
 # carries (imgrag.library.dated); this many times `depth` of the nearest, at least
 # RERANK_MIN, are scored exactly: at 1M photos the top 10 equals exact search's for 99.95% of
 # held-out queries in a 10,000-photo folder and 100% in a 200,000-photo date range
@@ -309,7 +309,7 @@ class StoreGeneration:
 
     def nearest(self, query: np.ndarray, depth: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """The nearest photos that pass the filters, by exact inner product: a folder or a date
-        range alone by the generation's codes (imgrag.library.dated), few photos exactly, and
+        range or both by the generation's codes (imgrag.library.dated), few photos exactly, and
         otherwise pgvector's HNSW search with the filters in the same SQL (iterative scans
         keep looking until enough rows pass them)."""
         dim = self.dim
@@ -320,7 +320,7 @@ class StoreGeneration:
         if self.dated is not None and (span is not None or self.filters.only_copies) \
                 and (self.filters.copies is None or few is not None):
             # The photos in the date range, the folder, or both, nearest by their codes, the
-            # few hundred nearest scored exactly (the filters but --in alone stay in that SQL).
+            # few hundred nearest scored exactly (a date filter stays in that SQL).
             rows = None if allowed is None else np.asarray(allowed, dtype=np.int64)
             if few is not None:
                 in_folder, which = self.rows_of(few)

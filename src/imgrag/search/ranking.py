@@ -144,10 +144,21 @@ def _best_exact(generation: Generation, evidence, allowed: np.ndarray | None) ->
     among those the generation's own filters pass: a library in PostgreSQL filters in SQL)."""
     if allowed is None and not generation.filtered:
         return evidence.top(LEXICAL_CANDIDATES)
-    ranked = evidence.top(len(evidence.raw))
+    rows = evidence.matched_rows()
     if allowed is not None:
-        ranked = ranked[np.isin(ranked, allowed)]
-    return generation.passing(ranked, LEXICAL_CANDIDATES)[:LEXICAL_CANDIDATES]
+        rows = rows[np.isin(rows, allowed)]
+    # The best rows a chunk at a time, until enough of them pass: a query's words may match
+    # 10^5 rows at a million photos, and sorting them all cost more than the search. A chunk
+    # holds every row scoring at least its last one's score, so the order is top()'s.
+    scores = evidence.raw[rows]
+    take = 4 * LEXICAL_CANDIDATES
+    while True:
+        chunk = rows if take >= len(rows) else rows[scores >= np.partition(scores, len(rows) - take)[len(rows) - take]]
+        chunk = chunk[np.argsort(-evidence.raw[chunk], kind="stable")]
+        found = generation.passing(chunk, LEXICAL_CANDIDATES)[:LEXICAL_CANDIDATES]
+        if len(found) >= LEXICAL_CANDIDATES or len(chunk) == len(rows):
+            return found
+        take *= 4
 
 
 def _dense_scores(index, query_vec: np.ndarray, rows: np.ndarray) -> np.ndarray | None:
