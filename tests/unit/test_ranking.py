@@ -290,15 +290,16 @@ def test_words_written_on_a_photo_count_even_when_common_weighted_by_how_rare_th
 
 def test_the_best_exact_rows_that_pass_are_the_first_of_the_full_order():
     """_best_exact takes the exact-word rows a chunk at a time (ties kept whole) until enough
-    pass the generation's filters: the same rows, in the same order, as sorting them all."""
+    pass the generation's filters (checked every row at once when that needs no query): the
+    same rows, in the same order, as sorting them all."""
     from imgrag.index.lexical import LexicalScores
     from imgrag.search.ranking import LEXICAL_CANDIDATES, _best_exact
 
     class Filtered:  # a generation whose own filters pass the rows of a mask
         filtered = True
 
-        def __init__(self, mask: np.ndarray) -> None:
-            self.mask = mask
+        def __init__(self, mask: np.ndarray, in_memory: bool) -> None:
+            self.mask, self.filters_in_memory = mask, in_memory
 
         def passing(self, rows: np.ndarray, enough: int | None = None) -> np.ndarray:
             return rows[self.mask[rows]]
@@ -315,4 +316,6 @@ def test_the_best_exact_rows_that_pass_are_the_first_of_the_full_order():
         for allow in (None, allowed):
             want = everything if allow is None else everything[np.isin(everything, allow)]
             want = want[mask[want]][:LEXICAL_CANDIDATES]
-            assert _best_exact(Filtered(mask), evidence, allow).tolist() == want.tolist(), (share, allow is None)
+            for in_memory in (False, True):  # a chunk at a time (SQL), or every row at once
+                found = _best_exact(Filtered(mask, in_memory), evidence, allow)
+                assert found.tolist() == want.tolist(), (share, allow is None, in_memory)

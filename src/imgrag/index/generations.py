@@ -259,6 +259,7 @@ class Generation:
     # Filters come as the caller's allowed rows; a library in PostgreSQL (imgrag.library) has
     # its own filters, in its SQL, and says so here.
     filtered = False
+    filters_in_memory = True  # passing() checks nothing: no filters of its own
 
     @property
     def size(self) -> int:

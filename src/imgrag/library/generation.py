@@ -316,6 +316,7 @@ class StoreGeneration:
         depth = min(self.size, max(depth, 1))  # --all asks for sys.maxsize
         few = self._few_photos()
         self._located.few = (self.filters, few)  # passing() of this search's exact words reads it
+        self._located.folder_mask = None  # made from `few` when passing() first needs it
         span = self._date_span()
         if self.dated is not None and (span is not None or self.filters.only_copies) \
                 and (self.filters.copies is None or few is not None):
@@ -445,33 +446,7 @@ class StoreGeneration:
         ranking wants the best few that pass, so they are checked a chunk at a time."""
         if not self.filters.active or not len(rows):
             return rows
-        filters, few = getattr(self._located, "few", (None, None))
-        known = self.filters.copies is not None and filters == self.filters and few is not None
-        folder = np.asarray(few if known else [], dtype=np.int64)
-
-        def in_folder(part: np.ndarray) -> np.ndarray:  # nearest() read the photos --in passes, sorted:
-            ids = self.ids[part]  # a binary search each (np.isin sorted the folder again per chunk)
-            at = np.minimum(np.searchsorted(folder, ids), max(len(folder) - 1, 0))
-            return part[folder[at] == ids] if len(folder) else part[:0]
-
-        span, dated = self._date_span(), self.dated
-
-        def in_range(part: np.ndarray) -> np.ndarray:  # in memory: each row's place in the date order
-            assert span is not None and dated is not None
-            return part[dated.passes(part, span)]
-
-        # In memory when nearest() read the folder's photos and the generation has the dates;
-        # by a query for what only SQL can check (--library, a large folder, an old generation).
-        checks: list[Callable[[np.ndarray], np.ndarray]]
-        if (self.filters.copies is not None and not known) or (span is None and not self.filters.only_copies):
-            checks = [self._passing]
-        else:
-            checks = [each for each, on in ((in_folder, known), (in_range, span is not None)) if on]
-
-        def check(part: np.ndarray) -> np.ndarray:
-            for each in checks:
-                part = each(part) if len(part) else part
-            return part
+        check = self._in_memory_check() or self._passing
         if enough is None:
             return check(rows)
         # a chunk at a time here too: the exact words' rows are often 10^5 at 1M photos
@@ -482,6 +457,36 @@ class StoreGeneration:
             count += len(kept[-1])
             start, size = start + size, size * 4
         return np.concatenate(kept)
+
+    @property
+    def filters_in_memory(self) -> bool:
+        """Whether passing() checks rows without a query (so every row at once costs little)."""
+        return not self.filters.active or self._in_memory_check() is not None
+
+    def _in_memory_check(self) -> Callable[[np.ndarray], np.ndarray] | None:
+        """passing()'s check without a query: the folder's rows nearest() read (a mask over
+        the generation's rows, made once a search), the generation's dates; None when only
+        SQL can tell (--library without --in, a large folder, a generation without dates)."""
+        filters, few = getattr(self._located, "few", (None, None))
+        known = self.filters.copies is not None and filters == self.filters and few is not None
+        span, dated = self._date_span(), self.dated
+        if (self.filters.copies is not None and not known) or (span is None and not self.filters.only_copies):
+            return None
+        mask = getattr(self._located, "folder_mask", None) if known else None
+        if known and mask is None and few is not None:
+            rows, which = self.rows_of(few)
+            mask = np.zeros(self.size, dtype=bool)
+            mask[rows[which]] = True
+            self._located.folder_mask = mask
+
+        def check(part: np.ndarray) -> np.ndarray:
+            if mask is not None:
+                part = part[mask[part]]
+            if span is not None and dated is not None:
+                part = part[dated.passes(part, span)]
+            return part
+
+        return check
 
     def _passing(self, rows: np.ndarray) -> np.ndarray:
         ids = self.ids[rows]

@@ -147,6 +147,8 @@ def _best_exact(generation: Generation, evidence, allowed: np.ndarray | None) ->
     rows = evidence.matched_rows()
     if allowed is not None:
         rows = rows[np.isin(rows, allowed)]
+    if generation.filters_in_memory:  # every row at once costs less than sorting them a chunk at a time
+        rows = generation.passing(rows)
     # The best rows a chunk at a time, until enough of them pass: a query's words may match
     # 10^5 rows at a million photos, and sorting them all cost more than the search. A chunk
     # holds every row scoring at least its last one's score, so the order is top()'s.
