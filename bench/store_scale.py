@@ -256,17 +256,37 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+class SearchClient:
+    """GET /api/search on one kept-alive connection of the standard library's http.client: on
+    the same 2 cores as the servers, httpx took 1.2 ms of CPU a request against 0.3, CPU that a
+    load generator on its own machine would not take from them."""
+
+    def __init__(self, url: str, timeout: float = 30) -> None:
+        import http.client
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        self.connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
+
+    def search(self, params: dict) -> int:
+        """The response's status (its body read, so the connection can be reused)."""
+        from urllib.parse import urlencode
+
+        self.connection.request("GET", "/api/search?" + urlencode(params))
+        response = self.connection.getresponse()
+        response.read()
+        return response.status
+
+    def close(self) -> None:
+        self.connection.close()
+
+
 def load(servers: list[tuple[subprocess.Popen, str]], queries: list[str], params: dict, rate: float,
          seconds: float, clients: int = 8, postmaster: int | None = None) -> dict:
     """Latency under load, and where the CPU went: ms per request in the serve processes, in
-    PostgreSQL and in these clients (on a shared machine, latency alone says little).
-
-    The clients are the standard library's http.client, one kept-alive connection each: on
-    the same 2 cores as the servers, httpx took 1.2 ms of CPU a request against 0.3, CPU that
-    a load generator on its own machine would not take from them."""
-    import http.client
+    PostgreSQL and in these clients (SearchClient; on a shared machine, latency alone says
+    little)."""
     import resource
-    from urllib.parse import urlencode, urlsplit
 
     serve_pids = [proc.pid for proc, _ in servers]
     cpu_before = cpu_seconds(serve_pids), cpu_seconds([postmaster] if postmaster else [])
@@ -281,24 +301,21 @@ def load(servers: list[tuple[subprocess.Popen, str]], queries: list[str], params
 
     def client(k: int) -> None:
         nonlocal errors
-        url = urlsplit(servers[k % len(servers)][1])
-        connection = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=30)
+        http = SearchClient(servers[k % len(servers)][1])
         try:
             i, next_at = k, time.monotonic() + k * interval / clients
             while next_at < stop_at:
                 time.sleep(max(0.0, next_at - time.monotonic()))
                 t = time.perf_counter()
-                connection.request("GET", "/api/search?" + urlencode({"q": queries[i % len(queries)], "limit": 10, **params}))
-                response = connection.getresponse()
-                response.read()
+                status = http.search({"q": queries[i % len(queries)], "limit": 10, **params})
                 took = time.perf_counter() - t
                 with lock:
                     latencies.append(took)
-                    errors += response.status != 200
+                    errors += status != 200
                 i += clients
                 next_at += interval
         finally:
-            connection.close()
+            http.close()
 
     threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
     for t in threads:
@@ -363,12 +380,11 @@ def main() -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("IMGRAG_")}
         servers = start_servers(url, work, env)
         try:
-            import httpx
-
             for _, served in servers:  # each query's vector cached on each server
-                with httpx.Client(base_url=served, timeout=60) as http:
-                    for q in queries:
-                        http.get("/api/search", params={"q": q, "limit": 10})
+                warm = SearchClient(served, timeout=60)
+                for q in queries:
+                    warm.search({"q": q, "limit": 10})
+                warm.close()
             postmaster = int((work / "pgdata" / "postmaster.pid").read_text().split()[0]) if server is not None else None
             served_load = {name: load(servers, queries, params, args.rate, args.seconds, postmaster=postmaster)
                            for name, (params, _) in FILTERS.items()}

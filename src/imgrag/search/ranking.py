@@ -147,7 +147,8 @@ def _best_exact(generation: Generation, evidence, allowed: np.ndarray | None) ->
     rows = evidence.matched_rows()
     if allowed is not None:
         rows = rows[np.isin(rows, allowed)]
-    if generation.filters_in_memory:  # every row at once costs less than sorting them a chunk at a time
+    checked = generation.filters_in_memory  # every row at once costs less than a chunk at a time
+    if checked:
         rows = generation.passing(rows)
     # The best rows a chunk at a time, until enough of them pass: a query's words may match
     # 10^5 rows at a million photos, and sorting them all cost more than the search. A chunk
@@ -157,7 +158,7 @@ def _best_exact(generation: Generation, evidence, allowed: np.ndarray | None) ->
     while True:
         chunk = rows if take >= len(rows) else rows[scores >= np.partition(scores, len(rows) - take)[len(rows) - take]]
         chunk = chunk[np.argsort(-evidence.raw[chunk], kind="stable")]
-        found = generation.passing(chunk, LEXICAL_CANDIDATES)[:LEXICAL_CANDIDATES]
+        found = (chunk if checked else generation.passing(chunk, LEXICAL_CANDIDATES))[:LEXICAL_CANDIDATES]
         if len(found) >= LEXICAL_CANDIDATES or len(chunk) == len(rows):
             return found
         take *= 4
