@@ -82,16 +82,17 @@ def test_the_shipped_graph_is_what_the_generator_makes_today():
 
 
 def test_batches_of_equal_token_length_give_the_same_vectors_as_one_text_at_a_time():
-    """encode_batches groups texts by token length (no padding computed) and runs the groups
-    on several threads; each row must land where its text was."""
+    """encode_batches groups texts by token length (no padding computed), at most so many
+    tokens a batch, and runs the groups on several threads; each row must land where its
+    text was."""
     from imgrag.index.onnx_encoder import length_batches
 
-    lengths = np.array([5, 3, 5, 9, 3, 3, 5, 2])
-    batches = length_batches(lengths, 2)
-    assert [b.tolist() for b in batches] == [[7], [1, 4], [5], [0, 2], [6], [3]]
+    lengths = np.array([5, 3, 5, 9, 3, 3, 5, 2, 12, 12])
+    batches = length_batches(lengths, 10)
+    assert [b.tolist() for b in batches] == [[7], [1, 4, 5], [0, 2], [6], [3], [8], [9]]
     encoder = default_model.open_encoder()
     texts = captions(300, seed=3)
-    together = encoder.encode_batches(texts, 64)
+    together = encoder.encode_batches(texts, 64)  # a few texts a batch: many batches
     alone = np.concatenate([encoder.encode([t]) for t in texts])
     assert (together * alone).sum(axis=1).min() >= 0.99999
 

@@ -75,7 +75,7 @@ class LoadedModel:
 
     def encode(self, texts: list[str], batch_size: int = BATCH_SIZE, show_progress: bool = False) -> np.ndarray:
         if self.onnx is not None:
-            return self.onnx.encode_batches(texts, batch_size)
+            return self.onnx.encode_batches(texts)  # batches of tokens, not texts
         assert self.model is not None
         vecs = self.model.encode(
             texts,

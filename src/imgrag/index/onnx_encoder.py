@@ -28,6 +28,14 @@ import numpy as np
 ONNX_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 RECORD_FILE = "encoder.json"
+# Tokens in one run of a batch of documents (docs/benchmarks.md#embed-speed). A run on one
+# thread: few enough that a layer's activations stay in the core's own cache (the default
+# model's feed-forward holds tokens x 1536 floats); 256-640 embed 5% more texts per second
+# than batches of 64 texts (~2,500 tokens), 128 lose it to per-run overhead. A run on every
+# core hands each operator's work between threads: more tokens amortise that (1,280 embed
+# 8% more than 384).
+ONE_THREAD_BATCH_TOKENS = 384
+SHARED_BATCH_TOKENS = 1280
 
 
 def file_sha256(path: Path) -> str:
@@ -122,6 +130,7 @@ class OnnxQueryEncoder:
         if threads:
             options.intra_op_num_threads = threads
         self.workers = min(8, _cores()) if threads == 1 else 1
+        self.batch_tokens = ONE_THREAD_BATCH_TOKENS if threads == 1 else SHARED_BATCH_TOKENS
         self.session = ort.InferenceSession(str(folder / ONNX_FILE), options, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.dense = [(dict(np.load(folder / layer["file"])), layer["activation"]) for layer in self.pipeline.get("dense", [])]
@@ -148,10 +157,11 @@ class OnnxQueryEncoder:
         return l2_normalise(pooled)
 
 
-    def encode_batches(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+    def encode_batches(self, texts: list[str], max_tokens: int | None = None) -> np.ndarray:
         """Many texts (a collection's descriptions): tokenised once, then in batches of texts
         of the same token length, so no padding is computed (sentence-transformers groups by
-        characters and pads each batch to its longest), on `workers` threads side by side."""
+        characters and pads each batch to its longest), each of at most `max_tokens` tokens
+        (by default `batch_tokens`), on `workers` threads side by side."""
         if not texts:
             return np.zeros((0, self.pipeline["dim"]), np.float32)
         feeds = self._feeds(texts)
@@ -163,7 +173,7 @@ class OnnxQueryEncoder:
             cut = slice(feeds["input_ids"].shape[1] - width, None) if left else slice(0, width)
             return self._run({name: array[rows, cut] for name, array in feeds.items()})
 
-        batches = length_batches(lengths, batch_size)
+        batches = length_batches(lengths, max_tokens or self.batch_tokens)
         out = np.empty((len(texts), self.pipeline["dim"]), np.float32)
         if self.workers > 1 and len(batches) > 1:
             from concurrent.futures import ThreadPoolExecutor
@@ -177,13 +187,15 @@ class OnnxQueryEncoder:
         return out
 
 
-def length_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Row numbers grouped by equal length, at most batch_size a group, shortest first."""
+def length_batches(lengths: np.ndarray, max_tokens: int) -> list[np.ndarray]:
+    """Row numbers grouped by equal length, shortest first, each group of at most
+    `max_tokens` tokens in all (one row when a row alone is longer)."""
     order = np.argsort(lengths, kind="stable")
     starts = np.flatnonzero(np.diff(lengths[order], prepend=-1))  # where a new length begins
     batches: list[np.ndarray] = []
     for same in np.split(order, starts[1:]):
-        batches += [same[i : i + batch_size] for i in range(0, len(same), batch_size)]
+        rows = max(1, max_tokens // max(1, int(lengths[same[0]])))
+        batches += [same[i : i + rows] for i in range(0, len(same), rows)]
     return batches
 
 

@@ -124,12 +124,11 @@ def open_text_encoder(ws: Workspace, model_name: str, fingerprint: str, mode: st
 
 
 class _TextEncoder:
-    def __init__(self, onnx: OnnxQueryEncoder, batch_size: int = 32) -> None:
+    def __init__(self, onnx: OnnxQueryEncoder) -> None:
         self.onnx = onnx
-        self.batch_size = batch_size
 
     def encode(self, texts: list[str], show_progress: bool = False) -> np.ndarray:
-        return self.onnx.encode_batches(texts, self.batch_size)
+        return self.onnx.encode_batches(texts)
 
 
 class _NoExport(Exception):
