@@ -76,10 +76,11 @@ class Doc:
         """The row of a photo with this description: what is embedded and every word of it
         (ValueError for a description this version cannot read)."""
         # describe's schema (pydantic) only builds rows: a search, which opens generations, never loads it
-        from imgrag.describe.schema import embedding_text, lexical_text
+        from imgrag.describe.schema import PhotoDescription, embedding_text, lexical_text
 
-        return cls(sha256, paths, str(description.get("caption", "")), embedding_text(description),
-                   lexical_text(description), taken, mtime)
+        parsed = PhotoDescription.model_validate(description)  # once for both texts
+        return cls(sha256, paths, str(description.get("caption", "")), embedding_text(parsed),
+                   lexical_text(parsed), taken, mtime)
 
 
 # A photo's time as 'YYYY-MM-DDTHH:MM:SS' (sorts as text): the EXIF time without its UTC

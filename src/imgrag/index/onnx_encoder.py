@@ -127,6 +127,11 @@ class OnnxQueryEncoder:
         # A search runs a handful of tiny batches: idle worker threads spinning for more work
         # would only take CPU from the rest of the process.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Each run's buffers from malloc, not from ONNX Runtime's arena: with the arena a
+        # session ran either at full speed or ~8% slower for its whole life, by where its
+        # buffers happened to fall (three sessions in one process: 8.5, 9.1 and 9.4 ms of
+        # CPU a text); without it every session ran at 8.6-8.7 (docs/benchmarks.md#embed-speed).
+        options.enable_cpu_mem_arena = False
         if threads:
             options.intra_op_num_threads = threads
         self.workers = min(8, _cores()) if threads == 1 else 1
