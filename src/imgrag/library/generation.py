@@ -51,11 +51,11 @@ _DOC_COLUMNS = "p.sha256, p.caption, p.text, p.lexical, p.taken, p.mtime, p.phot
 # an HNSW scan that must visit ~depth/share rows to find `depth` that pass (bench/store_scale.py).
 EXACT_MAX = 20_000
 # A folder (--in, at most EXACT_MAX photos, in one --library or any), a date range
-# (--after/--before, without --library), or both, are ranked by the Hamming distance of their photos' 1-bit codes, which each generation
-# carries (imgrag.library.dated); this many times `depth` of the nearest, at least
-# RERANK_MIN, are scored exactly: at 1M photos the top 10 equals exact search's for 99.95% of
-# held-out queries in a 10,000-photo folder and 100% in a 200,000-photo date range
-# (bench/store_scale.py).
+# (--after/--before, without --library), or both, are ranked by the Hamming distance of their
+# photos' 1-bit codes, which each generation carries (imgrag.library.dated); this many times
+# `depth` of the nearest, at least RERANK_MIN, are scored exactly: at 1M photos the top 10
+# equals exact search's for 99.95% of held-out queries in a 10,000-photo folder and 100% in a
+# 200,000-photo date range (bench/store_scale.py).
 RERANK, RERANK_MIN = 3, 600
 _PASSING_CHUNK = 256  # passing(): rows checked by the first query, growing 4x while too few pass
 
@@ -315,8 +315,9 @@ class StoreGeneration:
         dim = self.dim
         depth = min(self.size, max(depth, 1))  # --all asks for sys.maxsize
         few = self._few_photos()
-        self._located.few = (self.filters, few)  # passing() of this search's exact words reads it
-        self._located.folder_mask = None  # made from `few` when passing() first needs it
+        # passing() of this search's exact words reads them: the folder's ids, and its rows as a mask
+        self._located.few = (self.filters, few)
+        self._located.folder_mask = None if few is None else self._mask_of(few)
         span = self._date_span()
         if self.dated is not None and (span is not None or self.filters.only_copies) \
                 and (self.filters.copies is None or few is not None):
@@ -464,20 +465,15 @@ class StoreGeneration:
         return not self.filters.active or self._in_memory_check() is not None
 
     def _in_memory_check(self) -> Callable[[np.ndarray], np.ndarray] | None:
-        """passing()'s check without a query: the folder's rows nearest() read (a mask over
-        the generation's rows, made once a search), the generation's dates; None when only
+        """passing()'s check without a query: the folder's rows nearest() read (as a mask
+        over the generation's rows), the generation's dates; None when only
         SQL can tell (--library without --in, a large folder, a generation without dates)."""
         filters, few = getattr(self._located, "few", (None, None))
         known = self.filters.copies is not None and filters == self.filters and few is not None
         span, dated = self._date_span(), self.dated
         if (self.filters.copies is not None and not known) or (span is None and not self.filters.only_copies):
             return None
-        mask = getattr(self._located, "folder_mask", None) if known else None
-        if known and mask is None and few is not None:
-            rows, which = self.rows_of(few)
-            mask = np.zeros(self.size, dtype=bool)
-            mask[rows[which]] = True
-            self._located.folder_mask = mask
+        mask = self._located.folder_mask if known else None
 
         def check(part: np.ndarray) -> np.ndarray:
             if mask is not None:
@@ -487,6 +483,13 @@ class StoreGeneration:
             return part
 
         return check
+
+    def _mask_of(self, ids: np.ndarray) -> np.ndarray:
+        """The generation's rows of these photo ids, as a mask over every row."""
+        rows, which = self.rows_of(ids)
+        mask = np.zeros(self.size, dtype=bool)
+        mask[rows[which]] = True
+        return mask
 
     def _passing(self, rows: np.ndarray) -> np.ndarray:
         ids = self.ids[rows]
